@@ -1,0 +1,48 @@
+# recsys-notebooks: every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PARAMS ?= params/default.yaml
+# where tests find the local MovieLens copies (ml-100k/, ml-1m-half/); tests needing them skip without
+RECSYS_SHARED_DATA ?= $(abspath ../shared/data)
+export RECSYS_SHARED_DATA
+
+.PHONY: install run test test-fast bench jupyter chromium clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (recsys-notebooks)"
+	touch $(STAMP)
+
+## the whole pipeline with the default parameters (PARAMS=params/ml-100k.yaml for another set)
+run: install
+	$(PY) run_all.py --params $(PARAMS)
+
+## the test suite: unit tests, then the notebooks through papermill on small and local data
+test: install
+	$(PY) -m pytest -ra --durations=15
+
+## unit tests only (no notebook runs)
+test-fast: install
+	$(PY) -m pytest -ra -m "not slow"
+
+## speed and memory measurements (prints and writes benchmarks/results/)
+bench: install
+	$(PY) benchmarks/run_benchmarks.py
+
+## step through the notebooks interactively from the same environment
+jupyter: install
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+## headless Chromium for the browser check of the reports (Debian packages)
+chromium:
+	apt-get update && apt-get install -y chromium
+
+clean:
+	rm -rf $(VENV) .pytest_cache

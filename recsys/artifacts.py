@@ -1,0 +1,129 @@
+"""Where every artifact of a run lives, and how it is written: atomically, never half-done."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def atomic_path(final_path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `final_path`; rename it into place only if the block succeeds.
+
+    A reader never sees a partial file: on an exception (or an interrupt) the temporary file is
+    removed and `final_path` keeps its previous content, if any.
+    """
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=suffix + ".tmp",
+                                    dir=final_path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp_name)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final_path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return Path(path)
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and paths show up in metrics and manifests
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
+
+
+class MissingArtifactError(FileNotFoundError):
+    """An input of this notebook does not exist yet: an earlier notebook has to run first."""
+
+
+# Every artifact a notebook hands to a later one: name -> (the notebook that writes it, file name).
+# Notebooks read and write them through `Run.path` / `Run.require`, never by spelling out paths.
+ARTIFACTS: dict[str, tuple[str, str]] = {
+    "users": ("01_preprocess", "users.parquet"),
+    "movies": ("01_preprocess", "movies.parquet"),
+    "interactions": ("01_preprocess", "interactions.parquet"),
+    "data_quality": ("01_preprocess", "data_quality.parquet"),
+}
+
+
+class Run:
+    """One run's folder, `artifacts/<run_name>/`, with a subfolder per notebook.
+
+    Args:
+        artifacts_dir: the root holding every run (the project's `artifacts/` by default).
+        run_name: this run's folder name.
+    """
+
+    def __init__(self, artifacts_dir: str | os.PathLike, run_name: str):
+        self.dir = Path(artifacts_dir).resolve() / run_name
+        self.name = run_name
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.dir)!r})"
+
+    def stage_dir(self, stage: str) -> Path:
+        """The folder of one notebook's outputs (created on first use)."""
+        folder = self.dir / stage
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def path(self, artifact: str) -> Path:
+        """Where `artifact` (a key of ARTIFACTS) lives in this run, for writing."""
+        if artifact not in ARTIFACTS:
+            raise KeyError(f"unknown artifact {artifact!r}; known: {', '.join(ARTIFACTS)}")
+        stage, filename = ARTIFACTS[artifact]
+        return self.stage_dir(stage) / filename
+
+    def require(self, artifact: str) -> Path:
+        """The path of an input artifact, or a MissingArtifactError saying which notebook to run first."""
+        if artifact not in ARTIFACTS:
+            raise KeyError(f"unknown artifact {artifact!r}; known: {', '.join(ARTIFACTS)}")
+        stage, filename = ARTIFACTS[artifact]
+        path = self.dir / stage / filename
+        if not path.exists():
+            raise MissingArtifactError(
+                f"{path} does not exist: run notebook {stage} first for run {self.name!r} "
+                f"(python run_all.py --run-name {self.name} --until {stage[:2]})")
+        return path
+
+    # ---- metrics and figures -----------------------------------------------------------------
+    def write_metrics(self, stage: str, metrics: dict) -> Path:
+        """Write a notebook's flat metrics.json (numbers and short strings) atomically."""
+        for key, value in metrics.items():
+            if isinstance(value, (dict, list, tuple)):
+                raise TypeError(f"metrics.json must be flat: {key!r} holds a {type(value).__name__}")
+        return write_json(self.stage_dir(stage) / "metrics.json", metrics)
+
+    def read_metrics(self, stage: str) -> dict:
+        """A notebook's metrics.json ({} if it has not run)."""
+        path = self.dir / stage / "metrics.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def save_figure(self, fig: Any, stage: str, name: str, dpi: int = 110) -> Path:
+        """Save a matplotlib figure as PNG beside the notebook's other outputs (atomic)."""
+        with atomic_path(self.stage_dir(stage) / f"{name}.png", suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        return self.dir / stage / f"{name}.png"
+
+
+def write_parquet(df: Any, path: str | os.PathLike) -> Path:
+    """Write a DataFrame as Parquet atomically (an interrupted write leaves no partial file)."""
+    with atomic_path(path, suffix=".parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+    return Path(path)

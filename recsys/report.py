@@ -1,0 +1,101 @@
+"""Turn a run into what a reviewer reads: one HTML page per executed notebook and the run's index.html."""
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from recsys.artifacts import atomic_path
+
+
+def render_notebook_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike) -> Path:
+    """Render an executed notebook to a self-contained HTML file (figures are embedded as data URIs)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    notebook = nbformat.read(str(notebook_path), as_version=4)
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(notebook)
+    with atomic_path(html_path, suffix=".html") as tmp:
+        tmp.write_text(body, encoding="utf-8")
+    return Path(html_path)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return html.escape(str(value))
+
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 70rem;
+       color: #1f2328; line-height: 1.45; padding: 0 1rem; }
+h1 { margin-bottom: .2rem; } .sub { color: #59636e; margin-top: 0; }
+table { border-collapse: collapse; margin: .6rem 0 1.6rem; font-size: .92rem; }
+th, td { border-bottom: 1px solid #d1d9e0; padding: .3rem .7rem; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.ok { color: #1a7f37; font-weight: 600; } .failed { color: #d1242f; font-weight: 600; }
+.pending { color: #9a6700; } details { margin: 1rem 0; } pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; }
+.metrics { columns: 2; column-gap: 2rem; } .metrics table { break-inside: avoid; }
+"""
+
+
+def build_index(run_dir: str | os.PathLike, manifest: dict) -> Path:
+    """Write `reports/index.html`: each notebook's status and report link, its key metrics, the manifest.
+
+    Args:
+        run_dir: the run folder (artifacts/<run_name>).
+        manifest: the run's manifest (see run_all.py), already holding per-notebook status and timings.
+
+    Returns:
+        The path of the written index.html.
+    """
+    run_dir = Path(run_dir)
+    reports_dir = run_dir / "reports"
+    rows = []
+    for entry in manifest["notebooks"]:
+        name = entry["name"]
+        report = reports_dir / f"{name}.html"
+        link = f'<a href="{html.escape(report.name)}">{html.escape(name)}</a>' if report.exists() \
+            else html.escape(name)
+        status = entry.get("status", "pending")
+        wall = f"{entry['wall_s']:.1f}" if entry.get("wall_s") is not None else ""
+        error = html.escape(entry.get("error") or "")
+        rows.append(f'<tr><td>{link}</td><td class="{status}">{status}</td>'
+                    f'<td class="num">{wall}</td><td>{error}</td></tr>')
+
+    metric_tables = []
+    for entry in manifest["notebooks"]:
+        metrics_path = run_dir / entry["name"] / "metrics.json"
+        if not metrics_path.exists():
+            continue
+        metrics = json.loads(metrics_path.read_text())
+        body = "".join(f'<tr><td>{html.escape(k)}</td><td class="num">{_format_value(v)}</td></tr>'
+                       for k, v in metrics.items())
+        metric_tables.append(f"<table><tr><th colspan=2>{html.escape(entry['name'])}</th></tr>{body}</table>")
+
+    manifest_text = html.escape(json.dumps(manifest, indent=2, sort_keys=True))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Run {html.escape(manifest['run_name'])}</title>
+<style>{_STYLE}</style></head><body>
+<h1>Run <code>{html.escape(manifest['run_name'])}</code></h1>
+<p class="sub">dataset <b>{html.escape(str(manifest['params'].get('dataset')))}</b> ·
+params hash <code>{manifest['params_hash']}</code> · git <code>{html.escape(str(manifest.get('git_commit')))}</code> ·
+started {html.escape(manifest['started'])} · total {manifest.get('wall_s', 0):.1f} s</p>
+<h2>Notebooks</h2>
+<table><tr><th>report</th><th>status</th><th>wall s</th><th>error</th></tr>{''.join(rows)}</table>
+<h2>Key metrics</h2>
+<p class="sub">From each notebook's metrics.json; every table in the reports states its split and K.</p>
+<div class="metrics">{''.join(metric_tables) or '<p>No metrics yet.</p>'}</div>
+<h2>Manifest</h2>
+<details><summary>Parameters, package versions and timings (manifest.json)</summary>
+<pre>{manifest_text}</pre></details>
+</body></html>
+"""
+    with atomic_path(reports_dir / "index.html", suffix=".html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return reports_dir / "index.html"

@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""Run the numbered notebooks in order with papermill, then render every one to HTML.
+
+    python run_all.py                                   # every notebook, params/default.yaml
+    python run_all.py --params params/smoke.yaml        # another parameter set
+    python run_all.py -p dataset=ml-100k -p data_dir=../shared/data/ml-100k --run-name ml100k
+    python run_all.py --from 03 --until 04              # a slice (earlier outputs must exist)
+    python run_all.py --list                            # what each notebook reads and writes
+
+A notebook joins the pipeline by being dropped into notebooks/ as NN_name.ipynb: the runner finds
+it, injects the parameters its `parameters` cell declares, and lists the artifacts it declares in
+its metadata (`recsys.reads`). Outputs land in artifacts/<run_name>/: each notebook's folder, the
+executed notebooks, `reports/NN_name.html`, `reports/index.html` and `manifest.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import recsys  # noqa: F401  (sets the TensorFlow/Keras environment for the kernels we start)
+from recsys.artifacts import ARTIFACTS, PROJECT_ROOT, write_json
+from recsys.params import ParamsError, load_params, params_hash
+from recsys.report import build_index, render_notebook_html
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+DEFAULT_ARTIFACTS_DIR = PROJECT_ROOT / "artifacts"
+# parameters the runner supplies itself, beside the top-level keys of params/default.yaml
+RUNNER_PARAMETERS = ("artifacts_dir",)
+# parameter keys holding paths: relative ones are taken from where run_all.py is started
+PATH_KEYS = (("data_dir",), ("geo", "uszipcode_db"))
+PACKAGES = ("tensorflow", "tf_keras", "tensorflow-recommenders", "scann", "numpy", "pandas", "pyarrow",
+            "scipy", "scikit-surprise", "matplotlib", "seaborn", "papermill", "nbconvert", "zipcodes",
+            "uszipcode", "PyYAML")
+
+
+class RunnerError(RuntimeError):
+    """A problem found before any notebook starts (bad selection, missing inputs, bad notebook)."""
+
+
+def discover_notebooks(notebooks_dir: Path | None = None) -> list[Path]:
+    """The pipeline: every notebooks/NN_*.ipynb, in number order."""
+    notebooks_dir = notebooks_dir or NOTEBOOKS_DIR
+    notebooks = sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+    numbers = [p.name[:2] for p in notebooks]
+    duplicated = sorted({n for n in numbers if numbers.count(n) > 1})
+    if duplicated:
+        raise RunnerError(f"two notebooks share the number(s) {', '.join(duplicated)} in {notebooks_dir}")
+    return notebooks
+
+
+def select_notebooks(notebooks: list[Path], only: list[str] | None, start: str | None,
+                     until: str | None) -> list[Path]:
+    """Apply --only / --from / --until (two-digit numbers or full stage names)."""
+    numbers = [p.name[:2] for p in notebooks]
+
+    def number(value: str, flag: str) -> str:
+        value = value[:2].zfill(2) if value[:2].isdigit() else value
+        if value not in numbers:
+            raise RunnerError(f"{flag} {value}: no such notebook; known: {', '.join(numbers)}")
+        return value
+
+    if only:
+        wanted = {number(v, "--only") for v in only}
+        return [p for p in notebooks if p.name[:2] in wanted]
+    first = number(start, "--from") if start else numbers[0]
+    last = number(until, "--until") if until else numbers[-1]
+    selected = [p for p in notebooks if first <= p.name[:2] <= last]
+    if not selected:
+        raise RunnerError(f"--from {first} --until {last} selects no notebook")
+    return selected
+
+
+def notebook_info(path: Path) -> dict:
+    """Title, declared parameters and declared inputs/outputs of one notebook."""
+    import nbformat
+    import papermill
+
+    notebook = nbformat.read(str(path), as_version=4)
+    tagged = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise RunnerError(f"{path.name} has {len(tagged)} cells tagged 'parameters'; papermill needs exactly one")
+    title = next((line.lstrip("# ").strip() for c in notebook.cells if c.cell_type == "markdown"
+                  for line in c.source.splitlines() if line.startswith("#")), path.stem)
+    meta = notebook.metadata.get("recsys", {})
+    stage = path.stem
+    return {
+        "name": stage,
+        "path": path,
+        "title": title,
+        "parameters": list(papermill.inspect_notebook(str(path))),
+        "reads": list(meta.get("reads", [])),
+        "writes": [name for name, (writer, _) in ARTIFACTS.items() if writer == stage],
+    }
+
+
+def check_notebooks(infos: list[dict], params: dict, run_dir: Path) -> None:
+    """Before anything runs: every declared parameter exists and every input will exist."""
+    produced_here = {a for info in infos for a in info["writes"]}
+    for info in infos:
+        unknown = [p for p in info["parameters"] if p not in params and p not in RUNNER_PARAMETERS]
+        if unknown:
+            raise RunnerError(f"{info['name']} declares parameter(s) {', '.join(unknown)} that are not in "
+                              "params/default.yaml; add them there (the schema) or rename them")
+        for artifact in info["reads"]:
+            if artifact not in ARTIFACTS:
+                raise RunnerError(f"{info['name']} reads unknown artifact {artifact!r}; known: {', '.join(ARTIFACTS)}")
+            writer, filename = ARTIFACTS[artifact]
+            if artifact not in produced_here and not (run_dir / writer / filename).exists():
+                raise RunnerError(f"{info['name']} needs {artifact} from {writer}, which is neither selected nor "
+                                  f"present in {run_dir}: run notebook {writer} first (e.g. --from {writer[:2]})")
+
+
+def resolve_paths(params: dict) -> dict:
+    """Make relative paths absolute from the current directory (the kernels run inside notebooks/)."""
+    for key_path in PATH_KEYS:
+        holder = params
+        for part in key_path[:-1]:
+            holder = holder[part]
+        value = holder.get(key_path[-1])
+        if value:
+            holder[key_path[-1]] = str(Path(value).expanduser().resolve())
+    return params
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def print_list(infos: list[dict]) -> None:
+    for info in infos:
+        print(f"{info['name']}: {info['title']}")
+        reads = [f"{a} ({ARTIFACTS[a][0]})" for a in info["reads"]] or ["(raw data)"]
+        print(f"    reads:  {', '.join(reads)}")
+        print(f"    writes: {', '.join(info['writes'] + ['metrics.json', 'figures'])}")
+        print(f"    params: {', '.join(info['parameters'])}")
+
+
+def execute(info: dict, params: dict, artifacts_dir: Path, executed_dir: Path) -> tuple[str, str | None]:
+    """Run one notebook; return (status, error text). The executed copy is kept either way."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    injected = {name: params[name] for name in info["parameters"] if name in params}
+    injected["artifacts_dir"] = str(artifacts_dir)
+    output = executed_dir / f"{info['name']}.ipynb"
+    try:
+        papermill.execute_notebook(str(info["path"]), str(output), parameters=injected, kernel_name="python3",
+                                   cwd=str(NOTEBOOKS_DIR), progress_bar=sys.stderr.isatty(), log_output=False)
+    except PapermillExecutionError as err:
+        last_line = (err.evalue or "").strip().splitlines()[-1:] or [""]
+        return "failed", f"cell [{err.exec_count}] ({err.ename}): {last_line[0]}"
+    return "ok", None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", help="YAML file with the keys to change (default: params/default.yaml only)")
+    parser.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one parameter, e.g. -p split.strategy=temporal (repeatable)")
+    parser.add_argument("--run-name", help="folder under artifacts/ (default: the params' run_name)")
+    parser.add_argument("--only", action="append", metavar="NN", help="run only this notebook (repeatable)")
+    parser.add_argument("--from", dest="start", metavar="NN", help="start at this notebook")
+    parser.add_argument("--until", metavar="NN", help="stop after this notebook")
+    parser.add_argument("--list", action="store_true", help="print the notebooks and what each reads and writes")
+    parser.add_argument("--artifacts-dir", default=str(DEFAULT_ARTIFACTS_DIR), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    overrides = list(args.overrides) + ([f"run_name={args.run_name}"] if args.run_name else [])
+    try:
+        params = resolve_paths(load_params(args.params, overrides))
+        infos = [notebook_info(p) for p in select_notebooks(discover_notebooks(), args.only, args.start, args.until)]
+        if args.list:
+            print_list(infos)
+            return 0
+        artifacts_dir = Path(args.artifacts_dir).resolve()
+        run_dir = artifacts_dir / params["run_name"]
+        check_notebooks(infos, params, run_dir)
+    except (ParamsError, RunnerError) as err:
+        print(f"run_all.py: {err}", file=sys.stderr)
+        return 2
+
+    executed_dir, reports_dir = run_dir / "notebooks", run_dir / "reports"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "run_name": params["run_name"], "params": params, "params_hash": params_hash(params),
+        "params_file": args.params, "overrides": args.overrides, "packages": package_versions(),
+        "git_commit": git_commit(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "started": now(), "ended": None, "wall_s": None,
+        "notebooks": [{"name": i["name"], "status": "pending", "wall_s": None} for i in infos],
+    }
+    manifest_path = run_dir / "manifest.json"
+    write_json(manifest_path, manifest)
+    print(f"run {params['run_name']} -> {run_dir}  (params hash {manifest['params_hash']})")
+    run_start = time.perf_counter()
+    exit_code = 0
+    for position, (info, entry) in enumerate(zip(infos, manifest["notebooks"]), start=1):
+        print(f"[{position}/{len(infos)}] {info['name']}: {info['title']} ...", flush=True)
+        entry["started"] = now()
+        start = time.perf_counter()
+        status, error = execute(info, params, artifacts_dir, executed_dir)
+        entry.update(status=status, error=error, wall_s=round(time.perf_counter() - start, 2), ended=now())
+        render_notebook_html(executed_dir / f"{info['name']}.ipynb", reports_dir / f"{info['name']}.html")
+        print(f"      {status} in {entry['wall_s']:.1f} s -> reports/{info['name']}.html", flush=True)
+        write_json(manifest_path, manifest)
+        if status != "ok":
+            print(f"run_all.py: notebook {info['name']} failed at {error}\n"
+                  f"  the traceback is in {reports_dir / (info['name'] + '.html')}", file=sys.stderr)
+            exit_code = 1
+            break
+    manifest.update(ended=now(), wall_s=round(time.perf_counter() - run_start, 2))
+    write_json(manifest_path, manifest)
+    index = build_index(run_dir, manifest)
+    print(f"reports: {index}")
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""EASE against an independent per-column ridge solution, and the λ search on validation recall."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsys import metrics
+from recsys.ease import EASE, tune_ease
+
+
+def per_column_ridge(X, l2):
+    """B by definition: column j regresses item j on every other item (diag(B) = 0) with an L2 penalty.
+
+    min_b ||X_j - X_{-j} b||² + λ||b||²  =>  b = (X_{-j}ᵀX_{-j} + λI)⁻¹ X_{-j}ᵀ X_j
+    """
+    n_items = X.shape[1]
+    B = np.zeros((n_items, n_items))
+    for j in range(n_items):
+        others = [i for i in range(n_items) if i != j]
+        X_others = X[:, others]
+        B[others, j] = np.linalg.solve(X_others.T @ X_others + l2 * np.eye(n_items - 1), X_others.T @ X[:, j])
+    return B
+
+
+def test_ease_matches_the_constrained_least_squares_solution_on_3x3():
+    X = np.array([[1, 1, 0],
+                  [0, 1, 1],
+                  [1, 1, 1]], dtype=float)
+    model = EASE(l2=1.0).fit(sp.csr_matrix(X))
+    np.testing.assert_allclose(model.weights_, per_column_ridge(X, 1.0), atol=1e-6)
+    np.testing.assert_array_equal(np.diag(model.weights_), 0.0)
+
+
+def test_ease_matches_per_column_ridge_on_a_random_matrix():
+    X = (np.random.default_rng(0).random((40, 12)) < 0.3).astype(float)
+    model = EASE(l2=5.0).fit(sp.csr_matrix(X))
+    np.testing.assert_allclose(model.weights_, per_column_ridge(X, 5.0), atol=1e-5)
+    np.testing.assert_array_equal(np.diag(model.weights_), 0.0)
+
+
+def test_score_is_x_times_b_and_excludes_nothing():
+    X = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 1, 1]], dtype=np.float32))
+    model = EASE(l2=0.5).fit(X)
+    scores = model.score(X)
+    np.testing.assert_allclose(scores, X.toarray() @ model.weights_, rtol=1e-6)
+    assert np.isfinite(scores).all()   # seen items keep real scores; exclusion is top_k_from_scores' job
+    with pytest.raises(ValueError, match="item columns"):
+        model.score(sp.csr_matrix(np.ones((1, 3))))
+
+
+def test_ease_rejects_bad_input():
+    with pytest.raises(ValueError, match="l2"):
+        EASE(l2=0)
+    with pytest.raises(TypeError, match="sparse"):
+        EASE().fit(np.ones((2, 2)))
+    with pytest.raises(RuntimeError, match="before fit"):
+        EASE().score(sp.csr_matrix(np.ones((1, 2))))
+
+
+def test_tune_ease_reports_every_lambda_and_picks_the_best_val_recall():
+    rng = np.random.default_rng(1)
+    interactions = (rng.random((60, 15)) < 0.35).astype(np.float32)
+    held_out = interactions * (rng.random((60, 15)) < 0.2)
+    X_train = sp.csr_matrix(interactions - held_out)
+    X_val = sp.csr_matrix(held_out)
+    best_l2, table = tune_ease(X_train, X_val, [100.0, 1.0, 10.0], k=3)
+
+    assert list(table["l2"]) == [1.0, 10.0, 100.0]
+    assert best_l2 == table.loc[table["recall_at_3"].idxmax(), "l2"]
+    # each row equals fitting EASE and evaluating by hand with train items excluded
+    for row in table.itertuples():
+        model = EASE(l2=row.l2).fit(X_train)
+        top_items = metrics.top_k_from_scores(model.score(X_train), 3, exclude=X_train)
+        expected = metrics.retrieval_metrics(top_items, X_val, ks=(3,))
+        assert row.recall_at_3 == pytest.approx(expected["recall_at_3"])
+        assert row.ndcg_at_3 == pytest.approx(expected["ndcg_at_3"])
+        assert row.n_users_evaluated == expected["n_users_evaluated"]

@@ -1,0 +1,81 @@
+"""The notebook chain executed through papermill by run_all.py, asserting on each metrics.json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import run_all
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def run_pipeline(artifacts_dir: Path, *args: str) -> Path:
+    code = run_all.main(["--artifacts-dir", str(artifacts_dir), *args])
+    assert code == 0, f"run_all.py {' '.join(args)} exited {code}"
+    (run_dir,) = [p for p in artifacts_dir.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def metrics(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / stage / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """The whole chain on params/smoke.yaml (generated data), run once for this module."""
+    return run_pipeline(tmp_path_factory.mktemp("smoke"), "--params", str(PROJECT_ROOT / "params" / "smoke.yaml"))
+
+
+def test_smoke_run_writes_reports_and_manifest(smoke_run):
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    names = [p.stem for p in run_all.discover_notebooks()]
+    assert [n["name"] for n in manifest["notebooks"]] == names
+    assert all(n["status"] == "ok" and n["wall_s"] > 0 for n in manifest["notebooks"])
+    assert manifest["params"]["dataset"] == "synthetic" and manifest["packages"]["tensorflow"] == "2.20.0"
+    index = (smoke_run / "reports" / "index.html").read_text()
+    for name in names:
+        report = smoke_run / "reports" / f"{name}.html"
+        assert report.stat().st_size > 10_000
+        assert f'href="{name}.html"' in index
+        assert "Traceback" not in report.read_text()
+
+
+def test_smoke_preprocess_metrics(smoke_run):
+    m = metrics(smoke_run, "01_preprocess")
+    assert m["n_users"] == 300
+    assert m["n_train"] + m["n_val"] + m["n_test"] == m["n_ratings"]
+    assert m["n_test"] == pytest.approx(0.1 * m["n_ratings"], rel=0.15)
+    assert 0.8 < m["zip_state_resolved_share"] < 1.0  # the generator plants non-US and ZIP+4 codes
+    for artifact in ("users", "movies", "interactions", "data_quality"):
+        stage, filename = run_all.ARTIFACTS[artifact]
+        assert (smoke_run / stage / filename).exists()
+    assert not list(smoke_run.rglob("*.tmp")), "a temporary file was left behind"
+
+
+def test_smoke_eda_metrics(smoke_run):
+    m = metrics(smoke_run, "02_eda")
+    assert 3.0 < m["global_mean_rating"] < 4.2
+    assert 0 <= m["most_active_hour"] <= 23
+    assert m["most_active_weekday"] in {"Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"}
+    assert m["top_genre"] and len(m["top_state"]) == 2
+    assert len(list((smoke_run / "02_eda").glob("*.png"))) >= 6
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("dataset, folder, expected", [
+    ("ml-100k", "ml-100k", {"n_users": 943, "n_movies": 1682, "n_ratings": 100_000}),
+    ("ml-1m", "ml-1m-half", {"n_users": 2999, "n_ratings": 487_650, "n_users_listed": 6040}),
+])
+def test_real_data_preprocess_and_eda(tmp_path, shared_data, dataset, folder, expected):
+    run_dir = run_pipeline(tmp_path, "-p", f"dataset={dataset}", "-p", f"data_dir={shared_data / folder}",
+                           "--run-name", folder, "--until", "02")
+    m1 = metrics(run_dir, "01_preprocess")
+    assert {k: m1[k] for k in expected} == expected
+    assert m1["n_rows_dropped"] == 0
+    assert m1["zip_state_resolved_share"] > 0.95
+    m2 = metrics(run_dir, "02_eda")
+    assert m2["global_mean_rating"] == pytest.approx(3.52986 if dataset == "ml-100k" else 3.5719, abs=1e-3)
+    assert m2["top_state"] == "CA"

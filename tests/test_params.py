@@ -1,0 +1,114 @@
+"""Parameters: merging, overrides, and every kind of bad input rejected with the key named."""
+from __future__ import annotations
+
+import ast
+import json
+
+import nbformat
+import pytest
+import yaml
+
+from recsys.params import DEFAULT_PARAMS_FILE, ParamsError, load_params, params_hash, parse_override
+from tests.conftest import PROJECT_ROOT
+
+
+def write(tmp_path, text, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load_and_validate():
+    params = load_params()
+    assert params["dataset"] == "ml-1m"
+    assert params["split"]["strategy"] == "random"
+
+
+def test_file_then_overrides_merge_in_order(tmp_path):
+    path = write(tmp_path, "dataset: ml-100k\nsplit:\n  strategy: temporal\n")
+    params = load_params(path, ["split.strategy=random", "seed=7", "data_dir=/x"])
+    assert params["dataset"] == "ml-100k"
+    assert params["split"] == {**load_params()["split"], "strategy": "random"}
+    assert params["seed"] == 7 and params["data_dir"] == "/x"
+
+
+def test_override_values_are_yaml_typed():
+    assert parse_override("split.val_share=0.2") == (["split", "val_share"], 0.2)
+    assert parse_override("data_dir=null") == (["data_dir"], None)
+    assert parse_override("download.sources=[a, b]") == (["download", "sources"], ["a", "b"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("splitt.strategy=random", "unknown parameter 'splitt'"),
+    ("split.stratgy=random", "did you mean 'strategy'"),
+    ("seed=abc", "seed: expected int"),
+    ("split.val_share=[1]", "split.val_share: expected float"),
+    ("geo=zipcodes", "geo in override -p geo=zipcodes: expected a group of keys"),
+    ("dataset=ml-10m", "must be one of ml-1m, ml-100k, synthetic"),
+    ("split.strategy=leave-one-out", "must be one of random, temporal"),
+    ("split.test_share=0.95", "must leave a share for train"),
+    ("split.val_share=-0.1", "split.val_share=-0.1: must be a share"),
+    ("run_name=../escape", "run_name='../escape'"),
+    ("synthetic.n_users=True", "synthetic.n_users: expected int"),
+    ("download.sources=[]", "download.sources=[]: must not be empty"),
+    ("nokey", "not of the form key.sub=value"),
+])
+def test_bad_overrides_name_the_key(override, fragment):
+    with pytest.raises(ParamsError) as err:
+        load_params(overrides=[override])
+    assert fragment in str(err.value)
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    path = write(tmp_path, "geo:\n  backnd: zipcodes\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert "geo.backnd" in message and "geo.backend" in message and "geo.uszipcode_db" in message
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    path = write(tmp_path, "seed: 1\nsplit: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"p.yaml line \d+"):
+        load_params(path)
+
+
+def test_safe_loader_refuses_python_objects(tmp_path):
+    path = write(tmp_path, "seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ParamsError, match="does not exist"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_hash_is_stable_and_sensitive():
+    assert params_hash(load_params()) == params_hash(load_params())
+    assert params_hash(load_params()) != params_hash(load_params(overrides=["seed=1"]))
+
+
+def test_shipped_parameter_files_validate():
+    for path in sorted((PROJECT_ROOT / "params").glob("*.yaml")):
+        load_params(path)
+
+
+def test_notebook_parameter_cells_match_default_yaml():
+    """An analyst running a notebook alone in Jupyter gets the same defaults as run_all.py."""
+    defaults = yaml.safe_load(DEFAULT_PARAMS_FILE.read_text())
+    notebooks = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert notebooks, "no notebooks found"
+    for path in notebooks:
+        notebook = nbformat.read(str(path), as_version=4)
+        (cell,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        for node in ast.parse(cell.source).body:
+            assert isinstance(node, ast.Assign), f"{path.name}: parameters cell holds only assignments"
+            name = node.targets[0].id
+            value = ast.literal_eval(node.value)
+            if name == "artifacts_dir":
+                assert value == "../artifacts"
+                continue
+            assert name in defaults, f"{path.name}: parameter {name} is not in params/default.yaml"
+            assert json.dumps(value, sort_keys=True) == json.dumps(defaults[name], sort_keys=True), \
+                f"{path.name}: default of {name} differs from params/default.yaml"

@@ -1,0 +1,83 @@
+"""run_all.py: selection, listing, validation before any notebook starts, and failure reporting."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+import run_all
+
+
+def make_notebook(path, code: str, reads=()):
+    notebook = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("run_name = 'default'\nartifacts_dir = '../artifacts'")
+    params.metadata["tags"] = ["parameters"]
+    notebook.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem} title"), params, nbformat.v4.new_code_cell(code)]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.metadata["recsys"] = {"reads": list(reads)}
+    nbformat.write(notebook, str(path))
+
+
+@pytest.fixture
+def notebooks_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    monkeypatch.setattr(run_all, "NOTEBOOKS_DIR", folder)
+    return folder
+
+
+def test_discovery_orders_and_selects(notebooks_dir):
+    for name in ("02_b", "01_a", "10_c"):
+        make_notebook(notebooks_dir / f"{name}.ipynb", "x = 1")
+    found = run_all.discover_notebooks(notebooks_dir)
+    assert [p.stem for p in found] == ["01_a", "02_b", "10_c"]
+    assert [p.stem for p in run_all.select_notebooks(found, ["2"], None, None)] == ["02_b"]
+    assert [p.stem for p in run_all.select_notebooks(found, None, "02", None)] == ["02_b", "10_c"]
+    assert [p.stem for p in run_all.select_notebooks(found, None, None, "02")] == ["01_a", "02_b"]
+    with pytest.raises(run_all.RunnerError, match="no such notebook"):
+        run_all.select_notebooks(found, ["07"], None, None)
+
+
+def test_list_prints_reads_and_writes(capsys):
+    assert run_all.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "01_preprocess" in out and "writes: users, movies, interactions" in out
+    assert "reads:  users (01_preprocess)" in out
+
+
+def test_bad_params_stop_before_any_notebook(tmp_path, capsys):
+    assert run_all.main(["--artifacts-dir", str(tmp_path), "-p", "split.stratgy=x"]) == 2
+    assert "did you mean 'strategy'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_inputs_named_before_running(tmp_path, capsys):
+    assert run_all.main(["--artifacts-dir", str(tmp_path), "--only", "02"]) == 2
+    err = capsys.readouterr().err
+    assert "02_eda needs users from 01_preprocess" in err and "run notebook 01_preprocess first" in err
+
+
+def test_failing_notebook_is_named_rendered_and_stops(tmp_path, notebooks_dir, capsys):
+    make_notebook(notebooks_dir / "01_ok.ipynb", "print('fine')")
+    make_notebook(notebooks_dir / "02_broken.ipynb", "raise ValueError('ratings.dat line 3: rating 7 is outside 1..5')")
+    make_notebook(notebooks_dir / "03_never.ipynb", "print('never')")
+    code = run_all.main(["--artifacts-dir", str(tmp_path / "artifacts"), "--run-name", "failing"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "notebook 02_broken failed at cell [3] (ValueError): ratings.dat line 3: rating 7 is outside 1..5" in err
+    run_dir = tmp_path / "artifacts" / "failing"
+    assert "ValueError" in (run_dir / "reports" / "02_broken.html").read_text()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [n["status"] for n in manifest["notebooks"]] == ["ok", "failed", "pending"]
+    assert not (run_dir / "reports" / "03_never.html").exists()
+    assert "02_broken" in (run_dir / "reports" / "index.html").read_text()
+
+
+def test_unknown_notebook_parameter_rejected(tmp_path, notebooks_dir, capsys):
+    make_notebook(notebooks_dir / "01_x.ipynb", "pass")
+    notebook = nbformat.read(str(notebooks_dir / "01_x.ipynb"), as_version=4)
+    notebook.cells[1].source += "\nlearning_rat = 0.1"
+    nbformat.write(notebook, str(notebooks_dir / "01_x.ipynb"))
+    assert run_all.main(["--artifacts-dir", str(tmp_path)]) == 2
+    assert "declares parameter(s) learning_rat" in capsys.readouterr().err

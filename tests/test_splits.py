@@ -1,0 +1,155 @@
+"""Splits (DESIGN §5): complete and disjoint, per-user proportions, seeded, temporal order, bad params."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.splits import SPLIT_STRATEGIES, SplitError, assign_split, drop_sparse_users
+
+
+def make_ratings(sizes: dict[int, int], seed: int = 0) -> pd.DataFrame:
+    """Ratings for users with the given counts, rows shuffled, with distinct shuffled timestamps per user."""
+    rng = np.random.default_rng(seed)
+    user_id = np.repeat(list(sizes), list(sizes.values())).astype("int32")
+    frame = pd.DataFrame(
+        {
+            "user_id": user_id,
+            "movie_id": np.arange(len(user_id), dtype="int32"),
+            "rating": rng.integers(1, 6, len(user_id)).astype("int8"),
+            "timestamp": rng.permutation(len(user_id)).astype("int64") + 1_000_000,
+        }
+    )
+    shuffled = frame.sample(frac=1, random_state=seed)
+    return shuffled.set_axis(np.arange(len(shuffled)) * 3 + 100)  # an index that is not 0..n-1
+
+
+SIZES = {1: 100, 2: 40, 3: 20, 4: 10, 5: 5, 6: 3, 7: 2, 8: 1, 9: 57}
+
+
+def counts_per_user(ratings: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
+    return pd.crosstab(ratings["user_id"], split).reindex(columns=["train", "val", "test"], fill_value=0)
+
+
+@pytest.mark.parametrize("strategy", SPLIT_STRATEGIES)
+def test_split_is_complete_disjoint_and_aligned(strategy):
+    ratings = make_ratings(SIZES)
+    split = assign_split(ratings, strategy=strategy)
+    assert split.index.equals(ratings.index)
+    assert split.notna().all()
+    assert set(split.unique()) == {"train", "val", "test"}
+    assert list(split.cat.categories) == ["train", "val", "test"]
+    counts = counts_per_user(ratings, split)
+    assert (counts.sum(axis=1) == pd.Series(SIZES).rename_axis("user_id")).all()
+    assert (counts["train"] >= 1).all()  # every user with ratings is seen in training
+
+
+def test_random_split_proportions_per_user():
+    ratings = make_ratings(SIZES)
+    counts = counts_per_user(ratings, assign_split(ratings, "random", val_share=0.1, test_share=0.1))
+    assert counts.loc[1].tolist() == [80, 10, 10]
+    assert counts.loc[2].tolist() == [32, 4, 4]
+    assert counts.loc[9].tolist() == [45, 6, 6]  # 5.7 rounds to 6
+    assert counts.loc[5].tolist() == [3, 1, 1]  # 0.5 rounds up
+    assert counts.loc[6].tolist() == [1, 1, 1]  # 3 ratings: one in each split
+    assert counts.loc[7].tolist() == [2, 0, 0]  # fewer than 3: all in train
+    assert counts.loc[8].tolist() == [1, 0, 0]
+
+
+def test_random_split_overall_near_80_10_10():
+    ratings = make_ratings({user: 20 + user % 37 for user in range(300)})
+    shares = assign_split(ratings).value_counts(normalize=True)
+    assert shares["train"] == pytest.approx(0.8, abs=0.01)
+    assert shares["val"] == pytest.approx(0.1, abs=0.01)
+    assert shares["test"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_random_split_keeps_train_when_shares_are_large():
+    ratings = make_ratings({1: 3, 2: 10, 3: 2})
+    counts = counts_per_user(ratings, assign_split(ratings, val_share=0.45, test_share=0.5))
+    assert counts.loc[1].tolist() == [1, 1, 1]
+    assert counts.loc[2].tolist() == [1, 4, 5]
+    assert counts.loc[3, "train"] >= 1
+
+
+def test_zero_val_share_gives_no_val():
+    ratings = make_ratings(SIZES)
+    split = assign_split(ratings, val_share=0.0, test_share=0.2)
+    assert (split == "val").sum() == 0
+    assert counts_per_user(ratings, split).loc[1].tolist() == [80, 0, 20]
+
+
+def test_random_split_is_deterministic_per_seed():
+    ratings = make_ratings(SIZES)
+    first = assign_split(ratings, seed=7)
+    assert first.equals(assign_split(ratings, seed=7))
+    other = assign_split(ratings, seed=8)
+    assert not first.equals(other)
+    # Another seed picks other ratings but the same number per user.
+    assert counts_per_user(ratings, first).equals(counts_per_user(ratings, other))
+
+
+def test_temporal_split_holds_out_the_latest():
+    ratings = make_ratings(SIZES)
+    split = assign_split(ratings, strategy="temporal")
+    ordered = ratings.assign(split=split).sort_values(["user_id", "timestamp"])
+    for user, group in ordered.groupby("user_id"):
+        labels = group["split"].tolist()
+        if len(group) >= 3:
+            assert labels[-1] == "test" and labels[-2] == "val" and set(labels[:-2]) == {"train"}
+        elif len(group) == 2:
+            assert labels == ["train", "test"]
+        else:
+            assert labels == ["train"]
+
+
+def test_temporal_ties_are_broken_by_movie_id():
+    ratings = pd.DataFrame(
+        {"user_id": [1, 1, 1, 1], "movie_id": [40, 10, 30, 20], "rating": [3] * 4, "timestamp": [5, 9, 9, 9]},
+        index=[3, 2, 1, 0],
+    )
+    split = assign_split(ratings, strategy="temporal")
+    assert split.tolist() == ["train", "train", "test", "val"]
+    assert split.equals(assign_split(ratings.iloc[::-1], strategy="temporal").loc[split.index])
+
+
+def test_empty_ratings_give_an_empty_split():
+    empty = make_ratings({1: 3}).iloc[:0]
+    assert len(assign_split(empty)) == 0 and len(assign_split(empty, "temporal")) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"strategy": "leave_one_out"}, "split.strategy"),
+        ({"val_share": -0.1}, "split.val_share"),
+        ({"test_share": -0.01}, "split.test_share"),
+        ({"val_share": 0.5, "test_share": 0.5}, "split.val_share + split.test_share"),
+        ({"val_share": "0.1"}, "split.val_share"),
+        ({"test_share": float("nan")}, "split.test_share"),
+    ],
+)
+def test_bad_params_name_the_key(kwargs, key):
+    with pytest.raises(SplitError) as err:
+        assign_split(make_ratings({1: 5}), **kwargs)
+    assert key in str(err.value)
+    if "strategy" in kwargs:
+        assert all(name in str(err.value) for name in SPLIT_STRATEGIES)
+
+
+def test_temporal_needs_timestamps():
+    with pytest.raises(SplitError, match="timestamp"):
+        assign_split(make_ratings({1: 5}).drop(columns="timestamp"), strategy="temporal")
+
+
+def test_drop_sparse_users():
+    ratings = make_ratings(SIZES)
+    kept, n_dropped = drop_sparse_users(ratings, 3)
+    assert n_dropped == 2 + 1  # users 7 and 8
+    assert set(kept["user_id"]) == set(SIZES) - {7, 8}
+    assert kept.index.equals(ratings.index[~ratings["user_id"].isin([7, 8])])
+    assert drop_sparse_users(ratings, 0)[1] == 0
+    with pytest.raises(SplitError, match="split.min_ratings_per_user"):
+        drop_sparse_users(ratings, -1)
+    with pytest.raises(SplitError, match="split.min_ratings_per_user"):
+        drop_sparse_users(ratings, 2.5)
