@@ -59,6 +59,8 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "movies": ("01_preprocess", "movies.parquet"),
     "interactions": ("01_preprocess", "interactions.parquet"),
     "data_quality": ("01_preprocess", "data_quality.parquet"),
+    "baseline_results": ("03_baselines", "results.parquet"),
+    "ranking_model": ("04_two_tower_ranking", "ranking_model"),
 }
 
 

@@ -303,7 +303,8 @@ class _Table:
         if not data:
             raise DataError(f"{path} is empty. Replace it with the file from the original "
                             f"MovieLens zip.")
-        self._check_field_counts(data, sep, len(columns), sep.replace("\x1f", "::"))
+        shown_sep = {"\x1f": "::", "\t": "\\t"}.get(sep, sep)
+        self._check_field_counts(data, sep, len(columns), shown_sep)
         self.data, self.sep, self.columns = data, sep, columns
         try:
             self.df = self._read(dtype={c: str for c in str_columns})
@@ -354,9 +355,13 @@ class _Table:
             if bad.any():
                 row = int(np.argmax(bad.to_numpy()))
                 _fail(self.path, row, f"{what} '{_shown(raw.iloc[row])}' {not_int}")
+            # Every value is written as an integer, so only the int64 range can be the problem.
             as_float = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
-            row = int(np.argmax(np.abs(as_float) >= 2.0**62))
-            _fail(self.path, row, f"{what} '{_shown(raw.iloc[row])}' is too large")
+            too_large = np.abs(as_float) >= 2.0**62
+            if too_large.any():
+                row = int(np.argmax(too_large))
+                _fail(self.path, row, f"{what} '{_shown(raw.iloc[row])}' is too large")
+            values = pd.to_numeric(raw)
         array = values.to_numpy(dtype=np.int64)
         if lo is not None or hi is not None:
             outside = np.zeros(len(array), dtype=bool)

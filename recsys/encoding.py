@@ -18,6 +18,25 @@ MOVIE_FEATURES = ("genres", "title", "release_year")
 CONTEXT_FEATURES = ("hour", "weekday", "month")
 FEATURE_GROUPS = {"user": USER_FEATURES, "movie": MOVIE_FEATURES, "context": CONTEXT_FEATURES}
 ALL_FEATURES = USER_FEATURES + MOVIE_FEATURES + CONTEXT_FEATURES
+IDS_ONLY = "ids"  # the user and movie ids are always used; naming only them gives the ids-only model
+
+
+def resolve_features(names: list[str]) -> set[str]:
+    """Expand a `ranking.features` list (groups, single features, or "ids") to single side features.
+
+    Raises:
+        ValueError: the list is empty or names an unknown feature, with the valid names.
+    """
+    valid = [IDS_ONLY, *FEATURE_GROUPS, *ALL_FEATURES]
+    if not names:
+        raise ValueError(f"the feature list is empty: name at least {IDS_ONLY!r} (ids only) or some of {valid}")
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(f"unknown feature(s) {unknown}; valid: {valid}")
+    resolved: set[str] = set()
+    for name in names:
+        resolved.update(FEATURE_GROUPS.get(name, () if name == IDS_ONLY else (name,)))
+    return resolved
 TITLE_LENGTH = 8  # tokens kept per title; MovieLens titles rarely have more words that matter
 
 

@@ -164,6 +164,30 @@ def _non_empty(v: list) -> str | None:
     return None if v else "must not be empty"
 
 
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _grid(item_check: Callable[[Any], str | None]) -> Callable[[list], str | None]:
+    """A non-empty list whose every item passes `item_check`."""
+    def check(values: list) -> str | None:
+        if not values:
+            return "must not be empty"
+        problems = [f"item {i} ({v!r}) {item_check(v)}" for i, v in enumerate(values) if item_check(v)]
+        return "; ".join(problems) or None
+    return check
+
+
+def _features(v: list) -> str | None:
+    from recsys.encoding import resolve_features
+
+    try:
+        resolve_features(v)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def _run_name(v: str) -> str | None:
     return None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v) else \
         "must be a folder name of letters, digits, '.', '_' or '-'"
@@ -191,6 +215,28 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "split.val_share": _share,
         "split.test_share": _share,
         "split.min_ratings_per_user": _at_least(1),
+        "baselines.random_draws": _at_least(1),
+        "baselines.bias_iters": _at_least(1),
+        "baselines.n_jobs": _at_least(1),
+        "baselines.bias_grid.reg_user": _grid(_at_least(0)),
+        "baselines.bias_grid.reg_item": _grid(_at_least(0)),
+        "baselines.svd_grid.n_factors": _grid(_positive),
+        "baselines.svd_grid.n_epochs": _grid(_positive),
+        "baselines.svd_grid.lr_all": _grid(_positive),
+        "baselines.svd_grid.reg_all": _grid(_at_least(0)),
+        "ranking.features": _features,
+        "ranking.embedding_dim": _at_least(1),
+        "ranking.side_dim": _at_least(1),
+        "ranking.mlp_layers": lambda v: next((f"item {i} ({u}) must be >= 1" for i, u in enumerate(v) if u < 1), None),
+        "ranking.dropout": _share,
+        "ranking.l2": _at_least(0),
+        "ranking.bias_l2": _at_least(0),
+        "ranking.init_std": _positive,
+        "ranking.optimizer": _one_of("adam", "adagrad", "sgd"),
+        "ranking.learning_rate": _positive,
+        "ranking.batch_size": _at_least(1),
+        "ranking.max_epochs": _at_least(1),
+        "ranking.patience": _at_least(0),
     }
 
 

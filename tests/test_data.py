@@ -138,6 +138,7 @@ BAD_ML1M = [
     ("ratings", 4, "99::1::4::978300275", "ratings.dat line 5: user id '99' is not in users.dat"),
     ("ratings", 4, "3::2::4::978300275", "ratings.dat line 5: movie id '2' is not in movies.dat"),
     ("ratings", 4, "1::73::2::978300275", "ratings.dat line 5: user '1' rates movie '73' again (first on line 2)"),
+    ("ratings", 3, "2::99999999999::1::978300275", "ratings.dat line 4: movie id '99999999999' is outside 1..2147483647"),
     ("users", 1, "2::X::56::16::70072", "users.dat line 2: gender 'X' is not one of M, F"),
     ("users", 2, "1::M::25::15::55117", "users.dat line 3: user id '1' is repeated (first on line 1)"),
     ("users", 1, "2::M::57::16::70072", "users.dat line 2: age code '57' is not one of 1, 18"),
@@ -160,7 +161,7 @@ def test_ml1m_bad_input_names_file_line_and_value(tmp_path, kind, index, line, e
 
 
 BAD_ML100K = [
-    ("ratings", 1, "1\t2\t3", "u.data line 2: expected 4 fields separated by '\t', found 3"),
+    ("ratings", 1, "1\t2\t3", "u.data line 2: expected 4 fields separated by '\\t', found 3"),
     ("ratings", 1, "1\t2\t6\t876893171", "u.data line 2: rating '6' is outside 1..5"),
     ("users", 0, "1|24|Q|technician|85711", "u.user line 1: gender 'Q' is not one of M, F"),
     ("movies", 1, f"2|Café (1994)|01-Jan-1994||url|{_flags()}|0", "u.item line 2: expected 24 fields"),

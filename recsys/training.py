@@ -1,0 +1,183 @@
+"""Train, refit, score, save and reload the two-tower rating model under notebook 03/04's protocol."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import recsys  # noqa: F401
+import tensorflow as tf
+
+from recsys import metrics
+from recsys.artifacts import atomic_path
+from recsys.encoding import FeatureEncoder
+from recsys.models import RankingConfig, TwoTowerRatingModel, build_ranking_model
+from recsys.seeding import set_seed
+
+PREDICT_BATCH = 16_384
+
+
+class EpochTimer(tf.keras.callbacks.Callback):
+    """Wall time of each epoch, to report steady-state throughput (the first epoch also traces)."""
+
+    def on_train_begin(self, logs=None):
+        self.epoch_s: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_s.append(time.perf_counter() - self._start)
+
+
+@dataclass
+class TrainingResult:
+    """A fitted model with how it was trained.
+
+    Attributes:
+        model: the fitted model.
+        history: per-epoch metrics from Keras (train and, when validated, val RMSE).
+        epochs: epochs run.
+        best_epoch: the epoch with the lowest val RMSE (weights restored to it), or `epochs` without val.
+        wall_s: wall time of `fit`.
+        examples_per_s: steady-state training throughput (median epoch after the first, train examples only).
+    """
+
+    model: TwoTowerRatingModel
+    history: dict
+    epochs: int
+    best_epoch: int
+    wall_s: float
+    examples_per_s: float
+
+
+def _steady_throughput(n_examples: int, epoch_s: list[float]) -> float:
+    steady = epoch_s[1:] or epoch_s
+    return float(n_examples / np.median(steady))
+
+
+def train_ranking_model(config: RankingConfig, cardinalities: dict[str, int], x_train: dict[str, np.ndarray],
+                        y_train: np.ndarray, seed: int, x_val: dict[str, np.ndarray] | None = None,
+                        y_val: np.ndarray | None = None, epochs: int | None = None,
+                        verbose: int = 2) -> TrainingResult:
+    """Fit a fresh model: with val data, early stopping on val RMSE; without, exactly `epochs` epochs.
+
+    Examples are fed as numpy arrays, which Keras reshuffles every epoch, in batches of
+    `config.batch_size` (large batches keep two CPU cores busy).
+
+    Args:
+        config: hyper-parameters; `config.max_epochs` and `config.patience` drive early stopping.
+        cardinalities: embedding sizes from the FeatureEncoder.
+        x_train, y_train: model inputs and ratings.
+        seed: seeds initialisation and shuffling, so a rerun gives the same model.
+        x_val, y_val: validation data for early stopping (restores the best epoch's weights).
+        epochs: for a refit without validation data: how many epochs to run.
+    """
+    set_seed(seed)
+    model = build_ranking_model(cardinalities, config, float(np.mean(y_train)))
+    timer = EpochTimer()
+    callbacks: list = [timer]
+    validation = None
+    if x_val is not None:
+        # a batched, cached dataset: Keras would otherwise re-slice the numpy arrays every epoch
+        validation = tf.data.Dataset.from_tensor_slices((x_val, y_val.astype(np.float32))).batch(PREDICT_BATCH).cache()
+        callbacks.append(tf.keras.callbacks.EarlyStopping(monitor="val_root_mean_squared_error", mode="min",
+                                                          patience=config.patience, restore_best_weights=True))
+        epochs = config.max_epochs
+    elif epochs is None:
+        raise ValueError("train_ranking_model: give validation data (early stopping) or a number of epochs")
+    start = time.perf_counter()
+    history = model.fit(x_train, y_train.astype(np.float32), batch_size=config.batch_size, epochs=epochs,
+                        validation_data=validation, shuffle=True, callbacks=callbacks, verbose=verbose)
+    wall_s = time.perf_counter() - start
+    val_rmse = history.history.get("val_root_mean_squared_error")
+    best_epoch = int(np.argmin(val_rmse)) + 1 if val_rmse else len(history.history["loss"])
+    return TrainingResult(model, history.history, len(history.history["loss"]), best_epoch, wall_s,
+                          _steady_throughput(len(y_train), timer.epoch_s))
+
+
+def predict_ratings(model: TwoTowerRatingModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Predicted ratings (unclipped; the metrics clip to 1..5)."""
+    return model.predict(inputs, batch_size=PREDICT_BATCH, verbose=0).reshape(-1)
+
+
+def concat_inputs(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Stack the model inputs of several splits (train + val for the refit)."""
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def select_refit_evaluate(config: RankingConfig, cardinalities: dict[str, int], data: dict[str, tuple],
+                          seed: int, verbose: int = 2) -> dict:
+    """The protocol: early stopping on val picks the epochs, refit on train + val, score once on test.
+
+    Args:
+        data: {"train": (inputs, ratings), "val": (...), "test": (...)}.
+
+    Returns:
+        A dict with the early-stopped and refitted TrainingResults ("selected", "refit"), val RMSE
+        of the chosen epoch, test RMSE/MAE of the refit model, and total training wall time.
+    """
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = data["train"], data["val"], data["test"]
+    selected = train_ranking_model(config, cardinalities, x_train, y_train, seed, x_val, y_val, verbose=verbose)
+    refit = train_ranking_model(config, cardinalities, concat_inputs(x_train, x_val),
+                                np.concatenate([y_train, y_val]), seed, epochs=selected.best_epoch, verbose=verbose)
+    predictions = predict_ratings(refit.model, x_test)
+    return {
+        "selected": selected,
+        "refit": refit,
+        "best_epoch": selected.best_epoch,
+        "rmse_val": float(np.min(selected.history["val_root_mean_squared_error"])),
+        "rmse_test": metrics.rmse(y_test, predictions),
+        "mae_test": metrics.mae(y_test, predictions),
+        "train_wall_s": selected.wall_s + refit.wall_s,
+        "examples_per_s": refit.examples_per_s,
+    }
+
+
+# ---- persistence: weights + what is needed to rebuild the same model ------------------------------
+
+def save_ranking_model(model: TwoTowerRatingModel, encoder: FeatureEncoder, folder: str | os.PathLike) -> Path:
+    """Save weights, config, global mean and the encoder so `load_ranking_model` rebuilds the same model.
+
+    The folder is written under a temporary name and renamed, so a crash leaves no half-saved model.
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_weights(str(tmp / "weights"))
+    (tmp / "model.json").write_text(json.dumps({"config": model.config.to_dict(), "global_mean": model.global_mean,
+                                                "cardinalities": encoder.cardinalities()}, indent=2))
+    encoder.save(tmp / "encoder.json")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load_ranking_model(folder: str | os.PathLike) -> tuple[TwoTowerRatingModel, FeatureEncoder]:
+    """Rebuild a model saved by `save_ranking_model` and load its weights."""
+    folder = Path(folder)
+    if not (folder / "model.json").exists():
+        raise FileNotFoundError(f"{folder} holds no saved ranking model (model.json missing): "
+                                "run notebook 04_two_tower_ranking first")
+    state = json.loads((folder / "model.json").read_text())
+    encoder = FeatureEncoder.load(folder / "encoder.json")
+    model = build_ranking_model(state["cardinalities"], RankingConfig(**state["config"]), state["global_mean"])
+    model.load_weights(str(folder / "weights")).expect_partial()
+    return model, encoder
+
+
+def learning_curve(history: dict) -> pd.DataFrame:
+    """Train and val RMSE per epoch as a table (epoch from 1)."""
+    table = pd.DataFrame({"train_rmse": history["root_mean_squared_error"]})
+    if "val_root_mean_squared_error" in history:
+        table["val_rmse"] = history["val_root_mean_squared_error"]
+    table.index = pd.RangeIndex(1, len(table) + 1, name="epoch")
+    return table

@@ -1,0 +1,138 @@
+"""Feature encoding, the two-tower rating model built from params, and save/reload in a fresh process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.encoding import FeatureEncoder, resolve_features
+from recsys.params import load_params
+from tests.conftest import PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def tables():
+    users = pd.DataFrame({"user_id": [1, 2, 3], "gender": ["F", "M", "M"], "age_group": ["18-24", "25-34", "25-34"],
+                          "occupation": ["writer", "programmer", "writer"], "zip5": ["98107", "10001", None],
+                          "city": ["Seattle", "New York", None], "state": ["WA", "NY", None]})
+    movies = pd.DataFrame({"movie_id": [10, 20, 30], "title_clean": ["Toy Story", "Toy Story 2", "Heat"],
+                           "year": pd.array([1995, 1999, None], dtype="Int16"),
+                           "genre_Action": np.array([0, 0, 1], np.int8), "genre_Comedy": np.array([1, 1, 0], np.int8)})
+    rng = np.random.default_rng(0)
+    n = 600
+    interactions = pd.DataFrame({"user_id": rng.choice([1, 2, 3], n), "movie_id": rng.choice([10, 20, 30], n),
+                                 "hour": rng.integers(0, 24, n), "weekday": rng.integers(0, 7, n),
+                                 "month": rng.integers(1, 13, n)})
+    interactions["rating"] = (3 + (interactions["user_id"] == 1) - (interactions["movie_id"] == 30)).astype(np.float32)
+    return users, movies, interactions
+
+
+def test_encoder_reserves_zero_for_missing_and_unseen(tables):
+    users, movies, interactions = tables
+    train = interactions[interactions["user_id"] != 3]
+    encoder = FeatureEncoder.fit(users, movies, train)
+    user_table = encoder.user_table(users)
+    assert user_table.loc[3, "user_id_idx"] == 0          # never in train: the shared unknown row
+    assert user_table.loc[3, "zip5"] == 0 and user_table.loc[1, "zip5"] > 0
+    movie_table = encoder.movie_table(movies)
+    assert movie_table.loc[30, "release_year"] == 0       # missing year
+    # "toy" and "story" appear in two titles (kept), "heat" and "2" once (unknown token 0)
+    assert set(encoder.title_vocabulary) == {"toy", "story"}
+    assert movie_table.loc[20, ["title_0", "title_1", "title_2"]].tolist()[:2] == [2, 1]
+    inputs = encoder.interaction_inputs(interactions, user_table, movie_table)
+    assert inputs["genres"].shape == (len(interactions), 2) and inputs["title"].shape[1] == encoder.title_length
+    assert inputs["hour"].min() >= 1 and inputs["month"].max() <= 12
+
+
+def test_encoder_roundtrip(tmp_path, tables):
+    users, movies, interactions = tables
+    encoder = FeatureEncoder.fit(users, movies, interactions)
+    loaded = FeatureEncoder.load(encoder.save(tmp_path / "encoder.json"))
+    pd.testing.assert_frame_equal(loaded.user_table(users), encoder.user_table(users))
+    pd.testing.assert_frame_equal(loaded.movie_table(movies), encoder.movie_table(movies))
+
+
+def test_resolve_features():
+    assert resolve_features(["ids"]) == set()
+    assert resolve_features(["user"]) == {"age_group", "gender", "occupation", "zip5", "city", "state"}
+    assert resolve_features(["genres", "hour"]) == {"genres", "hour"}
+    with pytest.raises(ValueError, match="empty"):
+        resolve_features([])
+    with pytest.raises(ValueError, match=r"unknown feature\(s\) \['colour'\]"):
+        resolve_features(["colour"])
+
+
+def small_config(**overrides):
+    from recsys.models import RankingConfig
+
+    ranking = {k: v for k, v in load_params()["ranking"].items() if k != "ablation"}
+    return RankingConfig(**{**ranking, "embedding_dim": 8, "side_dim": 4, "batch_size": 64, **overrides})
+
+
+@pytest.mark.parametrize("features", [["ids"], ["user"], ["user", "movie"], ["user", "movie", "context"], ["title"]])
+def test_model_builds_from_params_for_each_feature_set(tables, features):
+    from recsys.models import build_ranking_model
+
+    users, movies, interactions = tables
+    encoder = FeatureEncoder.fit(users, movies, interactions)
+    inputs = encoder.interaction_inputs(interactions, encoder.user_table(users), encoder.movie_table(movies))
+    model = build_ranking_model(encoder.cardinalities(), small_config(features=features), 3.0)
+    predictions = model.predict(inputs, verbose=0)
+    assert predictions.shape == (len(interactions),)
+    assert np.allclose(predictions, 3.0, atol=0.5)  # starts near the global mean
+    names = {v.name for v in model.trainable_variables}
+    assert any("city_embedding" in n for n in names) == ("user" in features)
+    assert any("title_word_embedding" in n for n in names) == (features in (["user", "movie"], ["user", "movie", "context"], ["title"]))
+
+
+def test_training_learns_and_early_stopping_restores_best(tables):
+    from recsys import training
+
+    users, movies, interactions = tables
+    encoder = FeatureEncoder.fit(users, movies, interactions)
+    inputs = encoder.interaction_inputs(interactions, encoder.user_table(users), encoder.movie_table(movies))
+    y = interactions["rating"].to_numpy(np.float32)
+    config = small_config(learning_rate=0.05, max_epochs=15, l2=0.0)
+    result = training.train_ranking_model(config, encoder.cardinalities(), inputs, y, seed=1, x_val=inputs,
+                                          y_val=y, verbose=0)
+    val = result.history["val_root_mean_squared_error"]
+    assert min(val) < 0.5 * val[0]
+    assert result.best_epoch == int(np.argmin(val)) + 1
+    again = training.train_ranking_model(config, encoder.cardinalities(), inputs, y, seed=1, x_val=inputs,
+                                         y_val=y, verbose=0)
+    assert again.history["val_root_mean_squared_error"] == val  # one seed, same run
+
+
+def test_saved_model_reloads_in_a_fresh_process_with_identical_predictions(tmp_path, tables):
+    from recsys import training
+
+    users, movies, interactions = tables
+    encoder = FeatureEncoder.fit(users, movies, interactions)
+    inputs = encoder.interaction_inputs(interactions, encoder.user_table(users), encoder.movie_table(movies))
+    y = interactions["rating"].to_numpy(np.float32)
+    result = training.train_ranking_model(small_config(), encoder.cardinalities(), inputs, y, seed=3, epochs=2,
+                                          verbose=0)
+    folder = training.save_ranking_model(result.model, encoder, tmp_path / "ranking_model")
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    expected = training.predict_ratings(result.model, inputs)
+    script = (
+        "import json, sys, numpy as np\n"
+        "from recsys import training\n"
+        f"model, _ = training.load_ranking_model({str(folder)!r})\n"
+        f"inputs = dict(np.load({str(tmp_path / 'inputs.npz')!r}))\n"
+        "print(json.dumps(training.predict_ratings(model, inputs).tolist()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
+    reloaded = np.array(json.loads(out.stdout.strip().splitlines()[-1]), dtype=np.float32)
+    np.testing.assert_array_equal(reloaded, expected)
+
+
+def test_load_without_model_names_the_notebook(tmp_path):
+    from recsys import training
+
+    with pytest.raises(FileNotFoundError, match="run notebook 04_two_tower_ranking first"):
+        training.load_ranking_model(tmp_path)
