@@ -61,6 +61,12 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "data_quality": ("01_preprocess", "data_quality.parquet"),
     "baseline_results": ("03_baselines", "results.parquet"),
     "ranking_model": ("04_two_tower_ranking", "ranking_model"),
+    # the retrieval model folder holds its own encoder.json (a refit on train + val has its own vocabularies)
+    "retrieval_model": ("05_retrieval", "retrieval_model"),
+    "movie_embeddings": ("05_retrieval", "movie_embeddings.npy"),
+    "movie_embedding_ids": ("05_retrieval", "movie_embedding_ids.npy"),
+    "bruteforce_index": ("05_retrieval", "bruteforce_index"),
+    "scann_index": ("05_retrieval", "scann_index"),
 }
 
 

@@ -107,6 +107,12 @@ def predict_ratings(model: TwoTowerRatingModel, inputs: dict[str, np.ndarray]) -
     return model.predict(inputs, batch_size=PREDICT_BATCH, verbose=0).reshape(-1)
 
 
+def evaluate_ratings(model: TwoTowerRatingModel, inputs: dict[str, np.ndarray], ratings: np.ndarray) -> dict:
+    """RMSE and MAE of a model's predictions (clipped to 1..5, as every rating metric here)."""
+    predictions = predict_ratings(model, inputs)
+    return {"rmse": metrics.rmse(ratings, predictions), "mae": metrics.mae(ratings, predictions)}
+
+
 def concat_inputs(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Stack the model inputs of several splits (train + val for the refit)."""
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
@@ -127,14 +133,14 @@ def select_refit_evaluate(config: RankingConfig, cardinalities: dict[str, int], 
     selected = train_ranking_model(config, cardinalities, x_train, y_train, seed, x_val, y_val, verbose=verbose)
     refit = train_ranking_model(config, cardinalities, concat_inputs(x_train, x_val),
                                 np.concatenate([y_train, y_val]), seed, epochs=selected.best_epoch, verbose=verbose)
-    predictions = predict_ratings(refit.model, x_test)
+    scores = evaluate_ratings(refit.model, x_test, y_test)
     return {
         "selected": selected,
         "refit": refit,
         "best_epoch": selected.best_epoch,
         "rmse_val": float(np.min(selected.history["val_root_mean_squared_error"])),
-        "rmse_test": metrics.rmse(y_test, predictions),
-        "mae_test": metrics.mae(y_test, predictions),
+        "rmse_test": scores["rmse"],
+        "mae_test": scores["mae"],
         "train_wall_s": selected.wall_s + refit.wall_s,
         "examples_per_s": refit.examples_per_s,
     }

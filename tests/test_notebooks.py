@@ -79,3 +79,22 @@ def test_real_data_preprocess_and_eda(tmp_path, shared_data, dataset, folder, ex
     m2 = metrics(run_dir, "02_eda")
     assert m2["global_mean_rating"] == pytest.approx(3.52986 if dataset == "ml-100k" else 3.5719, abs=1e-3)
     assert m2["top_state"] == "CA"
+
+
+def test_smoke_baselines_metrics(smoke_run):
+    m = metrics(smoke_run, "03_baselines")
+    for name in ("random", "weighted_sampling", "majority", "global_mean", "bias", "svd"):
+        assert m[f"rmse_{name}"] > m[f"mae_{name}"] > 0
+    # the synthetic ratings have user/movie structure: learned models beat the mean, the mean beats chance
+    assert m["rmse_svd"] < m["rmse_global_mean"] and m["rmse_bias"] < m["rmse_global_mean"]
+    assert m["rmse_global_mean"] < m["rmse_weighted_sampling"] < m["rmse_random"]
+
+
+def test_smoke_two_tower_beats_the_global_mean(smoke_run):
+    m = metrics(smoke_run, "04_two_tower_ranking")
+    baselines = metrics(smoke_run, "03_baselines")
+    assert m["rmse_two_tower"] < 0.9 * baselines["rmse_global_mean"]
+    assert m["rmse_two_tower"] < baselines["rmse_bias"]
+    assert {f"rmse_ablation_{s}" for s in ("ids", "user", "movie", "context")} <= set(m)
+    assert m["best_epoch"] >= 1 and m["train_wall_s"] > 0 and m["train_examples_per_s"] > 0
+    assert (smoke_run / "04_two_tower_ranking" / "ranking_model" / "model.json").exists()

@@ -1,0 +1,210 @@
+"""Exploration (notebooks 07-09): randomised re-ranking, least-viewed injection, and scoring the lists they give."""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy import stats
+
+from recsys import metrics
+
+SOURCE_RETRIEVAL = "retrieval"
+SOURCE_LEAST_VIEWED = "least-viewed"
+
+
+# ---- weighted re-ranking ------------------------------------------------------------------------------
+
+def _gumbel_keys(predicted: np.ndarray, temperature: float, gumbel: np.ndarray) -> np.ndarray:
+    predicted = np.asarray(predicted, dtype=np.float64)
+    if np.isnan(predicted).any():
+        raise ValueError("predicted ratings contain NaN; every item needs a score to be sampled")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = no randomness), got {temperature}")
+    return predicted / temperature + gumbel
+
+
+def weighted_rerank(items: Sequence, predicted: Sequence[float], rng: np.random.Generator,
+                    temperature: float = 1.0) -> np.ndarray:
+    """Shuffle a ranked list so that items with higher predicted ratings tend to come first.
+
+    A deterministic ranking shows every user the same few items first, so the model never learns
+    what users think of the rest. Sampling the order instead keeps the top mostly on top while
+    letting lower-ranked items surface now and then.
+
+    The order is a weighted sample without replacement with weights w_i = exp(predicted_i / T):
+    the first item is i with probability w_i / sum(w), the second is drawn the same way from the
+    rest, and so on (the Plackett-Luce model). Exponential weights stay positive for any predicted
+    value (unclipped predictions can be <= 0, where powers break) and the temperature T moves
+    smoothly between greedy (T -> 0: the order by predicted rating) and uniform (T -> inf).
+
+    It is computed with the Gumbel-top-k trick: add independent Gumbel(0, 1) noise to
+    log w_i = predicted_i / T and sort by the result. The argmax of log-weights plus Gumbel noise
+    is i with probability w_i / sum(w) (the Gumbel-max trick), and given that, the remaining keys
+    are still independent Gumbel-perturbed log-weights, so the full sort is distributed exactly
+    like sequential sampling without replacement, with no loop and for many lists at once.
+
+    Args:
+        items: the list to re-rank (any values: ids, positions).
+        predicted: one predicted rating per item.
+        rng: numpy Generator (seeded by the caller for reproducibility).
+        temperature: T above; 0 returns the items sorted by predicted rating (stable for ties).
+
+    Returns:
+        The items in the sampled order.
+    """
+    items = np.asarray(items)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    if items.shape != predicted.shape or items.ndim != 1:
+        raise ValueError(f"items {items.shape} and predicted {predicted.shape} must be 1-D and of the same length")
+    if temperature == 0:
+        _gumbel_keys(predicted, 1.0, 0.0)  # validates
+        return items[np.argsort(-predicted, kind="stable")]
+    keys = _gumbel_keys(predicted, temperature, rng.gumbel(size=predicted.shape))
+    return items[np.argsort(-keys, kind="stable")]
+
+
+def weighted_rerank_many(item_lists: np.ndarray, predicted: np.ndarray, n_repeats: int, seed: int,
+                         temperature: float = 1.0) -> np.ndarray:
+    """`weighted_rerank` for every user's list, repeated `n_repeats` times, in one vectorised draw.
+
+    Args:
+        item_lists: (n_users, L) items, e.g. each user's top-L by predicted rating.
+        predicted: (n_users, L) predicted ratings of those items.
+        n_repeats: independent re-rankings per user (to average metrics over the randomness).
+        seed: seeds the Gumbel noise; the same seed gives the same orders.
+        temperature: as in `weighted_rerank`; 0 gives the deterministic order in every repeat.
+
+    Returns:
+        (n_repeats, n_users, L) items in sampled order.
+    """
+    item_lists = np.asarray(item_lists)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    if item_lists.shape != predicted.shape or item_lists.ndim != 2:
+        raise ValueError(f"item_lists {item_lists.shape} and predicted {predicted.shape} must be the same 2-D shape")
+    if n_repeats < 1:
+        raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
+    if temperature == 0:
+        _gumbel_keys(predicted, 1.0, 0.0)
+        order = np.argsort(-predicted, axis=1, kind="stable")
+        return np.broadcast_to(np.take_along_axis(item_lists, order, axis=1),
+                               (n_repeats, *item_lists.shape)).copy()
+    gumbel = np.random.default_rng(seed).gumbel(size=(n_repeats, *predicted.shape))
+    keys = _gumbel_keys(predicted, temperature, gumbel)
+    order = np.argsort(-keys, axis=-1, kind="stable")
+    return np.take_along_axis(np.broadcast_to(item_lists, keys.shape), order, axis=-1)
+
+
+def first_position_probabilities(predicted: Sequence[float], temperature: float = 1.0) -> np.ndarray:
+    """P(item i comes first) under `weighted_rerank`: softmax(predicted / T), computed stably."""
+    logits = np.asarray(predicted, dtype=np.float64) / temperature
+    weights = np.exp(logits - logits.max())
+    return weights / weights.sum()
+
+
+def kendall_tau(original_order: Sequence, sampled_order: Sequence) -> float:
+    """Kendall's tau between two orders of the same items: 1 identical, -1 reversed, ~0 unrelated.
+
+    Each item's rank in the sampled order is compared with its rank in the original order
+    (scipy.stats.kendalltau on the two rank vectors).
+    """
+    original_order, sampled_order = np.asarray(original_order), np.asarray(sampled_order)
+    if original_order.shape != sampled_order.shape or original_order.ndim != 1:
+        raise ValueError(f"orders must be 1-D and of the same length: {original_order.shape} vs {sampled_order.shape}")
+    if len(np.unique(original_order)) != len(original_order):
+        raise ValueError("original_order repeats an item; ranks are undefined")
+    rank_in_sample = pd.Index(sampled_order).get_indexer(original_order)
+    if (rank_in_sample < 0).any() or len(np.unique(sampled_order)) != len(sampled_order):
+        raise ValueError("the two orders must hold the same distinct items")
+    return float(stats.kendalltau(np.arange(len(original_order)), rank_in_sample).statistic)
+
+
+def kendall_tau_many(original: np.ndarray, sampled: np.ndarray) -> np.ndarray:
+    """Kendall's tau of each sampled list against its original, vectorised (lists of distinct items).
+
+    Args:
+        original: (n_users, L) lists.
+        sampled: (..., n_users, L) permutations of those lists (e.g. from weighted_rerank_many).
+
+    Returns:
+        (..., n_users) tau per list; equal to `kendall_tau` row by row (no ties, so tau-a = tau-b).
+    """
+    original, sampled = np.asarray(original), np.asarray(sampled)
+    length = original.shape[-1]
+    # rank of each sampled item in the original list: compare every sampled item with every original one
+    rank = np.argmax(sampled[..., :, None] == np.broadcast_to(original, sampled.shape)[..., None, :], axis=-1)
+    concordant = np.sign(rank[..., None, :] - rank[..., :, None])  # +1 when a later slot holds a later-ranked item
+    upper = np.triu(np.ones((length, length), dtype=bool), k=1)
+    return concordant[..., upper].sum(axis=-1) / (length * (length - 1) / 2)
+
+
+# ---- least-viewed movies -----------------------------------------------------------------------------
+
+def least_viewed_movies(train_counts: pd.Series | pd.DataFrame, catalogue_movie_ids: Iterable[int],
+                        max_views: int = 1) -> np.ndarray:
+    """Movies with at most `max_views` train interactions, never-seen ones (0 views) included.
+
+    These are the movies a popularity-biased system never shows, so nobody rates them and they
+    stay unseen: injecting them is the crudest way to learn about them.
+
+    Args:
+        train_counts: train interactions per movie id (a Series indexed by movie_id), or an
+            interactions table (with a `split` column, only its train rows count).
+        catalogue_movie_ids: every movie of the catalogue (movies absent from train count 0).
+        max_views: the most train interactions a movie may have to count as least viewed.
+
+    Returns:
+        movie ids, fewest views first (ties by movie id).
+    """
+    if isinstance(train_counts, pd.DataFrame):
+        interactions = train_counts
+        if "split" in interactions.columns:
+            interactions = interactions[interactions["split"] == "train"]
+        train_counts = interactions["movie_id"].value_counts()
+    catalogue = np.unique(np.asarray(list(catalogue_movie_ids)))
+    counts = train_counts.reindex(catalogue, fill_value=0).to_numpy()
+    chosen = counts <= max_views
+    order = np.lexsort((catalogue[chosen], counts[chosen]))
+    return catalogue[chosen][order]
+
+
+def merge_with_least_viewed(retrieved: Sequence[int], least_viewed: Sequence[int],
+                            seen: Iterable[int] = ()) -> pd.DataFrame:
+    """The retrieved list followed by least-viewed movies: the union, seen movies dropped, no duplicates.
+
+    A movie that is both retrieved and least viewed keeps the label "retrieval" (retrieval found it).
+
+    Returns:
+        DataFrame(movie_id, source) with source "retrieval" (in retrieved order) then "least-viewed".
+    """
+    seen = np.asarray(list(seen) if not isinstance(seen, np.ndarray) else seen, dtype=np.int64)
+    retrieved = pd.unique(np.asarray(retrieved, dtype=np.int64))
+    retrieved = retrieved[~np.isin(retrieved, seen)]
+    extra = pd.unique(np.asarray(least_viewed, dtype=np.int64))
+    extra = extra[~np.isin(extra, seen) & ~np.isin(extra, retrieved)]
+    return pd.DataFrame({
+        "movie_id": np.concatenate([retrieved, extra]),
+        "source": [SOURCE_RETRIEVAL] * len(retrieved) + [SOURCE_LEAST_VIEWED] * len(extra),
+    })
+
+
+# ---- evaluation -----------------------------------------------------------------------------------------
+
+def evaluate_lists(top_items: np.ndarray, relevant: sp.spmatrix, n_items: int, popularity_share: np.ndarray,
+                   item_genres, k: int = 10) -> dict[str, float]:
+    """Accuracy and beyond-accuracy of a set of top-k lists, with the project's metric definitions.
+
+    Args:
+        top_items: (n_users, k) catalogue indices, best first, rows aligned with `relevant`.
+        relevant: (n_users, n_items) held-out interactions (e.g. test).
+        n_items: catalogue size.
+        popularity_share: (n_items,) from metrics.item_popularity_share(X_train).
+        item_genres: (n_items, n_genres) genre indicators.
+
+    Returns:
+        recall_at_k, ndcg_at_k, coverage_at_k, novelty, intra_list_diversity, gini.
+    """
+    accuracy = metrics.retrieval_metrics(top_items, relevant, ks=(k,))
+    beyond = metrics.beyond_accuracy(top_items, n_items, popularity_share, item_genres, k=k)
+    return {f"recall_at_{k}": accuracy[f"recall_at_{k}"], f"ndcg_at_{k}": accuracy[f"ndcg_at_{k}"], **beyond}

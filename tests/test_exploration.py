@@ -1,0 +1,192 @@
+"""Exploration: weighted re-ranking follows its weights, Kendall tau, prediction-time noise, least-viewed injection."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from scipy import stats
+
+from recsys import exploration, metrics
+
+PREDICTED = np.array([4.5, 4.0, 3.5, 3.0, 2.0])
+ITEMS = np.array([101, 102, 103, 104, 105])
+
+
+# ---- weighted re-ranking ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_first_position_frequencies_follow_the_weights(temperature):
+    draws = exploration.weighted_rerank_many(ITEMS[None, :], PREDICTED[None, :], n_repeats=20_000, seed=1,
+                                             temperature=temperature)
+    assert draws.shape == (20_000, 1, 5)
+    first = draws[:, 0, 0]
+    observed = np.array([(first == item).sum() for item in ITEMS])
+    expected = exploration.first_position_probabilities(PREDICTED, temperature) * len(first)
+    weights = np.exp(PREDICTED / temperature)
+    np.testing.assert_allclose(expected / len(first), weights / weights.sum())
+    assert stats.chisquare(observed, expected).pvalue > 0.001
+
+
+def test_second_position_follows_sampling_without_replacement():
+    # P(second = j) = sum_i p_i * p_j / (1 - p_i): the sequential definition the Gumbel trick must match
+    draws = exploration.weighted_rerank_many(ITEMS[None, :], PREDICTED[None, :], 20_000, seed=2)[:, 0, :]
+    p = exploration.first_position_probabilities(PREDICTED)
+    second = np.array([sum(p[i] * p[j] / (1 - p[i]) for i in range(5) if i != j) for j in range(5)])
+    observed = np.array([(draws[:, 1] == item).sum() for item in ITEMS])
+    assert stats.chisquare(observed, second * len(draws)).pvalue > 0.001
+    assert all(len(set(row)) == 5 for row in draws[:100])  # without replacement
+
+
+def test_single_list_sampler_follows_the_weights():
+    rng = np.random.default_rng(3)
+    first = np.array([exploration.weighted_rerank(ITEMS, PREDICTED, rng)[0] for _ in range(20_000)])
+    observed = np.array([(first == item).sum() for item in ITEMS])
+    assert stats.chisquare(observed, exploration.first_position_probabilities(PREDICTED) * 20_000).pvalue > 0.001
+
+
+def test_seeded_reproducibility():
+    lists = np.tile(ITEMS, (50, 1))
+    scores = np.tile(PREDICTED, (50, 1))
+    a = exploration.weighted_rerank_many(lists, scores, 3, seed=11)
+    np.testing.assert_array_equal(a, exploration.weighted_rerank_many(lists, scores, 3, seed=11))
+    assert not np.array_equal(a, exploration.weighted_rerank_many(lists, scores, 3, seed=12))
+    one = exploration.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(5))
+    np.testing.assert_array_equal(one, exploration.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(5)))
+    orders = {tuple(exploration.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(s))) for s in range(20)}
+    assert orders != {tuple(one)}
+
+
+def test_low_temperature_gives_the_deterministic_order():
+    shuffled = np.array([3, 0, 4, 1, 2])
+    items, scores = ITEMS[shuffled], PREDICTED[shuffled]
+    for temperature in (0.0, 1e-4):
+        np.testing.assert_array_equal(exploration.weighted_rerank(items, scores, np.random.default_rng(0), temperature),
+                                      ITEMS)
+        many = exploration.weighted_rerank_many(np.tile(items, (4, 1)), np.tile(scores, (4, 1)), 10, seed=0,
+                                                temperature=temperature)
+        assert (many == ITEMS).all()
+
+
+def test_rerank_rejects_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        exploration.weighted_rerank(ITEMS, [1.0, np.nan, 2, 3, 4], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="temperature"):
+        exploration.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(0), temperature=-1)
+    with pytest.raises(ValueError, match="same"):
+        exploration.weighted_rerank_many(ITEMS[None, :], PREDICTED[None, :3], 2, seed=0)
+
+
+# ---- Kendall tau ----------------------------------------------------------------------------------------
+
+def test_kendall_tau_identical_reversed_and_one_swap():
+    assert exploration.kendall_tau(ITEMS, ITEMS) == pytest.approx(1.0)
+    assert exploration.kendall_tau(ITEMS, ITEMS[::-1]) == pytest.approx(-1.0)
+    swapped = ITEMS[[1, 0, 2, 3, 4]]
+    assert exploration.kendall_tau(ITEMS, swapped) == pytest.approx(1 - 2 * 1 / 10)
+    with pytest.raises(ValueError, match="same distinct items"):
+        exploration.kendall_tau(ITEMS, np.array([101, 102, 103, 104, 999]))
+
+
+def test_kendall_tau_many_matches_scipy_per_list():
+    rng = np.random.default_rng(0)
+    original = np.array([rng.permutation(50)[:10] for _ in range(30)])
+    sampled = exploration.weighted_rerank_many(original, rng.normal(3.5, 1, original.shape), 4, seed=0)
+    taus = exploration.kendall_tau_many(original, sampled)
+    assert taus.shape == (4, 30)
+    expected = [[exploration.kendall_tau(original[u], sampled[r, u]) for u in range(30)] for r in range(4)]
+    np.testing.assert_allclose(taus, expected)
+
+
+# ---- prediction-time noise -------------------------------------------------------------------------------
+
+def test_noise_is_identity_in_training_and_at_sigma_zero():
+    import tensorflow as tf
+
+    from recsys.noise import PredictionNoise
+
+    x = tf.random.stateless_normal((64, 8), seed=(1, 2))
+    np.testing.assert_array_equal(PredictionNoise(0.5, seed=1)(x, training=True), x)
+    np.testing.assert_array_equal(PredictionNoise(0.0, seed=1)(x), x)
+    np.testing.assert_array_equal(PredictionNoise(0.0, seed=1)(x, training=False), x)
+    with pytest.raises(ValueError, match="sigma"):
+        PredictionNoise(-0.1)
+
+
+def test_noise_varies_between_calls_and_is_reproducible_under_a_seed():
+    import tensorflow as tf
+
+    from recsys.noise import PredictionNoise
+
+    x = tf.zeros((2_000, 16))
+    layer, twin, other = PredictionNoise(0.3, seed=7), PredictionNoise(0.3, seed=7), PredictionNoise(0.3, seed=8)
+    first, second = layer(x).numpy(), layer(x, training=False).numpy()
+    assert not np.allclose(first, second)
+    np.testing.assert_array_equal(twin(x).numpy(), first)
+    np.testing.assert_array_equal(twin(x).numpy(), second)
+    assert not np.allclose(other(x).numpy(), first)
+    assert first.std() == pytest.approx(0.3, rel=0.03) and abs(first.mean()) < 0.01
+    layer.reset()
+    np.testing.assert_array_equal(layer(x).numpy(), first)
+
+
+def test_noise_inside_a_keras_model_is_off_in_fit_and_on_in_predict():
+    import tensorflow as tf
+
+    from recsys.noise import PredictionNoise
+
+    x = np.ones((32, 4), np.float32)
+    model = tf.keras.Sequential([tf.keras.Input((4,)), PredictionNoise(1.0, seed=3)])
+    model.compile(loss="mse")
+    assert model.evaluate(x, x, verbose=0) > 0.5        # inference: noise, mse ~ sigma^2
+    model.fit(x, x, epochs=1, verbose=0)
+    assert model.history.history["loss"][0] == pytest.approx(0.0)  # training: identity
+    config = PredictionNoise(0.2, seed=4).get_config()
+    assert config["sigma"] == 0.2 and config["seed"] == 4
+
+
+# ---- least viewed ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def interactions():
+    return pd.DataFrame({"movie_id": [1, 1, 1, 2, 2, 3, 4, 4, 5],
+                         "split": ["train", "train", "val", "train", "train", "train", "test", "test", "train"]})
+
+
+def test_least_viewed_counts_train_only_and_includes_unseen(interactions):
+    catalogue = [1, 2, 3, 4, 5, 6]
+    # train views: 1 -> 2, 2 -> 2, 3 -> 1, 4 -> 0 (test only), 5 -> 1, 6 -> 0 (never rated)
+    np.testing.assert_array_equal(exploration.least_viewed_movies(interactions, catalogue, max_views=0), [4, 6])
+    np.testing.assert_array_equal(exploration.least_viewed_movies(interactions, catalogue, max_views=1), [4, 6, 3, 5])
+    assert set(exploration.least_viewed_movies(interactions, catalogue, max_views=2)) == set(catalogue)
+    counts = interactions.loc[interactions["split"] == "train", "movie_id"].value_counts()
+    np.testing.assert_array_equal(exploration.least_viewed_movies(counts, catalogue, max_views=1), [4, 6, 3, 5])
+
+
+def test_merge_with_least_viewed_labels_dedupes_and_excludes_seen():
+    merged = exploration.merge_with_least_viewed(retrieved=[10, 20, 30, 20], least_viewed=[30, 40, 50, 40, 60],
+                                                 seen=[20, 50])
+    assert merged["movie_id"].tolist() == [10, 30, 40, 60]
+    assert merged["source"].tolist() == ["retrieval", "retrieval", "least-viewed", "least-viewed"]
+    assert merged["movie_id"].is_unique
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------
+
+def test_evaluate_lists_reuses_the_project_metrics():
+    rng = np.random.default_rng(0)
+    n_users, n_items = 20, 40
+    top = np.array([rng.permutation(n_items)[:10] for _ in range(n_users)])
+    held_out = (rng.random((n_users, n_items)) < 0.1).astype(np.float32)
+    held_out[0, top[0, 0]] = 1  # at least one hit, and every user a held-out item
+    held_out[:, 39] = 1
+    relevant = sp.csr_matrix(held_out)
+    train = sp.csr_matrix((rng.random((n_users, n_items)) < 0.3).astype(np.float32))
+    share = metrics.item_popularity_share(train)
+    genres = (rng.random((n_items, 5)) < 0.4).astype(np.int8)
+    result = exploration.evaluate_lists(top, relevant, n_items, share, genres)
+    assert set(result) == {"recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini"}
+    accuracy = metrics.retrieval_metrics(top, relevant, ks=(10,))
+    assert result["recall_at_10"] == accuracy["recall_at_10"] and result["ndcg_at_10"] == accuracy["ndcg_at_10"]
+    assert result["novelty"] == metrics.novelty(top, share)
+    assert result["gini"] == metrics.gini_index(top, n_items)

@@ -1,0 +1,116 @@
+"""The online feature store: build from notebook 01's tables, save/load, ordered lookups, seen items, popularity."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.feature_store import ENCODED_PREFIX, FeatureStore, UnknownMovieError
+from tests.online_fixtures import NEVER_RATED_MOVIE, tiny_store_and_encoder
+
+
+@pytest.fixture(scope="module")
+def built():
+    return tiny_store_and_encoder()
+
+
+def test_build_holds_readable_and_encoded_features(built):
+    store, encoder, (users, movies, interactions) = built
+    assert store.movies.index.name == "movie_id" and len(store.movies) == len(movies)
+    assert store.users.index.name == "user_id" and len(store.users) == len(users)
+    for column in ["title", "genres", "year", "popularity", "popularity_rank", "mean_rating"]:
+        assert column in store.movies.columns
+    for column in ["gender", "age_group", "occupation", "city", "state", "n_train_ratings"]:
+        assert column in store.users.columns
+    encoded_movies = encoder.movie_table(movies)
+    np.testing.assert_array_equal(store.movies[ENCODED_PREFIX + encoded_movies.columns].to_numpy(),
+                                  encoded_movies.to_numpy())
+    encoded_users = encoder.user_table(users)
+    np.testing.assert_array_equal(store.users[ENCODED_PREFIX + encoded_users.columns].to_numpy(),
+                                  encoded_users.to_numpy())
+    assert store.movies.loc[10, "title"] == movies.set_index("movie_id").loc[10, "title_clean"]
+
+
+def test_popularity_mean_rating_and_user_counts_come_from_train_only(built):
+    store, _, (_, movies, interactions) = built
+    train = interactions[interactions["split"] == "train"]
+    expected = train["movie_id"].value_counts().reindex(movies["movie_id"], fill_value=0)
+    np.testing.assert_array_equal(store.movies["popularity"].to_numpy(), expected.to_numpy())
+    # val/test interactions exist, so counting every split would differ
+    assert (interactions["movie_id"].value_counts().reindex(movies["movie_id"], fill_value=0) != expected).any()
+    assert store.movies.loc[NEVER_RATED_MOVIE, "popularity"] == 0
+    assert np.isnan(store.movies.loc[NEVER_RATED_MOVIE, "mean_rating"])
+    rated = store.movies["mean_rating"].dropna()
+    np.testing.assert_allclose(rated, train.groupby("movie_id")["rating"].mean().reindex(rated.index))
+    ranks = store.movies.sort_values("popularity_rank")
+    assert ranks["popularity_rank"].tolist() == list(range(1, len(ranks) + 1))
+    assert ranks["popularity"].is_monotonic_decreasing
+    assert (store.users["n_train_ratings"] == train["user_id"].value_counts().reindex(store.users.index)).all()
+
+
+def test_get_movie_features_keeps_the_order_asked(built):
+    store, _, _ = built
+    ids = [50, 10, 150, 10]
+    table = store.get_movie_features(ids)
+    assert table.index.tolist() == ids
+    assert table["title"].tolist() == [store.movies.loc[i, "title"] for i in ids]
+
+
+def test_unknown_movie_error_names_the_ids(built):
+    store, _, _ = built
+    with pytest.raises(UnknownMovieError, match=r"\[99999, 4242\]") as error:
+        store.get_movie_features([10, 99999, 4242, 99999])
+    assert error.value.movie_ids == [99999, 4242]
+    assert isinstance(error.value, KeyError)
+
+
+def test_user_lookup_and_seen_movies(built):
+    store, _, (_, _, interactions) = built
+    assert store.get_user_features(123456) is None
+    row = store.get_user_features(3)
+    assert row.name == 3 and row["gender"] in {"F", "M"}
+    mine = interactions[interactions["user_id"] == 3]
+    expected = np.sort(mine.loc[mine["split"].isin(["train", "val"]), "movie_id"].unique())
+    np.testing.assert_array_equal(store.seen_movies(3), expected)
+    test_movie = mine.loc[mine["split"] == "test", "movie_id"].iloc[0]
+    assert test_movie not in store.seen_movies(3)
+    assert store.seen_movies(123456).size == 0
+
+
+def test_popular_movies_skips_excluded(built):
+    store, _, _ = built
+    top = store.popular_movies(4)
+    assert top["popularity_rank"].tolist() == [1, 2, 3, 4]
+    without = store.popular_movies(3, exclude=[top.index[0], top.index[2]])
+    assert without.index.tolist() == [top.index[1], top.index[3], store.popular_movies(5).index[4]]
+
+
+def test_save_load_roundtrip(tmp_path, built):
+    store, encoder, _ = built
+    folder = store.save(tmp_path / "feature_store")
+    loaded = FeatureStore.load(folder)
+    pd.testing.assert_frame_equal(loaded.movies, store.movies)
+    pd.testing.assert_frame_equal(loaded.users, store.users)
+    pd.testing.assert_frame_equal(loaded.seen_pairs(), store.seen_pairs())
+    assert loaded.seen_splits == store.seen_splits
+    for user_id in store.users.index:
+        np.testing.assert_array_equal(loaded.seen_movies(user_id), store.seen_movies(user_id))
+    positions = np.array([0, 3, 3])
+    for name, values in store.movie_inputs(positions, encoder).items():
+        np.testing.assert_array_equal(loaded.movie_inputs(positions, encoder)[name], values)
+    # saving again replaces the folder in one step and leaves no temporary folders behind
+    store.save(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feature_store"]
+
+
+def test_load_of_a_missing_store_says_how_to_build_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="FeatureStore.build"):
+        FeatureStore.load(tmp_path / "nothing")
+
+
+def test_build_needs_the_split_column(built):
+    _, encoder, (users, movies, interactions) = built
+    with pytest.raises(ValueError, match="split"):
+        FeatureStore.build(users, movies, interactions.drop(columns="split"), encoder)
+    with pytest.raises(ValueError, match="holdout"):
+        FeatureStore.build(users, movies, interactions, encoder, seen_splits=("train", "holdout"))

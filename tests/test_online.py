@@ -1,0 +1,161 @@
+"""Mimicking online prediction: retrieval, seen-item exclusion, ranking, the popular fallback, batch = per user."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.params import load_params
+from tests.online_fixtures import tiny_store_and_encoder
+
+CONTEXT = {"hour": 20, "weekday": 4, "month": 12}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from recsys.models import RankingConfig, build_ranking_model
+    from recsys.online import NumpyRetriever
+    from recsys.seeding import set_seed
+
+    set_seed(7)
+    store, encoder, tables = tiny_store_and_encoder()
+    ranking = {k: v for k, v in load_params()["ranking"].items() if k != "ablation"}
+    config = RankingConfig(**{**ranking, "embedding_dim": 8, "side_dim": 4, "mlp_layers": [8]})
+    model = build_ranking_model(encoder.cardinalities(), config, global_mean=3.5)
+    retriever = NumpyRetriever.from_ranking_model(model, store, encoder)
+    return {"store": store, "encoder": encoder, "model": model, "retriever": retriever, "tables": tables}
+
+
+def call(setup, user_id, **kwargs):
+    from recsys.online import recommend
+
+    kwargs = {"k": 5, "n_candidates": 8, "context": CONTEXT, "retrieval_index": setup["retriever"], **kwargs}
+    return recommend(user_id, store=setup["store"], ranking_model=setup["model"], encoder=setup["encoder"], **kwargs)
+
+
+def test_known_user_gets_k_unseen_movies_ranked_by_predicted_rating(setup):
+    from recsys.online import RESULT_COLUMNS, SOURCE_RETRIEVAL
+
+    table = call(setup, 3)
+    assert list(table.columns) == RESULT_COLUMNS
+    assert len(table) == 5 and table["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert table["predicted_rating"].is_monotonic_decreasing
+    assert table["predicted_rating"].between(1, 5).all()
+    assert not set(table["movie_id"]) & set(setup["store"].seen_movies(3))
+    assert table["movie_id"].is_unique and (table["source"] == SOURCE_RETRIEVAL).all()
+    store = setup["store"]
+    assert table["title"].tolist() == store.movies.loc[table["movie_id"], "title"].tolist()
+    assert table["year"].tolist() == store.movies.loc[table["movie_id"], "year"].tolist()
+
+
+def test_predicted_rating_is_the_models_prediction_for_that_user_movie_and_context(setup):
+    store, encoder, model = setup["store"], setup["encoder"], setup["model"]
+    table = call(setup, 2)
+    interactions = pd.DataFrame({"user_id": 2, "movie_id": table["movie_id"], **CONTEXT})
+    inputs = encoder.interaction_inputs(interactions, encoder.user_table(setup["tables"][0]),
+                                        encoder.movie_table(setup["tables"][1]))
+    expected = model.predict(inputs, verbose=0)
+    np.testing.assert_allclose(table["predicted_rating"], np.clip(expected, 1, 5), rtol=1e-5)
+
+
+def test_retrieval_scores_are_the_top_candidates_of_the_retriever(setup):
+    retriever, store = setup["retriever"], setup["store"]
+    ids, scores = retriever.retrieve(3, 8, store.seen_movies(3))
+    table = call(setup, 3, k=8)
+    assert set(table["movie_id"]) == set(ids[~np.isin(ids, store.seen_movies(3))])
+    # an exact check of the numpy retriever against a full sort
+    user_row = retriever.user_index.get_loc(3)
+    all_scores = retriever.movie_vectors @ retriever.user_vectors[user_row]
+    unseen = ~np.isin(retriever.movie_ids, store.seen_movies(3))
+    expected = retriever.movie_ids[unseen][np.argsort(-all_scores[unseen], kind="stable")][:8]
+    np.testing.assert_array_equal(ids, expected)
+
+
+def test_seen_movies_are_dropped_even_if_the_retriever_returns_them(setup):
+    store = setup["store"]
+
+    def careless_retriever(user_id, n, exclude):  # ignores `exclude`
+        ids = store.movies.index.to_numpy()[:n]
+        return ids, np.linspace(1, 0, len(ids))
+
+    table = call(setup, 1, retrieval_index=careless_retriever, n_candidates=15, k=15)
+    assert not set(table["movie_id"]) & set(store.seen_movies(1))
+    assert len(table) == len(store.movies) - len(store.seen_movies(1))
+
+
+def test_unknown_user_gets_popular_movies_labelled(setup):
+    from recsys.online import RESULT_COLUMNS, SOURCE_POPULAR
+
+    table = call(setup, 987654)
+    assert list(table.columns) == RESULT_COLUMNS
+    assert table["movie_id"].tolist() == setup["store"].popular_movies(5).index.tolist()
+    assert (table["source"] == SOURCE_POPULAR).all() and table["predicted_rating"].isna().all()
+    assert table["rank"].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_recommend_batch_equals_recommend_per_user(setup):
+    from recsys.online import recommend_batch
+
+    user_ids = [3, 987654, 1, 5, 3, 8]
+    batch = recommend_batch(user_ids, k=5, n_candidates=8, context=CONTEXT, store=setup["store"],
+                            retrieval_index=setup["retriever"], ranking_model=setup["model"], encoder=setup["encoder"])
+    expected = pd.concat([call(setup, u).assign(user_id=u) for u in user_ids], ignore_index=True)
+    expected = expected[["user_id", *expected.columns[:-1]]]
+    pd.testing.assert_frame_equal(batch.drop(columns="predicted_rating"), expected.drop(columns="predicted_rating"),
+                                  check_dtype=False)
+    np.testing.assert_allclose(batch["predicted_rating"], expected["predicted_rating"], rtol=1e-5)
+
+
+def test_recommend_batch_without_retrieve_batch_matches(setup):
+    from recsys.online import recommend_batch
+
+    retriever = setup["retriever"]
+    batch = recommend_batch([2, 4], k=3, n_candidates=8, context=CONTEXT, store=setup["store"],
+                            retrieval_index=retriever.retrieve, ranking_model=setup["model"], encoder=setup["encoder"])
+    for user_id, rows in batch.groupby("user_id"):
+        assert rows["movie_id"].tolist() == call(setup, user_id, k=3)["movie_id"].tolist()
+
+
+def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
+
+    from recsys.online import FactorizedTopKRetriever, UnknownUserError
+
+    store, retriever = setup["store"], setup["retriever"]
+    # a query model from user index (the store's encoded user id) to the same user vectors
+    n_rows, dim = int(store.users["enc_user_id_idx"].max()) + 1, retriever.user_vectors.shape[1]
+    user_vectors = np.zeros((n_rows, dim), np.float32)
+    user_vectors[store.users["enc_user_id_idx"].to_numpy()] = retriever.user_vectors
+    query_model = tf.keras.Sequential([tf.keras.layers.Embedding(
+        len(user_vectors), user_vectors.shape[1], embeddings_initializer=tf.keras.initializers.Constant(user_vectors))])
+    layer = tfrs.layers.factorized_top_k.BruteForce(query_model)
+    layer.index(tf.constant(retriever.movie_vectors), tf.constant(retriever.movie_ids.astype(np.int64)))
+    adapter = FactorizedTopKRetriever(layer, store.users["enc_user_id_idx"])
+    seen = store.seen_movies(4)
+    ids, scores = adapter.retrieve(4, 6, seen)
+    expected_ids, expected_scores = retriever.retrieve(4, 6, seen)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
+    batch_ids, _ = adapter.retrieve_batch([4, 2], 6, [seen, store.seen_movies(2)])
+    np.testing.assert_array_equal(batch_ids[0], expected_ids)
+    np.testing.assert_array_equal(batch_ids[1], retriever.retrieve(2, 6, store.seen_movies(2))[0])
+    with pytest.raises(UnknownUserError):
+        adapter.retrieve(987654, 6, seen)
+    # by default the query is the MovieLens user id itself (recsys.retrieval's UserQueryModel)
+    by_id = FactorizedTopKRetriever(layer, user_index=None)
+    assert by_id._query(4) == 4 and adapter.max_k == len(retriever.movie_ids)
+    # a user the retriever cannot serve falls back to popular movies
+    table = call(setup, 4, retrieval_index=FactorizedTopKRetriever(layer, store.users["enc_user_id_idx"].drop(4)))
+    assert (table["source"] == "popular (unknown user)").all()
+    assert not set(table["movie_id"]) & set(seen)
+
+
+def test_context_defaults_to_now_and_is_validated(setup):
+    from recsys.online import context_inputs
+
+    now = context_inputs(setup["encoder"], None, 3)
+    assert set(now) == {"hour", "weekday", "month"} and all(len(v) == 3 for v in now.values())
+    assert len(call(setup, 3, context=None)) == 5
+    with pytest.raises(ValueError, match="hour=24"):
+        context_inputs(setup["encoder"], {"hour": 24, "weekday": 0, "month": 1}, 1)

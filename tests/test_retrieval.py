@@ -1,0 +1,312 @@
+"""The retrieval stage on tiny data: model, logQ, full-ranking evaluation, BruteForce/ScaNN indexes, save/reload."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.encoding import FeatureEncoder
+from tests.conftest import PROJECT_ROOT
+
+N_TASTES, MOVIES_PER_TASTE, N_USERS = 4, 15, 200
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Users of 4 tastes who watch movies of their taste (with a popularity skew), split 6/1/2 per user."""
+    rng = np.random.default_rng(0)
+    n_movies = N_TASTES * MOVIES_PER_TASTE
+    movie_taste = np.repeat(np.arange(N_TASTES), MOVIES_PER_TASTE)
+    genres = ["Action", "Comedy", "Drama", "Horror"]
+    movies = pd.DataFrame({"movie_id": np.arange(1, n_movies + 1) * 10,
+                           "title_clean": [f"{genres[t]} story part {i % 5}" for i, t in enumerate(movie_taste)],
+                           "year": pd.array(1990 + np.arange(n_movies) % 10, dtype="Int16")})
+    for t, genre in enumerate(genres):
+        movies[f"genre_{genre}"] = (movie_taste == t).astype(np.int8)
+    user_taste = np.arange(N_USERS) % N_TASTES
+    users = pd.DataFrame({"user_id": np.arange(1, N_USERS + 1), "gender": np.where(user_taste % 2, "F", "M"),
+                          "age_group": np.array(["18-24", "25-34", "35-44", "45-49"])[user_taste],
+                          "occupation": "writer", "zip5": "10001", "city": "New York", "state": "NY"})
+    popularity = 1.0 / np.arange(1, MOVIES_PER_TASTE + 1)  # within a taste, a Zipf-like skew
+    rows = []
+    for user, taste in zip(users["user_id"], user_taste):
+        own = rng.choice(MOVIES_PER_TASTE, 8, replace=False, p=popularity / popularity.sum()) + taste * MOVIES_PER_TASTE
+        other = rng.choice(np.flatnonzero(movie_taste != taste), 1)
+        watched = rng.permutation(np.concatenate([own, other]))
+        split = ["train"] * 6 + ["val"] + ["test"] * 2
+        for movie, s in zip(watched, split):
+            rows.append((user, movies["movie_id"][movie], int(rng.integers(1, 6)), s))
+    interactions = pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "split"])
+    interactions["hour"] = rng.integers(0, 24, len(interactions))
+    interactions["weekday"] = rng.integers(0, 7, len(interactions))
+    interactions["month"] = rng.integers(1, 13, len(interactions))
+    train = interactions[interactions["split"] == "train"]
+    encoder = FeatureEncoder.fit(users, movies, train)
+    return {"users": users, "movies": movies, "interactions": interactions, "train": train, "encoder": encoder,
+            "user_table": encoder.user_table(users), "movie_table": encoder.movie_table(movies)}
+
+
+def small_config(**overrides):
+    from recsys.retrieval import RetrievalConfig
+
+    return RetrievalConfig(**{"embedding_dim": 16, "side_dim": 4, "batch_size": 128, "epochs": 15,
+                              "learning_rate": 0.02, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    from recsys import retrieval
+
+    result = retrieval.train_retrieval_model(small_config(), data["encoder"], data["train"], data["user_table"],
+                                             data["movie_table"], seed=1, verbose=0)
+    matrices = retrieval.split_matrices(data["interactions"], data["users"]["user_id"].to_numpy(),
+                                        data["movie_table"].index.to_numpy())
+    movie_ids, movie_vectors = retrieval.movie_embeddings(result.model, data["encoder"], data["movie_table"])
+    user_vectors = retrieval.user_embeddings(result.model, data["encoder"], data["user_table"], matrices.user_ids)
+    return {"result": result, "matrices": matrices, "movie_ids": movie_ids, "movie_vectors": movie_vectors,
+            "user_vectors": user_vectors}
+
+
+@pytest.mark.parametrize("features", [["ids"], ["user", "movie"], ["user", "movie", "context"]])
+def test_model_builds_from_config(data, features):
+    from recsys import retrieval
+
+    config = small_config(features=features)
+    model = retrieval.build_retrieval_model(data["encoder"].cardinalities(), config)
+    inputs = retrieval.training_inputs(config, data["encoder"], data["train"], data["user_table"],
+                                       data["movie_table"])
+    assert ("hour" in inputs) == ("context" in features)
+    loss = model.compute_loss({k: v[:32] for k, v in inputs.items()})
+    assert np.isfinite(float(loss))
+    user_vectors = retrieval.user_embeddings(model, data["encoder"], data["user_table"], [1, 2, 3])
+    assert user_vectors.shape == (3, 16)
+    np.testing.assert_allclose(np.linalg.norm(user_vectors, axis=1), 1.0, rtol=1e-5)  # l2_normalize
+    # the unknown-id rows start (and stay) at zero
+    assert not model.query_tower.user_tower.id_embedding.embeddings.numpy()[0].any()
+    assert not model.candidate_tower.movie_tower.id_embedding.embeddings.numpy()[0].any()
+    names = {v.name for v in model.trainable_variables}
+    assert not any("bias" in n for n in names)
+    assert any("city_embedding" in n for n in names) == ("user" in features)
+
+
+def test_logq_probabilities_sum_to_one_and_match_counts(data):
+    from recsys import retrieval
+
+    train = data["train"]
+    probability = retrieval.candidate_sampling_probability(train)
+    assert probability.sum() == pytest.approx(1.0)
+    counts = train["movie_id"].value_counts()
+    np.testing.assert_allclose(probability.loc[counts.index], counts / len(train))
+    inputs = retrieval.training_inputs(small_config(), data["encoder"], train, data["user_table"], data["movie_table"])
+    np.testing.assert_allclose(inputs[retrieval.SAMPLING_PROBABILITY],
+                               (counts / len(train)).loc[train["movie_id"]].to_numpy(), rtol=1e-6)
+    # min_rating drops the low ratings from the positives (and from the probabilities)
+    liked = retrieval.training_inputs(small_config(min_rating=4), data["encoder"], train, data["user_table"],
+                                      data["movie_table"])
+    assert len(liked["user_id"]) == int((train["rating"] >= 4).sum())
+
+
+def test_training_beats_popularity_and_random(data, trained):
+    from recsys import retrieval
+
+    matrices = trained["matrices"]
+    history = trained["result"].history["loss"]
+    assert history[-1] < 0.8 * history[0]
+    model_metrics, top_items = retrieval.evaluate_scores(trained["user_vectors"] @ trained["movie_vectors"].T,
+                                                         matrices, "test", ks=(10, 50))
+    popularity_metrics, _ = retrieval.evaluate_scores(retrieval.popularity_scores(matrices.train), matrices, "test",
+                                                      ks=(10, 50))
+    random_recall_at_10 = 10 / (matrices.train.shape[1] - 7)  # about 7 movies excluded per user
+    assert model_metrics["recall_at_10"] > popularity_metrics["recall_at_10"] + 0.2
+    assert model_metrics["recall_at_10"] > 3 * random_recall_at_10
+    assert top_items.shape == (N_USERS, 50)
+
+
+def test_full_ranking_monitor_logs_val_recall(data):
+    from recsys import retrieval
+
+    matrices = retrieval.split_matrices(data["interactions"], data["users"]["user_id"].to_numpy(),
+                                        data["movie_table"].index.to_numpy())
+    monitor = retrieval.FullRankingMonitor(data["encoder"], data["user_table"], data["movie_table"], matrices, k=10)
+    result = retrieval.train_retrieval_model(small_config(epochs=2), data["encoder"], data["train"],
+                                             data["user_table"], data["movie_table"], seed=1, monitor=monitor,
+                                             verbose=0)
+    assert len(result.history["val_recall_at_10"]) == 2
+    assert result.n_positives == len(data["train"])
+
+
+def test_factorized_top_k_matches_tfrs_metric(data, trained):
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
+
+    from recsys import retrieval
+
+    model, encoder = trained["result"].model, data["encoder"]
+    test_pairs = data["interactions"][data["interactions"]["split"] == "test"]
+    ours = retrieval.factorized_top_k_accuracy(model, encoder, test_pairs, data["user_table"], data["movie_table"],
+                                               ks=(1, 5, 10, 50))
+    # TFRS's id-based evaluation: is the true movie among the ids the BruteForce index returns?
+    candidates = tfrs.layers.factorized_top_k.BruteForce(k=50)
+    candidates.index(tf.constant(trained["movie_vectors"]), tf.constant(trained["movie_ids"]))
+    metric = tfrs.metrics.FactorizedTopK(candidates=candidates, ks=(1, 5, 10, 50))
+    queries = retrieval.user_embeddings(model, encoder, data["user_table"], test_pairs["user_id"])
+    columns = pd.Index(trained["movie_ids"]).get_indexer(test_pairs["movie_id"])
+    metric.update_state(tf.constant(queries), tf.constant(trained["movie_vectors"][columns]),
+                        true_candidate_ids=tf.constant(test_pairs["movie_id"].to_numpy()))
+    for k, value in zip((1, 5, 10, 50), metric.result()):
+        assert ours[f"factorized_top_{k}_accuracy"] == pytest.approx(float(value), abs=1e-6)
+    assert 0 < ours["factorized_top_10_accuracy"] < ours["factorized_top_50_accuracy"]
+
+
+def _numpy_top_k(user_vectors, movie_vectors, movie_ids, seen_ids, k):
+    scores = user_vectors @ movie_vectors.T
+    for row, seen in enumerate(seen_ids):
+        scores[row, np.isin(movie_ids, seen)] = -np.inf
+    return movie_ids[np.argsort(-scores, axis=1, kind="stable")[:, :k]]
+
+
+def test_bruteforce_top_k_equals_numpy_with_seen_items_excluded(data, trained):
+    import tensorflow as tf
+
+    from recsys import retrieval
+
+    model, matrices = trained["result"].model, trained["matrices"]
+    query_model = retrieval.UserQueryModel(model, data["encoder"], data["user_table"])
+    index = retrieval.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
+    seen = matrices.seen_movie_ids("test")
+    _, top_ids = retrieval.query_excluding_seen(index, matrices.user_ids, seen, k=10, batch_size=64)
+    expected = _numpy_top_k(trained["user_vectors"], trained["movie_vectors"], trained["movie_ids"], seen, 10)
+    np.testing.assert_array_equal(top_ids, expected)
+    # the same lists as TFRS's own exclusion mechanism (exact index: no NaN padding to trip it)
+    width = max(len(s) for s in seen)
+    exclusions = np.full((len(seen), width), -1, np.int32)
+    for row, s in enumerate(seen):
+        exclusions[row, :len(s)] = s
+    _, tfrs_ids = index.query_with_exclusions(tf.constant(matrices.user_ids, tf.int32), tf.constant(exclusions), k=10)
+    np.testing.assert_array_equal(tfrs_ids.numpy(), expected)
+    # and the columns feed the DESIGN §5 metrics like top_k_from_scores's output
+    columns = retrieval.movie_columns(matrices.movie_ids, top_ids)
+    from_index = retrieval.metrics.retrieval_metrics(columns, matrices.test, ks=(10,))
+    from_scores, _ = retrieval.evaluate_scores(trained["user_vectors"] @ trained["movie_vectors"].T, matrices, "test",
+                                               ks=(10,))
+    assert from_index == pytest.approx(from_scores)
+
+
+def test_scann_agrees_with_bruteforce_on_a_small_catalogue():
+    import tensorflow as tf
+
+    from recsys import retrieval
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(20, 16))
+    vectors = (centres[rng.integers(0, 20, 2000)] + 0.5 * rng.normal(size=(2000, 16))).astype(np.float32)
+    queries = (centres[rng.integers(0, 20, 100)] + 0.5 * rng.normal(size=(100, 16))).astype(np.float32)
+    ids = np.arange(2000) + 1
+    exact = retrieval.build_bruteforce(None, ids, vectors, k=10)
+    approx = retrieval.build_scann(None, ids, vectors, k=10, num_leaves=40, num_leaves_to_search=20,
+                                   num_reordering_candidates=100)
+    _, exact_ids = exact(tf.constant(queries))
+    _, approx_ids = approx(tf.constant(queries))
+    assert retrieval.overlap_at_k(approx_ids.numpy(), exact_ids.numpy()) >= 0.95
+
+
+def test_scann_short_lists_are_padded_at_the_end_not_ranked_first(data, trained):
+    from recsys import retrieval
+
+    matrices = trained["matrices"]
+    query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
+    # one leaf of ~8 movies searched: fewer than k + seen, so ScaNN pads its lists with NaN
+    index = retrieval.build_scann(query_model, trained["movie_ids"], trained["movie_vectors"], k=10, num_leaves=8,
+                                  num_leaves_to_search=1, num_reordering_candidates=None)
+    seen = matrices.seen_movie_ids("test")
+    scores, top_ids = retrieval.query_excluding_seen(index, matrices.user_ids, seen, k=10)
+    padded = top_ids == retrieval.NO_MOVIE
+    assert padded.any()
+    assert not (padded[:, :-1] & ~padded[:, 1:]).any()  # padding only after the real items
+    assert np.isneginf(scores[padded]).all() and np.isfinite(scores[~padded]).all()
+    assert (np.diff(np.where(padded, -1e9, scores), axis=1) <= 1e-6).all()  # best first
+    assert not any(np.isin(ids[ids >= 0], s).any() for ids, s in zip(top_ids, seen))
+    with pytest.raises(ValueError, match="search more leaves"):
+        retrieval.movie_columns(matrices.movie_ids, top_ids)
+
+
+def test_scann_index_reloads_in_a_fresh_process_with_the_same_top_k(tmp_path, data, trained):
+    import tensorflow as tf
+
+    from recsys import retrieval
+
+    query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
+    index = retrieval.build_scann(query_model, trained["movie_ids"], trained["movie_vectors"], k=10, num_leaves=8,
+                                  num_leaves_to_search=4, num_reordering_candidates=30)
+    user_ids = trained["matrices"].user_ids.astype(np.int32)
+    expected_scores, expected_ids = index(tf.constant(user_ids))
+    path = retrieval.save_index(index, tmp_path / "scann_index")
+    assert not list(tmp_path.glob(".scann_index.*"))  # no temporary folder left behind
+    script = (
+        "import json, numpy as np, tensorflow as tf\n"
+        "from recsys import retrieval\n"
+        f"index = retrieval.load_index({str(path)!r})\n"
+        f"scores, ids = index(tf.constant({user_ids.tolist()!r}, tf.int32))\n"
+        "print(json.dumps({'ids': ids.numpy().tolist(), 'scores': scores.numpy().tolist()}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
+    reloaded = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_array_equal(np.array(reloaded["ids"]), expected_ids.numpy())
+    np.testing.assert_allclose(np.array(reloaded["scores"]), expected_scores.numpy(), rtol=1e-6)
+
+
+def test_retrieval_model_save_and_load_give_the_same_vectors(tmp_path, data, trained):
+    from recsys import retrieval
+
+    folder = retrieval.save_retrieval_model(trained["result"].model, data["encoder"], tmp_path / "retrieval_model")
+    model, encoder = retrieval.load_retrieval_model(folder)
+    assert model.config == trained["result"].model.config
+    _, vectors = retrieval.movie_embeddings(model, encoder, encoder.movie_table(data["movies"]))
+    np.testing.assert_array_equal(vectors, trained["movie_vectors"])
+    with pytest.raises(FileNotFoundError, match="run notebook 05_retrieval first"):
+        retrieval.load_retrieval_model(tmp_path / "nothing")
+
+
+def test_query_model_maps_unknown_users_to_the_unknown_row(data, trained):
+    import tensorflow as tf
+
+    from recsys import retrieval
+
+    query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
+    vectors = query_model(tf.constant([1, 2, 99_999, -5], tf.int32)).numpy()
+    np.testing.assert_allclose(vectors[:2], trained["user_vectors"][:2], rtol=1e-6)
+    assert not vectors[2:].any()  # ids-only model: an unknown user is the zero vector
+
+
+def test_overlap_at_k_hand_checked():
+    from recsys.retrieval import overlap_at_k
+
+    a = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    b = np.array([[4, 3, 9, 10], [5, 6, 7, -1]])
+    assert overlap_at_k(a, b) == pytest.approx((2 / 4 + 3 / 4) / 2)
+    assert overlap_at_k(a, b, k=2) == pytest.approx((0 / 2 + 2 / 2) / 2)
+    assert overlap_at_k(np.array([[-1, -1]]), np.array([[-1, -1]])) == 0.0  # padding is not an item
+
+
+def test_time_queries_reports_latencies(data, trained):
+    from recsys import retrieval
+
+    query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
+    index = retrieval.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
+    timing = retrieval.time_queries(index, trained["matrices"].user_ids, batch=64, n_single=5, warmup=2)
+    assert set(timing) == {"single_query_latency_ms", "batch_latency_ms", "batch_latency_per_query_ms",
+                           "batch_queries_per_s"}
+    assert all(v > 0 for v in timing.values())
+
+
+def test_split_matrices_seen_sets(data, trained):
+    matrices = trained["matrices"]
+    assert matrices.train.sum() == 6 * N_USERS and matrices.val.sum() == N_USERS and matrices.test.sum() == 2 * N_USERS
+    assert matrices.seen("val").sum() == 6 * N_USERS and matrices.seen("test").sum() == 7 * N_USERS
+    assert all(len(s) == 7 for s in matrices.seen_movie_ids("test"))
+    with pytest.raises(ValueError, match="'val' or 'test'"):
+        matrices.seen("train")
