@@ -1,4 +1,4 @@
-"""The retrieval stage: a two-tower model trained with in-batch softmax, full-ranking evaluation, BruteForce/ScaNN indexes."""
+"""The retrieval stage: a two-tower in-batch-softmax model, full-ranking evaluation, BruteForce and ScaNN indexes."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -674,7 +674,8 @@ def load_index(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     if not (path / "saved_model.pb").exists():
-        raise FileNotFoundError(f"{path} holds no saved index (saved_model.pb missing): run notebook 05_retrieval first")
+        raise FileNotFoundError(f"{path} holds no saved index (saved_model.pb missing): "
+                                "run notebook 05_retrieval first")
     import scann  # noqa: F401  (registers the Scann ops)
 
     return tf.saved_model.load(str(path))
@@ -688,8 +689,22 @@ def _query(index: Any, queries: tf.Tensor, k: int) -> tuple[np.ndarray, np.ndarr
     return scores.numpy(), ids.numpy()
 
 
+class IndexLists(NamedTuple):
+    """Top-k lists from an index, best first; a slot it could not fill holds score -inf and movie id -1.
+
+    Attributes:
+        scores: (n_users, k) float32.
+        movie_ids: (n_users, k) int64.
+        n_fallback: lists that came back short and were answered by the fallback index instead.
+    """
+
+    scores: np.ndarray
+    movie_ids: np.ndarray
+    n_fallback: int
+
+
 def query_excluding_seen(index: Any, user_ids: np.ndarray, seen_movie_ids: Sequence[np.ndarray], k: int,
-                         batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                         batch_size: int = 1024, fallback: Any = None) -> IndexLists:
     """Top-k movies per user from an index, never returning a movie the user has already seen.
 
     TFRS 0.7.7 excludes items only through `TopK.query_with_exclusions(queries, exclusions, k)`:
@@ -700,6 +715,10 @@ def query_excluding_seen(index: Any, user_ids: np.ndarray, seen_movie_ids: Seque
     catalogue's first movie) at rank 1; and BruteForce's top_k fails when k + width exceeds the
     catalogue. Users are batched in order of seen count, so a batch's padding stays small.
 
+    A ScaNN list comes back short when the searched leaves hold fewer than k + seen movies: on
+    MovieLens, the few users who have rated a large part of the catalogue. With `fallback` (an
+    exact index), those users are answered by it, as a server would do.
+
     Args:
         index: a BruteForce/ScaNN layer with a UserQueryModel (or a reloaded one: it answers with
             its own k, which must then cover k + seen items).
@@ -707,10 +726,10 @@ def query_excluding_seen(index: Any, user_ids: np.ndarray, seen_movie_ids: Seque
         seen_movie_ids: for each user, the movie ids to exclude (SplitMatrices.seen_movie_ids).
         k: list length.
         batch_size: users per query batch.
+        fallback: optional index for the users whose lists come back short.
 
     Returns:
-        (scores, movie_ids), each (n_users, k), best first; a slot the index could not fill holds
-        score -inf and movie id -1.
+        IndexLists(scores, movie_ids, n_fallback).
     """
     user_ids = np.asarray(user_ids)
     if len(seen_movie_ids) != len(user_ids):
@@ -731,18 +750,24 @@ def query_excluding_seen(index: Any, user_ids: np.ndarray, seen_movie_ids: Seque
             keep = np.flatnonzero(valid)[:k]  # the index returns its lists best first
             out_scores[row, :len(keep)] = scores[i, keep]
             out_ids[row, :len(keep)] = ids[i, keep]
-    return out_scores, out_ids
+    short = np.flatnonzero((out_ids == NO_MOVIE).any(axis=1))
+    if fallback is not None and short.size:
+        refill = query_excluding_seen(fallback, user_ids[short], [seen_movie_ids[r] for r in short], k, batch_size)
+        out_scores[short], out_ids[short] = refill.scores, refill.movie_ids
+    return IndexLists(out_scores, out_ids, int(short.size) if fallback is not None else 0)
 
 
 def movie_columns(movie_ids: np.ndarray, top_movie_ids: np.ndarray) -> np.ndarray:
     """Map index results (movie ids, -1 padding) to catalogue columns for metrics.retrieval_metrics.
 
     Raises:
-        ValueError: a list has unfilled slots (the index searched too few leaves for this k).
+        ValueError: a list has unfilled slots (the index searched too few leaves for this k; pass
+            a `fallback` to query_excluding_seen).
     """
     if (top_movie_ids == NO_MOVIE).any():
         raise ValueError(f"{int((top_movie_ids == NO_MOVIE).any(axis=1).sum())} lists are shorter than k: "
-                         "search more leaves (num_leaves_to_search) or lower k")
+                         "search more leaves (num_leaves_to_search), lower k, or give query_excluding_seen "
+                         "an exact fallback index")
     return pd.Index(np.asarray(movie_ids)).get_indexer(top_movie_ids.ravel()).reshape(top_movie_ids.shape)
 
 
@@ -807,4 +832,4 @@ __all__ = ["RetrievalConfig", "QueryTower", "CandidateTower", "TwoTowerRetrieval
            "movie_embeddings", "SplitMatrices", "split_matrices", "evaluate_scores", "evaluate_model",
            "popularity_scores", "ease_scores", "factorized_top_k_accuracy", "save_retrieval_model",
            "load_retrieval_model", "UserQueryModel", "build_bruteforce", "build_scann", "save_index", "load_index",
-           "query_excluding_seen", "movie_columns", "overlap_at_k", "time_queries"]
+           "IndexLists", "query_excluding_seen", "movie_columns", "overlap_at_k", "time_queries"]

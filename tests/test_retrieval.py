@@ -116,6 +116,9 @@ def test_training_beats_popularity_and_random(data, trained):
     matrices = trained["matrices"]
     history = trained["result"].history["loss"]
     assert history[-1] < 0.8 * history[0]
+    model = trained["result"].model  # the unknown-id rows are never trained away from zero
+    assert not model.query_tower.user_tower.id_embedding.embeddings.numpy()[0].any()
+    assert not model.candidate_tower.movie_tower.id_embedding.embeddings.numpy()[0].any()
     model_metrics, top_items = retrieval.evaluate_scores(trained["user_vectors"] @ trained["movie_vectors"].T,
                                                          matrices, "test", ks=(10, 50))
     popularity_metrics, _ = retrieval.evaluate_scores(retrieval.popularity_scores(matrices.train), matrices, "test",
@@ -137,6 +140,15 @@ def test_full_ranking_monitor_logs_val_recall(data):
                                              verbose=0)
     assert len(result.history["val_recall_at_10"]) == 2
     assert result.n_positives == len(data["train"])
+
+
+def test_same_seed_same_model(data):
+    from recsys import retrieval
+
+    runs = [retrieval.train_retrieval_model(small_config(epochs=2), data["encoder"], data["train"],
+                                            data["user_table"], data["movie_table"], seed=7, verbose=0)
+            for _ in range(2)]
+    assert runs[0].history["loss"] == runs[1].history["loss"]
 
 
 def test_factorized_top_k_matches_tfrs_metric(data, trained):
@@ -178,7 +190,7 @@ def test_bruteforce_top_k_equals_numpy_with_seen_items_excluded(data, trained):
     query_model = retrieval.UserQueryModel(model, data["encoder"], data["user_table"])
     index = retrieval.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
     seen = matrices.seen_movie_ids("test")
-    _, top_ids = retrieval.query_excluding_seen(index, matrices.user_ids, seen, k=10, batch_size=64)
+    top_ids = retrieval.query_excluding_seen(index, matrices.user_ids, seen, k=10, batch_size=64).movie_ids
     expected = _numpy_top_k(trained["user_vectors"], trained["movie_vectors"], trained["movie_ids"], seen, 10)
     np.testing.assert_array_equal(top_ids, expected)
     # the same lists as TFRS's own exclusion mechanism (exact index: no NaN padding to trip it)
@@ -223,7 +235,8 @@ def test_scann_short_lists_are_padded_at_the_end_not_ranked_first(data, trained)
     index = retrieval.build_scann(query_model, trained["movie_ids"], trained["movie_vectors"], k=10, num_leaves=8,
                                   num_leaves_to_search=1, num_reordering_candidates=None)
     seen = matrices.seen_movie_ids("test")
-    scores, top_ids = retrieval.query_excluding_seen(index, matrices.user_ids, seen, k=10)
+    scores, top_ids, n_fallback = retrieval.query_excluding_seen(index, matrices.user_ids, seen, k=10)
+    assert n_fallback == 0
     padded = top_ids == retrieval.NO_MOVIE
     assert padded.any()
     assert not (padded[:, :-1] & ~padded[:, 1:]).any()  # padding only after the real items
@@ -232,20 +245,32 @@ def test_scann_short_lists_are_padded_at_the_end_not_ranked_first(data, trained)
     assert not any(np.isin(ids[ids >= 0], s).any() for ids, s in zip(top_ids, seen))
     with pytest.raises(ValueError, match="search more leaves"):
         retrieval.movie_columns(matrices.movie_ids, top_ids)
+    # an exact fallback answers the users whose lists came back short
+    exact = retrieval.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
+    refilled = retrieval.query_excluding_seen(index, matrices.user_ids, seen, k=10, fallback=exact)
+    assert refilled.n_fallback == int(padded.any(axis=1).sum())
+    assert not (refilled.movie_ids == retrieval.NO_MOVIE).any()
+    complete = ~padded.any(axis=1)
+    np.testing.assert_array_equal(refilled.movie_ids[complete], top_ids[complete])
 
 
-def test_scann_index_reloads_in_a_fresh_process_with_the_same_top_k(tmp_path, data, trained):
+@pytest.mark.parametrize("kind", ["scann", "bruteforce"])
+def test_index_reloads_in_a_fresh_process_with_the_same_top_k(tmp_path, data, trained, kind):
     import tensorflow as tf
 
     from recsys import retrieval
 
     query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
-    index = retrieval.build_scann(query_model, trained["movie_ids"], trained["movie_vectors"], k=10, num_leaves=8,
-                                  num_leaves_to_search=4, num_reordering_candidates=30)
+    if kind == "scann":
+        index = retrieval.build_scann(query_model, trained["movie_ids"], trained["movie_vectors"], k=10,
+                                      num_leaves=8, num_leaves_to_search=4, num_reordering_candidates=30)
+    else:
+        index = retrieval.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
     user_ids = trained["matrices"].user_ids.astype(np.int32)
     expected_scores, expected_ids = index(tf.constant(user_ids))
-    path = retrieval.save_index(index, tmp_path / "scann_index")
-    assert not list(tmp_path.glob(".scann_index.*"))  # no temporary folder left behind
+    retrieval.save_index(index, tmp_path / "index")  # a second save replaces the first
+    path = retrieval.save_index(index, tmp_path / "index")
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no temporary or old folder left behind
     script = (
         "import json, numpy as np, tensorflow as tf\n"
         "from recsys import retrieval\n"
@@ -279,7 +304,8 @@ def test_query_model_maps_unknown_users_to_the_unknown_row(data, trained):
     query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
     vectors = query_model(tf.constant([1, 2, 99_999, -5], tf.int32)).numpy()
     np.testing.assert_allclose(vectors[:2], trained["user_vectors"][:2], rtol=1e-6)
-    assert not vectors[2:].any()  # ids-only model: an unknown user is the zero vector
+    np.testing.assert_array_equal(vectors[2], vectors[3])  # both fall back to the unknown user's features
+    assert np.abs(vectors[2] - vectors[0]).max() > 1e-3
 
 
 def test_overlap_at_k_hand_checked():
