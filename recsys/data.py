@@ -515,7 +515,7 @@ def read_movielens(fmt: str, data_dir: Path) -> MovieLensData:
 # --------------------------------------------------------------------------------------------
 # Synthetic data
 
-_SYNTHETIC_VERSION = 1  # bump when the generator changes, so cached copies are regenerated
+_SYNTHETIC_VERSION = 2  # bump when the generator changes, so cached copies are regenerated
 # Real US ZIP codes across states (the geo features look them up), a few ZIP+4 and a few
 # Canadian codes as ML-1M has, so that ZIP cleaning is exercised.
 _US_ZIPS = ("10001", "90210", "60614", "98107", "02139", "73301", "33101", "94110", "30301",
@@ -527,6 +527,7 @@ _LATIN1_SUBTITLES = ("Café Müller", "Les Misérables", "Señor Niño", "Smörg
 _AGE_SHARES = (0.04, 0.18, 0.35, 0.20, 0.09, 0.08, 0.06)
 _TS_START, _TS_END = 946684800, 1072915199  # 2000-01-01 .. 2003-12-31 (UTC)
 _TARGET_MEAN = 3.6
+_WATCH_TASTE = 1.5  # how strongly taste (vs popularity alone) decides which movies a user rates
 
 
 def _write_ml1m_file(path: Path, frame: pd.DataFrame) -> None:
@@ -544,8 +545,8 @@ def generate_synthetic(out_dir: Path, n_users: int, n_movies: int, ratings_per_u
     learn (latent tastes, biases, popularity skew), without network or licence concerns.
     Ratings = global offset + user bias + movie bias + scaled factor dot product + N(0, noise),
     rounded and clipped to 1..5 (mean near 3.6). Which movies a user rates follows a Zipf-like
-    popularity. Movie factors lean on their genres and user factors on gender and age, so
-    side features carry signal too.
+    popularity and their taste (see _WATCH_TASTE). Movie factors lean on their genres and user
+    factors on gender and age, so side features carry signal too.
 
     Args:
         out_dir: folder to write the three files into (created if needed).
@@ -610,11 +611,16 @@ def generate_synthetic(out_dir: Path, n_users: int, n_movies: int, ratings_per_u
     extra = ratings_per_user - 20
     counts = np.minimum(20 + np.round(rng.exponential(extra, n_users) if extra > 0 else 0),
                         n_movies).astype(int)
+    # Users watch what is popular AND what suits their taste (so retrieval has something to learn
+    # beyond popularity): weights popularity * exp(taste), sampled without replacement per user with
+    # the Gumbel-top-k trick (sort log-weights plus Gumbel noise, keep each user's first `count`).
+    taste = user_factors @ movie_factors.T / np.sqrt(n_factors)
+    keys = np.log(popularity)[None, :] + _WATCH_TASTE * taste + rng.gumbel(size=(n_users, n_movies))
+    chosen = np.argsort(-keys, axis=1, kind="stable")
     user_index = np.repeat(np.arange(n_users), counts)
-    movie_index = np.concatenate([rng.choice(n_movies, size=c, replace=False, p=popularity)
-                                  for c in counts])
+    movie_index = np.concatenate([chosen[u, :c] for u, c in enumerate(counts)])
 
-    interaction = np.einsum("ij,ij->i", user_factors[user_index], movie_factors[movie_index])
+    interaction = taste[user_index, movie_index] * np.sqrt(n_factors)
     score = (user_bias[user_index] + movie_bias[movie_index] + 0.8 * interaction / np.sqrt(n_factors)
              + rng.normal(scale=noise, size=len(user_index)))
     # Clipping to 1..5 pulls the mean down; shift until the rounded mean sits at the target.

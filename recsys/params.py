@@ -148,8 +148,8 @@ def load_params(params_file: str | os.PathLike | None = None, overrides: Iterabl
 
 # ---- value checks beyond types: each returns an error text or None ---------------------------
 
-def _one_of(*choices: str) -> Callable[[Any], str | None]:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+def _one_of(*choices: Any) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(map(str, choices))}"
 
 
 def _at_least(low: float) -> Callable[[Any], str | None]:
@@ -237,6 +237,21 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "ranking.batch_size": _at_least(1),
         "ranking.max_epochs": _at_least(1),
         "ranking.patience": _at_least(0),
+        "retrieval.features": _features,
+        "retrieval.embedding_dim": _at_least(1),
+        "retrieval.side_dim": _at_least(1),
+        "retrieval.init_std": _positive,
+        "retrieval.temperature": _positive,
+        "retrieval.learning_rate": _positive,
+        "retrieval.batch_size": _at_least(2),
+        "retrieval.epochs": _at_least(1),
+        "retrieval.patience": _at_least(0),
+        "retrieval.min_rating": _one_of(1, 2, 3, 4, 5),
+        "ease.l2_grid": _grid(_positive),
+        "scann.num_leaves": _at_least(1),
+        "scann.num_leaves_to_search": _at_least(1),
+        "scann.num_reordering_candidates": _at_least(0),
+        "scann.k": _at_least(1),
     }
 
 
@@ -258,6 +273,10 @@ def validate(params: dict) -> None:
         problem = check(value)
         if problem:
             raise ParamsError(f"{key}={value!r}: {problem}")
+    scann = params.get("scann", {})
+    if scann and scann["num_leaves_to_search"] > scann["num_leaves"]:
+        raise ParamsError(f"scann.num_leaves_to_search={scann['num_leaves_to_search']}: must be <= scann.num_leaves "
+                          f"({scann['num_leaves']})")
     split = params.get("split", {})
     if split and split["val_share"] + split["test_share"] >= 1.0:
         raise ParamsError(f"split.val_share + split.test_share = {split['val_share'] + split['test_share']}: "

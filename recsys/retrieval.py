@@ -305,7 +305,7 @@ class _EpochTimer(keras.callbacks.Callback):
 def train_retrieval_model(config: RetrievalConfig, encoder: FeatureEncoder, train_interactions: pd.DataFrame,
                           user_table: pd.DataFrame, movie_table: pd.DataFrame, seed: int,
                           epochs: int | None = None, monitor: FullRankingMonitor | None = None,
-                          verbose: int = 2) -> RetrievalTrainingResult:
+                          verbose: int = 2, patience: int | None = None) -> RetrievalTrainingResult:
     """Fit a fresh retrieval model on the training positives.
 
     Examples are numpy arrays that Keras reshuffles every epoch, so each epoch pairs every user
@@ -319,12 +319,17 @@ def train_retrieval_model(config: RetrievalConfig, encoder: FeatureEncoder, trai
         seed: seeds initialisation and shuffling, so a rerun gives the same model.
         epochs: overrides `config.epochs` (the refit uses the epochs chosen on val).
         monitor: optional FullRankingMonitor recording val recall after each epoch.
+        patience: with a monitor, stop when its val recall has not improved for this many epochs
+            and restore the weights of the best epoch (early stopping on the full-ranking metric).
     """
     set_seed(seed)
     inputs = training_inputs(config, encoder, train_interactions, user_table, movie_table)
     model = build_retrieval_model(encoder.cardinalities(), config)
     timer = _EpochTimer()
     callbacks: list = [timer] + ([monitor] if monitor is not None else [])
+    if monitor is not None and patience is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=f"{monitor.split}_recall_at_{monitor.k}", mode="max",
+                                                       patience=patience, restore_best_weights=True))
     start = time.perf_counter()
     history = model.fit(inputs, batch_size=config.batch_size, epochs=epochs or config.epochs, shuffle=True,
                         callbacks=callbacks, verbose=verbose)
