@@ -61,6 +61,8 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "data_quality": ("01_preprocess", "data_quality.parquet"),
     "baseline_results": ("03_baselines", "results.parquet"),
     "ranking_model": ("04_two_tower_ranking", "ranking_model"),
+    "feature_store": ("06_retrieval_ranking", "feature_store"),
+    "two_stage_candidates": ("06_retrieval_ranking", "candidates.parquet"),
     # the retrieval model folder holds its own encoder.json (a refit on train + val has its own vocabularies)
     "retrieval_model": ("05_retrieval", "retrieval_model"),
     "movie_embeddings": ("05_retrieval", "movie_embeddings.npy"),

@@ -252,6 +252,10 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "scann.num_leaves_to_search": _at_least(1),
         "scann.num_reordering_candidates": _at_least(0),
         "scann.k": _at_least(1),
+        "online.n_candidates": _at_least(1),
+        "online.k": _at_least(1),
+        "online.example_users": _at_least(0),
+        "online.latency_requests": _at_least(1),
     }
 
 
