@@ -36,6 +36,51 @@ class EpochTimer(tf.keras.callbacks.Callback):
         self.epoch_s.append(time.perf_counter() - self._start)
 
 
+class ValidationEarlyStopping(tf.keras.callbacks.Callback):
+    """Early stopping on val RMSE, restoring the best epoch's weights at the end.
+
+    Val RMSE is one traced call over the whole validation set, logged as
+    `val_root_mean_squared_error`. Keras's own pair (validation_data + EarlyStopping with
+    restore_best_weights) did the same but cost about 0.7 s per improving epoch on ml-1m-half,
+    mostly in `model.get_weights()`: 43 s instead of 26 s for 24 epochs.
+
+    Args:
+        inputs, ratings: the validation split.
+        patience: epochs without improvement before stopping.
+    """
+
+    def __init__(self, inputs: dict[str, np.ndarray], ratings: np.ndarray, patience: int):
+        super().__init__()
+        self.inputs = {name: tf.constant(value) for name, value in inputs.items()}
+        self.ratings = np.asarray(ratings, dtype=np.float32)
+        self.patience = patience
+        self._predict = None
+
+    def on_train_begin(self, logs=None):
+        self.best_rmse, self.best_epoch, self.best_weights, self.wait = np.inf, 0, None, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._predict is None:
+            model = self.model
+            self._predict = tf.function(lambda features: model(features, training=False))
+        predictions = self._predict(self.inputs).numpy().reshape(-1)
+        rmse = float(np.sqrt(np.mean((predictions - self.ratings) ** 2)))
+        if logs is not None:
+            logs["val_root_mean_squared_error"] = rmse
+        if rmse < self.best_rmse:
+            self.best_rmse, self.best_epoch, self.wait = rmse, epoch + 1, 0
+            self.best_weights = [variable.numpy() for variable in self.model.weights]
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            for variable, value in zip(self.model.weights, self.best_weights):
+                variable.assign(value)
+
+
 @dataclass
 class TrainingResult:
     """A fitted model with how it was trained.
@@ -47,6 +92,7 @@ class TrainingResult:
         best_epoch: the epoch with the lowest val RMSE (weights restored to it), or `epochs` without val.
         wall_s: wall time of `fit`.
         examples_per_s: steady-state training throughput (median epoch after the first, train examples only).
+        epoch_s: wall time of each epoch.
     """
 
     model: TwoTowerRatingModel
@@ -55,6 +101,30 @@ class TrainingResult:
     best_epoch: int
     wall_s: float
     examples_per_s: float
+    epoch_s: list[float]
+
+
+def training_dataset(inputs: dict[str, np.ndarray], ratings: np.ndarray, batch_size: int,
+                     seed: int) -> tf.data.Dataset:
+    """Batches of examples, reshuffled every epoch, gathered from tensors held in memory.
+
+    Only the example indices are shuffled (one `tf.random.shuffle` of a vector per epoch); each
+    batch then gathers its rows from the feature tensors. Keras's own numpy path spent 10-20 s
+    per `fit` on ml-1m-half before the first epoch, converting and slicing the arrays, and a
+    per-example `tf.data` shuffle of the feature dicts runs at a fraction of the speed.
+    """
+    features = {name: tf.constant(value) for name, value in inputs.items()}
+    labels = tf.constant(np.asarray(ratings, dtype=np.float32))
+    n = len(labels)
+
+    def batches(_):
+        order = tf.random.shuffle(tf.range(n, dtype=tf.int64), seed=seed)
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    def gather(index):
+        return {name: tf.gather(value, index) for name, value in features.items()}, tf.gather(labels, index)
+
+    return tf.data.Dataset.range(1).flat_map(batches).map(gather).prefetch(2)
 
 
 def _steady_throughput(n_examples: int, epoch_s: list[float]) -> float:
@@ -83,23 +153,19 @@ def train_ranking_model(config: RankingConfig, cardinalities: dict[str, int], x_
     model = build_ranking_model(cardinalities, config, float(np.mean(y_train)))
     timer = EpochTimer()
     callbacks: list = [timer]
-    validation = None
     if x_val is not None:
-        # a batched, cached dataset: Keras would otherwise re-slice the numpy arrays every epoch
-        validation = tf.data.Dataset.from_tensor_slices((x_val, y_val.astype(np.float32))).batch(PREDICT_BATCH).cache()
-        callbacks.append(tf.keras.callbacks.EarlyStopping(monitor="val_root_mean_squared_error", mode="min",
-                                                          patience=config.patience, restore_best_weights=True))
+        callbacks.append(ValidationEarlyStopping(x_val, y_val, config.patience))
         epochs = config.max_epochs
     elif epochs is None:
         raise ValueError("train_ranking_model: give validation data (early stopping) or a number of epochs")
     start = time.perf_counter()
-    history = model.fit(x_train, y_train.astype(np.float32), batch_size=config.batch_size, epochs=epochs,
-                        validation_data=validation, shuffle=True, callbacks=callbacks, verbose=verbose)
+    history = model.fit(training_dataset(x_train, y_train, config.batch_size, seed), epochs=epochs,
+                        callbacks=callbacks, verbose=verbose)
     wall_s = time.perf_counter() - start
     val_rmse = history.history.get("val_root_mean_squared_error")
     best_epoch = int(np.argmin(val_rmse)) + 1 if val_rmse else len(history.history["loss"])
     return TrainingResult(model, history.history, len(history.history["loss"]), best_epoch, wall_s,
-                          _steady_throughput(len(y_train), timer.epoch_s))
+                          _steady_throughput(len(y_train), timer.epoch_s), timer.epoch_s)
 
 
 def predict_ratings(model: TwoTowerRatingModel, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -98,3 +98,28 @@ def test_smoke_two_tower_beats_the_global_mean(smoke_run):
     assert {f"rmse_ablation_{s}" for s in ("ids", "user", "movie", "context")} <= set(m)
     assert m["best_epoch"] >= 1 and m["train_wall_s"] > 0 and m["train_examples_per_s"] > 0
     assert (smoke_run / "04_two_tower_ranking" / "ranking_model" / "model.json").exists()
+
+
+def test_smoke_retrieval_metrics(smoke_run):
+    m = metrics(smoke_run, "05_retrieval")
+    for model in ("popularity", "ease", "two_tower"):
+        assert 0 < m[f"recall_at_10_{model}"] <= m[f"recall_at_50_{model}"] <= m[f"recall_at_100_{model}"] <= 1
+    # the generated users watch by taste, not only by popularity: learned retrieval must beat popularity
+    assert m["recall_at_10_two_tower"] > 1.2 * m["recall_at_10_popularity"]
+    assert m["recall_at_10_ease"] > m["recall_at_10_popularity"]
+    assert m["scann_overlap_at_100"] > 0.5
+    assert [m[f"factorized_top_{k}_accuracy"] for k in (1, 5, 10, 50, 100)] == \
+        sorted(m[f"factorized_top_{k}_accuracy"] for k in (1, 5, 10, 50, 100))
+    for artifact in ("retrieval_model", "movie_embeddings", "bruteforce_index", "scann_index"):
+        stage, filename = run_all.ARTIFACTS[artifact]
+        assert (smoke_run / stage / filename).exists()
+
+
+def test_smoke_two_stage_metrics(smoke_run):
+    m = metrics(smoke_run, "06_retrieval_ranking")
+    for key in ("recall_at_10_two_stage", "ndcg_at_10_two_stage", "recall_at_10_retrieval_only",
+                "coverage_at_10_two_stage"):
+        assert 0 < m[key] <= 1
+    assert m["novelty_two_stage"] > 0
+    assert 0 < m["recommend_p50_ms"] <= m["recommend_p99_ms"]
+    assert (smoke_run / "06_retrieval_ranking" / "feature_store").is_dir()
