@@ -133,11 +133,15 @@ class FactorizedTopKRetriever:
             None passes the user id unchanged. A user missing from it raises UnknownUserError.
         max_k: the most candidates the layer can return, i.e. the catalogue size; read from the
             layer's `n_candidates` (set by recsys.retrieval) or a BruteForce layer when not given.
+        fallback: an exact layer (BruteForce) for the users whose list comes back short: ScaNN
+            searches only some leaves, which may hold fewer unseen movies than asked for.
     """
 
     def __init__(self, layer: tf.keras.layers.Layer,
-                 user_index: pd.Series | Mapping | Callable[[int], Any] | None = None, max_k: int | None = None):
+                 user_index: pd.Series | Mapping | Callable[[int], Any] | None = None, max_k: int | None = None,
+                 fallback: tf.keras.layers.Layer | None = None):
         self.layer = layer
+        self.fallback = None if fallback is None else FactorizedTopKRetriever(fallback, user_index)
         self.user_index = user_index
         if max_k is None:
             max_k = getattr(layer, "n_candidates", None)
@@ -176,6 +180,10 @@ class FactorizedTopKRetriever:
             keep = np.flatnonzero(~np.isnan(scores[row]) & ~np.isin(ids[row], exclude))[:n]
             out_ids[row, :len(keep)] = ids[row, keep]
             out_scores[row, :len(keep)] = scores[row, keep]
+        short = np.flatnonzero((out_ids < 0).any(axis=1))
+        if self.fallback is not None and short.size:
+            out_ids[short], out_scores[short] = self.fallback.retrieve_batch(
+                [user_ids[i] for i in short], n, [excludes[i] for i in short])
         return out_ids, out_scores
 
     def retrieve(self, user_id: int, n: int,
@@ -400,3 +408,29 @@ def recommend_batch(user_ids: Sequence[int], k: int = 10, *, store: FeatureStore
         rows.append(np.full(len(popular), i))
     table = pd.concat(parts, ignore_index=True)
     return table.iloc[np.argsort(np.concatenate(rows), kind="stable")].reset_index(drop=True)
+
+
+def score_pairs(user_ids: np.ndarray, movie_ids: np.ndarray, *, store: FeatureStore, ranking_model: tf.keras.Model,
+                encoder: FeatureEncoder, context: Mapping[str, int] | None, chunk: int = SCORE_BATCH) -> np.ndarray:
+    """Predicted ratings of many (user, movie) pairs in one context (offline exploration and evaluation).
+
+    Args:
+        user_ids, movie_ids: aligned arrays of known users and movies (unknown ones raise).
+        context: {hour, weekday, month}; None means now.
+
+    Returns:
+        Unclipped predicted ratings, one per pair.
+    """
+    unique_users, user_rows = np.unique(np.asarray(user_ids), return_inverse=True)
+    positions = [store.user_position(int(u)) for u in unique_users]
+    unknown = [int(u) for u, p in zip(unique_users, positions) if p is None]
+    if unknown:
+        raise UnknownUserError(f"users {unknown[:5]} are not in the feature store")
+    users = np.asarray(positions, dtype=np.int64)[user_rows]
+    movies = store.movie_positions(np.asarray(movie_ids))
+    out = np.empty(len(users), dtype=np.float32)
+    for start in range(0, len(users), chunk):
+        stop = start + chunk
+        inputs = _candidate_inputs(store, encoder, users[start:stop], movies[start:stop], context)
+        out[start:stop] = score_candidates(ranking_model, inputs)
+    return out

@@ -256,6 +256,15 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "online.k": _at_least(1),
         "online.example_users": _at_least(0),
         "online.latency_requests": _at_least(1),
+        "weighted_sampling.depth": _at_least(10),
+        "weighted_sampling.repeats": _at_least(1),
+        "weighted_sampling.temperatures": _grid(_positive),
+        "weighted_sampling.example_users": _at_least(0),
+        "noise.target": _one_of("user", "movie"),
+        "noise.sigmas": _grid(_at_least(0)),
+        "least_viewed.max_views": _at_least(0),
+        "least_viewed.retrieval_k": _at_least(1),
+        "least_viewed.example_users": _at_least(0),
     }
 
 
