@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -216,14 +217,26 @@ def main(argv: list[str] | None = None) -> int:
         "params_file": args.params, "overrides": args.overrides, "packages": package_versions(),
         "git_commit": git_commit(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "started": now(), "ended": None, "wall_s": None,
-        "notebooks": [{"name": i["name"], "status": "pending", "wall_s": None} for i in infos],
+        "notebooks": [],
     }
     manifest_path = run_dir / "manifest.json"
+    # a partial run (--from/--only/--until) keeps what an earlier run of this folder recorded for
+    # the other notebooks, so the index still links every report of the run
+    earlier = json.loads(manifest_path.read_text())["notebooks"] if manifest_path.exists() else []
+    earlier = {entry["name"]: {**entry, "earlier_run": True} for entry in earlier}
+    selected = {info["name"] for info in infos}
+    for path in discover_notebooks():
+        if path.stem in selected:
+            manifest["notebooks"].append({"name": path.stem, "status": "pending", "wall_s": None})
+        elif path.stem in earlier:
+            manifest["notebooks"].append(earlier[path.stem])
+    entries = {entry["name"]: entry for entry in manifest["notebooks"]}
     write_json(manifest_path, manifest)
     print(f"run {params['run_name']} -> {run_dir}  (params hash {manifest['params_hash']})")
     run_start = time.perf_counter()
     exit_code = 0
-    for position, (info, entry) in enumerate(zip(infos, manifest["notebooks"]), start=1):
+    for position, info in enumerate(infos, start=1):
+        entry = entries[info["name"]]
         print(f"[{position}/{len(infos)}] {info['name']}: {info['title']} ...", flush=True)
         entry["started"] = now()
         start = time.perf_counter()

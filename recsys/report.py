@@ -44,6 +44,93 @@ th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: ta
 """
 
 
+# stages whose metrics hold a strategy's list metrics as <metric>_<strategy or setting>
+_LIST_STAGES = ("05_retrieval", "06_retrieval_ranking", "07_explore_weighted_sampling",
+                "08_explore_gaussian_noise", "09_explore_least_viewed")
+_LIST_METRICS = ("recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini")
+
+
+def rating_table(run_dir: Path) -> list[tuple[str, float, float]]:
+    """(model, test RMSE, test MAE) of every rating model of the run (notebooks 03 and 04)."""
+    rows = []
+    for stage in ("03_baselines", "04_two_tower_ranking"):
+        path = run_dir / stage / "metrics.json"
+        metrics = json.loads(path.read_text()) if path.exists() else {}
+        for key, value in metrics.items():
+            name = key.removeprefix("rmse_")
+            if key.startswith("rmse_") and f"mae_{name}" in metrics:
+                rows.append((name, value, metrics[f"mae_{name}"]))
+    return sorted(rows, key=lambda row: row[1])
+
+
+def strategy_table(run_dir: Path) -> list[dict]:
+    """One row per list-producing model or exploration setting: its stage and its K=10 metrics (test split)."""
+    rows = []
+    for stage in _LIST_STAGES:
+        path = run_dir / stage / "metrics.json"
+        if not path.exists():
+            continue
+        metrics = json.loads(path.read_text())
+        settings = [k.removeprefix("recall_at_10_") for k in metrics if k.startswith("recall_at_10_")]
+        for setting in settings:
+            rows.append({"stage": stage, "strategy": setting,
+                         **{m: metrics.get(f"{m}_{setting}") for m in _LIST_METRICS}})
+    return rows
+
+
+def tradeoff_figure(rows: list[dict], path: Path) -> Path | None:
+    """Recall@10 against coverage@10, one point per strategy/setting, coloured by notebook."""
+    points = [r for r in rows if r["recall_at_10"] is not None and r["coverage_at_10"] is not None]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for stage in dict.fromkeys(r["stage"] for r in points):
+        mine = [r for r in points if r["stage"] == stage]
+        style = "o-" if len(mine) > 2 else "o"  # a sweep is joined; separate strategies are not
+        ax.plot([r["coverage_at_10"] for r in mine], [r["recall_at_10"] for r in mine], style, label=stage)
+        for r in mine:
+            ax.annotate(r["strategy"], (r["coverage_at_10"], r["recall_at_10"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 3))
+    ax.set(title="Accuracy against catalogue coverage (test split, K = 10)", xlabel="coverage@10",
+           ylabel="Recall@10")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def _summary_html(run_dir: Path, reports_dir: Path) -> str:
+    ratings = rating_table(run_dir)
+    strategies = strategy_table(run_dir)
+    parts = []
+    if ratings:
+        body = "".join(f'<tr><td>{html.escape(n)}</td><td class="num">{r:.4f}</td><td class="num">{m:.4f}</td></tr>'
+                       for n, r, m in ratings)
+        parts.append("<h3>Rating prediction (test split; chosen on val, refitted on train + val)</h3>"
+                     f"<table><tr><th>model</th><th>RMSE</th><th>MAE</th></tr>{body}</table>")
+    if strategies:
+        def cell(value):
+            return '<td class="num">–</td>' if value is None else f'<td class="num">{value:.4f}</td>'
+        body = "".join(f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(r['strategy'])}</td>"
+                       + "".join(cell(r[m]) for m in _LIST_METRICS) + "</tr>" for r in strategies)
+        header = "".join(f"<th>{m}</th>" for m in _LIST_METRICS)
+        parts.append("<h3>Top-10 lists: models and exploration strategies (test split, K = 10, train and val "
+                     "movies excluded)</h3>"
+                     f"<table><tr><th>notebook</th><th>strategy / setting</th>{header}</tr>{body}</table>")
+        figure = tradeoff_figure(strategies, reports_dir / "summary_tradeoff.png")
+        if figure is not None:
+            parts.append(f'<img src="{figure.name}" alt="Recall@10 against coverage@10 for every strategy" '
+                         'style="max-width: 100%">')
+    return "<h2>Comparison across the run</h2>" + "".join(parts) if parts else ""
+
+
 def build_index(run_dir: str | os.PathLike, manifest: dict) -> Path:
     """Write `reports/index.html`: each notebook's status and report link, its key metrics, the manifest.
 
@@ -64,7 +151,8 @@ def build_index(run_dir: str | os.PathLike, manifest: dict) -> Path:
             else html.escape(name)
         status = entry.get("status", "pending")
         wall = f"{entry['wall_s']:.1f}" if entry.get("wall_s") is not None else ""
-        error = html.escape(entry.get("error") or "")
+        note = "(from an earlier run of this folder) " if entry.get("earlier_run") else ""
+        error = html.escape(note + (entry.get("error") or ""))
         rows.append(f'<tr><td>{link}</td><td class="{status}">{status}</td>'
                     f'<td class="num">{wall}</td><td>{error}</td></tr>')
 
@@ -88,6 +176,7 @@ params hash <code>{manifest['params_hash']}</code> · git <code>{html.escape(str
 started {html.escape(manifest['started'])} · total {manifest.get('wall_s', 0):.1f} s</p>
 <h2>Notebooks</h2>
 <table><tr><th>report</th><th>status</th><th>wall s</th><th>error</th></tr>{''.join(rows)}</table>
+{_summary_html(run_dir, reports_dir)}
 <h2>Key metrics</h2>
 <p class="sub">From each notebook's metrics.json; every table in the reports states its split and K.</p>
 <div class="metrics">{''.join(metric_tables) or '<p>No metrics yet.</p>'}</div>

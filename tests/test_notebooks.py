@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -123,3 +127,98 @@ def test_smoke_two_stage_metrics(smoke_run):
     assert m["novelty_two_stage"] > 0
     assert 0 < m["recommend_p50_ms"] <= m["recommend_p99_ms"]
     assert (smoke_run / "06_retrieval_ranking" / "feature_store").is_dir()
+
+
+EXPLORATION_KEYS = ("recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini")
+
+
+def settings_of(m: dict) -> list[str]:
+    return [k.removeprefix("recall_at_10_") for k in m if k.startswith("recall_at_10_")]
+
+
+def test_smoke_exploration_metrics(smoke_run):
+    m7 = metrics(smoke_run, "07_explore_weighted_sampling")
+    assert "deterministic" in settings_of(m7) and len(settings_of(m7)) >= 2
+    for setting in settings_of(m7):
+        assert all(f"{key}_{setting}" in m7 for key in EXPLORATION_KEYS + ("kendall_tau_mean",))
+    temps = sorted((float(s.removeprefix("temp_")), s) for s in settings_of(m7) if s.startswith("temp_"))
+    # hotter sampling strays further from the ranked order and spreads recommendations wider
+    taus = [m7[f"kendall_tau_mean_{s}"] for _, s in temps]
+    assert m7["kendall_tau_mean_deterministic"] == 1.0 and taus == sorted(taus, reverse=True)
+    assert m7[f"coverage_at_10_{temps[-1][1]}"] > m7["coverage_at_10_deterministic"]
+
+    m8 = metrics(smoke_run, "08_explore_gaussian_noise")
+    assert m8["overlap_at_10_with_noiseless_sigma_0"] == 1.0
+    sigmas = sorted((float(s.removeprefix("sigma_")), s) for s in settings_of(m8))
+    overlaps = [m8[f"overlap_at_10_with_noiseless_{s}"] for _, s in sigmas]
+    assert overlaps == sorted(overlaps, reverse=True) and overlaps[-1] < 1.0
+    assert m8[f"coverage_at_10_{sigmas[-1][1]}"] > m8["coverage_at_10_sigma_0"]
+
+    m9 = metrics(smoke_run, "09_explore_least_viewed")
+    (explore,) = [s for s in settings_of(m9) if s.startswith("least_viewed")]
+    assert m9["least_viewed_share_retrieval_ranked"] == 0.0
+    assert 0 < m9[f"least_viewed_share_{explore}"] <= 1
+    assert m9[f"novelty_{explore}"] > m9["novelty_retrieval_ranked"]
+
+
+def test_run_summary_compares_every_strategy(smoke_run):
+    index = (smoke_run / "reports" / "index.html").read_text()
+    assert "Comparison across the run" in index and 'src="summary_tradeoff.png"' in index
+    assert (smoke_run / "reports" / "summary_tradeoff.png").stat().st_size > 10_000
+    for name in ("two_tower", "svd", "two_stage", "temp_1", "sigma_0.4", "ease"):
+        assert f">{name}<" in index
+
+
+def test_exploration_is_deterministic_under_the_seed(smoke_run):
+    before = {s: metrics(smoke_run, s) for s in ("07_explore_weighted_sampling", "08_explore_gaussian_noise",
+                                                 "09_explore_least_viewed")}
+    assert run_all.main(["--artifacts-dir", str(smoke_run.parent), "--params", str(PROJECT_ROOT / "params" / "smoke.yaml"),
+                         "--from", "07"]) == 0
+    assert {s: metrics(smoke_run, s) for s in before} == before
+
+
+def chromium_binary() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_reports_render_in_a_real_browser(smoke_run):
+    """Headless Chromium loads the index and a notebook report; every image and link resolves."""
+    browser = chromium_binary()
+    if browser is None:
+        pytest.skip("Chromium is not installed: `make chromium` installs Debian's package for this check")
+    reports = smoke_run / "reports"
+    for page in (reports / "index.html", reports / "04_two_tower_ranking.html"):
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={smoke_run / '.chromium'}"]
+        dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+        parser = LinkCollector()
+        parser.feed(dom)
+        assert parser.images, f"{page.name} shows no image"
+        for src in parser.images:
+            assert src.startswith("data:image/") or (page.parent / unquote(src)).is_file(), f"{page.name}: image {src[:80]}"
+        for href in parser.links:
+            if href.startswith("#"):
+                assert href[1:] in parser.ids, f"{page.name}: anchor {href} has no target"
+            elif not href.startswith(("http://", "https://", "mailto:")):
+                assert (page.parent / unquote(href.split("#")[0])).is_file(), f"{page.name}: link {href}"
+        screenshot = smoke_run / f"screenshot_{page.stem}.png"
+        subprocess.run([browser, *flags, "--window-size=1280,2400", f"--screenshot={screenshot}", page.as_uri()],
+                       capture_output=True, timeout=120, check=True)
+        assert screenshot.stat().st_size > 20_000, f"{screenshot} looks blank"
+
+
+class LinkCollector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.ids = [], [], set()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "img" and attrs.get("src"):
+            self.images.append(attrs["src"])
+        if tag == "a" and attrs.get("href"):
+            self.links.append(attrs["href"])

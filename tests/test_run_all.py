@@ -81,3 +81,17 @@ def test_unknown_notebook_parameter_rejected(tmp_path, notebooks_dir, capsys):
     nbformat.write(notebook, str(notebooks_dir / "01_x.ipynb"))
     assert run_all.main(["--artifacts-dir", str(tmp_path)]) == 2
     assert "declares parameter(s) learning_rat" in capsys.readouterr().err
+
+
+def test_partial_run_keeps_the_other_notebooks_in_the_index(tmp_path, notebooks_dir):
+    for name in ("01_a", "02_b", "03_c"):
+        make_notebook(notebooks_dir / f"{name}.ipynb", "print('hi')")
+    artifacts = str(tmp_path / "artifacts")
+    assert run_all.main(["--artifacts-dir", artifacts, "--run-name", "r"]) == 0
+    assert run_all.main(["--artifacts-dir", artifacts, "--run-name", "r", "--only", "02"]) == 0
+    run_dir = tmp_path / "artifacts" / "r"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [(n["name"], n.get("earlier_run", False)) for n in manifest["notebooks"]] == \
+        [("01_a", True), ("02_b", False), ("03_c", True)]
+    index = (run_dir / "reports" / "index.html").read_text()
+    assert all(f'href="{name}.html"' in index for name in ("01_a", "02_b", "03_c"))
