@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +31,58 @@ def atomic_path(final_path: str | os.PathLike, suffix: str = "") -> Iterator[Pat
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `final_dir`; it replaces `final_dir` only if the block succeeds.
+
+    The old folder (if any) is moved aside before the new one is renamed into place and removed
+    after, so a reader sees either the old or the new folder whole, never a mix.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
+    try:
+        yield tmp
+        old = None
+        if final_dir.exists():  # os.replace cannot overwrite a non-empty folder
+            old = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".old", dir=final_dir.parent))
+            os.replace(final_dir, old / final_dir.name)
+        os.replace(tmp, final_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_model_folder(model: Any, encoder: Any, folder: str | os.PathLike, state: dict) -> Path:
+    """Save a Keras model's weights, `state` (config etc.) and its FeatureEncoder in one folder, atomically.
+
+    Reloading rebuilds the model's class from `state` and loads the weights (see `read_model_folder`):
+    the saved model is the same class as the trained one, not a generic SavedModel.
+    """
+    with atomic_dir(folder) as tmp:
+        model.save_weights(str(tmp / "weights"))
+        (tmp / "model.json").write_text(json.dumps({**state, "cardinalities": encoder.cardinalities()}, indent=2))
+        encoder.save(tmp / "encoder.json")
+    return Path(folder)
+
+
+def read_model_folder(folder: str | os.PathLike, notebook: str) -> tuple[dict, Any, str]:
+    """(state, FeatureEncoder, weights path) of a folder written by `save_model_folder`.
+
+    Raises:
+        FileNotFoundError: no saved model there, naming the notebook that writes it.
+    """
+    from recsys.encoding import FeatureEncoder
+
+    folder = Path(folder)
+    if not (folder / "model.json").exists():
+        raise FileNotFoundError(f"{folder} holds no saved model (model.json missing): run notebook {notebook} first")
+    return (json.loads((folder / "model.json").read_text()), FeatureEncoder.load(folder / "encoder.json"),
+            str(folder / "weights"))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from recsys.artifacts import atomic_dir
 from recsys.encoding import FeatureEncoder
 
 # Encoded model inputs sit beside the readable features under this prefix: "age_group" is the
@@ -134,30 +133,14 @@ class FeatureStore:
         return cls(movie_table, user_table, seen, seen_splits)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write the store as Parquet files; the folder appears complete or not at all.
-
-        Everything is written into a temporary folder beside `folder`, which then replaces it.
-        """
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        try:
+        """Write the store as Parquet files; the folder appears complete or not at all (artifacts.atomic_dir)."""
+        with atomic_dir(folder) as tmp:
             self.movies.reset_index().to_parquet(tmp / "movies.parquet", index=False)
             self.users.reset_index().to_parquet(tmp / "users.parquet", index=False)
             self.seen_pairs().to_parquet(tmp / "seen.parquet", index=False)
             (tmp / "store.json").write_text(json.dumps({"format_version": _FORMAT_VERSION,
                                                         "seen_splits": list(self.seen_splits)}))
-            old = None
-            if folder.exists():  # os.replace cannot overwrite a non-empty folder: move it aside first
-                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "FeatureStore":

@@ -1,11 +1,8 @@
 """The retrieval stage: a two-tower in-batch-softmax model, full-ranking evaluation, BruteForce and ScaNN indexes."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -19,6 +16,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from recsys import metrics
+from recsys.artifacts import atomic_dir, read_model_folder, save_model_folder
 from recsys.ease import EASE
 from recsys.encoding import CONTEXT_FEATURES, MOVIE_FEATURES, USER_FEATURES, FeatureEncoder, resolve_features
 from recsys.models import ContextEncoder, MovieTower, UserTower
@@ -515,52 +513,20 @@ def factorized_top_k_accuracy(model: TwoTowerRetrievalModel, encoder: FeatureEnc
 
 # ---- persistence of the model ------------------------------------------------------------------------
 
-def _replace_dir(tmp: Path, folder: Path) -> None:
-    """Move a fully written temporary folder into place; the old folder is removed only afterwards."""
-    old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _temp_dir(folder: Path) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    return tmp
-
-
 def save_retrieval_model(model: TwoTowerRetrievalModel, encoder: FeatureEncoder, folder: str | os.PathLike) -> Path:
     """Save weights, config, cardinalities and the encoder so `load_retrieval_model` rebuilds the same model.
 
     The encoder lives inside the folder: a refit on train + val has its own vocabularies.
-    Written under a temporary name and renamed, so a crash leaves no half-saved model.
     """
-    folder = Path(folder)
-    tmp = _temp_dir(folder)
-    try:
-        model.save_weights(str(tmp / "weights"))
-        (tmp / "model.json").write_text(json.dumps({"config": model.config.to_dict(),
-                                                    "cardinalities": encoder.cardinalities()}, indent=2))
-        encoder.save(tmp / "encoder.json")
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return save_model_folder(model, encoder, folder, {"config": model.config.to_dict()})
 
 
 def load_retrieval_model(folder: str | os.PathLike) -> tuple[TwoTowerRetrievalModel, FeatureEncoder]:
     """Rebuild a model saved by `save_retrieval_model` and load its weights."""
-    folder = Path(folder)
-    if not (folder / "model.json").exists():
-        raise FileNotFoundError(f"{folder} holds no saved retrieval model (model.json missing): "
-                                "run notebook 05_retrieval first")
-    state = json.loads((folder / "model.json").read_text())
+    state, encoder, weights = read_model_folder(folder, "05_retrieval")
     model = build_retrieval_model(state["cardinalities"], RetrievalConfig(**state["config"]))
-    model.load_weights(str(folder / "weights")).expect_partial()
-    return model, FeatureEncoder.load(folder / "encoder.json")
+    model.load_weights(weights).expect_partial()
+    return model, encoder
 
 
 # ---- indexes -----------------------------------------------------------------------------------------
@@ -661,15 +627,9 @@ def save_index(index: tfrs.layers.factorized_top_k.TopK, path: str | os.PathLike
     The ScaNN searcher travels as a TF resource of the `Scann` op namespace, which SavedModel
     refuses unless it is whitelisted. The index must have been called once (the builders do).
     """
-    path = Path(path)
-    tmp = _temp_dir(path)
-    try:
+    with atomic_dir(path) as tmp:
         tf.saved_model.save(index, str(tmp), options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_index(path: str | os.PathLike) -> Any:

@@ -1,9 +1,7 @@
 """Train, refit, score, save and reload the two-tower rating model under notebook 03/04's protocol."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +13,7 @@ import recsys  # noqa: F401
 import tensorflow as tf
 
 from recsys import metrics
-from recsys.artifacts import atomic_path
+from recsys.artifacts import read_model_folder, save_model_folder
 from recsys.encoding import FeatureEncoder
 from recsys.models import RankingConfig, TwoTowerRatingModel, build_ranking_model
 from recsys.seeding import set_seed
@@ -215,34 +213,16 @@ def select_refit_evaluate(config: RankingConfig, cardinalities: dict[str, int], 
 # ---- persistence: weights + what is needed to rebuild the same model ------------------------------
 
 def save_ranking_model(model: TwoTowerRatingModel, encoder: FeatureEncoder, folder: str | os.PathLike) -> Path:
-    """Save weights, config, global mean and the encoder so `load_ranking_model` rebuilds the same model.
-
-    The folder is written under a temporary name and renamed, so a crash leaves no half-saved model.
-    """
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_weights(str(tmp / "weights"))
-    (tmp / "model.json").write_text(json.dumps({"config": model.config.to_dict(), "global_mean": model.global_mean,
-                                                "cardinalities": encoder.cardinalities()}, indent=2))
-    encoder.save(tmp / "encoder.json")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return folder
+    """Save weights, config, global mean and the encoder so `load_ranking_model` rebuilds the same model."""
+    return save_model_folder(model, encoder, folder, {"config": model.config.to_dict(),
+                                                      "global_mean": model.global_mean})
 
 
 def load_ranking_model(folder: str | os.PathLike) -> tuple[TwoTowerRatingModel, FeatureEncoder]:
     """Rebuild a model saved by `save_ranking_model` and load its weights."""
-    folder = Path(folder)
-    if not (folder / "model.json").exists():
-        raise FileNotFoundError(f"{folder} holds no saved ranking model (model.json missing): "
-                                "run notebook 04_two_tower_ranking first")
-    state = json.loads((folder / "model.json").read_text())
-    encoder = FeatureEncoder.load(folder / "encoder.json")
+    state, encoder, weights = read_model_folder(folder, "04_two_tower_ranking")
     model = build_ranking_model(state["cardinalities"], RankingConfig(**state["config"]), state["global_mean"])
-    model.load_weights(str(folder / "weights")).expect_partial()
+    model.load_weights(weights).expect_partial()
     return model, encoder
 
 
