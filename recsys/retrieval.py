@@ -21,6 +21,7 @@ from recsys.ease import EASE
 from recsys.encoding import CONTEXT_FEATURES, MOVIE_FEATURES, USER_FEATURES, FeatureEncoder, resolve_features
 from recsys.models import ContextEncoder, MovieTower, UserTower
 from recsys.seeding import set_seed
+from recsys.training import EpochTimer, steady_throughput
 
 keras = tf.keras
 
@@ -289,17 +290,6 @@ class RetrievalTrainingResult:
     n_positives: int
 
 
-class _EpochTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.epoch_s: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch_s.append(time.perf_counter() - self._start)
-
-
 def train_retrieval_model(config: RetrievalConfig, encoder: FeatureEncoder, train_interactions: pd.DataFrame,
                           user_table: pd.DataFrame, movie_table: pd.DataFrame, seed: int,
                           epochs: int | None = None, monitor: FullRankingMonitor | None = None,
@@ -323,7 +313,7 @@ def train_retrieval_model(config: RetrievalConfig, encoder: FeatureEncoder, trai
     set_seed(seed)
     inputs = training_inputs(config, encoder, train_interactions, user_table, movie_table)
     model = build_retrieval_model(encoder.cardinalities(), config)
-    timer = _EpochTimer()
+    timer = EpochTimer()
     callbacks: list = [timer] + ([monitor] if monitor is not None else [])
     if monitor is not None and patience is not None:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=f"{monitor.split}_recall_at_{monitor.k}", mode="max",
@@ -333,8 +323,7 @@ def train_retrieval_model(config: RetrievalConfig, encoder: FeatureEncoder, trai
                         callbacks=callbacks, verbose=verbose)
     wall_s = time.perf_counter() - start
     n = len(inputs["user_id"])
-    steady = timer.epoch_s[1:] or timer.epoch_s
-    return RetrievalTrainingResult(model, history.history, wall_s, float(n / np.median(steady)), n)
+    return RetrievalTrainingResult(model, history.history, wall_s, steady_throughput(n, timer.epoch_s), n)
 
 
 # ---- embeddings ---------------------------------------------------------------------------------------

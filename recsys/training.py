@@ -125,7 +125,8 @@ def training_dataset(inputs: dict[str, np.ndarray], ratings: np.ndarray, batch_s
     return tf.data.Dataset.range(1).flat_map(batches).map(gather).prefetch(2)
 
 
-def _steady_throughput(n_examples: int, epoch_s: list[float]) -> float:
+def steady_throughput(n_examples: int, epoch_s: list[float]) -> float:
+    """Examples per second of the median epoch after the first (which also traces the graph)."""
     steady = epoch_s[1:] or epoch_s
     return float(n_examples / np.median(steady))
 
@@ -163,7 +164,7 @@ def train_ranking_model(config: RankingConfig, cardinalities: dict[str, int], x_
     val_rmse = history.history.get("val_root_mean_squared_error")
     best_epoch = int(np.argmin(val_rmse)) + 1 if val_rmse else len(history.history["loss"])
     return TrainingResult(model, history.history, len(history.history["loss"]), best_epoch, wall_s,
-                          _steady_throughput(len(y_train), timer.epoch_s), timer.epoch_s)
+                          steady_throughput(len(y_train), timer.epoch_s), timer.epoch_s)
 
 
 def predict_ratings(model: TwoTowerRatingModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
