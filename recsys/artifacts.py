@@ -125,6 +125,13 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
 }
 
 
+def _registered(artifact: str) -> tuple[str, str]:
+    """(writing notebook, file name) of an artifact, or a KeyError listing the known ones."""
+    if artifact not in ARTIFACTS:
+        raise KeyError(f"unknown artifact {artifact!r}; known: {', '.join(ARTIFACTS)}")
+    return ARTIFACTS[artifact]
+
+
 class Run:
     """One run's folder, `artifacts/<run_name>/`, with a subfolder per notebook.
 
@@ -148,16 +155,12 @@ class Run:
 
     def path(self, artifact: str) -> Path:
         """Where `artifact` (a key of ARTIFACTS) lives in this run, for writing."""
-        if artifact not in ARTIFACTS:
-            raise KeyError(f"unknown artifact {artifact!r}; known: {', '.join(ARTIFACTS)}")
-        stage, filename = ARTIFACTS[artifact]
+        stage, filename = _registered(artifact)
         return self.stage_dir(stage) / filename
 
     def require(self, artifact: str) -> Path:
         """The path of an input artifact, or a MissingArtifactError saying which notebook to run first."""
-        if artifact not in ARTIFACTS:
-            raise KeyError(f"unknown artifact {artifact!r}; known: {', '.join(ARTIFACTS)}")
-        stage, filename = ARTIFACTS[artifact]
+        stage, filename = _registered(artifact)
         path = self.dir / stage / filename
         if not path.exists():
             raise MissingArtifactError(
