@@ -196,6 +196,7 @@ def _run_name(v: str) -> str | None:
 def _value_checks() -> dict[str, Callable[[Any], str | None]]:
     # imported here so the choices live once, in the module that implements them
     from recsys.data import KNOWN_DATASETS
+    from recsys.ranking_config import HEAD_INPUTS, OPTIMIZERS
     from recsys.geo import GEO_BACKENDS
     from recsys.splits import SPLIT_STRATEGIES
 
@@ -232,7 +233,9 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "ranking.l2": _at_least(0),
         "ranking.bias_l2": _at_least(0),
         "ranking.init_std": _positive,
-        "ranking.optimizer": _one_of("adam", "adagrad", "sgd"),
+        "ranking.head_on": _one_of(*HEAD_INPUTS),
+        "ranking.id_learning_rate": _at_least(0),
+        "ranking.optimizer": _one_of(*OPTIMIZERS),
         "ranking.learning_rate": _positive,
         "ranking.batch_size": _at_least(1),
         "ranking.max_epochs": _at_least(1),

@@ -163,7 +163,7 @@ def train_ranking_model(config: RankingConfig, cardinalities: dict[str, int], x_
                         verbose: int = 2) -> TrainingResult:
     """Fit a fresh model: with val data, early stopping on val RMSE; without, exactly `epochs` epochs.
 
-    Examples are fed as numpy arrays, which Keras reshuffles every epoch, in batches of
+    Examples come from `training_dataset`, reshuffled every epoch, in batches of
     `config.batch_size` (large batches keep two CPU cores busy).
 
     Args:

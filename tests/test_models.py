@@ -167,3 +167,12 @@ def test_training_dataset_visits_every_example_once_per_epoch_in_a_new_order():
     np.testing.assert_array_equal(one_epoch(rebuilt), first)
     np.testing.assert_array_equal(one_epoch(rebuilt), second)
     assert not np.array_equal(one_epoch(training.training_dataset(inputs, labels, batch, seed=8)), first)
+
+
+def test_ranking_config_rejects_unknown_choices():
+    from recsys.ranking_config import RankingConfig
+
+    with pytest.raises(ValueError, match=r"ranking.head_on: 'ids' is not one of \['features', 'towers'\]"):
+        RankingConfig(head_on="ids")
+    with pytest.raises(ValueError, match=r"ranking.optimizer: 'rmsprop'"):
+        RankingConfig(optimizer="rmsprop")

@@ -122,6 +122,8 @@ def test_notebook_parameter_cells_match_default_yaml():
     ("ranking.learning_rate=0", "ranking.learning_rate=0.0: must be > 0"),
     ("ranking.mlp_layers=[32, 0]", "item 1 (0) must be >= 1"),
     ("ranking.optimizer=rmsprop", "must be one of adam, adagrad, sgd"),
+    ("ranking.head_on=ids", "ranking.head_on='ids': must be one of features, towers"),
+    ("ranking.id_learning_rate=-0.1", "ranking.id_learning_rate=-0.1: must be >= 0"),
     ("baselines.svd_grid.n_epochs=[]", "must not be empty"),
     ("baselines.svd_grid.lr_all=[0.005, -1]", "item 1 (-1.0) must be > 0"),
     ("baselines.svd_grid.biased=[true]", "unknown parameter 'baselines.svd_grid.biased'"),
