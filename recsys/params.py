@@ -196,8 +196,8 @@ def _run_name(v: str) -> str | None:
 def _value_checks() -> dict[str, Callable[[Any], str | None]]:
     # imported here so the choices live once, in the module that implements them
     from recsys.data import KNOWN_DATASETS
-    from recsys.ranking_config import HEAD_INPUTS, OPTIMIZERS
     from recsys.geo import GEO_BACKENDS
+    from recsys.ranking_config import HEAD_INPUTS, OPTIMIZERS
     from recsys.splits import SPLIT_STRATEGIES
 
     return {
