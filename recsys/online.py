@@ -265,12 +265,23 @@ def _popular_table(store: FeatureStore, k: int, exclude: np.ndarray) -> pd.DataF
     })
 
 
-def _candidate_inputs(store: FeatureStore, encoder: FeatureEncoder, user_positions: np.ndarray,
-                      movie_positions: np.ndarray, context: Mapping[str, int] | None) -> dict[str, np.ndarray]:
-    inputs = store.user_inputs(user_positions, encoder)
-    inputs.update(store.movie_inputs(movie_positions, encoder))
-    inputs.update(context_inputs(encoder, context, len(movie_positions)))
-    return inputs
+def _score_positions(store: FeatureStore, model: tf.keras.Model, encoder: FeatureEncoder,
+                     user_positions: np.ndarray, movie_positions: np.ndarray,
+                     context: Mapping[str, int] | None, chunk: int = SCORE_BATCH) -> np.ndarray:
+    """Unclipped predicted ratings of aligned (user, movie) store positions in one context.
+
+    The context is resolved once ("now" cannot move between chunks) and encoded once; the pairs
+    are scored in model calls of at most `chunk` rows.
+    """
+    context_row = context_inputs(encoder, context, 1)
+    predicted = np.empty(len(movie_positions), dtype=np.float32)
+    for start in range(0, len(predicted), chunk):
+        part = slice(start, start + chunk)
+        inputs = store.user_inputs(user_positions[part], encoder)
+        inputs.update(store.movie_inputs(movie_positions[part], encoder))
+        inputs.update({name: np.repeat(value, len(predicted[part])) for name, value in context_row.items()})
+        predicted[part] = score_candidates(model, inputs)
+    return predicted
 
 
 def recommend(user_id: int, k: int = 10, *, store: FeatureStore, retrieval_index: Retriever | Callable,
@@ -308,8 +319,7 @@ def recommend(user_id: int, k: int = 10, *, store: FeatureStore, retrieval_index
     keep = ~np.isin(ids, seen)  # retrievers are asked to exclude them; do not rely on it
     ids, scores = ids[keep], scores[keep]
     movie_positions = store.movie_positions(ids)
-    inputs = _candidate_inputs(store, encoder, np.full(len(ids), position), movie_positions, context)
-    predicted = score_candidates(ranking_model, inputs) if len(ids) else np.empty(0, np.float32)
+    predicted = _score_positions(store, ranking_model, encoder, np.full(len(ids), position), movie_positions, context)
     order = np.lexsort((-scores, -predicted))[:k]
     top = movie_positions[order]
     return pd.DataFrame({
@@ -363,7 +373,7 @@ def recommend_batch(user_ids: Sequence[int], k: int = 10, *, store: FeatureStore
         Columns user_id + RESULT_COLUMNS, users in the order given, each user's rows best first.
     """
     user_ids = np.asarray(user_ids, dtype=np.int64)
-    context = request_context(context)  # one "now" for every user and score chunk
+    context = request_context(context)  # validated before any work
     positions = np.array([-1 if (p := store.user_position(u)) is None else p for u in user_ids], dtype=np.int64)
     seen = [store.seen_movies(u) for u in user_ids]
     known = np.flatnonzero(positions >= 0)
@@ -380,11 +390,7 @@ def recommend_batch(user_ids: Sequence[int], k: int = 10, *, store: FeatureStore
     valid = (flat_ids >= 0) & ~np.isin(owner * key_base + flat_ids, seen_owner * key_base + seen_ids)
     owner, flat_ids, flat_scores = owner[valid], flat_ids[valid], flat_scores[valid]
     movie_positions = store.movie_positions(flat_ids)
-    predicted = np.empty(len(flat_ids), dtype=np.float32)
-    for start in range(0, len(flat_ids), SCORE_BATCH):
-        part = slice(start, start + SCORE_BATCH)
-        inputs = _candidate_inputs(store, encoder, positions[owner[part]], movie_positions[part], context)
-        predicted[part] = score_candidates(ranking_model, inputs)
+    predicted = _score_positions(store, ranking_model, encoder, positions[owner], movie_positions, context)
 
     order = np.lexsort((-flat_scores, -predicted, owner))
     owner_sorted = owner[order]
@@ -427,10 +433,5 @@ def score_pairs(user_ids: np.ndarray, movie_ids: np.ndarray, *, store: FeatureSt
     if unknown:
         raise UnknownUserError(f"users {unknown[:5]} are not in the feature store")
     users = np.asarray(positions, dtype=np.int64)[user_rows]
-    movies = store.movie_positions(np.asarray(movie_ids))
-    out = np.empty(len(users), dtype=np.float32)
-    for start in range(0, len(users), chunk):
-        stop = start + chunk
-        inputs = _candidate_inputs(store, encoder, users[start:stop], movies[start:stop], context)
-        out[start:stop] = score_candidates(ranking_model, inputs)
-    return out
+    return _score_positions(store, ranking_model, encoder, users, store.movie_positions(np.asarray(movie_ids)),
+                            context, chunk)

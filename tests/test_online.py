@@ -159,3 +159,28 @@ def test_context_defaults_to_now_and_is_validated(setup):
     assert len(call(setup, 3, context=None)) == 5
     with pytest.raises(ValueError, match="hour=24"):
         context_inputs(setup["encoder"], {"hour": 24, "weekday": 0, "month": 1}, 1)
+
+
+def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    import recsys.online as online
+
+    start = datetime(2026, 1, 5, 10, 59, tzinfo=timezone.utc)
+    calls = []
+
+    class Clock:  # every call to now() is an hour later: chunks must not see different hours
+        @staticmethod
+        def now(tz=None):
+            calls.append(tz)
+            return start + timedelta(hours=len(calls) - 1)
+
+    monkeypatch.setattr(online, "datetime", Clock)
+    store = setup["store"]
+    users = np.array([2, 3, 4, 2, 3, 4])
+    movies = store.movies.index.to_numpy()[:6]
+    kwargs = {"store": store, "ranking_model": setup["model"], "encoder": setup["encoder"]}
+    chunked = online.score_pairs(users, movies, context=None, chunk=2, **kwargs)
+    fixed = online.score_pairs(users, movies, context={"hour": 10, "weekday": 0, "month": 1}, **kwargs)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(chunked, fixed)
