@@ -557,11 +557,15 @@ class UserQueryModel(keras.Model):
         return self.query_tower({name: tf.gather(values, rows) for name, values in self.user_features.items()})
 
 
-def _warm_up(index: tfrs.layers.factorized_top_k.TopK, query_model: keras.Model | None) -> None:
-    # A Keras model is saved with the input signature of its first call: call it once on a batch of ids.
-    example = tf.zeros([1], tf.int32) if query_model is not None else None
-    if example is not None:
-        index(example)
+def _fill_index(index: tfrs.layers.factorized_top_k.TopK, query_model: keras.Model | None, movie_ids: np.ndarray,
+                movie_embeddings: np.ndarray) -> tfrs.layers.factorized_top_k.TopK:
+    """Load the candidates into an index; with a query model, call it once so it can be saved."""
+    index.index(tf.constant(movie_embeddings, tf.float32), tf.constant(np.asarray(movie_ids), tf.int32))
+    index.n_candidates = len(movie_ids)
+    if query_model is not None:
+        # a Keras model is saved with the input signature of its first call: a batch of ids
+        index(tf.zeros([1], tf.int32))
+    return index
 
 
 def build_bruteforce(query_model: keras.Model | None, movie_ids: np.ndarray, movie_embeddings: np.ndarray,
@@ -575,10 +579,7 @@ def build_bruteforce(query_model: keras.Model | None, movie_ids: np.ndarray, mov
         k: default list length.
     """
     index = tfrs.layers.factorized_top_k.BruteForce(query_model, k=k)
-    index.index(tf.constant(movie_embeddings, tf.float32), tf.constant(np.asarray(movie_ids), tf.int32))
-    index.n_candidates = len(movie_ids)
-    _warm_up(index, query_model)
-    return index
+    return _fill_index(index, query_model, movie_ids, movie_embeddings)
 
 
 def build_scann(query_model: keras.Model | None, movie_ids: np.ndarray, movie_embeddings: np.ndarray, k: int,
@@ -604,10 +605,7 @@ def build_scann(query_model: keras.Model | None, movie_ids: np.ndarray, movie_em
         query_model, k=k, distance_measure="dot_product", num_leaves=num_leaves,
         num_leaves_to_search=num_leaves_to_search, num_reordering_candidates=num_reordering_candidates,
         dimensions_per_block=dimensions_per_block, training_iterations=training_iterations)
-    index.index(tf.constant(movie_embeddings, tf.float32), tf.constant(np.asarray(movie_ids), tf.int32))
-    index.n_candidates = len(movie_ids)
-    _warm_up(index, query_model)
-    return index
+    return _fill_index(index, query_model, movie_ids, movie_embeddings)
 
 
 def save_index(index: tfrs.layers.factorized_top_k.TopK, path: str | os.PathLike) -> Path:
