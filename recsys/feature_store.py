@@ -216,8 +216,9 @@ class FeatureStore:
     # ---- model inputs ---------------------------------------------------------------------------------
     def _inputs(self, encoder: FeatureEncoder) -> tuple[dict, dict]:
         """Every user's and movie's model inputs as arrays aligned with `users` / `movies` (cached)."""
+        # keyed by id(); each entry holds its encoder, so that id cannot be reused while the entry exists
         cached = self._input_cache.get(id(encoder))
-        if cached is None or cached[0] is not encoder:
+        if cached is None:
             missing = [c for c in encoder.genre_columns if ENCODED_PREFIX + c not in self.movies.columns]
             if missing:
                 raise ValueError(f"the store was built with another encoder: genre inputs {missing} are missing; "
