@@ -356,12 +356,11 @@ class _Table:
                 row = int(np.argmax(bad.to_numpy()))
                 _fail(self.path, row, f"{what} '{_shown(raw.iloc[row])}' {not_int}")
             # Every value is written as an integer, so only the int64 range can be the problem.
-            as_float = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
-            too_large = np.abs(as_float) >= 2.0**62
+            values = pd.to_numeric(raw, errors="coerce")
+            too_large = np.abs(values.to_numpy(dtype=float)) >= 2.0**62
             if too_large.any():
                 row = int(np.argmax(too_large))
                 _fail(self.path, row, f"{what} '{_shown(raw.iloc[row])}' is too large")
-            values = pd.to_numeric(raw)
         array = values.to_numpy(dtype=np.int64)
         if lo is not None or hi is not None:
             outside = np.zeros(len(array), dtype=bool)
@@ -615,7 +614,7 @@ def generate_synthetic(out_dir: Path, n_users: int, n_movies: int, ratings_per_u
     # beyond popularity): weights popularity * exp(taste), sampled without replacement per user with
     # the Gumbel-top-k trick (sort log-weights plus Gumbel noise, keep each user's first `count`).
     taste = user_factors @ movie_factors.T / np.sqrt(n_factors)
-    keys = np.log(popularity)[None, :] + _WATCH_TASTE * taste + rng.gumbel(size=(n_users, n_movies))
+    keys = log_pop[None, :] + _WATCH_TASTE * taste + rng.gumbel(size=(n_users, n_movies))
     chosen = np.argsort(-keys, axis=1, kind="stable")
     user_index = np.repeat(np.arange(n_users), counts)
     movie_index = np.concatenate([chosen[u, :c] for u, c in enumerate(counts)])
