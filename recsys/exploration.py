@@ -169,24 +169,31 @@ def least_viewed_movies(train_counts: pd.Series | pd.DataFrame, catalogue_movie_
     return catalogue[chosen][order]
 
 
-def merge_with_least_viewed(retrieved: Sequence[int], least_viewed: Sequence[int],
-                            seen: Iterable[int] = ()) -> pd.DataFrame:
-    """The retrieved list followed by least-viewed movies: the union, seen movies dropped, no duplicates.
+def least_viewed_pool(retrieved: pd.DataFrame, least_viewed: Sequence[int], user_ids: Sequence[int],
+                      seen: pd.DataFrame) -> pd.DataFrame:
+    """Every user's candidates: the retrieved movies, then every least-viewed movie; seen pairs dropped.
 
     A movie that is both retrieved and least viewed keeps the label "retrieval" (retrieval found it).
 
+    Args:
+        retrieved: (user_id, movie_id) rows, each user's in retrieval order.
+        least_viewed: the movies added to every user's candidates.
+        user_ids: the users who get them.
+        seen: (user_id, movie_id) pairs to drop (the feature store's `seen_pairs()`).
+
     Returns:
-        DataFrame(movie_id, source) with source "retrieval" (in retrieved order) then "least-viewed".
+        DataFrame(user_id, movie_id, source), no repeated pair; per user, source "retrieval" (in
+        retrieved order) then "least-viewed".
     """
-    seen = np.asarray(list(seen) if not isinstance(seen, np.ndarray) else seen, dtype=np.int64)
-    retrieved = pd.unique(np.asarray(retrieved, dtype=np.int64))
-    retrieved = retrieved[~np.isin(retrieved, seen)]
-    extra = pd.unique(np.asarray(least_viewed, dtype=np.int64))
-    extra = extra[~np.isin(extra, seen) & ~np.isin(extra, retrieved)]
-    return pd.DataFrame({
-        "movie_id": np.concatenate([retrieved, extra]),
-        "source": [SOURCE_RETRIEVAL] * len(retrieved) + [SOURCE_LEAST_VIEWED] * len(extra),
-    })
+    user_ids, extra = np.asarray(user_ids, dtype=np.int64), np.asarray(least_viewed, dtype=np.int64)
+    pool = pd.concat([
+        pd.DataFrame({"user_id": retrieved["user_id"].to_numpy(np.int64),
+                      "movie_id": retrieved["movie_id"].to_numpy(np.int64), "source": SOURCE_RETRIEVAL}),
+        pd.DataFrame({"user_id": np.repeat(user_ids, len(extra)), "movie_id": np.tile(extra, len(user_ids)),
+                      "source": SOURCE_LEAST_VIEWED}),
+    ]).drop_duplicates(["user_id", "movie_id"], keep="first")
+    pool = pool.merge(seen[["user_id", "movie_id"]].assign(_seen=True), on=["user_id", "movie_id"], how="left")
+    return pool[pool["_seen"].isna()].drop(columns="_seen").reset_index(drop=True)
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------

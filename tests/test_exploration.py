@@ -163,12 +163,17 @@ def test_least_viewed_counts_train_only_and_includes_unseen(interactions):
     np.testing.assert_array_equal(exploration.least_viewed_movies(counts, catalogue, max_views=1), [4, 6, 3, 5])
 
 
-def test_merge_with_least_viewed_labels_dedupes_and_excludes_seen():
-    merged = exploration.merge_with_least_viewed(retrieved=[10, 20, 30, 20], least_viewed=[30, 40, 50, 40, 60],
-                                                 seen=[20, 50])
+def test_least_viewed_pool_labels_dedupes_and_excludes_seen():
+    retrieved = pd.DataFrame({"user_id": [1, 1, 1, 1, 2], "movie_id": [10, 20, 30, 20, 10]})
+    seen = pd.DataFrame({"user_id": [1, 1, 2], "movie_id": [20, 50, 40]})
+    pool = exploration.least_viewed_pool(retrieved, least_viewed=[30, 40, 50, 40, 60], user_ids=[1, 2], seen=seen)
+    merged = pool[pool["user_id"] == 1]
     assert merged["movie_id"].tolist() == [10, 30, 40, 60]
     assert merged["source"].tolist() == ["retrieval", "retrieval", "least-viewed", "least-viewed"]
     assert merged["movie_id"].is_unique
+    other = pool[pool["user_id"] == 2]  # seen pairs are per user: 50 stays for user 2, 40 goes
+    assert other["movie_id"].tolist() == [10, 30, 50, 60]
+    assert other["source"].tolist() == ["retrieval"] + ["least-viewed"] * 3
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
