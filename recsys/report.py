@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from recsys.artifacts import atomic_path
+from recsys.artifacts import Run, atomic_path
 
 
 def render_notebook_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike) -> Path:
@@ -52,10 +52,9 @@ _LIST_METRICS = ("recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "int
 
 def rating_table(run_dir: Path) -> list[tuple[str, float, float]]:
     """(model, test RMSE, test MAE) of every rating model of the run (notebooks 03 and 04)."""
-    rows = []
+    run, rows = Run(run_dir.parent, run_dir.name), []
     for stage in ("03_baselines", "04_two_tower_ranking"):
-        path = run_dir / stage / "metrics.json"
-        metrics = json.loads(path.read_text()) if path.exists() else {}
+        metrics = run.read_metrics(stage)
         for key, value in metrics.items():
             name = key.removeprefix("rmse_")
             if key.startswith("rmse_") and f"mae_{name}" in metrics:
@@ -65,12 +64,9 @@ def rating_table(run_dir: Path) -> list[tuple[str, float, float]]:
 
 def strategy_table(run_dir: Path) -> list[dict]:
     """One row per list-producing model or exploration setting: its stage and its K=10 metrics (test split)."""
-    rows = []
+    run, rows = Run(run_dir.parent, run_dir.name), []
     for stage in _LIST_STAGES:
-        path = run_dir / stage / "metrics.json"
-        if not path.exists():
-            continue
-        metrics = json.loads(path.read_text())
+        metrics = run.read_metrics(stage)
         settings = [k.removeprefix("recall_at_10_") for k in metrics if k.startswith("recall_at_10_")]
         for setting in settings:
             rows.append({"stage": stage, "strategy": setting,
@@ -157,11 +153,11 @@ def build_index(run_dir: str | os.PathLike, manifest: dict) -> Path:
                     f'<td class="num">{wall}</td><td>{error}</td></tr>')
 
     metric_tables = []
+    run = Run(run_dir.parent, run_dir.name)
     for entry in manifest["notebooks"]:
-        metrics_path = run_dir / entry["name"] / "metrics.json"
-        if not metrics_path.exists():
+        metrics = run.read_metrics(entry["name"])
+        if not metrics:  # not run (yet)
             continue
-        metrics = json.loads(metrics_path.read_text())
         body = "".join(f'<tr><td>{html.escape(k)}</td><td class="num">{_format_value(v)}</td></tr>'
                        for k, v in metrics.items())
         metric_tables.append(f"<table><tr><th colspan=2>{html.escape(entry['name'])}</th></tr>{body}</table>")
