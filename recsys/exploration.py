@@ -16,13 +16,11 @@ SOURCE_LEAST_VIEWED = "least-viewed"
 
 # ---- weighted re-ranking ------------------------------------------------------------------------------
 
-def _gumbel_keys(predicted: np.ndarray, temperature: float, gumbel: np.ndarray) -> np.ndarray:
-    predicted = np.asarray(predicted, dtype=np.float64)
+def _check_scores(predicted: np.ndarray, temperature: float) -> None:
     if np.isnan(predicted).any():
         raise ValueError("predicted ratings contain NaN; every item needs a score to be sampled")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = no randomness), got {temperature}")
-    return predicted / temperature + gumbel
 
 
 def weighted_rerank(items: Sequence, predicted: Sequence[float], rng: np.random.Generator,
@@ -58,10 +56,10 @@ def weighted_rerank(items: Sequence, predicted: Sequence[float], rng: np.random.
     predicted = np.asarray(predicted, dtype=np.float64)
     if items.shape != predicted.shape or items.ndim != 1:
         raise ValueError(f"items {items.shape} and predicted {predicted.shape} must be 1-D and of the same length")
+    _check_scores(predicted, temperature)
     if temperature == 0:
-        _gumbel_keys(predicted, 1.0, 0.0)  # validates
         return items[np.argsort(-predicted, kind="stable")]
-    keys = _gumbel_keys(predicted, temperature, rng.gumbel(size=predicted.shape))
+    keys = predicted / temperature + rng.gumbel(size=predicted.shape)
     return items[np.argsort(-keys, kind="stable")]
 
 
@@ -85,13 +83,13 @@ def weighted_rerank_many(item_lists: np.ndarray, predicted: np.ndarray, n_repeat
         raise ValueError(f"item_lists {item_lists.shape} and predicted {predicted.shape} must be the same 2-D shape")
     if n_repeats < 1:
         raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
+    _check_scores(predicted, temperature)
     if temperature == 0:
-        _gumbel_keys(predicted, 1.0, 0.0)
         order = np.argsort(-predicted, axis=1, kind="stable")
         return np.broadcast_to(np.take_along_axis(item_lists, order, axis=1),
                                (n_repeats, *item_lists.shape)).copy()
     gumbel = np.random.default_rng(seed).gumbel(size=(n_repeats, *predicted.shape))
-    keys = _gumbel_keys(predicted, temperature, gumbel)
+    keys = predicted / temperature + gumbel
     order = np.argsort(-keys, axis=-1, kind="stable")
     return np.take_along_axis(np.broadcast_to(item_lists, keys.shape), order, axis=-1)
 
