@@ -154,11 +154,12 @@ class FeatureEncoder:
         }
 
     def interaction_inputs(self, interactions: pd.DataFrame, user_table: pd.DataFrame,
-                           movie_table: pd.DataFrame) -> dict[str, np.ndarray]:
+                           movie_table: pd.DataFrame, context: bool = True) -> dict[str, np.ndarray]:
         """Every model input for each interaction, gathered from the per-user and per-movie tables.
 
         Looking features up per example with numpy (rather than inside the graph with string
         lookups) keeps training at hundreds of thousands of examples per second on two cores.
+        With `context=False` the hour/weekday/month inputs are left out (and need no columns).
         """
         user_rows = user_table.index.get_indexer(interactions["user_id"])
         movie_rows = movie_table.index.get_indexer(interactions["movie_id"])
@@ -169,7 +170,8 @@ class FeatureEncoder:
                            "the users/movies tables of notebook 01")
         inputs = self.user_inputs(user_table.iloc[user_rows])
         inputs.update(self.movie_inputs(movie_table.iloc[movie_rows]))
-        inputs.update(self.context_inputs(interactions))
+        if context:
+            inputs.update(self.context_inputs(interactions))
         return inputs
 
     def cardinalities(self) -> dict[str, int]:

@@ -229,20 +229,11 @@ def training_inputs(config: RetrievalConfig, encoder: FeatureEncoder, train_inte
     """Model inputs of every training positive, with its movie's sampling probability for logQ."""
     train = positives(train_interactions, config.min_rating)
     probability = candidate_sampling_probability(train)
-    needs_context = bool(model_inputs(config)[2])
-    all_inputs = encoder.interaction_inputs(train if needs_context else _with_dummy_context(train),
-                                            user_table, movie_table)
-    names = [n for group in model_inputs(config) for n in group]
-    inputs = {name: all_inputs[name] for name in names}
+    user_names, movie_names, context_names = model_inputs(config)
+    all_inputs = encoder.interaction_inputs(train, user_table, movie_table, context=bool(context_names))
+    inputs = {name: all_inputs[name] for name in (*user_names, *movie_names, *context_names)}
     inputs[SAMPLING_PROBABILITY] = probability.loc[train["movie_id"]].to_numpy(np.float32)
     return inputs
-
-
-def _with_dummy_context(interactions: pd.DataFrame) -> pd.DataFrame:
-    # interaction_inputs always encodes the context; a model without it need not have the columns
-    if set(CONTEXT_FEATURES) <= set(interactions.columns):
-        return interactions
-    return interactions.assign(hour=0, weekday=0, month=1)
 
 
 class FullRankingMonitor(keras.callbacks.Callback):

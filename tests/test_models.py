@@ -47,6 +47,9 @@ def test_encoder_reserves_zero_for_missing_and_unseen(tables):
     inputs = encoder.interaction_inputs(interactions, user_table, movie_table)
     assert inputs["genres"].shape == (len(interactions), 2) and inputs["title"].shape[1] == encoder.title_length
     assert inputs["hour"].min() >= 1 and inputs["month"].max() <= 12
+    no_context = encoder.interaction_inputs(interactions.drop(columns=["hour", "weekday", "month"]), user_table,
+                                            movie_table, context=False)
+    assert set(inputs) - set(no_context) == {"hour", "weekday", "month"}
 
 
 def test_encoder_roundtrip(tmp_path, tables):
