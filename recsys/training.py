@@ -55,7 +55,7 @@ class ValidationEarlyStopping(tf.keras.callbacks.Callback):
         self._predict = None
 
     def on_train_begin(self, logs=None):
-        self.best_rmse, self.best_epoch, self.best_weights, self.wait = np.inf, 0, None, 0
+        self.best_rmse, self.best_weights, self.wait = np.inf, None, 0
 
     def on_epoch_end(self, epoch, logs=None):
         if self._predict is None:
@@ -66,7 +66,7 @@ class ValidationEarlyStopping(tf.keras.callbacks.Callback):
         if logs is not None:
             logs["val_root_mean_squared_error"] = rmse
         if rmse < self.best_rmse:
-            self.best_rmse, self.best_epoch, self.wait = rmse, epoch + 1, 0
+            self.best_rmse, self.wait = rmse, 0
             self.best_weights = [variable.numpy() for variable in self.model.weights]
         else:
             self.wait += 1
