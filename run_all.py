@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + ([f"run_name={args.run_name}"] if args.run_name else [])
     try:
         params = resolve_paths(load_params(args.params, overrides))
-        infos = [notebook_info(p) for p in select_notebooks(discover_notebooks(), args.only, args.start, args.until)]
+        notebooks = discover_notebooks()
+        infos = [notebook_info(p) for p in select_notebooks(notebooks, args.only, args.start, args.until)]
         if args.list:
             print_list(infos)
             return 0
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = json.loads(manifest_path.read_text())["notebooks"] if manifest_path.exists() else []
     earlier = {entry["name"]: {**entry, "earlier_run": True} for entry in earlier}
     selected = {info["name"] for info in infos}
-    for path in discover_notebooks():
+    for path in notebooks:
         if path.stem in selected:
             manifest["notebooks"].append({"name": path.stem, "status": "pending", "wall_s": None})
         elif path.stem in earlier:
