@@ -50,6 +50,17 @@ _LIST_STAGES = ("05_retrieval", "06_retrieval_ranking", "07_explore_weighted_sam
 _LIST_METRICS = ("recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini")
 
 
+def list_metrics(results: Any, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    """metrics.json entries `<metric>_<strategy>` of a results table, as `strategy_table` reads them back.
+
+    Args:
+        results: a DataFrame with one row per strategy (or setting), named by its index, and a
+            column per metric.
+        extra: columns to record beside the K=10 list metrics (e.g. a stage's own measure).
+    """
+    return {f"{key}_{name}": float(row[key]) for name, row in results.iterrows() for key in (*_LIST_METRICS, *extra)}
+
+
 def rating_table(run_dir: Path) -> list[tuple[str, float, float]]:
     """(model, test RMSE, test MAE) of every rating model of the run (notebooks 03 and 04)."""
     run, rows = Run(run_dir.parent, run_dir.name), []
