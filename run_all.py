@@ -12,6 +12,7 @@ it, injects the parameters its `parameters` cell declares, and lists the artifac
 its metadata (`recsys.reads`). Outputs land in artifacts/<run_name>/: each notebook's folder, the
 executed notebooks, `reports/NN_name.html`, `reports/index.html` and `manifest.json`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,24 @@ DEFAULT_ARTIFACTS_DIR = PROJECT_ROOT / "artifacts"
 RUNNER_PARAMETERS = ("artifacts_dir",)
 # parameter keys holding paths: relative ones are taken from where run_all.py is started
 PATH_KEYS = (("data_dir",), ("geo", "uszipcode_db"))
-PACKAGES = ("tensorflow", "tf_keras", "tensorflow-recommenders", "scann", "numpy", "pandas", "pyarrow",
-            "scipy", "scikit-surprise", "matplotlib", "seaborn", "papermill", "nbconvert", "zipcodes",
-            "uszipcode", "PyYAML")
+PACKAGES = (
+    "tensorflow",
+    "tf_keras",
+    "tensorflow-recommenders",
+    "scann",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "scikit-surprise",
+    "matplotlib",
+    "seaborn",
+    "papermill",
+    "nbconvert",
+    "zipcodes",
+    "uszipcode",
+    "PyYAML",
+)
 
 
 class RunnerError(RuntimeError):
@@ -56,8 +72,7 @@ def discover_notebooks(notebooks_dir: Path | None = None) -> list[Path]:
     return notebooks
 
 
-def select_notebooks(notebooks: list[Path], only: list[str] | None, start: str | None,
-                     until: str | None) -> list[Path]:
+def select_notebooks(notebooks: list[Path], only: list[str] | None, start: str | None, until: str | None) -> list[Path]:
     """Apply --only / --from / --until (two-digit numbers or full stage names)."""
     numbers = [p.name[:2] for p in notebooks]
 
@@ -87,8 +102,16 @@ def notebook_info(path: Path) -> dict:
     tagged = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(tagged) != 1:
         raise RunnerError(f"{path.name} has {len(tagged)} cells tagged 'parameters'; papermill needs exactly one")
-    title = next((line.lstrip("# ").strip() for c in notebook.cells if c.cell_type == "markdown"
-                  for line in c.source.splitlines() if line.startswith("#")), path.stem)
+    title = next(
+        (
+            line.lstrip("# ").strip()
+            for c in notebook.cells
+            if c.cell_type == "markdown"
+            for line in c.source.splitlines()
+            if line.startswith("#")
+        ),
+        path.stem,
+    )
     meta = notebook.metadata.get("recsys", {})
     stage = path.stem
     return {
@@ -107,15 +130,19 @@ def check_notebooks(infos: list[dict], params: dict, run_dir: Path) -> None:
     for info in infos:
         unknown = [p for p in info["parameters"] if p not in params and p not in RUNNER_PARAMETERS]
         if unknown:
-            raise RunnerError(f"{info['name']} declares parameter(s) {', '.join(unknown)} that are not in "
-                              "params/default.yaml; add them there (the schema) or rename them")
+            raise RunnerError(
+                f"{info['name']} declares parameter(s) {', '.join(unknown)} that are not in "
+                "params/default.yaml; add them there (the schema) or rename them"
+            )
         for artifact in info["reads"]:
             if artifact not in ARTIFACTS:
                 raise RunnerError(f"{info['name']} reads unknown artifact {artifact!r}; known: {', '.join(ARTIFACTS)}")
             writer, filename = ARTIFACTS[artifact]
             if artifact not in produced_here and not (run_dir / writer / filename).exists():
-                raise RunnerError(f"{info['name']} needs {artifact} from {writer}, which is neither selected nor "
-                                  f"present in {run_dir}: run notebook {writer} first (e.g. --from {writer[:2]})")
+                raise RunnerError(
+                    f"{info['name']} needs {artifact} from {writer}, which is neither selected nor "
+                    f"present in {run_dir}: run notebook {writer} first (e.g. --from {writer[:2]})"
+                )
 
 
 def resolve_paths(params: dict) -> dict:
@@ -142,10 +169,12 @@ def package_versions() -> dict:
 
 def git_commit() -> str | None:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True
+        ).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -173,8 +202,15 @@ def execute(info: dict, params: dict, artifacts_dir: Path, executed_dir: Path) -
     injected["artifacts_dir"] = str(artifacts_dir)
     output = executed_dir / f"{info['name']}.ipynb"
     try:
-        papermill.execute_notebook(str(info["path"]), str(output), parameters=injected, kernel_name="python3",
-                                   cwd=str(NOTEBOOKS_DIR), progress_bar=sys.stderr.isatty(), log_output=False)
+        papermill.execute_notebook(
+            str(info["path"]),
+            str(output),
+            parameters=injected,
+            kernel_name="python3",
+            cwd=str(NOTEBOOKS_DIR),
+            progress_bar=sys.stderr.isatty(),
+            log_output=False,
+        )
     except PapermillExecutionError as err:
         last_line = (err.evalue or "").strip().splitlines()[-1:] or [""]
         return "failed", f"cell [{err.exec_count}] ({err.ename}): {last_line[0]}"
@@ -182,11 +218,18 @@ def execute(info: dict, params: dict, artifacts_dir: Path, executed_dir: Path) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--params", help="YAML file with the keys to change (default: params/default.yaml only)")
-    parser.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one parameter, e.g. -p split.strategy=temporal (repeatable)")
+    parser.add_argument(
+        "-p",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter, e.g. -p split.strategy=temporal (repeatable)",
+    )
     parser.add_argument("--run-name", help="folder under artifacts/ (default: the params' run_name)")
     parser.add_argument("--only", action="append", metavar="NN", help="run only this notebook (repeatable)")
     parser.add_argument("--from", dest="start", metavar="NN", help="start at this notebook")
@@ -214,10 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     executed_dir.mkdir(parents=True, exist_ok=True)
     reports_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
-        "run_name": params["run_name"], "params": params, "params_hash": params_hash(params),
-        "params_file": args.params, "overrides": args.overrides, "packages": package_versions(),
-        "git_commit": git_commit(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "started": now(), "ended": None, "wall_s": None,
+        "run_name": params["run_name"],
+        "params": params,
+        "params_hash": params_hash(params),
+        "params_file": args.params,
+        "overrides": args.overrides,
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "started": now(),
+        "ended": None,
+        "wall_s": None,
         "notebooks": [],
     }
     manifest_path = run_dir / "manifest.json"
@@ -247,8 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"      {status} in {entry['wall_s']:.1f} s -> reports/{info['name']}.html", flush=True)
         write_json(manifest_path, manifest)
         if status != "ok":
-            print(f"run_all.py: notebook {info['name']} failed at {error}\n"
-                  f"  the traceback is in {reports_dir / (info['name'] + '.html')}", file=sys.stderr)
+            print(
+                f"run_all.py: notebook {info['name']} failed at {error}\n"
+                f"  the traceback is in {reports_dir / (info['name'] + '.html')}",
+                file=sys.stderr,
+            )
             exit_code = 1
             break
     manifest.update(ended=now(), wall_s=round(time.perf_counter() - run_start, 2))

@@ -19,6 +19,7 @@ passes.
 Prints and writes benchmarks/results/ann.json. The two CPU cores may be shared: the load
 average at the start is recorded beside the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,9 +91,11 @@ def main() -> int:
     candidates = clustered_unit_vectors(rng, centres, args.n_candidates)
     tuning_queries = clustered_unit_vectors(rng, centres, args.n_queries)
     queries = clustered_unit_vectors(rng, centres, args.n_queries)
-    print(f"{args.n_candidates:,} candidates x {args.dim} dims ({candidates.nbytes / 2**20:.0f} MB, "
-          f"{args.clusters:,} clusters), {args.n_queries:,} queries; {os.cpu_count()} CPUs, "
-          f"load average {load_at_start:.2f} at start")
+    print(
+        f"{args.n_candidates:,} candidates x {args.dim} dims ({candidates.nbytes / 2**20:.0f} MB, "
+        f"{args.clusters:,} clusters), {args.n_queries:,} queries; {os.cpu_count()} CPUs, "
+        f"load average {load_at_start:.2f} at start"
+    )
 
     # ---- exact search ------------------------------------------------------------------------
     start = time.perf_counter()
@@ -104,8 +107,12 @@ def main() -> int:
         return tf.math.top_k(tf.linalg.matmul(block, database, transpose_b=True), k=K)
 
     def exact_search(q: np.ndarray) -> np.ndarray:
-        return np.concatenate([exact_top_k(tf.constant(q[i:i + EXACT_QUERY_BLOCK]))[1].numpy()
-                               for i in range(0, len(q), EXACT_QUERY_BLOCK)])
+        return np.concatenate(
+            [
+                exact_top_k(tf.constant(q[i : i + EXACT_QUERY_BLOCK]))[1].numpy()
+                for i in range(0, len(q), EXACT_QUERY_BLOCK)
+            ]
+        )
 
     exact_tuning = exact_search(tuning_queries)  # also traces the function
     exact_ids = exact_search(queries)
@@ -119,23 +126,31 @@ def main() -> int:
         single.append(time.perf_counter() - start)
     bruteforce_single_ms = float(np.median(single) * 1e3)
     bruteforce_qps = len(queries) / bruteforce_batch_s
-    print(f"BruteForce (TF matmul + top_k): build {bruteforce_build_s:.2f} s, {bruteforce_qps:,.0f} queries/s "
-          f"batched, single query {bruteforce_single_ms:.2f} ms (median)")
+    print(
+        f"BruteForce (TF matmul + top_k): build {bruteforce_build_s:.2f} s, {bruteforce_qps:,.0f} queries/s "
+        f"batched, single query {bruteforce_single_ms:.2f} ms (median)"
+    )
 
     # ---- ScaNN -------------------------------------------------------------------------------
     start = time.perf_counter()
-    searcher = (scann.scann_ops_pybind.builder(candidates, K, "dot_product")
-                .tree(num_leaves=NUM_LEAVES, num_leaves_to_search=LEAVES_TO_SEARCH_GRID[0],
-                      training_sample_size=TRAINING_SAMPLE_SIZE)
-                .score_ah(DIMENSIONS_PER_BLOCK, anisotropic_quantization_threshold=ANISOTROPIC_THRESHOLD)
-                .reorder(REORDER_GRID[-1])
-                .build())
+    searcher = (
+        scann.scann_ops_pybind.builder(candidates, K, "dot_product")
+        .tree(
+            num_leaves=NUM_LEAVES,
+            num_leaves_to_search=LEAVES_TO_SEARCH_GRID[0],
+            training_sample_size=TRAINING_SAMPLE_SIZE,
+        )
+        .score_ah(DIMENSIONS_PER_BLOCK, anisotropic_quantization_threshold=ANISOTROPIC_THRESHOLD)
+        .reorder(REORDER_GRID[-1])
+        .build()
+    )
     scann_build_s = time.perf_counter() - start
     print(f"ScaNN build: {scann_build_s:.1f} s")
 
     def scann_search(q: np.ndarray, leaves: int, reorder: int) -> np.ndarray:
-        ids, _ = searcher.search_batched_parallel(q, final_num_neighbors=K, pre_reorder_num_neighbors=reorder,
-                                                  leaves_to_search=leaves)
+        ids, _ = searcher.search_batched_parallel(
+            q, final_num_neighbors=K, pre_reorder_num_neighbors=reorder, leaves_to_search=leaves
+        )
         return ids
 
     tuning = []
@@ -145,8 +160,14 @@ def main() -> int:
             scann_search(tuning_queries, leaves, reorder)  # warm-up
             seconds = median_time(lambda: scann_search(tuning_queries, leaves, reorder))
             recall = overlap_at_k(scann_search(tuning_queries, leaves, reorder), exact_tuning, K)
-            tuning.append({"leaves_to_search": leaves, "reorder": reorder, "recall_at_10": recall,
-                           "qps": len(tuning_queries) / seconds})
+            tuning.append(
+                {
+                    "leaves_to_search": leaves,
+                    "reorder": reorder,
+                    "recall_at_10": recall,
+                    "qps": len(tuning_queries) / seconds,
+                }
+            )
             print(f"  {leaves:>4} {reorder:>4} -> {recall:.4f} {tuning[-1]['qps']:>10,.0f}")
     meeting = [t for t in tuning if t["recall_at_10"] >= RECALL_TARGET]
     chosen = max(meeting, key=lambda t: t["qps"]) if meeting else max(tuning, key=lambda t: t["recall_at_10"])
@@ -165,29 +186,50 @@ def main() -> int:
     scann_single_ms = float(np.median(single) * 1e3)
     scann_qps = len(queries) / scann_batch_s
 
-    settings = {"num_leaves": NUM_LEAVES, "num_leaves_to_search": leaves, "training_sample_size": TRAINING_SAMPLE_SIZE,
-                "quantisation": f"asymmetric hashing, {DIMENSIONS_PER_BLOCK} dims per block, lut16",
-                "anisotropic_quantization_threshold": ANISOTROPIC_THRESHOLD, "reordering_num_neighbors": reorder,
-                "distance": "dot_product", "route": "scann.scann_ops_pybind, search_batched_parallel"}
+    settings = {
+        "num_leaves": NUM_LEAVES,
+        "num_leaves_to_search": leaves,
+        "training_sample_size": TRAINING_SAMPLE_SIZE,
+        "quantisation": f"asymmetric hashing, {DIMENSIONS_PER_BLOCK} dims per block, lut16",
+        "anisotropic_quantization_threshold": ANISOTROPIC_THRESHOLD,
+        "reordering_num_neighbors": reorder,
+        "distance": "dot_product",
+        "route": "scann.scann_ops_pybind, search_batched_parallel",
+    }
     result = {
-        "n_candidates": args.n_candidates, "dim": args.dim, "clusters": args.clusters, "n_queries": len(queries),
-        "seed": args.seed, "cpu_count": os.cpu_count(), "load_average_at_start": load_at_start, "k": K,
+        "n_candidates": args.n_candidates,
+        "dim": args.dim,
+        "clusters": args.clusters,
+        "n_queries": len(queries),
+        "seed": args.seed,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": load_at_start,
+        "k": K,
         "bruteforce_route": f"TF matmul + tf.math.top_k, blocks of {EXACT_QUERY_BLOCK} queries",
-        "bruteforce_build_s": bruteforce_build_s, "bruteforce_qps": bruteforce_qps,
+        "bruteforce_build_s": bruteforce_build_s,
+        "bruteforce_qps": bruteforce_qps,
         "bruteforce_single_query_latency_ms": bruteforce_single_ms,
-        "scann_build_s": scann_build_s, "scann_qps": scann_qps, "scann_recall_at_10": scann_recall,
-        "scann_single_query_latency_ms": scann_single_ms, "speedup_qps": scann_qps / bruteforce_qps,
+        "scann_build_s": scann_build_s,
+        "scann_qps": scann_qps,
+        "scann_recall_at_10": scann_recall,
+        "scann_single_query_latency_ms": scann_single_ms,
+        "speedup_qps": scann_qps / bruteforce_qps,
         "target_met": bool(scann_qps >= SPEEDUP_TARGET * bruteforce_qps and scann_recall >= RECALL_TARGET),
-        "settings": settings, "tuning": tuning,
+        "settings": settings,
+        "tuning": tuning,
     }
     out = write_json(args.out, result)
     print("\nScaNN settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     print(f"{'':<12}{'build s':>10}{'queries/s':>14}{'single ms':>12}{'recall@10':>12}")
-    print(f"{'BruteForce':<12}{bruteforce_build_s:>10.2f}{bruteforce_qps:>14,.0f}{bruteforce_single_ms:>12.3f}"
-          f"{1.0:>12.4f}")
+    print(
+        f"{'BruteForce':<12}{bruteforce_build_s:>10.2f}{bruteforce_qps:>14,.0f}{bruteforce_single_ms:>12.3f}"
+        f"{1.0:>12.4f}"
+    )
     print(f"{'ScaNN':<12}{scann_build_s:>10.2f}{scann_qps:>14,.0f}{scann_single_ms:>12.3f}{scann_recall:>12.4f}")
-    print(f"ScaNN / BruteForce queries/s: {result['speedup_qps']:.1f}x (target >= {SPEEDUP_TARGET:.0f}x at "
-          f"recall@10 >= {RECALL_TARGET}): {'met' if result['target_met'] else 'NOT met'}")
+    print(
+        f"ScaNN / BruteForce queries/s: {result['speedup_qps']:.1f}x (target >= {SPEEDUP_TARGET:.0f}x at "
+        f"recall@10 >= {RECALL_TARGET}): {'met' if result['target_met'] else 'NOT met'}"
+    )
     print(f"written to {out}")
     return 0
 

@@ -8,6 +8,7 @@ model's training wall time (early-stopped run + refit) and steady-state examples
 time of notebooks 03 and 04, and the peak resident memory of notebook 04's kernel.
 Run it alone: another job on the two cores makes the timings meaningless.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,18 @@ def main() -> int:
     parser.add_argument("--dataset", default="ml-1m")
     parser.add_argument("--run-name", default="bench-ranking")
     args = parser.parse_args()
-    code = run_all.main(["-p", f"dataset={args.dataset}", "-p", f"data_dir={args.data_dir}",
-                         "--run-name", args.run_name, "--until", "04"])
+    code = run_all.main(
+        [
+            "-p",
+            f"dataset={args.dataset}",
+            "-p",
+            f"data_dir={args.data_dir}",
+            "--run-name",
+            args.run_name,
+            "--until",
+            "04",
+        ]
+    )
     if code != 0:
         return code
     run_dir = ROOT / "artifacts" / args.run_name
@@ -44,10 +55,14 @@ def main() -> int:
     baselines = json.loads((run_dir / "03_baselines" / "metrics.json").read_text())
     ranking = json.loads((run_dir / "04_two_tower_ranking" / "metrics.json").read_text())
     result = {
-        "dataset": args.dataset, "data_dir": str(args.data_dir), "cpu_count": os.cpu_count(),
-        "rmse_test": {**{k.removeprefix("rmse_"): v for k, v in baselines.items() if k.startswith("rmse_")},
-                      "two_tower": ranking["rmse_two_tower"],
-                      **{k.removeprefix("rmse_"): v for k, v in ranking.items() if k.startswith("rmse_ablation_")}},
+        "dataset": args.dataset,
+        "data_dir": str(args.data_dir),
+        "cpu_count": os.cpu_count(),
+        "rmse_test": {
+            **{k.removeprefix("rmse_"): v for k, v in baselines.items() if k.startswith("rmse_")},
+            "two_tower": ranking["rmse_two_tower"],
+            **{k.removeprefix("rmse_"): v for k, v in ranking.items() if k.startswith("rmse_ablation_")},
+        },
         "two_tower_train_wall_s": ranking["train_wall_s"],
         "two_tower_examples_per_s": ranking["train_examples_per_s"],
         "two_tower_best_epoch": ranking["best_epoch"],
@@ -55,16 +70,21 @@ def main() -> int:
         "notebook_04_wall_s": wall["04_two_tower_ranking"],
         "notebooks_03_04_wall_s": wall["03_baselines"] + wall["04_two_tower_ranking"],
         "notebook_04_peak_rss_gb": ranking["kernel_peak_rss_gb"],
-        "notebook_01_wall_s": wall["01_preprocess"], "notebook_02_wall_s": wall["02_eda"],
+        "notebook_01_wall_s": wall["01_preprocess"],
+        "notebook_02_wall_s": wall["02_eda"],
     }
     out = write_json(ROOT / "benchmarks" / "results" / "ranking.json", result)
     print("\nTest RMSE (refit on train+val, test once):")
     for name, value in sorted(result["rmse_test"].items(), key=lambda kv: -kv[1]):
         print(f"  {name:<22} {value:.4f}")
-    print(f"two-tower training wall (early-stopped run + refit): {result['two_tower_train_wall_s']:.1f} s "
-          f"(target <= 60 s); steady state {result['two_tower_examples_per_s']:,.0f} examples/s")
-    print(f"notebooks 03 + 04: {result['notebook_03_wall_s']:.1f} + {result['notebook_04_wall_s']:.1f} = "
-          f"{result['notebooks_03_04_wall_s']:.1f} s (target < 180 s)")
+    print(
+        f"two-tower training wall (early-stopped run + refit): {result['two_tower_train_wall_s']:.1f} s "
+        f"(target <= 60 s); steady state {result['two_tower_examples_per_s']:,.0f} examples/s"
+    )
+    print(
+        f"notebooks 03 + 04: {result['notebook_03_wall_s']:.1f} + {result['notebook_04_wall_s']:.1f} = "
+        f"{result['notebooks_03_04_wall_s']:.1f} s (target < 180 s)"
+    )
     print(f"notebook 04 kernel peak RSS: {result['notebook_04_peak_rss_gb']:.2f} GB (target < 3 GB)")
     print(f"notebooks 01 / 02: {result['notebook_01_wall_s']:.1f} s / {result['notebook_02_wall_s']:.1f} s")
     print(f"written to {out}")

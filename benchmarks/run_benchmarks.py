@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Run every benchmark in this folder, one after the other (never two at once: timings would mix)."""
+
 import subprocess
 import sys
 from pathlib import Path

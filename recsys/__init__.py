@@ -1,4 +1,5 @@
 """recsys: the shared module behind the numbered notebooks (data, features, models, metrics, reports)."""
+
 import os
 
 # TFRS 0.7.7 is written for Keras 2: select tf-keras before anything imports TensorFlow.

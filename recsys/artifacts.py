@@ -1,4 +1,5 @@
 """Where every artifact of a run lives, and how it is written: atomically, never half-done."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,7 @@ def atomic_path(final_path: str | os.PathLike, suffix: str = "") -> Iterator[Pat
     """
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=suffix + ".tmp",
-                                    dir=final_path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=suffix + ".tmp", dir=final_path.parent)
     os.close(fd)
     tmp_path = Path(tmp_name)
     try:
@@ -81,8 +81,11 @@ def read_model_folder(folder: str | os.PathLike, notebook: str) -> tuple[dict, A
     folder = Path(folder)
     if not (folder / "model.json").exists():
         raise FileNotFoundError(f"{folder} holds no saved model (model.json missing): run notebook {notebook} first")
-    return (json.loads((folder / "model.json").read_text()), FeatureEncoder.load(folder / "encoder.json"),
-            str(folder / "weights"))
+    return (
+        json.loads((folder / "model.json").read_text()),
+        FeatureEncoder.load(folder / "encoder.json"),
+        str(folder / "weights"),
+    )
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -165,7 +168,8 @@ class Run:
         if not path.exists():
             raise MissingArtifactError(
                 f"{path} does not exist: run notebook {stage} first for run {self.name!r} "
-                f"(python run_all.py --run-name {self.name} --until {stage[:2]})")
+                f"(python run_all.py --run-name {self.name} --until {stage[:2]})"
+            )
         return path
 
     # ---- metrics and figures -----------------------------------------------------------------

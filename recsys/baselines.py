@@ -1,4 +1,5 @@
 """Rating predictors that every learned model must beat (notebook 03), behind one fit/predict interface."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,7 +11,7 @@ import pandas as pd
 
 from recsys import metrics
 
-RATING_LEVELS = np.arange(1, 6)   # MovieLens ratings are whole stars 1..5
+RATING_LEVELS = np.arange(1, 6)  # MovieLens ratings are whole stars 1..5
 RATING_SCALE = (1, 5)
 _REQUIRED_COLUMNS = ("user_id", "movie_id", "rating")
 
@@ -120,7 +121,7 @@ class MajorityClass(_Fitted):
         """Find the most frequent train rating."""
         ratings = _train_ratings(train)
         levels, counts = np.unique(ratings, return_counts=True)
-        self.majority_rating_ = float(levels[np.argmax(counts)])   # argmax takes the first, i.e. lowest, on ties
+        self.majority_rating_ = float(levels[np.argmax(counts)])  # argmax takes the first, i.e. lowest, on ties
         self._fitted = True
         return self
 
@@ -187,10 +188,12 @@ class BiasBaseline(_Fitted):
         item_bias = np.zeros(n_items)
         for _ in range(self.n_iters):
             # Items first (Koren's order): movie effects are better estimated, with more ratings each.
-            item_bias = (np.bincount(item_idx, residuals - user_bias[user_idx], minlength=n_items)
-                         / (self.reg_item + ratings_per_item))
-            user_bias = (np.bincount(user_idx, residuals - item_bias[item_idx], minlength=n_users)
-                         / (self.reg_user + ratings_per_user))
+            item_bias = np.bincount(item_idx, residuals - user_bias[user_idx], minlength=n_items) / (
+                self.reg_item + ratings_per_item
+            )
+            user_bias = np.bincount(user_idx, residuals - item_bias[item_idx], minlength=n_users) / (
+                self.reg_user + ratings_per_user
+            )
         self.user_bias_ = user_bias
         self.item_bias_ = item_bias
         self._fitted = True
@@ -199,9 +202,11 @@ class BiasBaseline(_Fitted):
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         """Return μ + b_u + b_i per row; an unknown user or movie contributes 0."""
         self._check_fitted(df)
-        return (self.global_mean_
-                + _lookup(self.user_ids_, self.user_bias_, df["user_id"])
-                + _lookup(self.item_ids_, self.item_bias_, df["movie_id"]))
+        return (
+            self.global_mean_
+            + _lookup(self.user_ids_, self.user_bias_, df["user_id"])
+            + _lookup(self.item_ids_, self.item_bias_, df["movie_id"])
+        )
 
 
 def _lookup(known_ids: pd.Index, values: np.ndarray, ids: pd.Series) -> np.ndarray:
@@ -236,8 +241,9 @@ class SurpriseSVD(_Fitted):
 
     name = "surprise_svd"
 
-    def __init__(self, n_factors: int = 100, n_epochs: int = 20, lr_all: float = 0.005,
-                 reg_all: float = 0.02, seed: int = 42):
+    def __init__(
+        self, n_factors: int = 100, n_epochs: int = 20, lr_all: float = 0.005, reg_all: float = 0.02, seed: int = 42
+    ):
         self.n_factors = n_factors
         self.n_epochs = n_epochs
         self.lr_all = lr_all
@@ -246,13 +252,18 @@ class SurpriseSVD(_Fitted):
 
     def fit(self, train: pd.DataFrame) -> "SurpriseSVD":
         """Build a Surprise trainset from the table and run SGD."""
-        from surprise import SVD, Dataset, Reader   # imported here so the other baselines work without it
+        from surprise import SVD, Dataset, Reader  # imported here so the other baselines work without it
 
         _train_ratings(train)
         dataset = Dataset.load_from_df(train[list(_REQUIRED_COLUMNS)], Reader(rating_scale=RATING_SCALE))
         self.trainset_ = dataset.build_full_trainset()
-        self.svd_ = SVD(n_factors=self.n_factors, n_epochs=self.n_epochs, lr_all=self.lr_all,
-                        reg_all=self.reg_all, random_state=self.seed)
+        self.svd_ = SVD(
+            n_factors=self.n_factors,
+            n_epochs=self.n_epochs,
+            lr_all=self.lr_all,
+            reg_all=self.reg_all,
+            random_state=self.seed,
+        )
         self.svd_.fit(self.trainset_)
         self._fitted = True
         return self
@@ -268,8 +279,9 @@ class SurpriseSVD(_Fitted):
         estimates = np.full(len(df), float(self.trainset_.global_mean))
         estimates[known_user] += self.svd_.bu[user_inner[known_user]]
         estimates[known_item] += self.svd_.bi[item_inner[known_item]]
-        estimates[both_known] += np.einsum("ij,ij->i", self.svd_.pu[user_inner[both_known]],
-                                           self.svd_.qi[item_inner[both_known]])
+        estimates[both_known] += np.einsum(
+            "ij,ij->i", self.svd_.pu[user_inner[both_known]], self.svd_.qi[item_inner[both_known]]
+        )
         return estimates
 
 
@@ -295,8 +307,9 @@ def expand_grid(grid: list[dict] | dict[str, Any]) -> list[dict]:
     return points
 
 
-def _fit_and_score(make_model: Callable[[dict], RatingPredictor], params: dict,
-                   train: pd.DataFrame, val: pd.DataFrame) -> tuple[float, float]:
+def _fit_and_score(
+    make_model: Callable[[dict], RatingPredictor], params: dict, train: pd.DataFrame, val: pd.DataFrame
+) -> tuple[float, float]:
     model = make_model(params)
     started = time.perf_counter()
     model.fit(train)
@@ -304,8 +317,13 @@ def _fit_and_score(make_model: Callable[[dict], RatingPredictor], params: dict,
     return metrics.rmse(val["rating"], model.predict(val)), fit_s
 
 
-def tune_on_val(make_model: Callable[[dict], RatingPredictor], grid: list[dict] | dict[str, Any],
-                train: pd.DataFrame, val: pd.DataFrame, n_jobs: int = 1) -> tuple[dict, pd.DataFrame]:
+def tune_on_val(
+    make_model: Callable[[dict], RatingPredictor],
+    grid: list[dict] | dict[str, Any],
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    n_jobs: int = 1,
+) -> tuple[dict, pd.DataFrame]:
     """Choose hyper-parameters by validation RMSE; the test split is never looked at.
 
     Each grid point is fitted on `train` and scored on `val`. Refit the winner on train + val and
@@ -328,10 +346,9 @@ def tune_on_val(make_model: Callable[[dict], RatingPredictor], grid: list[dict] 
     if n_jobs == 1 or len(points) == 1:
         scores = [_fit_and_score(make_model, params, train, val) for params in points]
     else:
-        from joblib import Parallel, delayed   # installed with scikit-surprise
+        from joblib import Parallel, delayed  # installed with scikit-surprise
 
-        scores = Parallel(n_jobs=n_jobs)(delayed(_fit_and_score)(make_model, params, train, val)
-                                         for params in points)
+        scores = Parallel(n_jobs=n_jobs)(delayed(_fit_and_score)(make_model, params, train, val) for params in points)
     table = pd.DataFrame(points)
     table["rmse_val"] = [rmse_val for rmse_val, _ in scores]
     table["fit_s"] = [fit_s for _, fit_s in scores]

@@ -1,4 +1,5 @@
 """Get MovieLens (download and verify, read a local copy, or generate a synthetic one) and parse it strictly."""
+
 from __future__ import annotations
 
 import contextlib
@@ -47,10 +48,18 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "ml-1m": DatasetSpec("ml-1m", "c4d9eecfca2ab87c1945afe126590906", "ml-1m",
-                         {"ratings": "ratings.dat", "users": "users.dat", "movies": "movies.dat"}),
-    "ml-100k": DatasetSpec("ml-100k", "0e33842e24a9c977be4e0107933c0723", "ml-100k",
-                           {"ratings": "u.data", "users": "u.user", "movies": "u.item"}),
+    "ml-1m": DatasetSpec(
+        "ml-1m",
+        "c4d9eecfca2ab87c1945afe126590906",
+        "ml-1m",
+        {"ratings": "ratings.dat", "users": "users.dat", "movies": "movies.dat"},
+    ),
+    "ml-100k": DatasetSpec(
+        "ml-100k",
+        "0e33842e24a9c977be4e0107933c0723",
+        "ml-100k",
+        {"ratings": "u.data", "users": "u.user", "movies": "u.item"},
+    ),
 }
 
 
@@ -66,15 +75,31 @@ class MovieLensData:
 
 
 ML1M_AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
-ML1M_GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-               "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-               "Thriller", "War", "Western")
+ML1M_GENRES = (
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 # The order of ML-100K's 19 genre flag columns (its u.genre file).
 ML100K_GENRES = ("unknown",) + ML1M_GENRES
 
 _MARKER = ".verified-md5"  # written inside an extracted folder once it is complete and verified
-_FIX_LINE = ("Fix or remove that line, or replace the file with the one from the original "
-             "MovieLens zip.")
+_FIX_LINE = "Fix or remove that line, or replace the file with the one from the original MovieLens zip."
 _INT_RE = r"[+-]?\d+"
 
 
@@ -115,14 +140,19 @@ def safe_extract(zip_path: str | os.PathLike, target_dir: str | os.PathLike) -> 
                 name = info.filename
                 # PureWindowsPath splits on both / and \ and sees drive letters.
                 win = PureWindowsPath(name)
-                unsafe = (PurePosixPath(name).is_absolute() or win.is_absolute() or bool(win.drive)
-                          or ".." in win.parts
-                          or not (target / name).resolve().is_relative_to(target))
+                unsafe = (
+                    PurePosixPath(name).is_absolute()
+                    or win.is_absolute()
+                    or bool(win.drive)
+                    or ".." in win.parts
+                    or not (target / name).resolve().is_relative_to(target)
+                )
                 if unsafe or stat.S_ISLNK(info.external_attr >> 16):
                     kind = "a symlink" if not unsafe else f"a path outside {target}"
                     raise DataError(
                         f"{zip_path}: refusing to extract entry {name!r}: it is {kind}. This is not "
-                        f"a genuine MovieLens archive; delete it and download again.")
+                        f"a genuine MovieLens archive; delete it and download again."
+                    )
             target.mkdir(parents=True, exist_ok=True)
             archive.extractall(target)
     except zipfile.BadZipFile as exc:
@@ -137,14 +167,16 @@ def _spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise DataError(f"unknown MovieLens release {name!r}: expected one of "
-                        f"{', '.join(DATASETS)}") from None
+        raise DataError(f"unknown MovieLens release {name!r}: expected one of {', '.join(DATASETS)}") from None
 
 
 def _is_verified(folder: Path, spec: DatasetSpec) -> bool:
     marker = folder / _MARKER
-    return (marker.is_file() and marker.read_text().strip() == spec.md5
-            and all((folder / f).is_file() for f in spec.files.values()))
+    return (
+        marker.is_file()
+        and marker.read_text().strip() == spec.md5
+        and all((folder / f).is_file() for f in spec.files.values())
+    )
 
 
 def _download(session: Any, url: str, dest: Path, timeout_s: float) -> None:
@@ -160,8 +192,7 @@ def _download(session: Any, url: str, dest: Path, timeout_s: float) -> None:
         response.close()
 
 
-def _download_verified(spec: DatasetSpec, sources: list[str], zip_path: Path, timeout_s: float,
-                       session: Any) -> None:
+def _download_verified(spec: DatasetSpec, sources: list[str], zip_path: Path, timeout_s: float, session: Any) -> None:
     errors: list[tuple[str, str]] = []
     owned = requests.Session() if session is None else contextlib.nullcontext(session)
     with owned as http:
@@ -173,8 +204,7 @@ def _download_verified(spec: DatasetSpec, sources: list[str], zip_path: Path, ti
                     _download(http, url, tmp, timeout_s)
                     got = md5_of(tmp)
                     if got != spec.md5:
-                        raise _ChecksumMismatch(
-                            f"MD5 {got} does not match GroupLens's {spec.md5}; download removed")
+                        raise _ChecksumMismatch(f"MD5 {got} does not match GroupLens's {spec.md5}; download removed")
             except (requests.RequestException, OSError, _ChecksumMismatch) as exc:
                 message = f"{type(exc).__name__}: {exc}"
                 log.warning("Download of %s from %s failed: %s", spec.name, url, message)
@@ -187,11 +217,11 @@ def _download_verified(spec: DatasetSpec, sources: list[str], zip_path: Path, ti
         f"Could not download {spec.name} from any source:\n{listing}\n"
         f"To run without network: pass a folder holding the extracted files, e.g. "
         f"`-p data_dir=path/to/{spec.folder}` (the folder with {spec.files['ratings']}), or put the "
-        f"official {spec.name}.zip (MD5 {spec.md5}) at {zip_path}, or use `-p dataset=synthetic`.")
+        f"official {spec.name}.zip (MD5 {spec.md5}) at {zip_path}, or use `-p dataset=synthetic`."
+    )
 
 
-def fetch_dataset(name: str, sources: list[str], cache_dir: Path, timeout_s: float = 60,
-                  session: Any = None) -> Path:
+def fetch_dataset(name: str, sources: list[str], cache_dir: Path, timeout_s: float = 60, session: Any = None) -> Path:
     """Make sure a verified, extracted copy of a MovieLens release is in `cache_dir`.
 
     Why: runs must read byte-identical data wherever they run, and a second run must not touch
@@ -255,20 +285,24 @@ def locate_files(name: str, data_dir: Path) -> dict[str, Path]:
     spec = _spec(name)
     data_dir = Path(data_dir)
     wanted = ", ".join(spec.files.values())
-    fix = (f"Point data_dir at the folder holding the extracted {name} files ({wanted}), "
-           f"e.g. `-p data_dir=path/to/{spec.folder}`, or leave data_dir empty to download.")
+    fix = (
+        f"Point data_dir at the folder holding the extracted {name} files ({wanted}), "
+        f"e.g. `-p data_dir=path/to/{spec.folder}`, or leave data_dir empty to download."
+    )
     if not data_dir.is_dir():
-        raise DataError(f"data_dir {data_dir} (resolved: {data_dir.resolve()}) does not exist or is "
-                        f"not a folder. {fix}")
+        raise DataError(
+            f"data_dir {data_dir} (resolved: {data_dir.resolve()}) does not exist or is not a folder. {fix}"
+        )
     candidates = [data_dir, data_dir / spec.folder]
     for folder in candidates:
         paths = {kind: folder / file for kind, file in spec.files.items()}
         if all(p.is_file() for p in paths.values()):
             return paths
     looked = [
-        f"{folder.resolve()} (missing: "
-        f"{', '.join(f for f in spec.files.values() if not (folder / f).is_file())})"
-        for folder in candidates if folder.is_dir()]
+        f"{folder.resolve()} (missing: {', '.join(f for f in spec.files.values() if not (folder / f).is_file())})"
+        for folder in candidates
+        if folder.is_dir()
+    ]
     raise DataError(f"{name} files not found; looked in {' and in '.join(looked)}. {fix}")
 
 
@@ -301,8 +335,7 @@ class _Table:
         if b"\r" in data:
             self._fail_at_byte(data, data.index(b"\r"), "stray carriage return inside a line")
         if not data:
-            raise DataError(f"{path} is empty. Replace it with the file from the original "
-                            f"MovieLens zip.")
+            raise DataError(f"{path} is empty. Replace it with the file from the original MovieLens zip.")
         shown_sep = {"\x1f": "::", "\t": "\\t"}.get(sep, sep)
         self._check_field_counts(data, sep, len(columns), shown_sep)
         self.data, self.sep, self.columns = data, sep, columns
@@ -314,9 +347,19 @@ class _Table:
             _fail(path, row, f"cannot be parsed ({exc})")
 
     def _read(self, **kwargs: Any) -> pd.DataFrame:
-        return pd.read_csv(io.BytesIO(self.data), sep=self.sep, header=None, names=list(self.columns),
-                           index_col=False, engine="c", encoding="latin-1", quoting=csv.QUOTE_NONE,
-                           na_filter=False, skip_blank_lines=False, **kwargs)
+        return pd.read_csv(
+            io.BytesIO(self.data),
+            sep=self.sep,
+            header=None,
+            names=list(self.columns),
+            index_col=False,
+            engine="c",
+            encoding="latin-1",
+            quoting=csv.QUOTE_NONE,
+            na_filter=False,
+            skip_blank_lines=False,
+            **kwargs,
+        )
 
     def _fail_at_byte(self, data: bytes, offset: int, message: str) -> NoReturn:
         row = data.count(b"\n", 0, offset)
@@ -335,18 +378,29 @@ class _Table:
         bad = np.flatnonzero((fields != n_fields) | (ends == starts))
         if len(bad):
             row = int(bad[0])
-            line = data[starts[row]:ends[row]].decode("latin-1").replace("\x1f", "::")
+            line = data[starts[row] : ends[row]].decode("latin-1").replace("\x1f", "::")
             if not line:
                 _fail(self.path, row, "blank line inside the file")
-            _fail(self.path, row, f"expected {n_fields} fields separated by '{shown_sep}', found "
-                                  f"{fields[row]}: '{_shown(line)}'")
+            _fail(
+                self.path,
+                row,
+                f"expected {n_fields} fields separated by '{shown_sep}', found {fields[row]}: '{_shown(line)}'",
+            )
 
     def raw(self, column: str) -> pd.Series:
         """The column exactly as written in the file, to report a bad value verbatim."""
         return self._read(usecols=[column], dtype=str)[column]
 
-    def ints(self, column: str, what: str, *, lo: int | None = None, hi: int | None = None,
-             allowed: tuple[int, ...] | None = None, not_int: str = "is not an integer") -> np.ndarray:
+    def ints(
+        self,
+        column: str,
+        what: str,
+        *,
+        lo: int | None = None,
+        hi: int | None = None,
+        allowed: tuple[int, ...] | None = None,
+        not_int: str = "is not an integer",
+    ) -> np.ndarray:
         """The column as int64, or a DataError naming the first bad line and value."""
         values = self.df[column]
         if not pd.api.types.is_integer_dtype(values.dtype):
@@ -376,20 +430,19 @@ class _Table:
             unknown = ~np.isin(array, allowed)
             if unknown.any():
                 row = int(np.argmax(unknown))
-                _fail(self.path, row, f"{what} '{array[row]}' is not one of "
-                                      f"{', '.join(map(str, allowed))}")
+                _fail(self.path, row, f"{what} '{array[row]}' is not one of {', '.join(map(str, allowed))}")
         return array
 
-    def strings(self, column: str, what: str, *, allowed: tuple[str, ...] | None = None,
-                non_empty: bool = False) -> pd.Series:
+    def strings(
+        self, column: str, what: str, *, allowed: tuple[str, ...] | None = None, non_empty: bool = False
+    ) -> pd.Series:
         """The column as str, or a DataError naming the first bad line and value."""
         values = self.df[column].astype(str)
         if allowed is not None:
             bad = ~values.isin(allowed)
             if bad.any():
                 row = int(np.argmax(bad.to_numpy()))
-                _fail(self.path, row, f"{what} '{_shown(values.iloc[row])}' is not one of "
-                                      f"{', '.join(allowed)}")
+                _fail(self.path, row, f"{what} '{_shown(values.iloc[row])}' is not one of {', '.join(allowed)}")
         if non_empty:
             empty = (values.str.strip() == "").to_numpy()
             if empty.any():
@@ -426,13 +479,15 @@ def _parse_users(path: Path, fmt: str) -> pd.DataFrame:
     else:
         age = table.ints("age", "age", lo=1, hi=120)
         occupation = table.strings("occupation", "occupation", non_empty=True)
-    return pd.DataFrame({
-        "user_id": user_id,
-        "gender": gender.to_numpy(),
-        "age": age.astype(np.int16),
-        "occupation": occupation.to_numpy(),
-        "zip_code": table.df["zip_code"].astype(str).to_numpy(),
-    }).astype({"gender": "str", "occupation": "str", "zip_code": "str"})
+    return pd.DataFrame(
+        {
+            "user_id": user_id,
+            "gender": gender.to_numpy(),
+            "age": age.astype(np.int16),
+            "occupation": occupation.to_numpy(),
+            "zip_code": table.df["zip_code"].astype(str).to_numpy(),
+        }
+    ).astype({"gender": "str", "occupation": "str", "zip_code": "str"})
 
 
 def _parse_movies(path: Path, fmt: str) -> pd.DataFrame:
@@ -451,35 +506,41 @@ def _parse_movies(path: Path, fmt: str) -> pd.DataFrame:
     movie_id = _id_column(table, "movie_id", "movie id")
     table.unique_ids(movie_id, "movie id")
     title = table.strings("title", "title", non_empty=True)
-    return pd.DataFrame({"movie_id": movie_id, "title": title.to_numpy(),
-                         "genres": genres.to_numpy()}).astype({"title": "str", "genres": "str"})
+    return pd.DataFrame({"movie_id": movie_id, "title": title.to_numpy(), "genres": genres.to_numpy()}).astype(
+        {"title": "str", "genres": "str"}
+    )
 
 
-def _parse_ratings(path: Path, fmt: str, users: pd.DataFrame, movies: pd.DataFrame,
-                   files: dict[str, Path]) -> pd.DataFrame:
+def _parse_ratings(
+    path: Path, fmt: str, users: pd.DataFrame, movies: pd.DataFrame, files: dict[str, Path]
+) -> pd.DataFrame:
     columns = ("user_id", "movie_id", "rating", "timestamp")
     table = _Table(path, "::" if fmt == "ml-1m" else "\t", columns, ())
     user_id = _id_column(table, "user_id", "user id")
     movie_id = _id_column(table, "movie_id", "movie id")
     rating = table.ints("rating", "rating", lo=1, hi=5, not_int="is not an integer 1..5")
-    timestamp = table.ints("timestamp", "timestamp",
-                           not_int="is not a number (seconds since 1970-01-01)")
-    for ids, known, what, file in ((user_id, users["user_id"], "user id", files["users"]),
-                                   (movie_id, movies["movie_id"], "movie id", files["movies"])):
+    timestamp = table.ints("timestamp", "timestamp", not_int="is not a number (seconds since 1970-01-01)")
+    for ids, known, what, file in (
+        (user_id, users["user_id"], "user id", files["users"]),
+        (movie_id, movies["movie_id"], "movie id", files["movies"]),
+    ):
         unknown = ~np.isin(ids, known.to_numpy())
         if unknown.any():
-            _fail(path, int(np.argmax(unknown)),
-                  f"{what} '{ids[np.argmax(unknown)]}' is not in {file.name}",
-                  f"Use the {file.name} that came with this {path.name} (same MovieLens zip).")
-    ratings = pd.DataFrame({"user_id": user_id, "movie_id": movie_id,
-                            "rating": rating.astype(np.int8), "timestamp": timestamp})
+            _fail(
+                path,
+                int(np.argmax(unknown)),
+                f"{what} '{ids[np.argmax(unknown)]}' is not in {file.name}",
+                f"Use the {file.name} that came with this {path.name} (same MovieLens zip).",
+            )
+    ratings = pd.DataFrame(
+        {"user_id": user_id, "movie_id": movie_id, "rating": rating.astype(np.int8), "timestamp": timestamp}
+    )
     # A pair rated twice would leak between train and test splits.
     repeated = ratings.duplicated(["user_id", "movie_id"]).to_numpy()
     if repeated.any():
         row = int(np.argmax(repeated))
         first = int(np.argmax((user_id == user_id[row]) & (movie_id == movie_id[row])))
-        _fail(path, row, f"user '{user_id[row]}' rates movie '{movie_id[row]}' again (first on "
-                         f"line {first + 1})")
+        _fail(path, row, f"user '{user_id[row]}' rates movie '{movie_id[row]}' again (first on line {first + 1})")
     return ratings
 
 
@@ -507,8 +568,9 @@ def read_movielens(fmt: str, data_dir: Path) -> MovieLensData:
     users = _parse_users(files["users"], fmt)
     movies = _parse_movies(files["movies"], fmt)
     ratings = _parse_ratings(files["ratings"], fmt, users, movies, files)
-    return MovieLensData(users=users, movies=movies, ratings=ratings,
-                         source=str(files["ratings"].parent.resolve()), files=files)
+    return MovieLensData(
+        users=users, movies=movies, ratings=ratings, source=str(files["ratings"].parent.resolve()), files=files
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,10 +579,40 @@ def read_movielens(fmt: str, data_dir: Path) -> MovieLensData:
 _SYNTHETIC_VERSION = 2  # bump when the generator changes, so cached copies are regenerated
 # Real US ZIP codes across states (the geo features look them up), a few ZIP+4 and a few
 # Canadian codes as ML-1M has, so that ZIP cleaning is exercised.
-_US_ZIPS = ("10001", "90210", "60614", "98107", "02139", "73301", "33101", "94110", "30301",
-            "80202", "19104", "48067", "55455", "97205", "85004", "20001", "02215", "78701",
-            "63108", "37203", "53703", "84101", "70112", "96815", "99501", "27514", "43210",
-            "15213", "92093", "06511", "89109", "46202")
+_US_ZIPS = (
+    "10001",
+    "90210",
+    "60614",
+    "98107",
+    "02139",
+    "73301",
+    "33101",
+    "94110",
+    "30301",
+    "80202",
+    "19104",
+    "48067",
+    "55455",
+    "97205",
+    "85004",
+    "20001",
+    "02215",
+    "78701",
+    "63108",
+    "37203",
+    "53703",
+    "84101",
+    "70112",
+    "96815",
+    "99501",
+    "27514",
+    "43210",
+    "15213",
+    "92093",
+    "06511",
+    "89109",
+    "46202",
+)
 _CANADIAN_ZIPS = ("T8N5H", "V6T1Z", "M5S2E", "H3A1B")
 _LATIN1_SUBTITLES = ("Café Müller", "Les Misérables", "Señor Niño", "Smörgåsbord", "Déjà Vu")
 _AGE_SHARES = (0.04, 0.18, 0.35, 0.20, 0.09, 0.08, 0.06)
@@ -530,14 +622,14 @@ _WATCH_TASTE = 1.5  # how strongly taste (vs popularity alone) decides which mov
 
 
 def _write_ml1m_file(path: Path, frame: pd.DataFrame) -> None:
-    text = frame.to_csv(sep="\x1f", header=False, index=False, quoting=csv.QUOTE_NONE,
-                        lineterminator="\n")
+    text = frame.to_csv(sep="\x1f", header=False, index=False, quoting=csv.QUOTE_NONE, lineterminator="\n")
     with atomic_path(path) as tmp:
         tmp.write_bytes(text.replace("\x1f", "::").encode("latin-1"))
 
 
-def generate_synthetic(out_dir: Path, n_users: int, n_movies: int, ratings_per_user: int,
-                       n_factors: int, noise: float, seed: int) -> Path:
+def generate_synthetic(
+    out_dir: Path, n_users: int, n_movies: int, ratings_per_user: int, n_factors: int, noise: float, seed: int
+) -> Path:
     """Write users.dat, movies.dat and ratings.dat in ML-1M's exact format, with learnable ratings.
 
     Why: tests and offline demos need data with MovieLens's shape and a structure a model can
@@ -563,7 +655,8 @@ def generate_synthetic(out_dir: Path, n_users: int, n_movies: int, ratings_per_u
         raise DataError(
             f"synthetic parameters out of range (n_users={n_users} >= 1, n_movies={n_movies} >= 20, "
             f"ratings_per_user={ratings_per_user} >= 20, n_factors={n_factors} >= 1, "
-            f"noise={noise} >= 0); fix them in the params `synthetic` group.")
+            f"noise={noise} >= 0); fix them in the params `synthetic` group."
+        )
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
 
@@ -576,28 +669,40 @@ def generate_synthetic(out_dir: Path, n_users: int, n_movies: int, ratings_per_u
     zip_code[plus4] = [f"{z}-{n:04d}" for z, n in zip(zip_code[plus4], rng.integers(1, 10000, plus4.sum()))]
     canadian = (zip_kind >= 0.04) & (zip_kind < 0.06)
     zip_code[canadian] = rng.choice(np.array(_CANADIAN_ZIPS, dtype=object), size=canadian.sum())
-    users = pd.DataFrame({"user_id": np.arange(1, n_users + 1), "gender": gender,
-                          "age": np.array(ML1M_AGE_CODES)[age_index],
-                          "occupation": rng.integers(0, 21, n_users), "zip_code": zip_code})
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(1, n_users + 1),
+            "gender": gender,
+            "age": np.array(ML1M_AGE_CODES)[age_index],
+            "occupation": rng.integers(0, 21, n_users),
+            "zip_code": zip_code,
+        }
+    )
 
     # Movies
     year = np.clip(np.round(2000 - rng.gamma(2.0, 9.0, n_movies)), 1919, 2000).astype(int)
-    subtitle = np.where(rng.random(n_movies) < 0.05,
-                        [": " + s for s in rng.choice(_LATIN1_SUBTITLES, n_movies)], "")
+    subtitle = np.where(rng.random(n_movies) < 0.05, [": " + s for s in rng.choice(_LATIN1_SUBTITLES, n_movies)], "")
     title = [f"Synthetic Movie {i}{sub} ({y})" for i, sub, y in zip(range(1, n_movies + 1), subtitle, year)]
     n_genres = 1 + rng.binomial(2, 0.35, n_movies)
     genre_sets = [np.sort(rng.choice(len(ML1M_GENRES), size=k, replace=False)) for k in n_genres]
-    movies = pd.DataFrame({"movie_id": np.arange(1, n_movies + 1), "title": title,
-                           "genres": ["|".join(ML1M_GENRES[g] for g in gs) for gs in genre_sets]})
+    movies = pd.DataFrame(
+        {
+            "movie_id": np.arange(1, n_movies + 1),
+            "title": title,
+            "genres": ["|".join(ML1M_GENRES[g] for g in gs) for gs in genre_sets],
+        }
+    )
 
     # Latent structure: genres shape movie tastes, gender and age shape user tastes.
     genre_vectors = rng.normal(size=(len(ML1M_GENRES), n_factors))
-    movie_factors = (np.stack([genre_vectors[gs].mean(axis=0) for gs in genre_sets]) * 0.8
-                     + rng.normal(scale=0.6, size=(n_movies, n_factors)))
+    movie_factors = np.stack([genre_vectors[gs].mean(axis=0) for gs in genre_sets]) * 0.8 + rng.normal(
+        scale=0.6, size=(n_movies, n_factors)
+    )
     gender_vectors = rng.normal(scale=0.5, size=(2, n_factors))
     age_vectors = rng.normal(scale=0.5, size=(len(ML1M_AGE_CODES), n_factors))
-    user_factors = (rng.normal(size=(n_users, n_factors)) + gender_vectors[(gender == "F").astype(int)]
-                    + age_vectors[age_index])
+    user_factors = (
+        rng.normal(size=(n_users, n_factors)) + gender_vectors[(gender == "F").astype(int)] + age_vectors[age_index]
+    )
     user_bias = rng.normal(scale=0.35, size=n_users)
     # Zipf-like popularity over a random order of movies; popular movies also rate a bit higher.
     popularity_rank = rng.permutation(n_movies)
@@ -608,8 +713,7 @@ def generate_synthetic(out_dir: Path, n_users: int, n_movies: int, ratings_per_u
 
     # Which movies each user rates: at least 20, mean ratings_per_user, no repeated pair.
     extra = ratings_per_user - 20
-    counts = np.minimum(20 + np.round(rng.exponential(extra, n_users) if extra > 0 else 0),
-                        n_movies).astype(int)
+    counts = np.minimum(20 + np.round(rng.exponential(extra, n_users) if extra > 0 else 0), n_movies).astype(int)
     # Users watch what is popular AND what suits their taste (so retrieval has something to learn
     # beyond popularity): weights popularity * exp(taste), sampled without replacement per user with
     # the Gumbel-top-k trick (sort log-weights plus Gumbel noise, keep each user's first `count`).
@@ -620,8 +724,12 @@ def generate_synthetic(out_dir: Path, n_users: int, n_movies: int, ratings_per_u
     movie_index = np.concatenate([chosen[u, :c] for u, c in enumerate(counts)])
 
     interaction = taste[user_index, movie_index] * np.sqrt(n_factors)
-    score = (user_bias[user_index] + movie_bias[movie_index] + 0.8 * interaction / np.sqrt(n_factors)
-             + rng.normal(scale=noise, size=len(user_index)))
+    score = (
+        user_bias[user_index]
+        + movie_bias[movie_index]
+        + 0.8 * interaction / np.sqrt(n_factors)
+        + rng.normal(scale=noise, size=len(user_index))
+    )
     # Clipping to 1..5 pulls the mean down; shift until the rounded mean sits at the target.
     offset = _TARGET_MEAN
     for _ in range(4):
@@ -629,10 +737,10 @@ def generate_synthetic(out_dir: Path, n_users: int, n_movies: int, ratings_per_u
     rating = np.clip(np.round(score + offset), 1, 5).astype(int)
 
     start = rng.integers(_TS_START, _TS_END - 180 * 86400, n_users)
-    timestamp = np.minimum(start[user_index] + rng.exponential(60 * 86400, len(user_index)).astype(np.int64),
-                           _TS_END)
-    ratings = pd.DataFrame({"user_id": user_index + 1, "movie_id": movie_index + 1,
-                            "rating": rating, "timestamp": timestamp})
+    timestamp = np.minimum(start[user_index] + rng.exponential(60 * 86400, len(user_index)).astype(np.int64), _TS_END)
+    ratings = pd.DataFrame(
+        {"user_id": user_index + 1, "movie_id": movie_index + 1, "rating": rating, "timestamp": timestamp}
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_ml1m_file(out_dir / "users.dat", users)
@@ -645,8 +753,9 @@ def generate_synthetic(out_dir: Path, n_users: int, n_movies: int, ratings_per_u
 # The entry point
 
 
-def load_dataset(dataset: str, data_dir: str | None, download: dict, synthetic: dict, seed: int,
-                 project_root: Path) -> MovieLensData:
+def load_dataset(
+    dataset: str, data_dir: str | None, download: dict, synthetic: dict, seed: int, project_root: Path
+) -> MovieLensData:
     """Load the dataset a run asks for: the one place notebooks get their data from.
 
     Why: the three ways to get data (a local folder, a verified download, a generated set)
@@ -669,15 +778,15 @@ def load_dataset(dataset: str, data_dir: str | None, download: dict, synthetic: 
         DownloadError: no download source worked.
     """
     if dataset not in KNOWN_DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}: choose one of {', '.join(KNOWN_DATASETS)} "
-                        f"(e.g. `-p dataset=ml-1m`).")
+        raise DataError(
+            f"unknown dataset {dataset!r}: choose one of {', '.join(KNOWN_DATASETS)} (e.g. `-p dataset=ml-1m`)."
+        )
     fmt = "ml-1m" if dataset == "synthetic" else dataset  # the synthetic files are ML-1M format
     if data_dir:
         return read_movielens(fmt, Path(data_dir).expanduser())
     cache_dir = Path(project_root) / download["cache_dir"]
     if dataset == "synthetic":
-        key = json.dumps({"params": synthetic, "seed": seed, "generator": _SYNTHETIC_VERSION},
-                         sort_keys=True)
+        key = json.dumps({"params": synthetic, "seed": seed, "generator": _SYNTHETIC_VERSION}, sort_keys=True)
         folder = cache_dir / f"synthetic-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
         if not all((folder / f).is_file() for f in DATASETS["ml-1m"].files.values()):
             generate_synthetic(folder, seed=seed, **synthetic)

@@ -1,4 +1,5 @@
 """EASE (Steck 2019): a closed-form item-item retrieval model, the strong non-neural baseline for full ranking."""
+
 from __future__ import annotations
 
 import time
@@ -15,8 +16,10 @@ from recsys import metrics
 def _gram(X: sp.spmatrix) -> np.ndarray:
     """Dense XᵀX in float64 (item co-occurrence counts), the only part of EASE that depends on the data."""
     if not sp.issparse(X):
-        raise TypeError(f"X must be a scipy.sparse users x items matrix (see metrics.build_interaction_matrix), "
-                        f"got {type(X).__name__}")
+        raise TypeError(
+            f"X must be a scipy.sparse users x items matrix (see metrics.build_interaction_matrix), "
+            f"got {type(X).__name__}"
+        )
     X = sp.csr_matrix(X, dtype=np.float64)
     return (X.T @ X).toarray()
 
@@ -38,8 +41,9 @@ def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
     """Inverse of a symmetric positive definite matrix via LAPACK potrf/potri (overwrites `matrix`)."""
     factor, info = scipy.linalg.lapack.dpotrf(matrix, lower=True, overwrite_a=True)
     if info != 0:
-        raise np.linalg.LinAlgError(f"XᵀX + λI is not positive definite (LAPACK potrf info={info}); "
-                                    "check X for NaN or negative entries")
+        raise np.linalg.LinAlgError(
+            f"XᵀX + λI is not positive definite (LAPACK potrf info={info}); check X for NaN or negative entries"
+        )
     inverse, info = scipy.linalg.lapack.dpotri(factor, lower=True, overwrite_c=True)
     if info != 0:
         raise np.linalg.LinAlgError(f"inverting XᵀX + λI failed (LAPACK potri info={info})")
@@ -93,13 +97,16 @@ class EASE:
         if not sp.issparse(X_users):
             raise TypeError(f"X_users must be a scipy.sparse matrix, got {type(X_users).__name__}")
         if X_users.shape[1] != self.weights_.shape[0]:
-            raise ValueError(f"X_users has {X_users.shape[1]} item columns but the model was fitted on "
-                             f"{self.weights_.shape[0]}; use the same item index for both")
+            raise ValueError(
+                f"X_users has {X_users.shape[1]} item columns but the model was fitted on "
+                f"{self.weights_.shape[0]}; use the same item index for both"
+            )
         return np.asarray(sp.csr_matrix(X_users, dtype=np.float32) @ self.weights_)
 
 
-def tune_ease(X_train: sp.spmatrix, X_val_relevant: sp.spmatrix, l2_grid: Iterable[float],
-              k: int = 10, metric: str = "recall") -> tuple[float, pd.DataFrame]:
+def tune_ease(
+    X_train: sp.spmatrix, X_val_relevant: sp.spmatrix, l2_grid: Iterable[float], k: int = 10, metric: str = "recall"
+) -> tuple[float, pd.DataFrame]:
     """Choose λ by a validation ranking metric, with full ranking and train items excluded (DESIGN §5).
 
     XᵀX is computed once and reused for every λ; only the inverse is redone.
@@ -120,8 +127,9 @@ def tune_ease(X_train: sp.spmatrix, X_val_relevant: sp.spmatrix, l2_grid: Iterab
     if not l2_values:
         raise ValueError("l2_grid is empty; give at least one λ, e.g. [100, 250, 500, 1000]")
     if X_train.shape != X_val_relevant.shape:
-        raise ValueError(f"X_train {X_train.shape} and X_val_relevant {X_val_relevant.shape} must have "
-                         "the same users and items")
+        raise ValueError(
+            f"X_train {X_train.shape} and X_val_relevant {X_val_relevant.shape} must have the same users and items"
+        )
     X_train = sp.csr_matrix(X_train)
     gram = _gram(X_train)
     # Only users with a val item can be evaluated; scoring the rest would only cost memory.

@@ -1,4 +1,5 @@
 """Findings of the exploratory analysis (notebook 02), computed from the data as small tables."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,12 @@ def counts_by(frame: pd.DataFrame, column: str, sort_index: bool = True) -> pd.S
 def extremes(counts: pd.Series) -> dict:
     """The most and least frequent value of a count series, with their shares of the total."""
     total = counts.sum()
-    return {"most": counts.idxmax(), "most_share": float(counts.max() / total),
-            "least": counts.idxmin(), "least_share": float(counts.min() / total)}
+    return {
+        "most": counts.idxmax(),
+        "most_share": float(counts.max() / total),
+        "least": counts.idxmin(),
+        "least_share": float(counts.min() / total),
+    }
 
 
 def share_table(counts: pd.Series, name: str = "count") -> pd.DataFrame:
@@ -33,10 +38,17 @@ def geography(users: pd.DataFrame, interactions: pd.DataFrame, top: int = 10) ->
         (states table: users, ratings, ratings per user; top cities table: users, ratings, state)
     """
     rated_users = users[users["user_id"].isin(interactions["user_id"])]
-    states = pd.DataFrame({
-        "users": rated_users.groupby("state").size(),
-        "ratings": interactions.groupby("state").size(),
-    }).fillna(0).astype(int).sort_values("users", ascending=False)
+    states = (
+        pd.DataFrame(
+            {
+                "users": rated_users.groupby("state").size(),
+                "ratings": interactions.groupby("state").size(),
+            }
+        )
+        .fillna(0)
+        .astype(int)
+        .sort_values("users", ascending=False)
+    )
     states["ratings_per_user"] = states["ratings"] / states["users"].clip(lower=1)
     city_key = rated_users["city"] + ", " + rated_users["state"]
     city_ratings = interactions.groupby(interactions["city"] + ", " + interactions["state"]).size()
@@ -55,8 +67,10 @@ def genre_popularity(interactions: pd.DataFrame) -> pd.DataFrame:
     ratings = interactions["rating"].to_numpy(dtype=np.float32)
     n_ratings = flags.sum(axis=0)
     mean = (flags * ratings[:, None]).sum(axis=0) / np.maximum(n_ratings, 1)
-    table = pd.DataFrame({"ratings": n_ratings.astype(int), "mean_rating": mean},
-                         index=[_GENRE_NAMES.get(c, c.removeprefix("genre_")) for c in columns])
+    table = pd.DataFrame(
+        {"ratings": n_ratings.astype(int), "mean_rating": mean},
+        index=[_GENRE_NAMES.get(c, c.removeprefix("genre_")) for c in columns],
+    )
     table["share_of_ratings"] = table["ratings"] / len(interactions)
     return table.sort_values("ratings", ascending=False)
 

@@ -1,4 +1,5 @@
 """Turn user, movie and context features into the integer and multi-hot arrays the TFRS models eat."""
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,8 @@ def resolve_features(names: list[str]) -> set[str]:
     for name in names:
         resolved.update(FEATURE_GROUPS.get(name, () if name == IDS_ONLY else (name,)))
     return resolved
+
+
 TITLE_LENGTH = 8  # tokens kept per title; MovieLens titles rarely have more words that matter
 
 
@@ -78,8 +81,9 @@ class FeatureEncoder:
     _user_table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def fit(cls, users: pd.DataFrame, movies: pd.DataFrame, train: pd.DataFrame,
-            min_title_token_count: int = 2) -> "FeatureEncoder":
+    def fit(
+        cls, users: pd.DataFrame, movies: pd.DataFrame, train: pd.DataFrame, min_title_token_count: int = 2
+    ) -> "FeatureEncoder":
         """Learn vocabularies: ids from the training interactions, side features from the tables.
 
         Args:
@@ -92,7 +96,9 @@ class FeatureEncoder:
             "user_id": _vocabulary(train["user_id"]),
             "movie_id": _vocabulary(train["movie_id"]),
             "release_year": _vocabulary(movies["year"]),
-            "hour": list(range(24)), "weekday": list(range(7)), "month": list(range(1, 13)),
+            "hour": list(range(24)),
+            "weekday": list(range(7)),
+            "month": list(range(1, 13)),
         }
         for column in USER_FEATURES:
             vocabularies[column] = _vocabulary(users[column].astype(object))
@@ -105,8 +111,10 @@ class FeatureEncoder:
     # ---- tables of encoded features, one row per user / movie ---------------------------------
     def user_table(self, users: pd.DataFrame) -> pd.DataFrame:
         """Encoded user features indexed by user_id (columns: user_id_idx and one per USER_FEATURES)."""
-        table = pd.DataFrame({"user_id_idx": _lookup(users["user_id"], self.vocabularies["user_id"])},
-                             index=pd.Index(users["user_id"].to_numpy(), name="user_id"))
+        table = pd.DataFrame(
+            {"user_id_idx": _lookup(users["user_id"], self.vocabularies["user_id"])},
+            index=pd.Index(users["user_id"].to_numpy(), name="user_id"),
+        )
         for column in USER_FEATURES:
             table[column] = _lookup(users[column].astype(object), self.vocabularies[column])
         return table
@@ -118,10 +126,13 @@ class FeatureEncoder:
         for row, tokens in enumerate(tokenize_titles(movies["title_clean"])):
             ids = [token_index.get(t, 0) for t in tokens][: self.title_length]
             title_tokens[row, : len(ids)] = ids
-        table = pd.DataFrame({
-            "movie_id_idx": _lookup(movies["movie_id"], self.vocabularies["movie_id"]),
-            "release_year": _lookup(movies["year"], self.vocabularies["release_year"]),
-        }, index=pd.Index(movies["movie_id"].to_numpy(), name="movie_id"))
+        table = pd.DataFrame(
+            {
+                "movie_id_idx": _lookup(movies["movie_id"], self.vocabularies["movie_id"]),
+                "release_year": _lookup(movies["year"], self.vocabularies["release_year"]),
+            },
+            index=pd.Index(movies["movie_id"].to_numpy(), name="movie_id"),
+        )
         for i in range(self.title_length):
             table[f"title_{i}"] = title_tokens[:, i]
         for column in self.genre_columns:
@@ -153,8 +164,9 @@ class FeatureEncoder:
             "month": interactions["month"].to_numpy(np.int32),
         }
 
-    def interaction_inputs(self, interactions: pd.DataFrame, user_table: pd.DataFrame,
-                           movie_table: pd.DataFrame, context: bool = True) -> dict[str, np.ndarray]:
+    def interaction_inputs(
+        self, interactions: pd.DataFrame, user_table: pd.DataFrame, movie_table: pd.DataFrame, context: bool = True
+    ) -> dict[str, np.ndarray]:
         """Every model input for each interaction, gathered from the per-user and per-movie tables.
 
         Looking features up per example with numpy (rather than inside the graph with string
@@ -166,8 +178,10 @@ class FeatureEncoder:
         if (user_rows < 0).any() or (movie_rows < 0).any():
             missing_users = interactions["user_id"][user_rows < 0].unique()[:5].tolist()
             missing_movies = interactions["movie_id"][movie_rows < 0].unique()[:5].tolist()
-            raise KeyError(f"interactions name users {missing_users} or movies {missing_movies} that are not in "
-                           "the users/movies tables of notebook 01")
+            raise KeyError(
+                f"interactions name users {missing_users} or movies {missing_movies} that are not in "
+                "the users/movies tables of notebook 01"
+            )
         inputs = self.user_inputs(user_table.iloc[user_rows])
         inputs.update(self.movie_inputs(movie_table.iloc[movie_rows]))
         if context:
@@ -183,10 +197,15 @@ class FeatureEncoder:
 
     # ---- persistence ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        state = {"vocabularies": {k: [v if not isinstance(v, (np.integer, np.floating)) else v.item()
-                                      for v in vals] for k, vals in self.vocabularies.items()},
-                 "genre_columns": self.genre_columns, "title_vocabulary": self.title_vocabulary,
-                 "title_length": self.title_length}
+        state = {
+            "vocabularies": {
+                k: [v if not isinstance(v, (np.integer, np.floating)) else v.item() for v in vals]
+                for k, vals in self.vocabularies.items()
+            },
+            "genre_columns": self.genre_columns,
+            "title_vocabulary": self.title_vocabulary,
+            "title_length": self.title_length,
+        }
         with atomic_path(path, suffix=".json") as tmp:
             tmp.write_text(json.dumps(state))
         return Path(path)

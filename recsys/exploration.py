@@ -1,4 +1,5 @@
 """Exploration (notebooks 07-09): randomised re-ranking, least-viewed injection, and scoring the lists they give."""
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -16,6 +17,7 @@ SOURCE_LEAST_VIEWED = "least-viewed"
 
 # ---- weighted re-ranking ------------------------------------------------------------------------------
 
+
 def _check_scores(predicted: np.ndarray, temperature: float) -> None:
     if np.isnan(predicted).any():
         raise ValueError("predicted ratings contain NaN; every item needs a score to be sampled")
@@ -23,8 +25,9 @@ def _check_scores(predicted: np.ndarray, temperature: float) -> None:
         raise ValueError(f"temperature must be >= 0 (0 = no randomness), got {temperature}")
 
 
-def weighted_rerank(items: Sequence, predicted: Sequence[float], rng: np.random.Generator,
-                    temperature: float = 1.0) -> np.ndarray:
+def weighted_rerank(
+    items: Sequence, predicted: Sequence[float], rng: np.random.Generator, temperature: float = 1.0
+) -> np.ndarray:
     """Shuffle a ranked list so that items with higher predicted ratings tend to come first.
 
     A deterministic ranking shows every user the same few items first, so the model never learns
@@ -63,8 +66,9 @@ def weighted_rerank(items: Sequence, predicted: Sequence[float], rng: np.random.
     return items[np.argsort(-keys, kind="stable")]
 
 
-def weighted_rerank_many(item_lists: np.ndarray, predicted: np.ndarray, n_repeats: int, seed: int,
-                         temperature: float = 1.0) -> np.ndarray:
+def weighted_rerank_many(
+    item_lists: np.ndarray, predicted: np.ndarray, n_repeats: int, seed: int, temperature: float = 1.0
+) -> np.ndarray:
     """`weighted_rerank` for every user's list, repeated `n_repeats` times, in one vectorised draw.
 
     Args:
@@ -86,8 +90,7 @@ def weighted_rerank_many(item_lists: np.ndarray, predicted: np.ndarray, n_repeat
     _check_scores(predicted, temperature)
     if temperature == 0:
         order = np.argsort(-predicted, axis=1, kind="stable")
-        return np.broadcast_to(np.take_along_axis(item_lists, order, axis=1),
-                               (n_repeats, *item_lists.shape)).copy()
+        return np.broadcast_to(np.take_along_axis(item_lists, order, axis=1), (n_repeats, *item_lists.shape)).copy()
     gumbel = np.random.default_rng(seed).gumbel(size=(n_repeats, *predicted.shape))
     keys = predicted / temperature + gumbel
     order = np.argsort(-keys, axis=-1, kind="stable")
@@ -139,8 +142,10 @@ def kendall_tau_many(original: np.ndarray, sampled: np.ndarray) -> np.ndarray:
 
 # ---- least-viewed movies -----------------------------------------------------------------------------
 
-def least_viewed_movies(train_counts: pd.Series | pd.DataFrame, catalogue_movie_ids: Iterable[int],
-                        max_views: int = 1) -> np.ndarray:
+
+def least_viewed_movies(
+    train_counts: pd.Series | pd.DataFrame, catalogue_movie_ids: Iterable[int], max_views: int = 1
+) -> np.ndarray:
     """Movies with at most `max_views` train interactions, never-seen ones (0 views) included.
 
     These are the movies a popularity-biased system never shows, so nobody rates them and they
@@ -167,8 +172,9 @@ def least_viewed_movies(train_counts: pd.Series | pd.DataFrame, catalogue_movie_
     return catalogue[chosen][order]
 
 
-def least_viewed_pool(retrieved: pd.DataFrame, least_viewed: Sequence[int], user_ids: Sequence[int],
-                      seen: pd.DataFrame) -> pd.DataFrame:
+def least_viewed_pool(
+    retrieved: pd.DataFrame, least_viewed: Sequence[int], user_ids: Sequence[int], seen: pd.DataFrame
+) -> pd.DataFrame:
     """Every user's candidates: the retrieved movies, then every least-viewed movie; seen pairs dropped.
 
     A movie that is both retrieved and least viewed keeps the label "retrieval" (retrieval found it).
@@ -184,20 +190,34 @@ def least_viewed_pool(retrieved: pd.DataFrame, least_viewed: Sequence[int], user
         retrieved order) then "least-viewed".
     """
     user_ids, extra = np.asarray(user_ids, dtype=np.int64), np.asarray(least_viewed, dtype=np.int64)
-    pool = pd.concat([
-        pd.DataFrame({"user_id": retrieved["user_id"].to_numpy(np.int64),
-                      "movie_id": retrieved["movie_id"].to_numpy(np.int64), "source": SOURCE_RETRIEVAL}),
-        pd.DataFrame({"user_id": np.repeat(user_ids, len(extra)), "movie_id": np.tile(extra, len(user_ids)),
-                      "source": SOURCE_LEAST_VIEWED}),
-    ]).drop_duplicates(["user_id", "movie_id"], keep="first")
+    pool = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "user_id": retrieved["user_id"].to_numpy(np.int64),
+                    "movie_id": retrieved["movie_id"].to_numpy(np.int64),
+                    "source": SOURCE_RETRIEVAL,
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "user_id": np.repeat(user_ids, len(extra)),
+                    "movie_id": np.tile(extra, len(user_ids)),
+                    "source": SOURCE_LEAST_VIEWED,
+                }
+            ),
+        ]
+    ).drop_duplicates(["user_id", "movie_id"], keep="first")
     pool = pool.merge(seen[["user_id", "movie_id"]].assign(_seen=True), on=["user_id", "movie_id"], how="left")
     return pool[pool["_seen"].isna()].drop(columns="_seen").reset_index(drop=True)
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------
 
-def evaluate_lists(top_items: np.ndarray, relevant: sp.spmatrix, n_items: int, popularity_share: np.ndarray,
-                   item_genres, k: int = 10) -> dict[str, float]:
+
+def evaluate_lists(
+    top_items: np.ndarray, relevant: sp.spmatrix, n_items: int, popularity_share: np.ndarray, item_genres, k: int = 10
+) -> dict[str, float]:
     """Accuracy and beyond-accuracy of a set of top-k lists, with the project's metric definitions.
 
     Args:

@@ -1,4 +1,5 @@
 """The online path's feature store (notebook 06): per-movie and per-user features and seen items, fast lookups."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,10 @@ class UnknownMovieError(KeyError):
         self.movie_ids = [int(m) for m in movie_ids]
         shown = self.movie_ids[:10]
         more = f" and {len(self.movie_ids) - 10} more" if len(self.movie_ids) > 10 else ""
-        super().__init__(f"unknown movie id(s) {shown}{more}: not in the feature store's catalogue "
-                         "(rebuild the store from the same notebook 01 run as the retrieval index)")
+        super().__init__(
+            f"unknown movie id(s) {shown}{more}: not in the feature store's catalogue "
+            "(rebuild the store from the same notebook 01 run as the retrieval index)"
+        )
 
     def __str__(self) -> str:  # KeyError would show the message repr'd, in quotes
         return self.args[0]
@@ -43,7 +46,7 @@ def _prefixed(table: pd.DataFrame) -> pd.DataFrame:
 def _encoded(table: pd.DataFrame) -> pd.DataFrame:
     """The encoded columns of a store table, under the names FeatureEncoder expects."""
     columns = [c for c in table.columns if c.startswith(ENCODED_PREFIX)]
-    return table[columns].rename(columns=lambda c: c[len(ENCODED_PREFIX):])
+    return table[columns].rename(columns=lambda c: c[len(ENCODED_PREFIX) :])
 
 
 class FeatureStore:
@@ -64,12 +67,19 @@ class FeatureStore:
         seen_splits: the interaction splits whose movies count as seen.
     """
 
-    def __init__(self, movies: pd.DataFrame, users: pd.DataFrame, seen_pairs: pd.DataFrame,
-                 seen_splits: Sequence[str] = ("train", "val")):
+    def __init__(
+        self,
+        movies: pd.DataFrame,
+        users: pd.DataFrame,
+        seen_pairs: pd.DataFrame,
+        seen_splits: Sequence[str] = ("train", "val"),
+    ):
         for name, table, index in (("movies", movies, "movie_id"), ("users", users, "user_id")):
             if table.index.name != index or not table.index.is_unique:
-                raise ValueError(f"FeatureStore.{name} must be indexed by a unique {index!r} "
-                                 f"(got index {table.index.name!r}, unique={table.index.is_unique})")
+                raise ValueError(
+                    f"FeatureStore.{name} must be indexed by a unique {index!r} "
+                    f"(got index {table.index.name!r}, unique={table.index.is_unique})"
+                )
         # one id dtype whatever the source (int32 from notebook 01, int64 after some joins)
         self.movies = movies.set_axis(movies.index.astype(np.int64), axis=0)
         self.users = users.set_axis(users.index.astype(np.int64), axis=0)
@@ -77,8 +87,11 @@ class FeatureStore:
         movies = self.movies
         self._movie_ids = movies.index.to_numpy()
         # numpy for the text columns (fast fancy indexing); the year keeps its nullable Int16 array
-        self._movie_display = {"title": movies["title"].to_numpy(), "genres": movies["genres"].to_numpy(),
-                               "year": movies["year"].array}
+        self._movie_display = {
+            "title": movies["title"].to_numpy(),
+            "genres": movies["genres"].to_numpy(),
+            "year": movies["year"].array,
+        }
         self._by_popularity = np.argsort(movies["popularity_rank"].to_numpy(), kind="stable")
         # Seen items as CSR over the sorted distinct user ids: one searchsorted and a slice per user.
         pairs = seen_pairs.sort_values(["user_id", "movie_id"])
@@ -90,8 +103,14 @@ class FeatureStore:
 
     # ---- construction and persistence -------------------------------------------------------------
     @classmethod
-    def build(cls, users: pd.DataFrame, movies: pd.DataFrame, interactions: pd.DataFrame,
-              encoder: FeatureEncoder, seen_splits: Sequence[str] = ("train", "val")) -> "FeatureStore":
+    def build(
+        cls,
+        users: pd.DataFrame,
+        movies: pd.DataFrame,
+        interactions: pd.DataFrame,
+        encoder: FeatureEncoder,
+        seen_splits: Sequence[str] = ("train", "val"),
+    ) -> "FeatureStore":
         """Assemble the store from notebook 01's tables and the ranking model's encoder.
 
         Popularity, mean rating and each user's rating count come from the train split only, the
@@ -104,8 +123,9 @@ class FeatureStore:
                 and val by default, so test items stay recommendable for offline evaluation.
         """
         if "split" not in interactions.columns:
-            raise ValueError("interactions need the `split` column written by notebook 01 "
-                             f"(columns: {list(interactions.columns)})")
+            raise ValueError(
+                f"interactions need the `split` column written by notebook 01 (columns: {list(interactions.columns)})"
+            )
         unknown_splits = sorted(set(seen_splits) - set(SPLITS))
         if unknown_splits:
             raise ValueError(f"seen_splits {unknown_splits} are not splits; choose from {list(SPLITS)}")
@@ -115,17 +135,24 @@ class FeatureStore:
         mean_rating = train.groupby("movie_id")["rating"].mean().reindex(movie_ids).to_numpy(np.float64)
         rank = np.empty(len(movie_ids), dtype=np.int64)
         rank[np.lexsort((movie_ids, -counts))] = np.arange(1, len(movie_ids) + 1)
-        movie_table = pd.DataFrame({
-            "title": movies["title_clean"].to_numpy(), "genres": movies["genres"].to_numpy(),
-            "year": movies["year"].array, "popularity": counts, "popularity_rank": rank,
-            "mean_rating": mean_rating,
-        }, index=pd.Index(movie_ids, name="movie_id"))
+        movie_table = pd.DataFrame(
+            {
+                "title": movies["title_clean"].to_numpy(),
+                "genres": movies["genres"].to_numpy(),
+                "year": movies["year"].array,
+                "popularity": counts,
+                "popularity_rank": rank,
+                "mean_rating": mean_rating,
+            },
+            index=pd.Index(movie_ids, name="movie_id"),
+        )
         movie_table = movie_table.join(_prefixed(encoder.movie_table(movies)))
 
         user_ids = users["user_id"].to_numpy()
         user_table = users.set_index("user_id")[list(USER_DISPLAY_COLUMNS)].copy()
-        user_table["n_train_ratings"] = (train["user_id"].value_counts().reindex(user_ids, fill_value=0)
-                                         .to_numpy(np.int64))
+        user_table["n_train_ratings"] = (
+            train["user_id"].value_counts().reindex(user_ids, fill_value=0).to_numpy(np.int64)
+        )
         user_table = user_table.join(_prefixed(encoder.user_table(users)))
 
         seen = interactions.loc[interactions["split"].isin(seen_splits), ["user_id", "movie_id"]]
@@ -138,8 +165,9 @@ class FeatureStore:
             self.movies.reset_index().to_parquet(tmp / "movies.parquet", index=False)
             self.users.reset_index().to_parquet(tmp / "users.parquet", index=False)
             self.seen_pairs().to_parquet(tmp / "seen.parquet", index=False)
-            (tmp / "store.json").write_text(json.dumps({"format_version": _FORMAT_VERSION,
-                                                        "seen_splits": list(self.seen_splits)}))
+            (tmp / "store.json").write_text(
+                json.dumps({"format_version": _FORMAT_VERSION, "seen_splits": list(self.seen_splits)})
+            )
         return Path(folder)
 
     @classmethod
@@ -148,8 +176,10 @@ class FeatureStore:
         folder = Path(folder)
         missing = [name for name in _FILES if not (folder / name).exists()]
         if missing:
-            raise FileNotFoundError(f"{folder} is not a saved feature store (missing {missing}): "
-                                    "build it with FeatureStore.build(...).save(folder) (notebook 06)")
+            raise FileNotFoundError(
+                f"{folder} is not a saved feature store (missing {missing}): "
+                "build it with FeatureStore.build(...).save(folder) (notebook 06)"
+            )
         meta = json.loads((folder / "store.json").read_text())
         movies = pd.read_parquet(folder / "movies.parquet").set_index("movie_id")
         users = pd.read_parquet(folder / "users.parquet").set_index("user_id")
@@ -194,7 +224,7 @@ class FeatureStore:
         i = np.searchsorted(self._seen_user_ids, user_id)
         if i == len(self._seen_user_ids) or self._seen_user_ids[i] != user_id:
             return self._seen_movie_ids[:0]
-        return self._seen_movie_ids[self._seen_indptr[i]:self._seen_indptr[i + 1]]
+        return self._seen_movie_ids[self._seen_indptr[i] : self._seen_indptr[i + 1]]
 
     def seen_pairs(self) -> pd.DataFrame:
         """Every seen (user_id, movie_id) pair, sorted."""
@@ -221,8 +251,10 @@ class FeatureStore:
         if cached is None:
             missing = [c for c in encoder.genre_columns if ENCODED_PREFIX + c not in self.movies.columns]
             if missing:
-                raise ValueError(f"the store was built with another encoder: genre inputs {missing} are missing; "
-                                 "build the store with the encoder saved beside the ranking model")
+                raise ValueError(
+                    f"the store was built with another encoder: genre inputs {missing} are missing; "
+                    "build the store with the encoder saved beside the ranking model"
+                )
             cached = (encoder, encoder.user_inputs(_encoded(self.users)), encoder.movie_inputs(_encoded(self.movies)))
             self._input_cache[id(encoder)] = cached
         return cached[1], cached[2]
@@ -236,5 +268,7 @@ class FeatureStore:
         return {name: values[positions] for name, values in self._inputs(encoder)[1].items()}
 
     def __repr__(self) -> str:
-        return (f"FeatureStore({len(self.movies)} movies, {len(self.users)} users, "
-                f"{len(self._seen_movie_ids)} seen pairs from {list(self.seen_splits)})")
+        return (
+            f"FeatureStore({len(self.movies)} movies, {len(self.users)} users, "
+            f"{len(self._seen_movie_ids)} seen pairs from {list(self.seen_splits)})"
+        )

@@ -1,4 +1,5 @@
 """User, movie, time and interaction features built from the parsed MovieLens tables."""
+
 from __future__ import annotations
 
 import re
@@ -40,9 +41,24 @@ ML1M_OCCUPATIONS = {
 
 # ML-1M's 18 genres in README order; ML-100K adds "unknown" (its u.genre code 0).
 GENRES = (
-    "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-    "War", "Western",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 UNKNOWN_GENRE = "unknown"
 
@@ -143,7 +159,8 @@ def genre_columns(frame: pd.DataFrame) -> list[str]:
         The names of its int8 "genre_*" columns.
     """
     return [
-        name for name in frame.columns
+        name
+        for name in frame.columns
         if name.startswith("genre_") and name != "genre_list" and frame[name].dtype == np.int8
     ]
 
@@ -326,9 +343,7 @@ def time_features(timestamps: pd.Series) -> pd.DataFrame:
     )
 
 
-def build_interactions(
-    ratings: pd.DataFrame, users_feat: pd.DataFrame, movies_feat: pd.DataFrame
-) -> pd.DataFrame:
+def build_interactions(ratings: pd.DataFrame, users_feat: pd.DataFrame, movies_feat: pd.DataFrame) -> pd.DataFrame:
     """One row per rating with its time, user and movie features: the table every notebook reads.
 
     Joins are positional look-ups on the unique user and movie ids (no per-rating work), so
@@ -366,8 +381,7 @@ def build_interactions(
     clashes = sorted(set(ratings.columns) & set().union(*(part.columns for part in parts[1:])))
     if clashes:
         raise FeatureError(
-            f"ratings already has the feature columns {clashes}; pass the parsed ratings, "
-            "not an interactions table"
+            f"ratings already has the feature columns {clashes}; pass the parsed ratings, not an interactions table"
         )
     return pd.concat(parts, axis=1).set_axis(ratings.index)
 

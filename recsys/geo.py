@@ -1,4 +1,5 @@
 """US ZIP code cleaning and ZIP -> city/state lookup for user features, from offline ZIP databases."""
+
 from __future__ import annotations
 
 import functools
@@ -36,9 +37,7 @@ def standardize_zip(zip_codes: pd.Series) -> pd.Series:
     return zip5.astype("str").rename(zip_codes.name)
 
 
-def lookup_city_state(
-    zip5: pd.Series, backend: str = "zipcodes", uszipcode_db: str | None = None
-) -> pd.DataFrame:
+def lookup_city_state(zip5: pd.Series, backend: str = "zipcodes", uszipcode_db: str | None = None) -> pd.DataFrame:
     """Resolve 5-digit ZIPs to the city and two-letter state of their post office.
 
     Only the unique ZIPs are looked up (a few thousand for ML-1M's 6,040 users), then mapped back.
@@ -80,9 +79,7 @@ def _zipcodes_table() -> pd.DataFrame:
     try:
         import zipcodes
     except ImportError:
-        raise GeoError(
-            "geo.backend 'zipcodes' needs the zipcodes package: pip install zipcodes"
-        ) from None
+        raise GeoError("geo.backend 'zipcodes' needs the zipcodes package: pip install zipcodes") from None
     entries = zipcodes.list_all()
     table = pd.DataFrame(
         {
@@ -122,9 +119,9 @@ def _uszipcode_table(zips: list[str], db_path: str | None) -> pd.DataFrame:
     try:
         for start in range(0, len(zips), _SQL_CHUNK):
             chunk = zips[start : start + _SQL_CHUNK]
-            query = engine.ses.query(
-                SimpleZipcode.zipcode, SimpleZipcode.major_city, SimpleZipcode.state
-            ).filter(SimpleZipcode.zipcode.in_(chunk))
+            query = engine.ses.query(SimpleZipcode.zipcode, SimpleZipcode.major_city, SimpleZipcode.state).filter(
+                SimpleZipcode.zipcode.in_(chunk)
+            )
             rows.extend(query.all())
     except sqlalchemy.exc.DatabaseError as err:
         raise GeoError(

@@ -1,4 +1,5 @@
 """The one definition of every metric the notebooks report: rating error, full-ranking retrieval, beyond accuracy."""
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -17,17 +18,22 @@ _DIVERSITY_BLOCK_USERS = 1024
 # Rating metrics
 # --------------------------------------------------------------------------------------------
 
+
 def _rating_pairs(y_true, y_pred, clip: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
     true_ratings = np.asarray(y_true, dtype=np.float64).ravel()
     predicted_ratings = np.asarray(y_pred, dtype=np.float64).ravel()
     if true_ratings.shape != predicted_ratings.shape:
-        raise ValueError(f"y_true has {true_ratings.size} ratings but y_pred has {predicted_ratings.size}; "
-                         "predict exactly one value per rated (user, movie) pair")
+        raise ValueError(
+            f"y_true has {true_ratings.size} ratings but y_pred has {predicted_ratings.size}; "
+            "predict exactly one value per rated (user, movie) pair"
+        )
     if true_ratings.size == 0:
         raise ValueError("no ratings to score: y_true is empty (is the split column filtered correctly?)")
     if np.isnan(predicted_ratings).any():
-        raise ValueError(f"{int(np.isnan(predicted_ratings).sum())} predictions are NaN; "
-                         "a model must predict a number for every pair (fall back to a bias for unknown ids)")
+        raise ValueError(
+            f"{int(np.isnan(predicted_ratings).sum())} predictions are NaN; "
+            "a model must predict a number for every pair (fall back to a bias for unknown ids)"
+        )
     if clip is not None:
         # A prediction outside the scale is never better than the nearest valid rating, and every
         # model is scored the same way (DESIGN §5).
@@ -69,6 +75,7 @@ def mae(y_true, y_pred, clip: tuple[float, float] | None = RATING_SCALE) -> floa
 # Interaction matrices and ranking
 # --------------------------------------------------------------------------------------------
 
+
 def build_interaction_matrix(user_idx, item_idx, n_users: int, n_items: int) -> sp.csr_matrix:
     """Binary users x items matrix of who interacted with what: the input of EASE and of the ranking metrics.
 
@@ -88,8 +95,9 @@ def build_interaction_matrix(user_idx, item_idx, n_users: int, n_items: int) -> 
         raise ValueError(f"user_idx has {rows.size} entries but item_idx has {cols.size}")
     for name, index, size in (("user_idx", rows, n_users), ("item_idx", cols, n_items)):
         if index.size and not np.issubdtype(index.dtype, np.integer):
-            raise TypeError(f"{name} must hold integer indices, got dtype {index.dtype} "
-                            "(map raw ids to 0-based positions first)")
+            raise TypeError(
+                f"{name} must hold integer indices, got dtype {index.dtype} (map raw ids to 0-based positions first)"
+            )
         if index.size and (index.min() < 0 or index.max() >= size):
             raise ValueError(f"{name} must lie in [0, {size}); found values from {index.min()} to {index.max()}")
     matrix = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_users, n_items))
@@ -102,8 +110,9 @@ def build_interaction_matrix(user_idx, item_idx, n_users: int, n_items: int) -> 
 def _binary_csr(matrix, name: str, shape: tuple[int, int] | None = None) -> sp.csr_matrix:
     """CSR copy of `matrix` with explicit zeros dropped and sorted, de-duplicated indices."""
     if not sp.issparse(matrix):
-        raise TypeError(f"{name} must be a scipy.sparse matrix (e.g. from build_interaction_matrix), "
-                        f"got {type(matrix).__name__}")
+        raise TypeError(
+            f"{name} must be a scipy.sparse matrix (e.g. from build_interaction_matrix), got {type(matrix).__name__}"
+        )
     csr = sp.csr_matrix(matrix, copy=True)
     if shape is not None and csr.shape != shape:
         raise ValueError(f"{name} has shape {csr.shape} but must match the scores' shape {shape}")
@@ -137,8 +146,10 @@ def top_k_from_scores(scores: np.ndarray, k: int, exclude: sp.spmatrix | None = 
     if not np.issubdtype(scores.dtype, np.floating):
         scores = scores.astype(np.float64)
     if np.isnan(scores).any():
-        raise ValueError("scores contain NaN, which cannot be ranked; check the model's output "
-                         "(e.g. a division by zero in a normalisation)")
+        raise ValueError(
+            "scores contain NaN, which cannot be ranked; check the model's output "
+            "(e.g. a division by zero in a normalisation)"
+        )
     # Negate once into a fresh array: we sort ascending, can mask in place, and the caller's scores stay intact.
     neg_scores = -scores
     if exclude is not None:
@@ -184,6 +195,7 @@ def _top_k_with_ties(neg_scores: np.ndarray, kth_score: np.ndarray, k: int) -> n
 # Retrieval metrics
 # --------------------------------------------------------------------------------------------
 
+
 def _check_top_items(top_items, k: int, n_items: int | None = None) -> np.ndarray:
     top_items = np.asarray(top_items)
     if top_items.ndim != 2:
@@ -191,17 +203,18 @@ def _check_top_items(top_items, k: int, n_items: int | None = None) -> np.ndarra
     if not np.issubdtype(top_items.dtype, np.integer):
         raise TypeError(f"top_items must hold integer item indices, got dtype {top_items.dtype}")
     if k < 1 or top_items.shape[1] < k:
-        raise ValueError(f"need lists of at least k={k} items, got {top_items.shape[1]}; "
-                         f"call top_k_from_scores with k >= {k}")
+        raise ValueError(
+            f"need lists of at least k={k} items, got {top_items.shape[1]}; call top_k_from_scores with k >= {k}"
+        )
     top_items = top_items[:, :k]
     if n_items is not None and top_items.size and (top_items.min() < 0 or top_items.max() >= n_items):
-        raise ValueError(f"top_items must lie in [0, {n_items}); found values from "
-                         f"{top_items.min()} to {top_items.max()}")
+        raise ValueError(
+            f"top_items must lie in [0, {n_items}); found values from {top_items.min()} to {top_items.max()}"
+        )
     return top_items
 
 
-def retrieval_metrics(top_items: np.ndarray, relevant: sp.spmatrix,
-                      ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+def retrieval_metrics(top_items: np.ndarray, relevant: sp.spmatrix, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
     """Recall@K, NDCG@K and HitRate@K of ranked lists against each user's held-out items.
 
     Recall@K = hits in the top K / min(K, n_relevant), so a user with fewer held-out items than K can
@@ -225,12 +238,15 @@ def retrieval_metrics(top_items: np.ndarray, relevant: sp.spmatrix,
     n_users, n_items = relevant.shape
     top_items = _check_top_items(top_items, ks[-1], n_items)
     if top_items.shape[0] != n_users:
-        raise ValueError(f"top_items has {top_items.shape[0]} rows but relevant has {n_users}; "
-                         "rows must be the same users in the same order")
+        raise ValueError(
+            f"top_items has {top_items.shape[0]} rows but relevant has {n_users}; "
+            "rows must be the same users in the same order"
+        )
     sorted_lists = np.sort(top_items, axis=1)
     if (sorted_lists[:, 1:] == sorted_lists[:, :-1]).any():
-        raise ValueError("a ranked list repeats an item, which would count a hit twice; "
-                         "build lists with top_k_from_scores")
+        raise ValueError(
+            "a ranked list repeats an item, which would count a hit twice; build lists with top_k_from_scores"
+        )
 
     n_relevant = np.diff(relevant.indptr)
     evaluated = n_relevant > 0
@@ -242,8 +258,7 @@ def retrieval_metrics(top_items: np.ndarray, relevant: sp.spmatrix,
 
     # Hit lookup without densifying: encode (user, item) as one int64 key and binary-search the
     # sorted keys of the relevant matrix (CSR rows are in order, indices sorted within each row).
-    relevant_keys = (np.repeat(np.arange(n_users, dtype=np.int64), np.diff(relevant.indptr)) * n_items
-                     + relevant.indices)
+    relevant_keys = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(relevant.indptr)) * n_items + relevant.indices
     list_keys = evaluated_users[:, None].astype(np.int64) * n_items + top_items
     positions = np.minimum(np.searchsorted(relevant_keys, list_keys), relevant_keys.size - 1)
     hits = relevant_keys[positions] == list_keys
@@ -269,6 +284,7 @@ def retrieval_metrics(top_items: np.ndarray, relevant: sp.spmatrix,
 # --------------------------------------------------------------------------------------------
 # Beyond accuracy
 # --------------------------------------------------------------------------------------------
+
 
 def coverage_at_k(top_items: np.ndarray, n_items: int, k: int = 10) -> float:
     """Catalogue coverage: share of the catalogue that appears in at least one user's top-k.
@@ -324,8 +340,10 @@ def novelty(top_items: np.ndarray, item_popularity: np.ndarray, k: int = 10) -> 
     item_popularity = np.asarray(item_popularity, dtype=np.float64).ravel()
     top_items = _check_top_items(top_items, k, item_popularity.size)
     if (item_popularity <= 0).any() or (item_popularity > 1).any():
-        raise ValueError("item_popularity must be shares of train users in (0, 1] (zeros would give infinite "
-                         "novelty, counts are not shares); build it with item_popularity_share(X_train)")
+        raise ValueError(
+            "item_popularity must be shares of train users in (0, 1] (zeros would give infinite "
+            "novelty, counts are not shares); build it with item_popularity_share(X_train)"
+        )
     return float(np.mean(-np.log2(item_popularity[top_items])))
 
 
@@ -356,13 +374,13 @@ def intra_list_diversity(top_items: np.ndarray, item_genres, k: int = 10) -> flo
 
     per_user_diversity = np.empty(top_items.shape[0])
     for start in range(0, top_items.shape[0], _DIVERSITY_BLOCK_USERS):
-        block = top_items[start:start + _DIVERSITY_BLOCK_USERS]
-        list_genres = genres[block]                                    # (users, k, genres)
+        block = top_items[start : start + _DIVERSITY_BLOCK_USERS]
+        list_genres = genres[block]  # (users, k, genres)
         shared = np.matmul(list_genres, list_genres.transpose(0, 2, 1))  # |A & B| for every pair
         counts = genre_counts[block]
         union = counts[:, :, None] + counts[:, None, :] - shared
         similarity = np.divide(shared, union, out=np.ones_like(shared), where=union > 0)
-        per_user_diversity[start:start + len(block)] = (1.0 - similarity)[:, upper_pairs].mean(axis=1)
+        per_user_diversity[start : start + len(block)] = (1.0 - similarity)[:, upper_pairs].mean(axis=1)
     return float(per_user_diversity.mean())
 
 
@@ -389,8 +407,9 @@ def gini_index(top_items: np.ndarray, n_items: int, k: int = 10) -> float:
     return float(np.sum((2 * ranks - n_items - 1) * recommendation_counts) / (n_items * total))
 
 
-def beyond_accuracy(top_items: np.ndarray, n_items: int, item_popularity: np.ndarray, item_genres,
-                    k: int = 10) -> dict[str, float]:
+def beyond_accuracy(
+    top_items: np.ndarray, n_items: int, item_popularity: np.ndarray, item_genres, k: int = 10
+) -> dict[str, float]:
     """All beyond-accuracy metrics of DESIGN §5 for one set of top-k lists, under the keys the reports use.
 
     Args:

@@ -1,4 +1,5 @@
 """TFRS models: the user and movie towers, and the two-tower rating (ranking) model built from them."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -24,8 +25,9 @@ class TowerOutput(NamedTuple):
 
 
 def _embedding(size: int, dim: int, name: str, init_std: float = 0.05) -> keras.layers.Embedding:
-    return keras.layers.Embedding(size, dim, embeddings_initializer=keras.initializers.RandomNormal(stddev=init_std),
-                                  name=name)
+    return keras.layers.Embedding(
+        size, dim, embeddings_initializer=keras.initializers.RandomNormal(stddev=init_std), name=name
+    )
 
 
 def _rows_l2(rows: tf.Tensor) -> tf.Tensor:
@@ -40,16 +42,28 @@ class UserTower(keras.layers.Layer):
     borrow strength from similar users; the id embedding carries what is specific to one user.
     """
 
-    def __init__(self, cardinalities: dict[str, int], embedding_dim: int, side_dim: int, features: set[str],
-                 init_std: float = 0.05, **kwargs):
+    def __init__(
+        self,
+        cardinalities: dict[str, int],
+        embedding_dim: int,
+        side_dim: int,
+        features: set[str],
+        init_std: float = 0.05,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.id_embedding = _embedding(cardinalities["user_id"], embedding_dim, "user_id_embedding", init_std)
-        self.bias = keras.layers.Embedding(cardinalities["user_id"], 1, embeddings_initializer="zeros",
-                                           name="user_bias")
-        self.side = {name: _embedding(cardinalities[name], side_dim, f"{name}_embedding")
-                     for name in USER_FEATURES if name in features}
-        self.project = keras.layers.Dense(embedding_dim, use_bias=False, name="user_side_projection") \
-            if self.side else None
+        self.bias = keras.layers.Embedding(
+            cardinalities["user_id"], 1, embeddings_initializer="zeros", name="user_bias"
+        )
+        self.side = {
+            name: _embedding(cardinalities[name], side_dim, f"{name}_embedding")
+            for name in USER_FEATURES
+            if name in features
+        }
+        self.project = (
+            keras.layers.Dense(embedding_dim, use_bias=False, name="user_side_projection") if self.side else None
+        )
 
     def call(self, features: dict[str, tf.Tensor]) -> TowerOutput:
         id_rows = self.id_embedding(features["user_id"])
@@ -68,12 +82,20 @@ class MovieTower(keras.layers.Layer):
     links sequels and movies that share words; genres enter as a multi-hot vector.
     """
 
-    def __init__(self, cardinalities: dict[str, int], embedding_dim: int, side_dim: int, features: set[str],
-                 init_std: float = 0.05, **kwargs):
+    def __init__(
+        self,
+        cardinalities: dict[str, int],
+        embedding_dim: int,
+        side_dim: int,
+        features: set[str],
+        init_std: float = 0.05,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.id_embedding = _embedding(cardinalities["movie_id"], embedding_dim, "movie_id_embedding", init_std)
-        self.bias = keras.layers.Embedding(cardinalities["movie_id"], 1, embeddings_initializer="zeros",
-                                           name="movie_bias")
+        self.bias = keras.layers.Embedding(
+            cardinalities["movie_id"], 1, embeddings_initializer="zeros", name="movie_bias"
+        )
         self.features = [name for name in MOVIE_FEATURES if name in features]
         if "title" in features:
             self.title_embedding = _embedding(cardinalities["title"], side_dim, "title_word_embedding")
@@ -109,8 +131,11 @@ class ContextEncoder(keras.layers.Layer):
 
     def __init__(self, cardinalities: dict[str, int], side_dim: int, features: set[str], **kwargs):
         super().__init__(**kwargs)
-        self.embeddings = {name: _embedding(cardinalities[name], side_dim, f"{name}_embedding")
-                           for name in CONTEXT_FEATURES if name in features}
+        self.embeddings = {
+            name: _embedding(cardinalities[name], side_dim, f"{name}_embedding")
+            for name in CONTEXT_FEATURES
+            if name in features
+        }
 
     def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         return tf.concat([layer(features[name]) for name, layer in self.embeddings.items()], axis=-1)
@@ -148,10 +173,12 @@ class TwoTowerRatingModel(tfrs.Model):
                 head += [keras.layers.Dense(units, activation="relu"), keras.layers.Dropout(config.dropout)]
             head.append(keras.layers.Dense(1, kernel_initializer="zeros"))
             self.head = keras.Sequential(head, name="head")
-        self.id_optimizer = (keras.optimizers.SGD(config.id_learning_rate * config.batch_size)
-                             if config.id_learning_rate > 0 else None)
-        self.task = tfrs.tasks.Ranking(loss=keras.losses.MeanSquaredError(),
-                                       metrics=[keras.metrics.RootMeanSquaredError()])
+        self.id_optimizer = (
+            keras.optimizers.SGD(config.id_learning_rate * config.batch_size) if config.id_learning_rate > 0 else None
+        )
+        self.task = tfrs.tasks.Ranking(
+            loss=keras.losses.MeanSquaredError(), metrics=[keras.metrics.RootMeanSquaredError()]
+        )
 
     def _head_inputs(self, user: TowerOutput, movie: TowerOutput, features: dict[str, tf.Tensor]) -> list[tf.Tensor]:
         if self.config.head_on == "towers":
@@ -170,14 +197,19 @@ class TwoTowerRatingModel(tfrs.Model):
         if self.head is not None:
             head_inputs = tf.concat(self._head_inputs(user, movie, features), axis=-1)
             prediction += tf.squeeze(self.head(head_inputs, training=training), -1)
-        penalty = (self.config.l2 * (user.vector_l2 + movie.vector_l2)
-                   + self.config.bias_l2 * (user.bias_l2 + movie.bias_l2))
+        penalty = self.config.l2 * (user.vector_l2 + movie.vector_l2) + self.config.bias_l2 * (
+            user.bias_l2 + movie.bias_l2
+        )
         return prediction, penalty
 
     def id_variables(self) -> list[tf.Variable]:
         """The per-user and per-movie parameters: id embeddings and biases (sparse, row-wise updates)."""
-        return [self.user_tower.id_embedding.embeddings, self.user_tower.bias.embeddings,
-                self.movie_tower.id_embedding.embeddings, self.movie_tower.bias.embeddings]
+        return [
+            self.user_tower.id_embedding.embeddings,
+            self.user_tower.bias.embeddings,
+            self.movie_tower.id_embedding.embeddings,
+            self.movie_tower.bias.embeddings,
+        ]
 
     def train_step(self, inputs):
         """One step; the id parameters go to their own SGD optimizer when `id_learning_rate` > 0."""
@@ -207,7 +239,9 @@ class TwoTowerRatingModel(tfrs.Model):
         return self.task(labels=ratings, predictions=prediction) + penalty
 
 
-def build_ranking_model(cardinalities: dict[str, int], config: RankingConfig, global_mean: float) -> TwoTowerRatingModel:
+def build_ranking_model(
+    cardinalities: dict[str, int], config: RankingConfig, global_mean: float
+) -> TwoTowerRatingModel:
     """Build and compile the rating model with the configured optimizer and learning rate."""
     model = TwoTowerRatingModel(cardinalities, config, global_mean)
     optimizers = {"adam": keras.optimizers.Adam, "adagrad": keras.optimizers.Adagrad, "sgd": keras.optimizers.SGD}
@@ -215,5 +249,12 @@ def build_ranking_model(cardinalities: dict[str, int], config: RankingConfig, gl
     return model
 
 
-__all__ = ["RankingConfig", "UserTower", "MovieTower", "ContextEncoder", "TwoTowerRatingModel",
-           "build_ranking_model", "MOVIE_FEATURES"]
+__all__ = [
+    "RankingConfig",
+    "UserTower",
+    "MovieTower",
+    "ContextEncoder",
+    "TwoTowerRatingModel",
+    "build_ranking_model",
+    "MOVIE_FEATURES",
+]

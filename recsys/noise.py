@@ -1,4 +1,5 @@
 """Gaussian noise on embeddings at prediction time only: exploration by perturbing the user's query (notebook 08)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Offline evaluation of served top-k lists (notebooks 06-09): test users, their candidates, one metric call."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,8 +56,14 @@ class ListEvaluator:
 
     def evaluate(self, movie_ids: np.ndarray, k: int = 10) -> dict[str, float]:
         """recall_at_k, ndcg_at_k, coverage_at_k, novelty, intra_list_diversity, gini of the lists."""
-        return evaluate_lists(self.columns(movie_ids[:, :k]), self.matrices.test, len(self.catalogue),
-                              self.popularity_share, self.genres, k=k)
+        return evaluate_lists(
+            self.columns(movie_ids[:, :k]),
+            self.matrices.test,
+            len(self.catalogue),
+            self.popularity_share,
+            self.genres,
+            k=k,
+        )
 
 
 def ranked_lists(scored: pd.DataFrame, users: np.ndarray, score: str, depth: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
 """Mimicking online prediction (notebook 06): retrieve candidates, drop seen ones, rank them with the rating model."""
+
 from __future__ import annotations
 
 import weakref
@@ -52,21 +53,25 @@ class NumpyRetriever:
         movie_vectors: (n_movies, d) candidate vectors.
     """
 
-    def __init__(self, user_ids: Sequence[int], user_vectors: np.ndarray, movie_ids: Sequence[int],
-                 movie_vectors: np.ndarray):
+    def __init__(
+        self, user_ids: Sequence[int], user_vectors: np.ndarray, movie_ids: Sequence[int], movie_vectors: np.ndarray
+    ):
         self.user_index = pd.Index(np.asarray(user_ids))
         self.movie_ids = np.asarray(movie_ids)
         self.movie_index = pd.Index(self.movie_ids)
         self.user_vectors = np.asarray(user_vectors, dtype=np.float32)
         self.movie_vectors = np.ascontiguousarray(np.asarray(movie_vectors, dtype=np.float32))
         if len(self.user_index) != len(self.user_vectors) or len(self.movie_ids) != len(self.movie_vectors):
-            raise ValueError("ids and vectors must have the same number of rows "
-                             f"(users {len(self.user_index)} vs {len(self.user_vectors)}, "
-                             f"movies {len(self.movie_ids)} vs {len(self.movie_vectors)})")
+            raise ValueError(
+                "ids and vectors must have the same number of rows "
+                f"(users {len(self.user_index)} vs {len(self.user_vectors)}, "
+                f"movies {len(self.movie_ids)} vs {len(self.movie_vectors)})"
+            )
 
     @classmethod
-    def from_ranking_model(cls, model: tf.keras.Model, store: FeatureStore,
-                           encoder: FeatureEncoder) -> "NumpyRetriever":
+    def from_ranking_model(
+        cls, model: tf.keras.Model, store: FeatureStore, encoder: FeatureEncoder
+    ) -> "NumpyRetriever":
         """Use the rating model's own tower vectors (their dot product is its matrix-factorisation path)."""
         users = model.user_tower(store.user_inputs(np.arange(len(store.users)), encoder)).vector.numpy()
         movies = model.movie_tower(store.movie_inputs(np.arange(len(store.movies)), encoder)).vector.numpy()
@@ -75,8 +80,11 @@ class NumpyRetriever:
     def _top_n(self, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Best n per row of a (users, movies) score matrix with excluded entries at -inf."""
         n = min(n, scores.shape[1])
-        part = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < scores.shape[1] else \
-            np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        part = (
+            np.argpartition(-scores, n - 1, axis=1)[:, :n]
+            if n < scores.shape[1]
+            else np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        )
         part_scores = np.take_along_axis(scores, part, axis=1)
         order = np.argsort(-part_scores, axis=1, kind="stable")
         top = np.take_along_axis(part, order, axis=1)
@@ -90,8 +98,9 @@ class NumpyRetriever:
             raise UnknownUserError(f"no query vector for user(s) {np.asarray(user_ids)[rows < 0][:10].tolist()}")
         return rows
 
-    def retrieve(self, user_id: int, n: int,
-                 exclude: np.ndarray = np.empty(0, np.int64)) -> tuple[np.ndarray, np.ndarray]:
+    def retrieve(
+        self, user_id: int, n: int, exclude: np.ndarray = np.empty(0, np.int64)
+    ) -> tuple[np.ndarray, np.ndarray]:
         scores = (self.movie_vectors @ self.user_vectors[self._rows([user_id])[0]])[None, :]
         excluded = self.movie_index.get_indexer(np.asarray(exclude))
         scores[0, excluded[excluded >= 0]] = -np.inf
@@ -99,16 +108,20 @@ class NumpyRetriever:
         keep = ids[0] >= 0
         return ids[0][keep], top_scores[0][keep]
 
-    def retrieve_batch(self, user_ids: Sequence[int], n: int, excludes: Sequence[np.ndarray],
-                       block_users: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    def retrieve_batch(
+        self, user_ids: Sequence[int], n: int, excludes: Sequence[np.ndarray], block_users: int = 1024
+    ) -> tuple[np.ndarray, np.ndarray]:
         rows = self._rows(user_ids)
         all_ids, all_scores = [], []
         for start in range(0, len(rows), block_users):
-            block = rows[start:start + block_users]
+            block = rows[start : start + block_users]
             scores = self.user_vectors[block] @ self.movie_vectors.T
-            block_excludes = excludes[start:start + block_users]
-            excluded = self.movie_index.get_indexer(np.concatenate([np.asarray(e) for e in block_excludes])
-                                                    if len(block_excludes) else np.empty(0, np.int64))
+            block_excludes = excludes[start : start + block_users]
+            excluded = self.movie_index.get_indexer(
+                np.concatenate([np.asarray(e) for e in block_excludes])
+                if len(block_excludes)
+                else np.empty(0, np.int64)
+            )
             which = np.repeat(np.arange(len(block)), [len(e) for e in block_excludes])
             scores[which[excluded >= 0], excluded[excluded >= 0]] = -np.inf
             ids, top_scores = self._top_n(scores, n)
@@ -137,9 +150,13 @@ class FactorizedTopKRetriever:
             searches only some leaves, which may hold fewer unseen movies than asked for.
     """
 
-    def __init__(self, layer: tf.keras.layers.Layer,
-                 user_index: pd.Series | Mapping | Callable[[int], Any] | None = None, max_k: int | None = None,
-                 fallback: tf.keras.layers.Layer | None = None):
+    def __init__(
+        self,
+        layer: tf.keras.layers.Layer,
+        user_index: pd.Series | Mapping | Callable[[int], Any] | None = None,
+        max_k: int | None = None,
+        fallback: tf.keras.layers.Layer | None = None,
+    ):
         self.layer = layer
         self.fallback = None if fallback is None else FactorizedTopKRetriever(fallback, user_index)
         self.user_index = user_index
@@ -164,12 +181,14 @@ class FactorizedTopKRetriever:
     @staticmethod
     def _ids(identifiers: np.ndarray) -> np.ndarray:
         if identifiers.dtype.kind in "SOU":  # string identifiers, as in the TFRS tutorials
-            return np.array([int(x.decode() if isinstance(x, bytes) else x) for x in identifiers.ravel()],
-                            dtype=np.int64).reshape(identifiers.shape)
+            return np.array(
+                [int(x.decode() if isinstance(x, bytes) else x) for x in identifiers.ravel()], dtype=np.int64
+            ).reshape(identifiers.shape)
         return identifiers.astype(np.int64)
 
-    def retrieve_batch(self, user_ids: Sequence[int], n: int,
-                       excludes: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def retrieve_batch(
+        self, user_ids: Sequence[int], n: int, excludes: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
         queries = tf.constant([self._query(u) for u in user_ids])
         k = self._k(n, max((len(e) for e in excludes), default=0))
         scores, identifiers = self.layer(queries, k=k)
@@ -178,16 +197,18 @@ class FactorizedTopKRetriever:
         out_scores = np.full((len(user_ids), n), -np.inf, dtype=np.float32)
         for row, exclude in enumerate(excludes):
             keep = np.flatnonzero(~np.isnan(scores[row]) & ~np.isin(ids[row], exclude))[:n]
-            out_ids[row, :len(keep)] = ids[row, keep]
-            out_scores[row, :len(keep)] = scores[row, keep]
+            out_ids[row, : len(keep)] = ids[row, keep]
+            out_scores[row, : len(keep)] = scores[row, keep]
         short = np.flatnonzero((out_ids < 0).any(axis=1))
         if self.fallback is not None and short.size:
             out_ids[short], out_scores[short] = self.fallback.retrieve_batch(
-                [user_ids[i] for i in short], n, [excludes[i] for i in short])
+                [user_ids[i] for i in short], n, [excludes[i] for i in short]
+            )
         return out_ids, out_scores
 
-    def retrieve(self, user_id: int, n: int,
-                 exclude: np.ndarray = np.empty(0, np.int64)) -> tuple[np.ndarray, np.ndarray]:
+    def retrieve(
+        self, user_id: int, n: int, exclude: np.ndarray = np.empty(0, np.int64)
+    ) -> tuple[np.ndarray, np.ndarray]:
         ids, scores = self.retrieve_batch([user_id], n, [np.asarray(exclude)])
         filled = ids[0] >= 0
         return ids[0][filled], scores[0][filled]
@@ -213,8 +234,9 @@ def score_candidates(model: tf.keras.Model, inputs: dict[str, np.ndarray]) -> np
     if cached is None or cached[0] != signature:
         if not model.built:  # create the variables eagerly, outside the traced function
             model(inputs, training=False)
-        specs = {name: tf.TensorSpec((None, *value.shape[1:]), tf.as_dtype(value.dtype))
-                 for name, value in inputs.items()}
+        specs = {
+            name: tf.TensorSpec((None, *value.shape[1:]), tf.as_dtype(value.dtype)) for name, value in inputs.items()
+        }
         model_ref = weakref.ref(model)  # a strong reference here would keep the cache entry alive forever
         scorer = tf.function(lambda features: model_ref()(features, training=False), input_signature=[specs])
         cached = (signature, scorer)
@@ -249,6 +271,7 @@ def context_inputs(encoder: FeatureEncoder, context: Mapping[str, int] | None, n
 
 # ---- recommendations -------------------------------------------------------------------------------------
 
+
 def _retrieve(retrieval_index: Retriever | Callable, user_id: int, n: int, exclude: np.ndarray):
     retrieve = retrieval_index.retrieve if hasattr(retrieval_index, "retrieve") else retrieval_index
     ids, scores = retrieve(user_id, n, exclude)
@@ -257,17 +280,29 @@ def _retrieve(retrieval_index: Retriever | Callable, user_id: int, n: int, exclu
 
 def _popular_table(store: FeatureStore, k: int, exclude: np.ndarray) -> pd.DataFrame:
     popular = store.popular_movies(k, exclude=exclude)
-    return pd.DataFrame({
-        "rank": np.arange(1, len(popular) + 1), "movie_id": popular.index.to_numpy(),
-        "title": popular["title"].to_numpy(), "genres": popular["genres"].to_numpy(),
-        "year": popular["year"].array, "retrieval_score": np.nan, "predicted_rating": np.nan,
-        "source": SOURCE_POPULAR,
-    })
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(popular) + 1),
+            "movie_id": popular.index.to_numpy(),
+            "title": popular["title"].to_numpy(),
+            "genres": popular["genres"].to_numpy(),
+            "year": popular["year"].array,
+            "retrieval_score": np.nan,
+            "predicted_rating": np.nan,
+            "source": SOURCE_POPULAR,
+        }
+    )
 
 
-def _score_positions(store: FeatureStore, model: tf.keras.Model, encoder: FeatureEncoder,
-                     user_positions: np.ndarray, movie_positions: np.ndarray,
-                     context: Mapping[str, int] | None, chunk: int = SCORE_BATCH) -> np.ndarray:
+def _score_positions(
+    store: FeatureStore,
+    model: tf.keras.Model,
+    encoder: FeatureEncoder,
+    user_positions: np.ndarray,
+    movie_positions: np.ndarray,
+    context: Mapping[str, int] | None,
+    chunk: int = SCORE_BATCH,
+) -> np.ndarray:
     """Unclipped predicted ratings of aligned (user, movie) store positions in one context.
 
     The context is resolved once ("now" cannot move between chunks) and encoded once; the pairs
@@ -284,9 +319,17 @@ def _score_positions(store: FeatureStore, model: tf.keras.Model, encoder: Featur
     return predicted
 
 
-def recommend(user_id: int, k: int = 10, *, store: FeatureStore, retrieval_index: Retriever | Callable,
-              ranking_model: tf.keras.Model, encoder: FeatureEncoder, n_candidates: int = 100,
-              context: Mapping[str, int] | None = None) -> pd.DataFrame:
+def recommend(
+    user_id: int,
+    k: int = 10,
+    *,
+    store: FeatureStore,
+    retrieval_index: Retriever | Callable,
+    ranking_model: tf.keras.Model,
+    encoder: FeatureEncoder,
+    n_candidates: int = 100,
+    context: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
     """Top-k movies for one user, as an online service would compute them per request.
 
     Retrieval narrows the catalogue to `n_candidates` movies the user has not seen; the rating
@@ -322,16 +365,21 @@ def recommend(user_id: int, k: int = 10, *, store: FeatureStore, retrieval_index
     predicted = _score_positions(store, ranking_model, encoder, np.full(len(ids), position), movie_positions, context)
     order = np.lexsort((-scores, -predicted))[:k]
     top = movie_positions[order]
-    return pd.DataFrame({
-        "rank": np.arange(1, len(order) + 1), "movie_id": ids[order], **store.movie_display(top),
-        "retrieval_score": scores[order],
-        "predicted_rating": np.clip(predicted[order], *RATING_SCALE).astype(np.float64),
-        "source": SOURCE_RETRIEVAL,
-    })
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(order) + 1),
+            "movie_id": ids[order],
+            **store.movie_display(top),
+            "retrieval_score": scores[order],
+            "predicted_rating": np.clip(predicted[order], *RATING_SCALE).astype(np.float64),
+            "source": SOURCE_RETRIEVAL,
+        }
+    )
 
 
-def _retrieve_many(retrieval_index: Retriever | Callable, user_ids: np.ndarray, n: int,
-                   excludes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _retrieve_many(
+    retrieval_index: Retriever | Callable, user_ids: np.ndarray, n: int, excludes: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates of many users: (rows served, (n_served, width) ids padded with -1, scores padded with -inf).
 
     One `retrieve_batch` call when the retriever has it; if it is missing, or refuses the batch
@@ -355,14 +403,21 @@ def _retrieve_many(retrieval_index: Retriever | Callable, user_ids: np.ndarray, 
     ids = np.full((len(results), width), -1, dtype=np.int64)
     scores = np.full((len(results), width), -np.inf)
     for row, (user_ids_, user_scores) in enumerate(results):
-        ids[row, :len(user_ids_)], scores[row, :len(user_scores)] = user_ids_, user_scores
+        ids[row, : len(user_ids_)], scores[row, : len(user_scores)] = user_ids_, user_scores
     return np.asarray(served, dtype=np.int64), ids, scores
 
 
-def recommend_batch(user_ids: Sequence[int], k: int = 10, *, store: FeatureStore,
-                    retrieval_index: Retriever | Callable, ranking_model: tf.keras.Model,
-                    encoder: FeatureEncoder, n_candidates: int = 100,
-                    context: Mapping[str, int] | None = None) -> pd.DataFrame:
+def recommend_batch(
+    user_ids: Sequence[int],
+    k: int = 10,
+    *,
+    store: FeatureStore,
+    retrieval_index: Retriever | Callable,
+    ranking_model: tf.keras.Model,
+    encoder: FeatureEncoder,
+    n_candidates: int = 100,
+    context: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
     """`recommend` for many users at once (offline evaluation): same lists, a few large model calls.
 
     Retrieval runs once for all users when the retriever has `retrieve_batch`; every user's
@@ -377,8 +432,9 @@ def recommend_batch(user_ids: Sequence[int], k: int = 10, *, store: FeatureStore
     positions = np.array([-1 if (p := store.user_position(u)) is None else p for u in user_ids], dtype=np.int64)
     seen = [store.seen_movies(u) for u in user_ids]
     known = np.flatnonzero(positions >= 0)
-    served, cand_ids, cand_scores = _retrieve_many(retrieval_index, user_ids[known], n_candidates,
-                                                   [seen[i] for i in known])
+    served, cand_ids, cand_scores = _retrieve_many(
+        retrieval_index, user_ids[known], n_candidates, [seen[i] for i in known]
+    )
     served = known[served]  # rows of user_ids that retrieval served
 
     # one row per (user, candidate), without padding and seen movies
@@ -396,12 +452,17 @@ def recommend_batch(user_ids: Sequence[int], k: int = 10, *, store: FeatureStore
     owner_sorted = owner[order]
     rank = np.arange(len(order)) - np.searchsorted(owner_sorted, owner_sorted)
     order, rank = order[rank < k], rank[rank < k]
-    retrieved = pd.DataFrame({
-        "user_id": user_ids[owner[order]], "rank": rank + 1, "movie_id": flat_ids[order],
-        **store.movie_display(movie_positions[order]), "retrieval_score": flat_scores[order],
-        "predicted_rating": np.clip(predicted[order], *RATING_SCALE).astype(np.float64),
-        "source": SOURCE_RETRIEVAL,
-    })
+    retrieved = pd.DataFrame(
+        {
+            "user_id": user_ids[owner[order]],
+            "rank": rank + 1,
+            "movie_id": flat_ids[order],
+            **store.movie_display(movie_positions[order]),
+            "retrieval_score": flat_scores[order],
+            "predicted_rating": np.clip(predicted[order], *RATING_SCALE).astype(np.float64),
+            "source": SOURCE_RETRIEVAL,
+        }
+    )
     fallback = np.setdiff1d(np.arange(len(user_ids)), served)
     if not len(fallback):
         return retrieved
@@ -416,8 +477,16 @@ def recommend_batch(user_ids: Sequence[int], k: int = 10, *, store: FeatureStore
     return table.iloc[np.argsort(np.concatenate(rows), kind="stable")].reset_index(drop=True)
 
 
-def score_pairs(user_ids: np.ndarray, movie_ids: np.ndarray, *, store: FeatureStore, ranking_model: tf.keras.Model,
-                encoder: FeatureEncoder, context: Mapping[str, int] | None, chunk: int = SCORE_BATCH) -> np.ndarray:
+def score_pairs(
+    user_ids: np.ndarray,
+    movie_ids: np.ndarray,
+    *,
+    store: FeatureStore,
+    ranking_model: tf.keras.Model,
+    encoder: FeatureEncoder,
+    context: Mapping[str, int] | None,
+    chunk: int = SCORE_BATCH,
+) -> np.ndarray:
     """Predicted ratings of many (user, movie) pairs in one context (offline exploration and evaluation).
 
     Args:
@@ -433,5 +502,6 @@ def score_pairs(user_ids: np.ndarray, movie_ids: np.ndarray, *, store: FeatureSt
     if unknown:
         raise UnknownUserError(f"users {unknown[:5]} are not in the feature store")
     users = np.asarray(positions, dtype=np.int64)[user_rows]
-    return _score_positions(store, ranking_model, encoder, users, store.movie_positions(np.asarray(movie_ids)),
-                            context, chunk)
+    return _score_positions(
+        store, ranking_model, encoder, users, store.movie_positions(np.asarray(movie_ids)), context, chunk
+    )

@@ -1,4 +1,5 @@
 """Load, merge and validate the pipeline's parameters; params/default.yaml is both defaults and schema."""
+
 from __future__ import annotations
 
 import copy
@@ -83,8 +84,9 @@ def _check_type(key: str, default: Any, value: Any) -> Any:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise ParamsError(f"{key}: expected {_type_name(default)} (like the default {default!r}), "
-                          f"got {_type_name(value)} {value!r}")
+        raise ParamsError(
+            f"{key}: expected {_type_name(default)} (like the default {default!r}), got {_type_name(value)} {value!r}"
+        )
     return value
 
 
@@ -98,8 +100,10 @@ def _merge(schema: dict, base: dict, overlay: dict, prefix: str, source: str) ->
             raise ParamsError(f"unknown parameter {full_key!r} in {source}{hint}; valid keys here: {valid}")
         if isinstance(schema[key], dict):
             if not isinstance(value, dict):
-                raise ParamsError(f"{full_key} in {source}: expected a group of keys "
-                                  f"({', '.join(schema[key])}), got {_type_name(value)} {value!r}")
+                raise ParamsError(
+                    f"{full_key} in {source}: expected a group of keys "
+                    f"({', '.join(schema[key])}), got {_type_name(value)} {value!r}"
+                )
             merged[key] = _merge(schema[key], merged[key], value, f"{full_key}.", source)
         else:
             merged[key] = _check_type(full_key, schema[key], value)
@@ -120,8 +124,11 @@ def _nest(path: list[str], value: Any) -> dict:
     return nested
 
 
-def load_params(params_file: str | os.PathLike | None = None, overrides: Iterable[str] = (),
-                defaults_file: str | os.PathLike = DEFAULT_PARAMS_FILE) -> dict:
+def load_params(
+    params_file: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    defaults_file: str | os.PathLike = DEFAULT_PARAMS_FILE,
+) -> dict:
     """Merge defaults, an optional parameter file and `-p` overrides, then validate the result.
 
     Args:
@@ -148,6 +155,7 @@ def load_params(params_file: str | os.PathLike | None = None, overrides: Iterabl
 
 # ---- value checks beyond types: each returns an error text or None ---------------------------
 
+
 def _one_of(*choices: Any) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else f"must be one of {', '.join(map(str, choices))}"
 
@@ -170,11 +178,13 @@ def _positive(v: float) -> str | None:
 
 def _grid(item_check: Callable[[Any], str | None]) -> Callable[[list], str | None]:
     """A non-empty list whose every item passes `item_check`."""
+
     def check(values: list) -> str | None:
         if not values:
             return "must not be empty"
         problems = [f"item {i} ({v!r}) {item_check(v)}" for i, v in enumerate(values) if item_check(v)]
         return "; ".join(problems) or None
+
     return check
 
 
@@ -189,8 +199,11 @@ def _features(v: list) -> str | None:
 
 
 def _run_name(v: str) -> str | None:
-    return None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v) else \
-        "must be a folder name of letters, digits, '.', '_' or '-'"
+    return (
+        None
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v)
+        else "must be a folder name of letters, digits, '.', '_' or '-'"
+    )
 
 
 def _value_checks() -> dict[str, Callable[[Any], str | None]]:
@@ -291,12 +304,16 @@ def validate(params: dict) -> None:
             raise ParamsError(f"{key}={value!r}: {problem}")
     scann = params.get("scann", {})
     if scann and scann["num_leaves_to_search"] > scann["num_leaves"]:
-        raise ParamsError(f"scann.num_leaves_to_search={scann['num_leaves_to_search']}: must be <= scann.num_leaves "
-                          f"({scann['num_leaves']})")
+        raise ParamsError(
+            f"scann.num_leaves_to_search={scann['num_leaves_to_search']}: must be <= scann.num_leaves "
+            f"({scann['num_leaves']})"
+        )
     split = params.get("split", {})
     if split and split["val_share"] + split["test_share"] >= 1.0:
-        raise ParamsError(f"split.val_share + split.test_share = {split['val_share'] + split['test_share']}: "
-                          "must leave a share for train (sum < 1)")
+        raise ParamsError(
+            f"split.val_share + split.test_share = {split['val_share'] + split['test_share']}: "
+            "must leave a share for train (sum < 1)"
+        )
 
 
 def params_hash(params: dict) -> str:

@@ -1,4 +1,5 @@
 """The rating protocol of notebooks 03 and 04: choose on val, refit on train + val, score once on test."""
+
 from __future__ import annotations
 
 import time
@@ -10,9 +11,15 @@ import pandas as pd
 from recsys.baselines import RatingPredictor, evaluate_predictor, tune_on_val
 
 
-def select_refit_evaluate(name: str, make_model: Callable[[dict], RatingPredictor], grid: Any,
-                          train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame,
-                          n_jobs: int = 1) -> tuple[dict, pd.DataFrame]:
+def select_refit_evaluate(
+    name: str,
+    make_model: Callable[[dict], RatingPredictor],
+    grid: Any,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    n_jobs: int = 1,
+) -> tuple[dict, pd.DataFrame]:
     """Tune on val, refit the winner on train + val, score it once on test.
 
     Args:
@@ -30,13 +37,21 @@ def select_refit_evaluate(name: str, make_model: Callable[[dict], RatingPredicto
     model.fit(pd.concat([train, val]))
     fit_s = time.perf_counter() - start
     scores = evaluate_predictor(model, test)
-    row = {"model": name, "params": best, "rmse_val": float(tuning["rmse_val"].min()),
-           "rmse_test": scores["rmse"], "mae_test": scores["mae"], "fit_s": fit_s, "predict_s": scores["predict_s"]}
+    row = {
+        "model": name,
+        "params": best,
+        "rmse_val": float(tuning["rmse_val"].min()),
+        "rmse_test": scores["rmse"],
+        "mae_test": scores["mae"],
+        "fit_s": fit_s,
+        "predict_s": scores["predict_s"],
+    }
     return row, tuning
 
 
-def evaluate_draws(name: str, makers: list[Callable[[], RatingPredictor]], train: pd.DataFrame,
-                   test: pd.DataFrame) -> dict:
+def evaluate_draws(
+    name: str, makers: list[Callable[[], RatingPredictor]], train: pd.DataFrame, test: pd.DataFrame
+) -> dict:
     """Fit and score a parameter-free model once per maker (one per seed) and average the scores.
 
     Randomised baselines differ from draw to draw; the mean over seeded draws (and its spread) is
@@ -50,7 +65,13 @@ def evaluate_draws(name: str, makers: list[Callable[[], RatingPredictor]], train
         fit_s = time.perf_counter() - start
         rows.append({**evaluate_predictor(model, test), "fit_s": fit_s})
     table = pd.DataFrame(rows)
-    return {"model": name, "params": {"draws": len(makers)}, "rmse_val": np.nan,
-            "rmse_test": float(table["rmse"].mean()), "mae_test": float(table["mae"].mean()),
-            "rmse_test_std": float(table["rmse"].std(ddof=0)), "fit_s": float(table["fit_s"].mean()),
-            "predict_s": float(table["predict_s"].mean())}
+    return {
+        "model": name,
+        "params": {"draws": len(makers)},
+        "rmse_val": np.nan,
+        "rmse_test": float(table["rmse"].mean()),
+        "mae_test": float(table["mae"].mean()),
+        "rmse_test_std": float(table["rmse"].std(ddof=0)),
+        "fit_s": float(table["fit_s"].mean()),
+        "predict_s": float(table["predict_s"].mean()),
+    }

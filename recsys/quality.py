@@ -1,4 +1,5 @@
 """Data-quality accounting for notebook 01: what was read, what was dropped and why."""
+
 from __future__ import annotations
 
 import pandas as pd

@@ -1,4 +1,5 @@
 """Hyper-parameters of the two-tower rating model and their choices (no TensorFlow: params validation reads them)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

@@ -1,4 +1,5 @@
 """Turn a run into what a reviewer reads: one HTML page per executed notebook and the run's index.html."""
+
 from __future__ import annotations
 
 import html
@@ -45,8 +46,13 @@ th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: ta
 
 
 # stages whose metrics hold a strategy's list metrics as <metric>_<strategy or setting>
-_LIST_STAGES = ("05_retrieval", "06_retrieval_ranking", "07_explore_weighted_sampling",
-                "08_explore_gaussian_noise", "09_explore_least_viewed")
+_LIST_STAGES = (
+    "05_retrieval",
+    "06_retrieval_ranking",
+    "07_explore_weighted_sampling",
+    "08_explore_gaussian_noise",
+    "09_explore_least_viewed",
+)
 _LIST_METRICS = ("recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini")
 
 
@@ -80,8 +86,9 @@ def strategy_table(run_dir: Path) -> list[dict]:
         metrics = run.read_metrics(stage)
         settings = [k.removeprefix("recall_at_10_") for k in metrics if k.startswith("recall_at_10_")]
         for setting in settings:
-            rows.append({"stage": stage, "strategy": setting,
-                         **{m: metrics.get(f"{m}_{setting}") for m in _LIST_METRICS}})
+            rows.append(
+                {"stage": stage, "strategy": setting, **{m: metrics.get(f"{m}_{setting}") for m in _LIST_METRICS}}
+            )
     return rows
 
 
@@ -101,10 +108,14 @@ def tradeoff_figure(rows: list[dict], path: Path) -> Path | None:
         style = "o-" if len(mine) > 2 else "o"  # a sweep is joined; separate strategies are not
         ax.plot([r["coverage_at_10"] for r in mine], [r["recall_at_10"] for r in mine], style, label=stage)
         for r in mine:
-            ax.annotate(r["strategy"], (r["coverage_at_10"], r["recall_at_10"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, 3))
-    ax.set(title="Accuracy against catalogue coverage (test split, K = 10)", xlabel="coverage@10",
-           ylabel="Recall@10")
+            ax.annotate(
+                r["strategy"],
+                (r["coverage_at_10"], r["recall_at_10"]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(4, 3),
+            )
+    ax.set(title="Accuracy against catalogue coverage (test split, K = 10)", xlabel="coverage@10", ylabel="Recall@10")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     with atomic_path(path, suffix=".png") as tmp:
@@ -118,23 +129,37 @@ def _summary_html(run_dir: Path, reports_dir: Path) -> str:
     strategies = strategy_table(run_dir)
     parts = []
     if ratings:
-        body = "".join(f'<tr><td>{html.escape(n)}</td><td class="num">{r:.4f}</td><td class="num">{m:.4f}</td></tr>'
-                       for n, r, m in ratings)
-        parts.append("<h3>Rating prediction (test split; chosen on val, refitted on train + val)</h3>"
-                     f"<table><tr><th>model</th><th>RMSE</th><th>MAE</th></tr>{body}</table>")
+        body = "".join(
+            f'<tr><td>{html.escape(n)}</td><td class="num">{r:.4f}</td><td class="num">{m:.4f}</td></tr>'
+            for n, r, m in ratings
+        )
+        parts.append(
+            "<h3>Rating prediction (test split; chosen on val, refitted on train + val)</h3>"
+            f"<table><tr><th>model</th><th>RMSE</th><th>MAE</th></tr>{body}</table>"
+        )
     if strategies:
+
         def cell(value):
             return '<td class="num">–</td>' if value is None else f'<td class="num">{value:.4f}</td>'
-        body = "".join(f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(r['strategy'])}</td>"
-                       + "".join(cell(r[m]) for m in _LIST_METRICS) + "</tr>" for r in strategies)
+
+        body = "".join(
+            f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(r['strategy'])}</td>"
+            + "".join(cell(r[m]) for m in _LIST_METRICS)
+            + "</tr>"
+            for r in strategies
+        )
         header = "".join(f"<th>{m}</th>" for m in _LIST_METRICS)
-        parts.append("<h3>Top-10 lists: models and exploration strategies (test split, K = 10, train and val "
-                     "movies excluded)</h3>"
-                     f"<table><tr><th>notebook</th><th>strategy / setting</th>{header}</tr>{body}</table>")
+        parts.append(
+            "<h3>Top-10 lists: models and exploration strategies (test split, K = 10, train and val "
+            "movies excluded)</h3>"
+            f"<table><tr><th>notebook</th><th>strategy / setting</th>{header}</tr>{body}</table>"
+        )
         figure = tradeoff_figure(strategies, reports_dir / "summary_tradeoff.png")
         if figure is not None:
-            parts.append(f'<img src="{figure.name}" alt="Recall@10 against coverage@10 for every strategy" '
-                         'style="max-width: 100%">')
+            parts.append(
+                f'<img src="{figure.name}" alt="Recall@10 against coverage@10 for every strategy" '
+                'style="max-width: 100%">'
+            )
     return "<h2>Comparison across the run</h2>" + "".join(parts) if parts else ""
 
 
@@ -154,14 +179,14 @@ def build_index(run_dir: str | os.PathLike, manifest: dict) -> Path:
     for entry in manifest["notebooks"]:
         name = entry["name"]
         report = reports_dir / f"{name}.html"
-        link = f'<a href="{html.escape(report.name)}">{html.escape(name)}</a>' if report.exists() \
-            else html.escape(name)
+        link = f'<a href="{html.escape(report.name)}">{html.escape(name)}</a>' if report.exists() else html.escape(name)
         status = entry.get("status", "pending")
         wall = f"{entry['wall_s']:.1f}" if entry.get("wall_s") is not None else ""
         note = "(from an earlier run of this folder) " if entry.get("earlier_run") else ""
         error = html.escape(note + (entry.get("error") or ""))
-        rows.append(f'<tr><td>{link}</td><td class="{status}">{status}</td>'
-                    f'<td class="num">{wall}</td><td>{error}</td></tr>')
+        rows.append(
+            f'<tr><td>{link}</td><td class="{status}">{status}</td><td class="num">{wall}</td><td>{error}</td></tr>'
+        )
 
     metric_tables = []
     run = Run(run_dir.parent, run_dir.name)
@@ -169,24 +194,25 @@ def build_index(run_dir: str | os.PathLike, manifest: dict) -> Path:
         metrics = run.read_metrics(entry["name"])
         if not metrics:  # not run (yet)
             continue
-        body = "".join(f'<tr><td>{html.escape(k)}</td><td class="num">{_format_value(v)}</td></tr>'
-                       for k, v in metrics.items())
+        body = "".join(
+            f'<tr><td>{html.escape(k)}</td><td class="num">{_format_value(v)}</td></tr>' for k, v in metrics.items()
+        )
         metric_tables.append(f"<table><tr><th colspan=2>{html.escape(entry['name'])}</th></tr>{body}</table>")
 
     manifest_text = html.escape(json.dumps(manifest, indent=2, sort_keys=True))
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Run {html.escape(manifest['run_name'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Run {html.escape(manifest["run_name"])}</title>
 <style>{_STYLE}</style></head><body>
-<h1>Run <code>{html.escape(manifest['run_name'])}</code></h1>
-<p class="sub">dataset <b>{html.escape(str(manifest['params'].get('dataset')))}</b> ·
-params hash <code>{manifest['params_hash']}</code> · git <code>{html.escape(str(manifest.get('git_commit')))}</code> ·
-started {html.escape(manifest['started'])} · total {manifest.get('wall_s', 0):.1f} s</p>
+<h1>Run <code>{html.escape(manifest["run_name"])}</code></h1>
+<p class="sub">dataset <b>{html.escape(str(manifest["params"].get("dataset")))}</b> ·
+params hash <code>{manifest["params_hash"]}</code> · git <code>{html.escape(str(manifest.get("git_commit")))}</code> ·
+started {html.escape(manifest["started"])} · total {manifest.get("wall_s", 0):.1f} s</p>
 <h2>Notebooks</h2>
-<table><tr><th>report</th><th>status</th><th>wall s</th><th>error</th></tr>{''.join(rows)}</table>
+<table><tr><th>report</th><th>status</th><th>wall s</th><th>error</th></tr>{"".join(rows)}</table>
 {_summary_html(run_dir, reports_dir)}
 <h2>Key metrics</h2>
 <p class="sub">From each notebook's metrics.json; every table in the reports states its split and K.</p>
-<div class="metrics">{''.join(metric_tables) or '<p>No metrics yet.</p>'}</div>
+<div class="metrics">{"".join(metric_tables) or "<p>No metrics yet.</p>"}</div>
 <h2>Manifest</h2>
 <details><summary>Parameters, package versions and timings (manifest.json)</summary>
 <pre>{manifest_text}</pre></details>

@@ -1,4 +1,5 @@
 """The retrieval stage: a two-tower in-batch-softmax model, full-ranking evaluation, BruteForce and ScaNN indexes."""
+
 from __future__ import annotations
 
 import os
@@ -82,6 +83,7 @@ class RetrievalConfig:
 
 # ---- towers and model ----------------------------------------------------------------------------
 
+
 def _normalize(vectors: tf.Tensor, enabled: bool) -> tf.Tensor:
     # l2_normalize maps a zero vector to zero (no NaN), which the unknown id rows rely on
     return tf.math.l2_normalize(vectors, axis=-1) if enabled else vectors
@@ -104,8 +106,9 @@ class QueryTower(keras.layers.Layer):
         self.context = None
         if use & set(CONTEXT_FEATURES):
             self.context = ContextEncoder(cardinalities, config.side_dim, use)
-            self.context_projection = keras.layers.Dense(config.embedding_dim, use_bias=False,
-                                                         name="context_projection")
+            self.context_projection = keras.layers.Dense(
+                config.embedding_dim, use_bias=False, name="context_projection"
+            )
 
     def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         """Query vectors; the context term is added only when the context inputs are given."""
@@ -126,8 +129,9 @@ class CandidateTower(keras.layers.Layer):
     def __init__(self, cardinalities: dict[str, int], config: RetrievalConfig, **kwargs):
         super().__init__(**kwargs)
         self.l2_normalize = config.l2_normalize
-        self.movie_tower = MovieTower(cardinalities, config.embedding_dim, config.side_dim,
-                                      resolve_features(config.features), config.init_std)
+        self.movie_tower = MovieTower(
+            cardinalities, config.embedding_dim, config.side_dim, resolve_features(config.features), config.init_std
+        )
         self.movie_tower.bias.trainable = False
 
     def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -156,8 +160,9 @@ class TwoTowerRetrievalModel(tfrs.Model):
         self.config = config
         self.query_tower = QueryTower(cardinalities, config)
         self.candidate_tower = CandidateTower(cardinalities, config)
-        self.task = tfrs.tasks.Retrieval(temperature=config.temperature,
-                                         remove_accidental_hits=config.remove_accidental_hits)
+        self.task = tfrs.tasks.Retrieval(
+            temperature=config.temperature, remove_accidental_hits=config.remove_accidental_hits
+        )
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """In-batch softmax loss of a batch of (user, watched movie) pairs.
@@ -169,8 +174,13 @@ class TwoTowerRetrievalModel(tfrs.Model):
         query_embeddings = self.query_tower(features)
         candidate_embeddings = self.candidate_tower(features)
         probability = features[SAMPLING_PROBABILITY] if self.config.logq_correction else None
-        return self.task(query_embeddings, candidate_embeddings, candidate_sampling_probability=probability,
-                         candidate_ids=features["movie_id"], compute_metrics=False)
+        return self.task(
+            query_embeddings,
+            candidate_embeddings,
+            candidate_sampling_probability=probability,
+            candidate_ids=features["movie_id"],
+            compute_metrics=False,
+        )
 
 
 def model_inputs(config: RetrievalConfig) -> tuple[list[str], list[str], list[str]]:
@@ -192,20 +202,27 @@ def build_retrieval_model(cardinalities: dict[str, int], config: RetrievalConfig
     scored by its side features alone (cold start) or, for the ids-only model, scores 0.
     """
     model = TwoTowerRetrievalModel(cardinalities, config)
-    dummy = {"user_id": tf.zeros([1], tf.int32), "movie_id": tf.zeros([1], tf.int32),
-             "genres": tf.zeros([1, cardinalities["genres"]], tf.float32), "title": tf.zeros([1, 1], tf.int32)}
+    dummy = {
+        "user_id": tf.zeros([1], tf.int32),
+        "movie_id": tf.zeros([1], tf.int32),
+        "genres": tf.zeros([1, cardinalities["genres"]], tf.float32),
+        "title": tf.zeros([1, 1], tf.int32),
+    }
     for name in (*USER_FEATURES, "release_year", *CONTEXT_FEATURES):
         dummy[name] = tf.zeros([1], tf.int32)
     model.query_tower(dummy)
     model.candidate_tower(dummy)
-    for table in (model.query_tower.user_tower.id_embedding.embeddings,
-                  model.candidate_tower.movie_tower.id_embedding.embeddings):
+    for table in (
+        model.query_tower.user_tower.id_embedding.embeddings,
+        model.candidate_tower.movie_tower.id_embedding.embeddings,
+    ):
         table.scatter_update(tf.IndexedSlices(tf.zeros([1, table.shape[1]]), tf.constant([0])))
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     return model
 
 
 # ---- training ---------------------------------------------------------------------------------------
+
 
 def positives(interactions: pd.DataFrame, min_rating: int) -> pd.DataFrame:
     """The interactions that count as positives: rating >= min_rating."""
@@ -224,8 +241,13 @@ def candidate_sampling_probability(train_positives: pd.DataFrame) -> pd.Series:
     return counts / counts.sum()
 
 
-def training_inputs(config: RetrievalConfig, encoder: FeatureEncoder, train_interactions: pd.DataFrame,
-                    user_table: pd.DataFrame, movie_table: pd.DataFrame) -> dict[str, np.ndarray]:
+def training_inputs(
+    config: RetrievalConfig,
+    encoder: FeatureEncoder,
+    train_interactions: pd.DataFrame,
+    user_table: pd.DataFrame,
+    movie_table: pd.DataFrame,
+) -> dict[str, np.ndarray]:
     """Model inputs of every training positive, with its movie's sampling probability for logQ."""
     train = positives(train_interactions, config.min_rating)
     probability = candidate_sampling_probability(train)
@@ -249,15 +271,23 @@ class FullRankingMonitor(keras.callbacks.Callback):
         k: list length.
     """
 
-    def __init__(self, encoder: FeatureEncoder, user_table: pd.DataFrame, movie_table: pd.DataFrame,
-                 matrices: "SplitMatrices", split: str = "val", k: int = 100):
+    def __init__(
+        self,
+        encoder: FeatureEncoder,
+        user_table: pd.DataFrame,
+        movie_table: pd.DataFrame,
+        matrices: "SplitMatrices",
+        split: str = "val",
+        k: int = 100,
+    ):
         super().__init__()
         self.encoder, self.user_table, self.movie_table = encoder, user_table, movie_table
         self.matrices, self.split, self.k = matrices, split, k
 
     def on_epoch_end(self, epoch, logs=None):
-        result = evaluate_model(self.model, self.encoder, self.user_table, self.movie_table, self.matrices,
-                                self.split, ks=(self.k,))[0]
+        result = evaluate_model(
+            self.model, self.encoder, self.user_table, self.movie_table, self.matrices, self.split, ks=(self.k,)
+        )[0]
         if logs is not None:
             logs[f"{self.split}_recall_at_{self.k}"] = result[f"recall_at_{self.k}"]
 
@@ -281,10 +311,18 @@ class RetrievalTrainingResult:
     n_positives: int
 
 
-def train_retrieval_model(config: RetrievalConfig, encoder: FeatureEncoder, train_interactions: pd.DataFrame,
-                          user_table: pd.DataFrame, movie_table: pd.DataFrame, seed: int,
-                          epochs: int | None = None, monitor: FullRankingMonitor | None = None,
-                          verbose: int = 2, patience: int | None = None) -> RetrievalTrainingResult:
+def train_retrieval_model(
+    config: RetrievalConfig,
+    encoder: FeatureEncoder,
+    train_interactions: pd.DataFrame,
+    user_table: pd.DataFrame,
+    movie_table: pd.DataFrame,
+    seed: int,
+    epochs: int | None = None,
+    monitor: FullRankingMonitor | None = None,
+    verbose: int = 2,
+    patience: int | None = None,
+) -> RetrievalTrainingResult:
     """Fit a fresh retrieval model on the training positives.
 
     Examples are numpy arrays that Keras reshuffles every epoch, so each epoch pairs every user
@@ -307,11 +345,23 @@ def train_retrieval_model(config: RetrievalConfig, encoder: FeatureEncoder, trai
     timer = EpochTimer()
     callbacks: list = [timer] + ([monitor] if monitor is not None else [])
     if monitor is not None and patience is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=f"{monitor.split}_recall_at_{monitor.k}", mode="max",
-                                                       patience=patience, restore_best_weights=True))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=f"{monitor.split}_recall_at_{monitor.k}",
+                mode="max",
+                patience=patience,
+                restore_best_weights=True,
+            )
+        )
     start = time.perf_counter()
-    history = model.fit(inputs, batch_size=config.batch_size, epochs=epochs or config.epochs, shuffle=True,
-                        callbacks=callbacks, verbose=verbose)
+    history = model.fit(
+        inputs,
+        batch_size=config.batch_size,
+        epochs=epochs or config.epochs,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
     wall_s = time.perf_counter() - start
     n = len(inputs["user_id"])
     return RetrievalTrainingResult(model, history.history, wall_s, steady_throughput(n, timer.epoch_s), n)
@@ -319,15 +369,19 @@ def train_retrieval_model(config: RetrievalConfig, encoder: FeatureEncoder, trai
 
 # ---- embeddings ---------------------------------------------------------------------------------------
 
+
 def _embed(tower: keras.layers.Layer, inputs: dict[str, np.ndarray]) -> np.ndarray:
     n = len(next(iter(inputs.values())))
-    parts = [tower({k: tf.constant(v[i:i + EMBED_BATCH]) for k, v in inputs.items()}).numpy()
-             for i in range(0, n, EMBED_BATCH)]
+    parts = [
+        tower({k: tf.constant(v[i : i + EMBED_BATCH]) for k, v in inputs.items()}).numpy()
+        for i in range(0, n, EMBED_BATCH)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-def user_embeddings(model: TwoTowerRetrievalModel, encoder: FeatureEncoder, user_table: pd.DataFrame,
-                    users: Sequence[int] | np.ndarray) -> np.ndarray:
+def user_embeddings(
+    model: TwoTowerRetrievalModel, encoder: FeatureEncoder, user_table: pd.DataFrame, users: Sequence[int] | np.ndarray
+) -> np.ndarray:
     """Query vectors of `users` (MovieLens user ids), in that order, without context.
 
     Returns:
@@ -341,8 +395,9 @@ def user_embeddings(model: TwoTowerRetrievalModel, encoder: FeatureEncoder, user
     return _embed(model.query_tower, {n: inputs[n] for n in names})
 
 
-def movie_embeddings(model: TwoTowerRetrievalModel, encoder: FeatureEncoder,
-                     movie_table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def movie_embeddings(
+    model: TwoTowerRetrievalModel, encoder: FeatureEncoder, movie_table: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray]:
     """Candidate vectors of every movie of `movie_table` (the catalogue).
 
     Returns:
@@ -354,6 +409,7 @@ def movie_embeddings(model: TwoTowerRetrievalModel, encoder: FeatureEncoder,
 
 
 # ---- full-ranking evaluation (DESIGN §5) -----------------------------------------------------------
+
 
 @dataclass
 class SplitMatrices:
@@ -386,7 +442,7 @@ class SplitMatrices:
         """The movie ids to exclude for each user row (all rows by default), for index queries."""
         seen = self.seen(split)
         rows = np.arange(seen.shape[0]) if rows is None else np.asarray(rows)
-        return [self.movie_ids[seen.indices[seen.indptr[r]:seen.indptr[r + 1]]] for r in rows]
+        return [self.movie_ids[seen.indices[seen.indptr[r] : seen.indptr[r + 1]]] for r in rows]
 
 
 def split_matrices(interactions: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray) -> SplitMatrices:
@@ -401,16 +457,21 @@ def split_matrices(interactions: pd.DataFrame, user_ids: np.ndarray, movie_ids: 
     rows = pd.Index(user_ids).get_indexer(interactions["user_id"])
     cols = pd.Index(movie_ids).get_indexer(interactions["movie_id"])
     if (rows < 0).any() or (cols < 0).any():
-        raise KeyError(f"interactions name users {interactions['user_id'][rows < 0].unique()[:5].tolist()} or movies "
-                       f"{interactions['movie_id'][cols < 0].unique()[:5].tolist()} outside the given rows/catalogue")
+        raise KeyError(
+            f"interactions name users {interactions['user_id'][rows < 0].unique()[:5].tolist()} or movies "
+            f"{interactions['movie_id'][cols < 0].unique()[:5].tolist()} outside the given rows/catalogue"
+        )
     split = interactions["split"].to_numpy()
-    matrices = {name: metrics.build_interaction_matrix(rows[split == name], cols[split == name], len(user_ids),
-                                                       len(movie_ids)) for name in ("train", "val", "test")}
+    matrices = {
+        name: metrics.build_interaction_matrix(rows[split == name], cols[split == name], len(user_ids), len(movie_ids))
+        for name in ("train", "val", "test")
+    }
     return SplitMatrices(user_ids, movie_ids, **matrices)
 
 
-def evaluate_scores(scores: np.ndarray, matrices: SplitMatrices, split: str,
-                    ks: Sequence[int] = RETRIEVAL_KS) -> tuple[dict[str, float], np.ndarray]:
+def evaluate_scores(
+    scores: np.ndarray, matrices: SplitMatrices, split: str, ks: Sequence[int] = RETRIEVAL_KS
+) -> tuple[dict[str, float], np.ndarray]:
     """Full-ranking recall/NDCG/hit rate of a users x catalogue score matrix, seen items excluded.
 
     Args:
@@ -425,9 +486,15 @@ def evaluate_scores(scores: np.ndarray, matrices: SplitMatrices, split: str,
     return metrics.retrieval_metrics(top_items, matrices.relevant(split), ks), top_items
 
 
-def evaluate_model(model: TwoTowerRetrievalModel, encoder: FeatureEncoder, user_table: pd.DataFrame,
-                   movie_table: pd.DataFrame, matrices: SplitMatrices, split: str,
-                   ks: Sequence[int] = RETRIEVAL_KS) -> tuple[dict[str, float], np.ndarray]:
+def evaluate_model(
+    model: TwoTowerRetrievalModel,
+    encoder: FeatureEncoder,
+    user_table: pd.DataFrame,
+    movie_table: pd.DataFrame,
+    matrices: SplitMatrices,
+    split: str,
+    ks: Sequence[int] = RETRIEVAL_KS,
+) -> tuple[dict[str, float], np.ndarray]:
     """Score every (user, movie) by the dot product of the towers' vectors and evaluate (see evaluate_scores)."""
     queries = user_embeddings(model, encoder, user_table, matrices.user_ids)
     _, candidates = movie_embeddings(model, encoder, movie_table.loc[matrices.movie_ids])
@@ -449,9 +516,15 @@ def ease_scores(X_train: sp.spmatrix, X_history: sp.spmatrix, l2: float) -> np.n
     return EASE(l2).fit(X_train).score(X_history)
 
 
-def factorized_top_k_accuracy(model: TwoTowerRetrievalModel, encoder: FeatureEncoder, pairs: pd.DataFrame,
-                              user_table: pd.DataFrame, movie_table: pd.DataFrame,
-                              ks: Sequence[int] = FACTORIZED_KS, block: int = 4096) -> dict[str, float]:
+def factorized_top_k_accuracy(
+    model: TwoTowerRetrievalModel,
+    encoder: FeatureEncoder,
+    pairs: pd.DataFrame,
+    user_table: pd.DataFrame,
+    movie_table: pd.DataFrame,
+    ks: Sequence[int] = FACTORIZED_KS,
+    block: int = 4096,
+) -> dict[str, float]:
     """TFRS's FactorizedTopK accuracy over held-out (user, movie) pairs, computed in numpy.
 
     The share of pairs whose movie is in the user's top-k over the whole catalogue (seen movies
@@ -493,6 +566,7 @@ def factorized_top_k_accuracy(model: TwoTowerRetrievalModel, encoder: FeatureEnc
 
 # ---- persistence of the model ------------------------------------------------------------------------
 
+
 def save_retrieval_model(model: TwoTowerRetrievalModel, encoder: FeatureEncoder, folder: str | os.PathLike) -> Path:
     """Save weights, config, cardinalities and the encoder so `load_retrieval_model` rebuilds the same model.
 
@@ -510,6 +584,7 @@ def load_retrieval_model(folder: str | os.PathLike) -> tuple[TwoTowerRetrievalMo
 
 
 # ---- indexes -----------------------------------------------------------------------------------------
+
 
 class UserQueryModel(keras.Model):
     """MovieLens user ids in, query vectors out: the query model of a BruteForce or ScaNN index.
@@ -537,19 +612,27 @@ class UserQueryModel(keras.Model):
         inputs = encoder.user_inputs(user_table)
         self.user_features = {
             name: tf.Variable(np.concatenate([inputs[name], np.zeros(1, np.int32)]), trainable=False, name=name)
-            for name in model_inputs(model.config)[0]}
+            for name in model_inputs(model.config)[0]
+        }
 
     def call(self, user_ids: tf.Tensor) -> tf.Tensor:
         user_ids = tf.cast(user_ids, tf.int32)
         size = tf.shape(self.row_of_user)[0]
         known = (user_ids >= 0) & (user_ids < size)
-        rows = tf.where(known, tf.gather(self.row_of_user, tf.clip_by_value(user_ids, 0, size - 1)),
-                        tf.shape(self.user_features["user_id"])[0] - 1)
+        rows = tf.where(
+            known,
+            tf.gather(self.row_of_user, tf.clip_by_value(user_ids, 0, size - 1)),
+            tf.shape(self.user_features["user_id"])[0] - 1,
+        )
         return self.query_tower({name: tf.gather(values, rows) for name, values in self.user_features.items()})
 
 
-def _fill_index(index: tfrs.layers.factorized_top_k.TopK, query_model: keras.Model | None, movie_ids: np.ndarray,
-                movie_embeddings: np.ndarray) -> tfrs.layers.factorized_top_k.TopK:
+def _fill_index(
+    index: tfrs.layers.factorized_top_k.TopK,
+    query_model: keras.Model | None,
+    movie_ids: np.ndarray,
+    movie_embeddings: np.ndarray,
+) -> tfrs.layers.factorized_top_k.TopK:
     """Load the candidates into an index; with a query model, call it once so it can be saved."""
     index.index(tf.constant(movie_embeddings, tf.float32), tf.constant(np.asarray(movie_ids), tf.int32))
     index.n_candidates = len(movie_ids)
@@ -559,8 +642,9 @@ def _fill_index(index: tfrs.layers.factorized_top_k.TopK, query_model: keras.Mod
     return index
 
 
-def build_bruteforce(query_model: keras.Model | None, movie_ids: np.ndarray, movie_embeddings: np.ndarray,
-                     k: int) -> tfrs.layers.factorized_top_k.BruteForce:
+def build_bruteforce(
+    query_model: keras.Model | None, movie_ids: np.ndarray, movie_embeddings: np.ndarray, k: int
+) -> tfrs.layers.factorized_top_k.BruteForce:
     """An exact index: every query is scored against every movie (a matmul and a top-k).
 
     Args:
@@ -573,9 +657,17 @@ def build_bruteforce(query_model: keras.Model | None, movie_ids: np.ndarray, mov
     return _fill_index(index, query_model, movie_ids, movie_embeddings)
 
 
-def build_scann(query_model: keras.Model | None, movie_ids: np.ndarray, movie_embeddings: np.ndarray, k: int,
-                num_leaves: int, num_leaves_to_search: int, num_reordering_candidates: int | None,
-                dimensions_per_block: int = 2, training_iterations: int = 12) -> tfrs.layers.factorized_top_k.ScaNN:
+def build_scann(
+    query_model: keras.Model | None,
+    movie_ids: np.ndarray,
+    movie_embeddings: np.ndarray,
+    k: int,
+    num_leaves: int,
+    num_leaves_to_search: int,
+    num_reordering_candidates: int | None,
+    dimensions_per_block: int = 2,
+    training_iterations: int = 12,
+) -> tfrs.layers.factorized_top_k.ScaNN:
     """An approximate index (TFRS's ScaNN layer, dot-product distance).
 
     ScaNN partitions the movies into `num_leaves` clusters, searches only the
@@ -593,9 +685,15 @@ def build_scann(query_model: keras.Model | None, movie_ids: np.ndarray, movie_em
         training_iterations: k-means iterations of the partitioning.
     """
     index = tfrs.layers.factorized_top_k.ScaNN(
-        query_model, k=k, distance_measure="dot_product", num_leaves=num_leaves,
-        num_leaves_to_search=num_leaves_to_search, num_reordering_candidates=num_reordering_candidates,
-        dimensions_per_block=dimensions_per_block, training_iterations=training_iterations)
+        query_model,
+        k=k,
+        distance_measure="dot_product",
+        num_leaves=num_leaves,
+        num_leaves_to_search=num_leaves_to_search,
+        num_reordering_candidates=num_reordering_candidates,
+        dimensions_per_block=dimensions_per_block,
+        training_iterations=training_iterations,
+    )
     return _fill_index(index, query_model, movie_ids, movie_embeddings)
 
 
@@ -617,8 +715,9 @@ def load_index(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     if not (path / "saved_model.pb").exists():
-        raise FileNotFoundError(f"{path} holds no saved index (saved_model.pb missing): "
-                                "run notebook 05_retrieval first")
+        raise FileNotFoundError(
+            f"{path} holds no saved index (saved_model.pb missing): run notebook 05_retrieval first"
+        )
     import scann  # noqa: F401  (registers the Scann ops)
 
     return tf.saved_model.load(str(path))
@@ -646,8 +745,14 @@ class IndexLists(NamedTuple):
     n_fallback: int
 
 
-def query_excluding_seen(index: Any, user_ids: np.ndarray, seen_movie_ids: Sequence[np.ndarray], k: int,
-                         batch_size: int = 1024, fallback: Any = None) -> IndexLists:
+def query_excluding_seen(
+    index: Any,
+    user_ids: np.ndarray,
+    seen_movie_ids: Sequence[np.ndarray],
+    k: int,
+    batch_size: int = 1024,
+    fallback: Any = None,
+) -> IndexLists:
     """Top-k movies per user from an index, never returning a movie the user has already seen.
 
     TFRS 0.7.7 excludes items only through `TopK.query_with_exclusions(queries, exclusions, k)`:
@@ -683,7 +788,7 @@ def query_excluding_seen(index: Any, user_ids: np.ndarray, seen_movie_ids: Seque
     out_scores = np.full((len(user_ids), k), -np.inf, np.float32)
     out_ids = np.full((len(user_ids), k), NO_MOVIE, np.int64)
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         width = int(counts[rows].max())
         wanted = k + width if n_candidates is None else min(k + width, n_candidates)
         scores, ids = _query(index, tf.constant(user_ids[rows], tf.int32), wanted)
@@ -691,8 +796,8 @@ def query_excluding_seen(index: Any, user_ids: np.ndarray, seen_movie_ids: Seque
         for i, row in enumerate(rows):
             valid = np.isfinite(scores[i]) & ~np.isin(ids[i], seen_movie_ids[row])
             keep = np.flatnonzero(valid)[:k]  # the index returns its lists best first
-            out_scores[row, :len(keep)] = scores[i, keep]
-            out_ids[row, :len(keep)] = ids[i, keep]
+            out_scores[row, : len(keep)] = scores[i, keep]
+            out_ids[row, : len(keep)] = ids[i, keep]
     short = np.flatnonzero((out_ids == NO_MOVIE).any(axis=1))
     if fallback is not None and short.size:
         refill = query_excluding_seen(fallback, user_ids[short], [seen_movie_ids[r] for r in short], k, batch_size)
@@ -708,13 +813,16 @@ def movie_columns(movie_ids: np.ndarray, top_movie_ids: np.ndarray) -> np.ndarra
             a `fallback` to query_excluding_seen).
     """
     if (top_movie_ids == NO_MOVIE).any():
-        raise ValueError(f"{int((top_movie_ids == NO_MOVIE).any(axis=1).sum())} lists are shorter than k: "
-                         "search more leaves (num_leaves_to_search), lower k, or give query_excluding_seen "
-                         "an exact fallback index")
+        raise ValueError(
+            f"{int((top_movie_ids == NO_MOVIE).any(axis=1).sum())} lists are shorter than k: "
+            "search more leaves (num_leaves_to_search), lower k, or give query_excluding_seen "
+            "an exact fallback index"
+        )
     return pd.Index(np.asarray(movie_ids)).get_indexer(top_movie_ids.ravel()).reshape(top_movie_ids.shape)
 
 
 # ---- measurements ----------------------------------------------------------------------------------------
+
 
 def overlap_at_k(a_ids: np.ndarray, b_ids: np.ndarray, k: int | None = None) -> float:
     """Mean over queries of |top-k of a ∩ top-k of b| / k: how much an approximate list agrees with an exact one.
@@ -731,8 +839,9 @@ def overlap_at_k(a_ids: np.ndarray, b_ids: np.ndarray, k: int | None = None) -> 
     return float(np.mean(common) / k)
 
 
-def time_queries(index: Any, queries: np.ndarray, batch: int = 1024, k: int | None = None,
-                 n_single: int = 200, warmup: int = 10) -> dict[str, float]:
+def time_queries(
+    index: Any, queries: np.ndarray, batch: int = 1024, k: int | None = None, n_single: int = 200, warmup: int = 10
+) -> dict[str, float]:
     """Latency of an index: single queries (median after warm-up) and one batch.
 
     Both go through one `tf.function`, as a server would call the index, so the numbers measure
@@ -766,13 +875,42 @@ def time_queries(index: Any, queries: np.ndarray, batch: int = 1024, k: int | No
     start = time.perf_counter()
     search(batch_queries)[1].numpy()
     batch_s = time.perf_counter() - start
-    return {"single_query_latency_ms": float(np.median(single) * 1e3), "batch_latency_ms": batch_s * 1e3,
-            "batch_latency_per_query_ms": batch_s * 1e3 / batch, "batch_queries_per_s": batch / batch_s}
+    return {
+        "single_query_latency_ms": float(np.median(single) * 1e3),
+        "batch_latency_ms": batch_s * 1e3,
+        "batch_latency_per_query_ms": batch_s * 1e3 / batch,
+        "batch_queries_per_s": batch / batch_s,
+    }
 
 
-__all__ = ["RetrievalConfig", "QueryTower", "CandidateTower", "TwoTowerRetrievalModel", "build_retrieval_model",
-           "candidate_sampling_probability", "train_retrieval_model", "FullRankingMonitor", "user_embeddings",
-           "movie_embeddings", "SplitMatrices", "split_matrices", "evaluate_scores", "evaluate_model",
-           "popularity_scores", "ease_scores", "factorized_top_k_accuracy", "save_retrieval_model",
-           "load_retrieval_model", "UserQueryModel", "build_bruteforce", "build_scann", "save_index", "load_index",
-           "IndexLists", "query_excluding_seen", "movie_columns", "overlap_at_k", "time_queries"]
+__all__ = [
+    "RetrievalConfig",
+    "QueryTower",
+    "CandidateTower",
+    "TwoTowerRetrievalModel",
+    "build_retrieval_model",
+    "candidate_sampling_probability",
+    "train_retrieval_model",
+    "FullRankingMonitor",
+    "user_embeddings",
+    "movie_embeddings",
+    "SplitMatrices",
+    "split_matrices",
+    "evaluate_scores",
+    "evaluate_model",
+    "popularity_scores",
+    "ease_scores",
+    "factorized_top_k_accuracy",
+    "save_retrieval_model",
+    "load_retrieval_model",
+    "UserQueryModel",
+    "build_bruteforce",
+    "build_scann",
+    "save_index",
+    "load_index",
+    "IndexLists",
+    "query_excluding_seen",
+    "movie_columns",
+    "overlap_at_k",
+    "time_queries",
+]

@@ -1,4 +1,5 @@
 """One seed for everything random: Python, numpy and, once it is imported, TensorFlow."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Train/val/test splits of the ratings (DESIGN §5): per-user random 80/10/10 or per-user temporal."""
+
 from __future__ import annotations
 
 import numbers
@@ -77,9 +78,7 @@ def assign_split(
     codes_sorted[rank < n_test] = _TEST
     codes = np.empty_like(codes_sorted)
     codes[order] = codes_sorted
-    return pd.Series(
-        pd.Categorical.from_codes(codes, categories=list(SPLIT_NAMES)), index=ratings.index, name="split"
-    )
+    return pd.Series(pd.Categorical.from_codes(codes, categories=list(SPLIT_NAMES)), index=ratings.index, name="split")
 
 
 def drop_sparse_users(ratings: pd.DataFrame, min_ratings: int) -> tuple[pd.DataFrame, int]:

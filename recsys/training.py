@@ -1,4 +1,5 @@
 """Train, refit, score, save and reload the two-tower rating model under notebook 03/04's protocol."""
+
 from __future__ import annotations
 
 import os
@@ -102,8 +103,7 @@ class TrainingResult:
     epoch_s: list[float]
 
 
-def training_dataset(inputs: dict[str, np.ndarray], ratings: np.ndarray, batch_size: int,
-                     seed: int) -> tf.data.Dataset:
+def training_dataset(inputs: dict[str, np.ndarray], ratings: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
     """Batches of examples, reshuffled every epoch, gathered from tensors held in memory.
 
     Only the example indices are shuffled (one shuffle of an index vector per epoch); each batch
@@ -137,10 +137,12 @@ def training_dataset(inputs: dict[str, np.ndarray], ratings: np.ndarray, batch_s
     seed_tail = tf.constant(seed, tf.int64)
 
     def epoch_batches(epoch_seed):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
-                                                        seed=tf.stack([epoch_seed, seed_tail]))
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([epoch_seed, seed_tail])
+        )
         return tf.data.Dataset.range(n_batches).map(
-            lambda i: order[i * batch_size:tf.minimum((i + 1) * batch_size, n)])
+            lambda i: order[i * batch_size : tf.minimum((i + 1) * batch_size, n)]
+        )
 
     def gather(index):
         return {name: tf.gather(value, index) for name, value in features.items()}, tf.gather(labels, index)
@@ -157,10 +159,17 @@ def steady_throughput(n_examples: int, epoch_s: list[float]) -> float:
     return float(n_examples / np.median(steady))
 
 
-def train_ranking_model(config: RankingConfig, cardinalities: dict[str, int], x_train: dict[str, np.ndarray],
-                        y_train: np.ndarray, seed: int, x_val: dict[str, np.ndarray] | None = None,
-                        y_val: np.ndarray | None = None, epochs: int | None = None,
-                        verbose: int = 2) -> TrainingResult:
+def train_ranking_model(
+    config: RankingConfig,
+    cardinalities: dict[str, int],
+    x_train: dict[str, np.ndarray],
+    y_train: np.ndarray,
+    seed: int,
+    x_val: dict[str, np.ndarray] | None = None,
+    y_val: np.ndarray | None = None,
+    epochs: int | None = None,
+    verbose: int = 2,
+) -> TrainingResult:
     """Fit a fresh model: with val data, early stopping on val RMSE; without, exactly `epochs` epochs.
 
     Examples come from `training_dataset`, reshuffled every epoch, in batches of
@@ -184,13 +193,21 @@ def train_ranking_model(config: RankingConfig, cardinalities: dict[str, int], x_
     elif epochs is None:
         raise ValueError("train_ranking_model: give validation data (early stopping) or a number of epochs")
     start = time.perf_counter()
-    history = model.fit(training_dataset(x_train, y_train, config.batch_size, seed), epochs=epochs,
-                        callbacks=callbacks, verbose=verbose)
+    history = model.fit(
+        training_dataset(x_train, y_train, config.batch_size, seed), epochs=epochs, callbacks=callbacks, verbose=verbose
+    )
     wall_s = time.perf_counter() - start
     val_rmse = history.history.get("val_root_mean_squared_error")
     best_epoch = int(np.argmin(val_rmse)) + 1 if val_rmse else len(history.history["loss"])
-    return TrainingResult(model, history.history, len(history.history["loss"]), best_epoch, wall_s,
-                          steady_throughput(len(y_train), timer.epoch_s), timer.epoch_s)
+    return TrainingResult(
+        model,
+        history.history,
+        len(history.history["loss"]),
+        best_epoch,
+        wall_s,
+        steady_throughput(len(y_train), timer.epoch_s),
+        timer.epoch_s,
+    )
 
 
 def predict_ratings(model: TwoTowerRatingModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -209,8 +226,9 @@ def concat_inputs(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def select_refit_evaluate(config: RankingConfig, cardinalities: dict[str, int], data: dict[str, tuple],
-                          seed: int, verbose: int = 2) -> dict:
+def select_refit_evaluate(
+    config: RankingConfig, cardinalities: dict[str, int], data: dict[str, tuple], seed: int, verbose: int = 2
+) -> dict:
     """The protocol: early stopping on val picks the epochs, refit on train + val, score once on test.
 
     Args:
@@ -222,8 +240,15 @@ def select_refit_evaluate(config: RankingConfig, cardinalities: dict[str, int], 
     """
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = data["train"], data["val"], data["test"]
     selected = train_ranking_model(config, cardinalities, x_train, y_train, seed, x_val, y_val, verbose=verbose)
-    refit = train_ranking_model(config, cardinalities, concat_inputs(x_train, x_val),
-                                np.concatenate([y_train, y_val]), seed, epochs=selected.best_epoch, verbose=verbose)
+    refit = train_ranking_model(
+        config,
+        cardinalities,
+        concat_inputs(x_train, x_val),
+        np.concatenate([y_train, y_val]),
+        seed,
+        epochs=selected.best_epoch,
+        verbose=verbose,
+    )
     scores = evaluate_ratings(refit.model, x_test, y_test)
     return {
         "selected": selected,
@@ -239,10 +264,12 @@ def select_refit_evaluate(config: RankingConfig, cardinalities: dict[str, int], 
 
 # ---- persistence: weights + what is needed to rebuild the same model ------------------------------
 
+
 def save_ranking_model(model: TwoTowerRatingModel, encoder: FeatureEncoder, folder: str | os.PathLike) -> Path:
     """Save weights, config, global mean and the encoder so `load_ranking_model` rebuilds the same model."""
-    return save_model_folder(model, encoder, folder, {"config": model.config.to_dict(),
-                                                      "global_mean": model.global_mean})
+    return save_model_folder(
+        model, encoder, folder, {"config": model.config.to_dict(), "global_mean": model.global_mean}
+    )
 
 
 def load_ranking_model(folder: str | os.PathLike) -> tuple[TwoTowerRatingModel, FeatureEncoder]:

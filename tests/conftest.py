@@ -1,4 +1,5 @@
 """Shared fixtures: where the local MovieLens copies are, and a project-root anchor."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Tiny notebook-01-shaped tables (users, movies, interactions with splits) for the online-path tests."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,25 +13,29 @@ NEVER_RATED_MOVIE = 10 * N_MOVIES  # in the catalogue, no interaction at all
 
 def tiny_tables(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(seed)
-    users = pd.DataFrame({
-        "user_id": np.arange(1, N_USERS + 1, dtype=np.int32),
-        "gender": rng.choice(["F", "M"], N_USERS),
-        "age_group": rng.choice(["18-24", "25-34", "35-44"], N_USERS),
-        "occupation": rng.choice(["writer", "programmer", "artist"], N_USERS),
-        "zip5": rng.choice(["98107", "10001", "60601"], N_USERS),
-        "city": rng.choice(["Seattle", "New York", "Chicago"], N_USERS),
-        "state": rng.choice(["WA", "NY", "IL"], N_USERS),
-    })
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(1, N_USERS + 1, dtype=np.int32),
+            "gender": rng.choice(["F", "M"], N_USERS),
+            "age_group": rng.choice(["18-24", "25-34", "35-44"], N_USERS),
+            "occupation": rng.choice(["writer", "programmer", "artist"], N_USERS),
+            "zip5": rng.choice(["98107", "10001", "60601"], N_USERS),
+            "city": rng.choice(["Seattle", "New York", "Chicago"], N_USERS),
+            "state": rng.choice(["WA", "NY", "IL"], N_USERS),
+        }
+    )
     movie_ids = np.arange(10, 10 * N_MOVIES + 1, 10, dtype=np.int32)
     genre_hot = rng.integers(0, 2, (N_MOVIES, len(GENRES))).astype(np.int8)
     genre_hot[genre_hot.sum(axis=1) == 0, 0] = 1
-    movies = pd.DataFrame({
-        "movie_id": movie_ids,
-        "title": [f"Movie {i} Story ({1990 + i % 10})" for i in range(N_MOVIES)],
-        "title_clean": [f"Movie {i} Story" for i in range(N_MOVIES)],
-        "year": pd.array([1990 + i % 10 for i in range(N_MOVIES)], dtype="Int16"),
-        "genres": ["|".join(g for g, on in zip(GENRES, row) if on) for row in genre_hot],
-    })
+    movies = pd.DataFrame(
+        {
+            "movie_id": movie_ids,
+            "title": [f"Movie {i} Story ({1990 + i % 10})" for i in range(N_MOVIES)],
+            "title_clean": [f"Movie {i} Story" for i in range(N_MOVIES)],
+            "year": pd.array([1990 + i % 10 for i in range(N_MOVIES)], dtype="Int16"),
+            "genres": ["|".join(g for g, on in zip(GENRES, row) if on) for row in genre_hot],
+        }
+    )
     for j, genre in enumerate(GENRES):
         movies[f"genre_{genre}"] = genre_hot[:, j]
     rows = []

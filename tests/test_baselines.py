@@ -1,12 +1,23 @@
 """Hand-checked arithmetic of the rating baselines, the tuning protocol, and the Surprise SVD wrapper."""
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from recsys import baselines
-from recsys.baselines import (BiasBaseline, GlobalMean, MajorityClass, NotFittedError, RandomGuess,
-                              RatingPredictor, SurpriseSVD, WeightedSampling, evaluate_predictor,
-                              expand_grid, tune_on_val)
+from recsys.baselines import (
+    BiasBaseline,
+    GlobalMean,
+    MajorityClass,
+    NotFittedError,
+    RandomGuess,
+    RatingPredictor,
+    SurpriseSVD,
+    WeightedSampling,
+    evaluate_predictor,
+    expand_grid,
+    tune_on_val,
+)
 
 
 def ratings_table(rows):
@@ -53,11 +64,15 @@ def test_bias_baseline_one_regularised_round_by_hand():
     np.testing.assert_allclose(model.item_bias_, [1 / 3, -1 / 2])
     np.testing.assert_allclose(model.user_bias_, [1 / 18, -1 / 6])
     unseen = ratings_table([(2, 20, 0), (9, 10, 0), (1, 99, 0), (9, 99, 0)])
-    np.testing.assert_allclose(model.predict(unseen),
-                               [4 - 1 / 6 - 1 / 2,   # both known
-                                4 + 1 / 3,           # unknown user: bias 0
-                                4 + 1 / 18,          # unknown movie: bias 0
-                                4.0])                # both unknown: the global mean
+    np.testing.assert_allclose(
+        model.predict(unseen),
+        [
+            4 - 1 / 6 - 1 / 2,  # both known
+            4 + 1 / 3,  # unknown user: bias 0
+            4 + 1 / 18,  # unknown movie: bias 0
+            4.0,
+        ],
+    )  # both unknown: the global mean
 
 
 def test_random_guess_is_seeded_uniform_over_whole_stars():
@@ -115,9 +130,10 @@ def test_expand_grid():
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_tune_on_val_picks_the_lowest_val_rmse(n_jobs):
     train = ratings_table([(1, 1, 5)])
-    val = ratings_table([(1, 1, 2), (1, 2, 4)])   # mean 3: the constant 3 has the lowest RMSE
-    best, table = tune_on_val(lambda params: ConstantModel(**params), {"value": [1, 3, 5], "unused": [0]},
-                              train, val, n_jobs=n_jobs)
+    val = ratings_table([(1, 1, 2), (1, 2, 4)])  # mean 3: the constant 3 has the lowest RMSE
+    best, table = tune_on_val(
+        lambda params: ConstantModel(**params), {"value": [1, 3, 5], "unused": [0]}, train, val, n_jobs=n_jobs
+    )
     assert best == {"value": 3, "unused": 0}
     assert list(table.columns) == ["value", "unused", "rmse_val", "fit_s"]
     np.testing.assert_allclose(table["rmse_val"], [np.sqrt((1 + 9) / 2), 1.0, np.sqrt((9 + 1) / 2)])
@@ -125,7 +141,7 @@ def test_tune_on_val_picks_the_lowest_val_rmse(n_jobs):
 
 def test_evaluate_predictor_uses_clipped_rmse_and_mae():
     test = ratings_table([(1, 1, 5), (1, 2, 3)])
-    result = evaluate_predictor(ConstantModel(7), test)   # clipped to 5: errors 0 and 2
+    result = evaluate_predictor(ConstantModel(7), test)  # clipped to 5: errors 0 and 2
     assert result["rmse"] == pytest.approx(np.sqrt(2))
     assert result["mae"] == pytest.approx(1.0)
     assert result["predict_s"] >= 0
@@ -134,16 +150,27 @@ def test_evaluate_predictor_uses_clipped_rmse_and_mae():
 def test_surprise_svd_numpy_predictions_match_surprise():
     rng = np.random.default_rng(0)
     n_ratings = 400
-    train = ratings_table(np.column_stack([rng.integers(1, 31, n_ratings), rng.integers(100, 121, n_ratings),
-                                           rng.integers(1, 6, n_ratings)]))
+    train = ratings_table(
+        np.column_stack(
+            [rng.integers(1, 31, n_ratings), rng.integers(100, 121, n_ratings), rng.integers(1, 6, n_ratings)]
+        )
+    )
     train = train.drop_duplicates(["user_id", "movie_id"])
     model = SurpriseSVD(n_factors=5, n_epochs=5, seed=1).fit(train)
-    pairs = ratings_table([(1, 100, 0), (7, 115, 0), (30, 120, 0),   # known users and movies
-                           (999, 100, 0), (1, 999, 0), (999, 999, 0)])  # unknown user / movie / both
+    pairs = ratings_table(
+        [
+            (1, 100, 0),
+            (7, 115, 0),
+            (30, 120, 0),  # known users and movies
+            (999, 100, 0),
+            (1, 999, 0),
+            (999, 999, 0),
+        ]
+    )  # unknown user / movie / both
     assert {1, 7, 30} <= set(train.user_id) and {100, 115, 120} <= set(train.movie_id)
     ours = model.predict(pairs)
     theirs_raw = [model.svd_.predict(u, i, clip=False).est for u, i in zip(pairs.user_id, pairs.movie_id)]
     theirs_clipped = [model.svd_.predict(u, i).est for u, i in zip(pairs.user_id, pairs.movie_id)]
     np.testing.assert_allclose(ours, theirs_raw, rtol=1e-12)
     np.testing.assert_allclose(np.clip(ours, 1, 5), theirs_clipped, rtol=1e-12)
-    assert ours[-1] == pytest.approx(train["rating"].mean())   # both unknown: the global mean
+    assert ours[-1] == pytest.approx(train["rating"].mean())  # both unknown: the global mean

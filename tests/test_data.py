@@ -1,4 +1,5 @@
 """Tests of recsys.data: strict parsing, verified downloads (no network), safe extraction, synthetic data."""
+
 from __future__ import annotations
 
 import io
@@ -22,12 +23,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 ML1M_USERS = ["1::F::1::10::48067", "2::M::56::16::70072", "3::M::25::15::T8N5H"]
-ML1M_MOVIES = ["1::Toy Story (1995)::Animation|Children's|Comedy",
-               "73::Misérables, Les (1995)::Drama|Musical",
-               "3::Grumpier Old Men (1995)::Comedy|Romance"]
+ML1M_MOVIES = [
+    "1::Toy Story (1995)::Animation|Children's|Comedy",
+    "73::Misérables, Les (1995)::Drama|Musical",
+    "3::Grumpier Old Men (1995)::Comedy|Romance",
+]
 # User 3 has no ratings: that is normal in MovieLens and must parse.
-ML1M_RATINGS = ["1::1::5::978300760", "1::73::3::978302109", "2::1::4::978301968",
-                "2::3::1::978300275"]
+ML1M_RATINGS = ["1::1::5::978300760", "1::73::3::978302109", "2::1::4::978301968", "2::3::1::978300275"]
 
 
 def _flags(*on: int) -> str:
@@ -35,9 +37,11 @@ def _flags(*on: int) -> str:
 
 
 ML100K_USERS = ["1|24|M|technician|85711", "2|53|F|other|94043"]
-ML100K_MOVIES = [f"1|Toy Story (1995)|01-Jan-1995||http://us.imdb.com/M/title-exact?Toy|{_flags(3, 4, 5)}",
-                 f"2|Café au Lait (1994)|01-Jan-1994||http://us.imdb.com/M/title-exact?Cafe|{_flags()}",
-                 f"3|Unknown Film (1996)|||http://us.imdb.com/M/title-exact?U|{_flags(0)}"]
+ML100K_MOVIES = [
+    f"1|Toy Story (1995)|01-Jan-1995||http://us.imdb.com/M/title-exact?Toy|{_flags(3, 4, 5)}",
+    f"2|Café au Lait (1994)|01-Jan-1994||http://us.imdb.com/M/title-exact?Cafe|{_flags()}",
+    f"3|Unknown Film (1996)|||http://us.imdb.com/M/title-exact?U|{_flags(0)}",
+]
 ML100K_RATINGS = ["1\t1\t5\t874965758", "1\t2\t3\t876893171", "2\t1\t4\t878542960"]
 
 
@@ -72,8 +76,13 @@ def assert_schema(ml: data.MovieLensData) -> None:
     assert ml.ratings["movie_id"].dtype == np.int32
     assert ml.ratings["rating"].dtype == np.int8
     assert ml.ratings["timestamp"].dtype == np.int64
-    for frame, column in [(ml.users, "gender"), (ml.users, "occupation"), (ml.users, "zip_code"),
-                          (ml.movies, "title"), (ml.movies, "genres")]:
+    for frame, column in [
+        (ml.users, "gender"),
+        (ml.users, "occupation"),
+        (ml.users, "zip_code"),
+        (ml.movies, "title"),
+        (ml.movies, "genres"),
+    ]:
         assert pd.api.types.is_string_dtype(frame[column].dtype), column
 
 
@@ -85,8 +94,12 @@ def test_ml1m_parses_to_schema(tmp_path):
     ml = data.read_movielens("ml-1m", write_ml1m(tmp_path / "ml"))
     assert_schema(ml)
     assert ml.users.to_dict("list") == {
-        "user_id": [1, 2, 3], "gender": ["F", "M", "M"], "age": [1, 56, 25],
-        "occupation": ["10", "16", "15"], "zip_code": ["48067", "70072", "T8N5H"]}
+        "user_id": [1, 2, 3],
+        "gender": ["F", "M", "M"],
+        "age": [1, 56, 25],
+        "occupation": ["10", "16", "15"],
+        "zip_code": ["48067", "70072", "T8N5H"],
+    }
     assert ml.movies["genres"].tolist()[0] == "Animation|Children's|Comedy"
     assert ml.ratings.to_dict("list")["rating"] == [5, 3, 4, 1]
     assert ml.source == str((tmp_path / "ml").resolve())
@@ -102,8 +115,12 @@ def test_ml100k_parses_to_schema_with_genre_names(tmp_path):
     ml = data.read_movielens("ml-100k", write_ml100k(tmp_path))
     assert_schema(ml)
     assert ml.users.to_dict("list") == {
-        "user_id": [1, 2], "gender": ["M", "F"], "age": [24, 53],
-        "occupation": ["technician", "other"], "zip_code": ["85711", "94043"]}
+        "user_id": [1, 2],
+        "gender": ["M", "F"],
+        "age": [24, 53],
+        "occupation": ["technician", "other"],
+        "zip_code": ["85711", "94043"],
+    }
     assert ml.movies["genres"].tolist() == ["Animation|Children's|Comedy", "", "unknown"]
     assert ml.movies["title"].tolist()[1] == "Café au Lait (1994)"
 
@@ -138,19 +155,28 @@ BAD_ML1M = [
     ("ratings", 4, "99::1::4::978300275", "ratings.dat line 5: user id '99' is not in users.dat"),
     ("ratings", 4, "3::2::4::978300275", "ratings.dat line 5: movie id '2' is not in movies.dat"),
     ("ratings", 4, "1::73::2::978300275", "ratings.dat line 5: user '1' rates movie '73' again (first on line 2)"),
-    ("ratings", 3, "2::99999999999::1::978300275", "ratings.dat line 4: movie id '99999999999' is outside 1..2147483647"),
+    (
+        "ratings",
+        3,
+        "2::99999999999::1::978300275",
+        "ratings.dat line 4: movie id '99999999999' is outside 1..2147483647",
+    ),
     ("users", 1, "2::X::56::16::70072", "users.dat line 2: gender 'X' is not one of M, F"),
     ("users", 2, "1::M::25::15::55117", "users.dat line 3: user id '1' is repeated (first on line 1)"),
     ("users", 1, "2::M::57::16::70072", "users.dat line 2: age code '57' is not one of 1, 18"),
     ("users", 1, "2::M::56::16", "users.dat line 2: expected 5 fields"),
-    ("movies", 2, "1::Another Toy Story (1995)::Comedy", "movies.dat line 3: movie id '1' is repeated (first on line 1)"),
+    (
+        "movies",
+        2,
+        "1::Another Toy Story (1995)::Comedy",
+        "movies.dat line 3: movie id '1' is repeated (first on line 1)",
+    ),
     ("movies", 1, "seventy::Misérables, Les (1995)::Drama", "movies.dat line 2: movie id 'seventy' is not an integer"),
     ("movies", 3, "4::Title::With::Colons::Drama", "movies.dat line 4: expected 3 fields separated by '::', found 5"),
 ]
 
 
-@pytest.mark.parametrize("kind, index, line, expected", BAD_ML1M,
-                         ids=[e[3].split(": ", 1)[1][:40] for e in BAD_ML1M])
+@pytest.mark.parametrize("kind, index, line, expected", BAD_ML1M, ids=[e[3].split(": ", 1)[1][:40] for e in BAD_ML1M])
 def test_ml1m_bad_input_names_file_line_and_value(tmp_path, kind, index, line, expected):
     lines = {"users": ML1M_USERS, "movies": ML1M_MOVIES, "ratings": ML1M_RATINGS}
     folder = write_ml1m(tmp_path, **{kind: _replace(lines[kind], index, line)})
@@ -165,12 +191,18 @@ BAD_ML100K = [
     ("ratings", 1, "1\t2\t6\t876893171", "u.data line 2: rating '6' is outside 1..5"),
     ("users", 0, "1|24|Q|technician|85711", "u.user line 1: gender 'Q' is not one of M, F"),
     ("movies", 1, f"2|Café (1994)|01-Jan-1994||url|{_flags()}|0", "u.item line 2: expected 24 fields"),
-    ("movies", 2, f"3|Unknown (1996)|||url|{_flags(0).replace('1', '2')}", "u.item line 3: genre flag 'unknown' '2' is outside 0..1"),
+    (
+        "movies",
+        2,
+        f"3|Unknown (1996)|||url|{_flags(0).replace('1', '2')}",
+        "u.item line 3: genre flag 'unknown' '2' is outside 0..1",
+    ),
 ]
 
 
-@pytest.mark.parametrize("kind, index, line, expected", BAD_ML100K,
-                         ids=[e[3].split(": ", 1)[1][:40] for e in BAD_ML100K])
+@pytest.mark.parametrize(
+    "kind, index, line, expected", BAD_ML100K, ids=[e[3].split(": ", 1)[1][:40] for e in BAD_ML100K]
+)
 def test_ml100k_bad_input_names_file_line_and_value(tmp_path, kind, index, line, expected):
     lines = {"users": ML100K_USERS, "movies": ML100K_MOVIES, "ratings": ML100K_RATINGS}
     folder = write_ml100k(tmp_path, **{kind: _replace(lines[kind], index, line)})
@@ -224,8 +256,9 @@ def test_load_dataset_with_data_dir_reads_it_and_never_downloads(tmp_path, monke
     write_ml1m(tmp_path / "local")
     monkeypatch.setattr(data, "fetch_dataset", _must_not_be_called)
     monkeypatch.chdir(tmp_path)  # a relative data_dir is relative to the current dir
-    ml = data.load_dataset("ml-1m", "local", {"sources": [], "cache_dir": "data", "timeout_s": 1},
-                           {}, 0, tmp_path / "project")
+    ml = data.load_dataset(
+        "ml-1m", "local", {"sources": [], "cache_dir": "data", "timeout_s": 1}, {}, 0, tmp_path / "project"
+    )
     assert len(ml.ratings) == len(ML1M_RATINGS)
 
 
@@ -262,7 +295,7 @@ class FakeResponse:
 
     def iter_content(self, chunk_size: int):
         for start in range(0, len(self.body), chunk_size):
-            yield self.body[start:start + chunk_size]
+            yield self.body[start : start + chunk_size]
 
     def close(self) -> None:
         pass
@@ -288,21 +321,30 @@ def _zip_bytes(entries: dict[str, str]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, text in entries.items():
-            archive.writestr(zipfile.ZipInfo(name, date_time=(2003, 2, 1, 0, 0, 0)),
-                             text.encode("latin-1"))
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2003, 2, 1, 0, 0, 0)), text.encode("latin-1"))
     return buffer.getvalue()
 
 
 @pytest.fixture
 def tiny_ml1m_zip(monkeypatch) -> bytes:
     """A real zip laid out like GroupLens's ml-1m.zip, with the pinned MD5 patched to match it."""
-    body = _zip_bytes({f"ml-1m/{name}": "\n".join(lines) + "\n" for name, lines in
-                       [("users.dat", ML1M_USERS), ("movies.dat", ML1M_MOVIES),
-                        ("ratings.dat", ML1M_RATINGS), ("README", "tiny")]})
+    body = _zip_bytes(
+        {
+            f"ml-1m/{name}": "\n".join(lines) + "\n"
+            for name, lines in [
+                ("users.dat", ML1M_USERS),
+                ("movies.dat", ML1M_MOVIES),
+                ("ratings.dat", ML1M_RATINGS),
+                ("README", "tiny"),
+            ]
+        }
+    )
     import hashlib
+
     spec = data.DATASETS["ml-1m"]
-    monkeypatch.setitem(data.DATASETS, "ml-1m", DatasetSpec("ml-1m", hashlib.md5(body).hexdigest(),
-                                                            spec.folder, spec.files))
+    monkeypatch.setitem(
+        data.DATASETS, "ml-1m", DatasetSpec("ml-1m", hashlib.md5(body).hexdigest(), spec.folder, spec.files)
+    )
     return body
 
 
@@ -334,8 +376,7 @@ def test_checksum_mismatch_everywhere_leaves_nothing_behind(tmp_path, tiny_ml1m_
 
 
 def test_all_sources_failing_lists_each_and_how_to_work_offline(tmp_path, caplog):
-    session = FakeSession({PRIMARY: requests.ConnectionError("Name or service not known"),
-                           MIRROR: 404})
+    session = FakeSession({PRIMARY: requests.ConnectionError("Name or service not known"), MIRROR: 404})
     with pytest.raises(DownloadError) as error:
         data.fetch_dataset("ml-1m", SOURCES, tmp_path, session=session)
     message = str(error.value)
@@ -469,8 +510,11 @@ def test_synthetic_ratings_are_learnable(synthetic_dir):
     mean = train["rating"].mean()
     user_offset = train.groupby("user_id")["rating"].mean() - mean
     movie_offset = train.groupby("movie_id")["rating"].mean() - mean
-    predicted = (mean + test["user_id"].map(user_offset).fillna(0).to_numpy()
-                 + test["movie_id"].map(movie_offset).fillna(0).to_numpy())
+    predicted = (
+        mean
+        + test["user_id"].map(user_offset).fillna(0).to_numpy()
+        + test["movie_id"].map(movie_offset).fillna(0).to_numpy()
+    )
 
     def rmse(prediction):
         return float(np.sqrt(np.mean((test["rating"].to_numpy() - prediction) ** 2)))
@@ -499,8 +543,10 @@ def test_load_dataset_synthetic_generates_once_into_the_cache(tmp_path, monkeypa
 def _shared(name: str) -> Path:
     folder = SHARED_DATA / name
     if not folder.is_dir():
-        pytest.skip(f"{folder} is absent: set RECSYS_SHARED_DATA to the folder holding ml-100k/ "
-                    f"and ml-1m-half/ to run the tests on real MovieLens files")
+        pytest.skip(
+            f"{folder} is absent: set RECSYS_SHARED_DATA to the folder holding ml-100k/ "
+            f"and ml-1m-half/ to run the tests on real MovieLens files"
+        )
     return folder
 
 

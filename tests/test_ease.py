@@ -1,4 +1,5 @@
 """EASE against an independent per-column ridge solution, and the λ search on validation recall."""
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -22,9 +23,7 @@ def per_column_ridge(X, l2):
 
 
 def test_ease_matches_the_constrained_least_squares_solution_on_3x3():
-    X = np.array([[1, 1, 0],
-                  [0, 1, 1],
-                  [1, 1, 1]], dtype=float)
+    X = np.array([[1, 1, 0], [0, 1, 1], [1, 1, 1]], dtype=float)
     model = EASE(l2=1.0).fit(sp.csr_matrix(X))
     np.testing.assert_allclose(model.weights_, per_column_ridge(X, 1.0), atol=1e-6)
     np.testing.assert_array_equal(np.diag(model.weights_), 0.0)
@@ -42,7 +41,7 @@ def test_score_is_x_times_b_and_excludes_nothing():
     model = EASE(l2=0.5).fit(X)
     scores = model.score(X)
     np.testing.assert_allclose(scores, X.toarray() @ model.weights_, rtol=1e-6)
-    assert np.isfinite(scores).all()   # seen items keep real scores; exclusion is top_k_from_scores' job
+    assert np.isfinite(scores).all()  # seen items keep real scores; exclusion is top_k_from_scores' job
     with pytest.raises(ValueError, match="item columns"):
         model.score(sp.csr_matrix(np.ones((1, 3))))
 

@@ -1,4 +1,5 @@
 """Exploration: weighted re-ranking follows its weights, Kendall tau, prediction-time noise, least-viewed injection."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,10 +16,12 @@ ITEMS = np.array([101, 102, 103, 104, 105])
 
 # ---- weighted re-ranking ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 def test_first_position_frequencies_follow_the_weights(temperature):
-    draws = exploration.weighted_rerank_many(ITEMS[None, :], PREDICTED[None, :], n_repeats=20_000, seed=1,
-                                             temperature=temperature)
+    draws = exploration.weighted_rerank_many(
+        ITEMS[None, :], PREDICTED[None, :], n_repeats=20_000, seed=1, temperature=temperature
+    )
     assert draws.shape == (20_000, 1, 5)
     first = draws[:, 0, 0]
     observed = np.array([(first == item).sum() for item in ITEMS])
@@ -61,10 +64,12 @@ def test_low_temperature_gives_the_deterministic_order():
     shuffled = np.array([3, 0, 4, 1, 2])
     items, scores = ITEMS[shuffled], PREDICTED[shuffled]
     for temperature in (0.0, 1e-4):
-        np.testing.assert_array_equal(exploration.weighted_rerank(items, scores, np.random.default_rng(0), temperature),
-                                      ITEMS)
-        many = exploration.weighted_rerank_many(np.tile(items, (4, 1)), np.tile(scores, (4, 1)), 10, seed=0,
-                                                temperature=temperature)
+        np.testing.assert_array_equal(
+            exploration.weighted_rerank(items, scores, np.random.default_rng(0), temperature), ITEMS
+        )
+        many = exploration.weighted_rerank_many(
+            np.tile(items, (4, 1)), np.tile(scores, (4, 1)), 10, seed=0, temperature=temperature
+        )
         assert (many == ITEMS).all()
 
 
@@ -78,6 +83,7 @@ def test_rerank_rejects_bad_input():
 
 
 # ---- Kendall tau ----------------------------------------------------------------------------------------
+
 
 def test_kendall_tau_identical_reversed_and_one_swap():
     assert exploration.kendall_tau(ITEMS, ITEMS) == pytest.approx(1.0)
@@ -99,6 +105,7 @@ def test_kendall_tau_many_matches_scipy_per_list():
 
 
 # ---- prediction-time noise -------------------------------------------------------------------------------
+
 
 def test_noise_is_identity_in_training_and_at_sigma_zero():
     import tensorflow as tf
@@ -138,7 +145,7 @@ def test_noise_inside_a_keras_model_is_off_in_fit_and_on_in_predict():
     x = np.ones((32, 4), np.float32)
     model = tf.keras.Sequential([tf.keras.Input((4,)), PredictionNoise(1.0, seed=3)])
     model.compile(loss="mse")
-    assert model.evaluate(x, x, verbose=0) > 0.5        # inference: noise, mse ~ sigma^2
+    assert model.evaluate(x, x, verbose=0) > 0.5  # inference: noise, mse ~ sigma^2
     model.fit(x, x, epochs=1, verbose=0)
     assert model.history.history["loss"][0] == pytest.approx(0.0)  # training: identity
     config = PredictionNoise(0.2, seed=4).get_config()
@@ -147,10 +154,15 @@ def test_noise_inside_a_keras_model_is_off_in_fit_and_on_in_predict():
 
 # ---- least viewed ----------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def interactions():
-    return pd.DataFrame({"movie_id": [1, 1, 1, 2, 2, 3, 4, 4, 5],
-                         "split": ["train", "train", "val", "train", "train", "train", "test", "test", "train"]})
+    return pd.DataFrame(
+        {
+            "movie_id": [1, 1, 1, 2, 2, 3, 4, 4, 5],
+            "split": ["train", "train", "val", "train", "train", "train", "test", "test", "train"],
+        }
+    )
 
 
 def test_least_viewed_counts_train_only_and_includes_unseen(interactions):
@@ -177,6 +189,7 @@ def test_least_viewed_pool_labels_dedupes_and_excludes_seen():
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
+
 
 def test_evaluate_lists_reuses_the_project_metrics():
     rng = np.random.default_rng(0)

@@ -1,4 +1,5 @@
 """The online feature store: build from notebook 01's tables, save/load, ordered lookups, seen items, popularity."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,11 +24,13 @@ def test_build_holds_readable_and_encoded_features(built):
     for column in ["gender", "age_group", "occupation", "city", "state", "n_train_ratings"]:
         assert column in store.users.columns
     encoded_movies = encoder.movie_table(movies)
-    np.testing.assert_array_equal(store.movies[ENCODED_PREFIX + encoded_movies.columns].to_numpy(),
-                                  encoded_movies.to_numpy())
+    np.testing.assert_array_equal(
+        store.movies[ENCODED_PREFIX + encoded_movies.columns].to_numpy(), encoded_movies.to_numpy()
+    )
     encoded_users = encoder.user_table(users)
-    np.testing.assert_array_equal(store.users[ENCODED_PREFIX + encoded_users.columns].to_numpy(),
-                                  encoded_users.to_numpy())
+    np.testing.assert_array_equal(
+        store.users[ENCODED_PREFIX + encoded_users.columns].to_numpy(), encoded_users.to_numpy()
+    )
     assert store.movies.loc[10, "title"] == movies.set_index("movie_id").loc[10, "title_clean"]
 
 

@@ -1,4 +1,5 @@
 """Features: titles, genres, age groups, occupations, time, interactions; speed and ZIP coverage on real data."""
+
 from __future__ import annotations
 
 import time
@@ -64,6 +65,7 @@ def make_ratings() -> pd.DataFrame:
 
 # --- titles -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("title", "clean", "year"),
     [
@@ -71,7 +73,11 @@ def make_ratings() -> pd.DataFrame:
         ("City of Lost Children, The (1995)", "The City of Lost Children", 1995),
         ("Postman, The (Postino, Il) (1994)", "The Postman (Postino, Il)", 1994),
         ("Postino, Il (The Postman) (1994)", "Il Postino (The Postman)", 1994),
-        ("Professional, The (a.k.a. Leon: The Professional) (1994)", "The Professional (a.k.a. Leon: The Professional)", 1994),
+        (
+            "Professional, The (a.k.a. Leon: The Professional) (1994)",
+            "The Professional (a.k.a. Leon: The Professional)",
+            1994,
+        ),
         ("Walk in the Clouds, A (1995)", "A Walk in the Clouds", 1995),
         ("Awfully Big Adventure, An (1995)", "An Awfully Big Adventure", 1995),
         ("Enfer, L' (1994)", "L'Enfer", 1994),
@@ -83,12 +89,22 @@ def make_ratings() -> pd.DataFrame:
         ("Misérables, Les (1995)", "Les Misérables", 1995),
         ("Hate (Haine, La) (1995)", "Hate (Haine, La)", 1995),  # the article belongs to the alias
         ("Maybe, Maybe Not (Bewegte Mann, Der) (1994)", "Maybe, Maybe Not (Bewegte Mann, Der)", 1994),
-        ("Adventures of Priscilla, Queen of the Desert, The (1994)", "The Adventures of Priscilla, Queen of the Desert", 1994),
-        ("Seven Samurai (The Magnificent Seven) (Shichinin no samurai) (1954)",
-         "Seven Samurai (The Magnificent Seven) (Shichinin no samurai)", 1954),
+        (
+            "Adventures of Priscilla, Queen of the Desert, The (1994)",
+            "The Adventures of Priscilla, Queen of the Desert",
+            1994,
+        ),
+        (
+            "Seven Samurai (The Magnificent Seven) (Shichinin no samurai) (1954)",
+            "Seven Samurai (The Magnificent Seven) (Shichinin no samurai)",
+            1954,
+        ),
         ("Heidi Fleiss: Hollywood Madam (1995) ", "Heidi Fleiss: Hollywood Madam", 1995),
-        ("Land Before Time III: The Time of the Great Giving (1995) (V)",
-         "Land Before Time III: The Time of the Great Giving (V)", 1995),
+        (
+            "Land Before Time III: The Time of the Great Giving (1995) (V)",
+            "Land Before Time III: The Time of the Great Giving (V)",
+            1995,
+        ),
         ("unknown", "unknown", None),
         ("1776 (1972)", "1776", 1972),
     ],
@@ -97,7 +113,7 @@ def test_split_title(title, clean, year):
     result = split_title(pd.Series([title], index=[7]))
     assert result.index.tolist() == [7]
     assert result.loc[7, "title_clean"] == clean
-    assert (pd.isna(result.loc[7, "year"]) if year is None else result.loc[7, "year"] == year)
+    assert pd.isna(result.loc[7, "year"]) if year is None else result.loc[7, "year"] == year
 
 
 def test_split_title_types_and_latin1_text_untouched():
@@ -110,6 +126,7 @@ def test_split_title_types_and_latin1_text_untouched():
 
 # --- genres -------------------------------------------------------------------------------------
 
+
 def test_genre_lists_and_empty_genres():
     lists = genre_lists(pd.Series(["Animation|Children's", "", None], index=[3, 2, 1]))
     assert lists.index.tolist() == [3, 2, 1]
@@ -120,7 +137,11 @@ def test_genre_multi_hot_columns_in_readme_order_with_safe_names():
     genres = pd.Series(["Sci-Fi|Film-Noir", "Children's|Action", "", "unknown", "Action"], index=list("abcde"))
     multi_hot = genre_multi_hot(genres)
     assert list(multi_hot.columns) == [
-        "genre_Action", "genre_Childrens", "genre_Film_Noir", "genre_Sci_Fi", "genre_unknown",
+        "genre_Action",
+        "genre_Childrens",
+        "genre_Film_Noir",
+        "genre_Sci_Fi",
+        "genre_unknown",
     ]
     assert (multi_hot.dtypes == np.int8).all()
     assert multi_hot.index.equals(genres.index)
@@ -137,10 +158,19 @@ def test_all_genres_give_18_columns():
 
 # --- users --------------------------------------------------------------------------------------
 
+
 def test_user_features_ml1m_codes():
     features, stats = user_features(make_users())
     assert list(features.columns) == [
-        "user_id", "gender", "age", "age_group", "occupation", "zip_code", "zip5", "city", "state",
+        "user_id",
+        "gender",
+        "age",
+        "age_group",
+        "occupation",
+        "zip_code",
+        "zip5",
+        "city",
+        "state",
     ]
     assert features["age_group"].tolist() == ["Under 18", "56+", "25-34", "45-49"]
     assert features["age_group"].cat.ordered
@@ -202,23 +232,33 @@ def test_missing_user_column_is_named():
 
 # --- movies -------------------------------------------------------------------------------------
 
+
 def test_movie_features():
     movies = make_movies()
     features = movie_features(movies)
     assert features.columns[:6].tolist() == ["movie_id", "title", "title_clean", "year", "genres", "genre_list"]
     assert features["title"].tolist() == movies["title"].tolist()
     assert features["title_clean"].tolist() == [
-        "Toy Story", "The City of Lost Children", "The Postman (Postino, Il)", "Les Misérables",
+        "Toy Story",
+        "The City of Lost Children",
+        "The Postman (Postino, Il)",
+        "Les Misérables",
     ]
     assert features["genre_list"].tolist()[3] == []
     assert genre_columns(features) == [
-        "genre_Adventure", "genre_Animation", "genre_Childrens", "genre_Comedy", "genre_Drama",
-        "genre_Romance", "genre_Sci_Fi",
+        "genre_Adventure",
+        "genre_Animation",
+        "genre_Childrens",
+        "genre_Comedy",
+        "genre_Drama",
+        "genre_Romance",
+        "genre_Sci_Fi",
     ]
     assert features.loc[0, "genre_Childrens"] == 1 and features.loc[3, genre_columns(features)].sum() == 0
 
 
 # --- time ---------------------------------------------------------------------------------------
+
 
 def test_time_features_at_a_known_timestamp():
     # 978300760 is 2000-12-31 22:12:40 UTC, a Sunday; 0 is 1970-01-01, a Thursday.
@@ -226,7 +266,11 @@ def test_time_features_at_a_known_timestamp():
     assert times.index.tolist() == [9, 8, 7]
     first = times.loc[9]
     assert (first["hour"], first["weekday"], first["weekday_name"], first["month"], first["year"]) == (
-        22, 6, "Sunday", 12, 2000,
+        22,
+        6,
+        "Sunday",
+        12,
+        2000,
     )
     assert first["datetime"] == pd.Timestamp("2000-12-31 22:12:40", tz="UTC")
     assert times.loc[8, ["hour", "weekday", "month", "year"]].tolist() == [0, 3, 1, 1970]
@@ -247,6 +291,7 @@ def test_time_features_agree_with_pandas_calendar():
 
 # --- interactions -------------------------------------------------------------------------------
 
+
 def test_build_interactions_keeps_rows_and_order():
     ratings = make_ratings()
     users_feat, _ = user_features(make_users())
@@ -257,7 +302,10 @@ def test_build_interactions_keeps_rows_and_order():
     assert "genre_list" not in interactions.columns
     assert interactions["rating_year"].tolist() == [2000, 2000, 1970, 2000, 2003, 2001]
     assert interactions.loc[60, ["city", "state", "title_clean", "year"]].tolist() == [
-        "Seattle", "WA", "The Postman (Postino, Il)", 1994,
+        "Seattle",
+        "WA",
+        "The Postman (Postino, Il)",
+        1994,
     ]
     assert interactions.loc[50, "occupation"] == "K-12 student"
     assert interactions.loc[50, "genre_Animation"] == 1 and interactions.loc[60, "genre_Animation"] == 0
@@ -275,22 +323,35 @@ def test_build_interactions_rejects_unknown_ids():
 
 # --- real data ----------------------------------------------------------------------------------
 
+
 def read_ml1m(folder) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """A minimal ML-1M reader in the schema of recsys.data (kept here so this test needs only the files)."""
     # "::" read as ":" with the empty fields between skipped keeps the fast C parser for the two
     # files whose values never contain ":"; titles can, so movies.dat goes through the python engine.
     users = pd.read_csv(
-        folder / "users.dat", sep=":", header=None, usecols=[0, 2, 4, 6, 8], encoding="latin-1",
+        folder / "users.dat",
+        sep=":",
+        header=None,
+        usecols=[0, 2, 4, 6, 8],
+        encoding="latin-1",
         names=["user_id", "x1", "gender", "x2", "age", "x3", "occupation", "x4", "zip_code"],
         dtype={"user_id": "int32", "gender": "str", "age": "int16", "occupation": "str", "zip_code": "str"},
     )
     movies = pd.read_csv(
-        folder / "movies.dat", sep="::", engine="python", header=None, encoding="latin-1",
-        names=["movie_id", "title", "genres"], dtype={"movie_id": "int32", "title": "str", "genres": "str"},
+        folder / "movies.dat",
+        sep="::",
+        engine="python",
+        header=None,
+        encoding="latin-1",
+        names=["movie_id", "title", "genres"],
+        dtype={"movie_id": "int32", "title": "str", "genres": "str"},
         keep_default_na=False,
     )
     ratings = pd.read_csv(
-        folder / "ratings.dat", sep=":", header=None, usecols=[0, 2, 4, 6],
+        folder / "ratings.dat",
+        sep=":",
+        header=None,
+        usecols=[0, 2, 4, 6],
         names=["user_id", "x1", "movie_id", "x2", "rating", "x3", "timestamp"],
         dtype={"user_id": "int32", "movie_id": "int32", "rating": "int8", "timestamp": "int64"},
     )

@@ -1,4 +1,5 @@
 """ZIP cleaning and the two city/state backends (uszipcode against a small database built here)."""
+
 from __future__ import annotations
 
 import warnings

@@ -1,4 +1,5 @@
 """Hand-checked cases for every metric in recsys.metrics."""
+
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ def csr(dense):
 
 
 # ---- rating metrics ---------------------------------------------------------------------------
+
 
 def test_rmse_and_mae_by_hand():
     assert metrics.rmse([1, 2, 3], [1, 2, 5]) == pytest.approx(math.sqrt(4 / 3))
@@ -39,43 +41,41 @@ def test_rating_metrics_reject_bad_input():
 
 # ---- interaction matrix and ranking -------------------------------------------------------------
 
+
 def test_build_interaction_matrix_is_binary_and_shaped_by_catalogue():
     matrix = metrics.build_interaction_matrix([0, 0, 2, 0], [1, 1, 3, 0], n_users=4, n_items=5)
     assert matrix.shape == (4, 5) and matrix.dtype == np.float32
     expected = np.zeros((4, 5))
-    expected[0, 1] = expected[2, 3] = expected[0, 0] = 1.0   # the repeated (0, 1) collapses to 1
+    expected[0, 1] = expected[2, 3] = expected[0, 0] = 1.0  # the repeated (0, 1) collapses to 1
     np.testing.assert_array_equal(matrix.toarray(), expected)
     with pytest.raises(ValueError, match="item_idx must lie in"):
         metrics.build_interaction_matrix([0], [5], n_users=1, n_items=5)
 
 
 def test_top_k_orders_best_first_and_breaks_ties_by_item_index():
-    scores = np.array([[0.1, 0.9, 0.5, 0.9, 0.2],
-                       [1.0, 1.0, 1.0, 1.0, 0.0]])
+    scores = np.array([[0.1, 0.9, 0.5, 0.9, 0.2], [1.0, 1.0, 1.0, 1.0, 0.0]])
     original = scores.copy()
     top = metrics.top_k_from_scores(scores, k=3)
     np.testing.assert_array_equal(top, [[1, 3, 2], [0, 1, 2]])
-    np.testing.assert_array_equal(scores, original)   # the caller's scores are untouched
+    np.testing.assert_array_equal(scores, original)  # the caller's scores are untouched
 
 
 def test_top_k_never_recommends_excluded_items():
-    scores = np.array([[0.1, 0.9, 0.5, 0.8, 0.2],
-                       [0.5, 0.4, 0.3, 0.2, 0.1]])
-    seen = csr([[0, 1, 0, 1, 0],
-                [1, 0, 0, 0, 0]])
+    scores = np.array([[0.1, 0.9, 0.5, 0.8, 0.2], [0.5, 0.4, 0.3, 0.2, 0.1]])
+    seen = csr([[0, 1, 0, 1, 0], [1, 0, 0, 0, 0]])
     top = metrics.top_k_from_scores(scores, k=2, exclude=seen)
     np.testing.assert_array_equal(top, [[2, 4], [1, 2]])
     # With fewer than k unseen items left, the seen ones fill the tail, still deterministically.
     everything_seen_but_one = csr([[1, 1, 0, 1, 1], [0, 1, 1, 1, 1]])
     top = metrics.top_k_from_scores(scores, k=3, exclude=everything_seen_but_one)
     np.testing.assert_array_equal(top[:, 0], [2, 0])
-    np.testing.assert_array_equal(top[0, 1:], [0, 1])   # the -inf ties, by item index
+    np.testing.assert_array_equal(top[0, 1:], [0, 1])  # the -inf ties, by item index
 
 
 def test_top_k_matches_a_full_stable_sort_on_random_and_tied_scores():
     rng = np.random.default_rng(0)
     real_scores = rng.normal(size=(50, 300))
-    count_scores = rng.integers(0, 4, size=(50, 300)).astype(float)   # heavy ties at every boundary
+    count_scores = rng.integers(0, 4, size=(50, 300)).astype(float)  # heavy ties at every boundary
     seen = sp.random(50, 300, density=0.1, random_state=1, format="csr")
     for scores in (real_scores, count_scores):
         top = metrics.top_k_from_scores(scores, k=20, exclude=seen)
@@ -95,18 +95,20 @@ def test_top_k_rejects_bad_input():
 
 # ---- retrieval metrics ----------------------------------------------------------------------------
 
+
 def test_retrieval_metrics_by_hand():
-    top_items = np.array([[0, 1, 2],    # relevant {1, 5}: hit at rank 2
-                          [4, 2, 3],    # relevant {3}: hit at rank 3 only
-                          [0, 1, 2],    # no held-out items: skipped
-                          [5, 0, 1]])   # relevant {0, 1, 2, 4} (more than K): hits at ranks 2 and 3
-    relevant = csr([[0, 1, 0, 0, 0, 1],
-                    [0, 0, 0, 1, 0, 0],
-                    [0, 0, 0, 0, 0, 0],
-                    [1, 1, 1, 0, 1, 0]])
+    top_items = np.array(
+        [
+            [0, 1, 2],  # relevant {1, 5}: hit at rank 2
+            [4, 2, 3],  # relevant {3}: hit at rank 3 only
+            [0, 1, 2],  # no held-out items: skipped
+            [5, 0, 1],
+        ]
+    )  # relevant {0, 1, 2, 4} (more than K): hits at ranks 2 and 3
+    relevant = csr([[0, 1, 0, 0, 0, 1], [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 1, 0]])
     result = metrics.retrieval_metrics(top_items, relevant, ks=(2, 3))
 
-    d2, d3 = 1 / math.log2(3), 1 / math.log2(4)   # discounts of ranks 2 and 3
+    d2, d3 = 1 / math.log2(3), 1 / math.log2(4)  # discounts of ranks 2 and 3
     # K=2: recall 1/min(2,2), 0/1, 1/min(2,4)
     assert result["recall_at_2"] == pytest.approx((1 / 2 + 0 + 1 / 2) / 3)
     assert result["ndcg_at_2"] == pytest.approx((d2 / (1 + d2) + 0 + d2 / (1 + d2)) / 3)
@@ -116,15 +118,16 @@ def test_retrieval_metrics_by_hand():
     assert result["ndcg_at_3"] == pytest.approx((d2 / (1 + d2) + d3 / 1 + (d2 + d3) / (1 + d2 + d3)) / 3)
     assert result["hit_rate_at_3"] == pytest.approx(1.0)
     assert result["n_users_evaluated"] == 3
-    assert set(result) == {f"{name}_at_{k}" for name in ("recall", "ndcg", "hit_rate") for k in (2, 3)} \
-        | {"n_users_evaluated"}
+    assert set(result) == {f"{name}_at_{k}" for name in ("recall", "ndcg", "hit_rate") for k in (2, 3)} | {
+        "n_users_evaluated"
+    }
 
 
 def test_retrieval_metrics_perfect_lists_score_one():
     relevant = csr([[1, 1, 0, 0], [0, 0, 0, 1]])
     result = metrics.retrieval_metrics(np.array([[1, 0, 3], [3, 0, 1]]), relevant, ks=(1, 2))
     assert result["recall_at_2"] == result["ndcg_at_2"] == result["hit_rate_at_2"] == 1.0
-    assert result["recall_at_1"] == 1.0   # denominator min(1, 2) = 1
+    assert result["recall_at_1"] == 1.0  # denominator min(1, 2) = 1
 
 
 def test_retrieval_metrics_reject_bad_input():
@@ -141,6 +144,7 @@ def test_retrieval_metrics_reject_bad_input():
 
 # ---- beyond accuracy --------------------------------------------------------------------------------
 
+
 def test_coverage():
     top_items = np.array([[0, 1], [1, 2]])
     assert metrics.coverage_at_k(top_items, n_items=5, k=2) == pytest.approx(3 / 5)
@@ -153,20 +157,28 @@ def test_item_popularity_share_and_novelty():
     np.testing.assert_allclose(metrics.item_popularity_share(X_train), [0.5, 1.0, 0.25])
 
     popularity = np.array([0.5, 0.25, 1.0, 1 / 8])
-    top_items = np.array([[0, 1], [1, 3]])   # -log2 p = 1, 2, 2, 3
+    top_items = np.array([[0, 1], [1, 3]])  # -log2 p = 1, 2, 2, 3
     assert metrics.novelty(top_items, popularity, k=2) == pytest.approx(2.0)
     assert metrics.novelty(top_items, popularity, k=1) == pytest.approx(1.5)
     with pytest.raises(ValueError, match="item_popularity_share"):
-        metrics.novelty(top_items, np.array([2.0, 1.0, 0.0, 5.0]), k=2)   # counts, not shares
+        metrics.novelty(top_items, np.array([2.0, 1.0, 0.0, 5.0]), k=2)  # counts, not shares
 
 
 def test_intra_list_diversity_by_hand():
-    genres = np.array([[1, 0, 0],    # item 0: {A}
-                       [1, 1, 0],    # item 1: {A, B}
-                       [0, 0, 1],    # item 2: {C}
-                       [1, 1, 0]])   # item 3: {A, B}
-    top_items = np.array([[0, 1, 2],   # distances .5, 1, 1
-                          [1, 3, 0]])  # distances 0, .5, .5
+    genres = np.array(
+        [
+            [1, 0, 0],  # item 0: {A}
+            [1, 1, 0],  # item 1: {A, B}
+            [0, 0, 1],  # item 2: {C}
+            [1, 1, 0],
+        ]
+    )  # item 3: {A, B}
+    top_items = np.array(
+        [
+            [0, 1, 2],  # distances .5, 1, 1
+            [1, 3, 0],
+        ]
+    )  # distances 0, .5, .5
     expected = ((0.5 + 1 + 1) / 3 + (0 + 0.5 + 0.5) / 3) / 2
     assert metrics.intra_list_diversity(top_items, genres, k=3) == pytest.approx(expected)
     assert metrics.intra_list_diversity(top_items, sp.csr_matrix(genres), k=3) == pytest.approx(expected)
@@ -188,9 +200,12 @@ def test_beyond_accuracy_keys_and_values():
     popularity = np.full(4, 0.5)
     top_items = np.array([[0, 1], [0, 2]])
     result = metrics.beyond_accuracy(top_items, 4, popularity, genres, k=2)
-    assert result == pytest.approx({"coverage_at_2": 0.75, "novelty": 1.0, "intra_list_diversity": 1.0,
-                                    "gini": 0.375})
+    assert result == pytest.approx({"coverage_at_2": 0.75, "novelty": 1.0, "intra_list_diversity": 1.0, "gini": 0.375})
     # the coverage key names its k; the default k is 10
     ten_items = np.array([np.arange(10), np.arange(10)])
-    assert set(metrics.beyond_accuracy(ten_items, 10, np.full(10, 0.5), np.eye(10))) \
-        == {"coverage_at_10", "novelty", "intra_list_diversity", "gini"}
+    assert set(metrics.beyond_accuracy(ten_items, 10, np.full(10, 0.5), np.eye(10))) == {
+        "coverage_at_10",
+        "novelty",
+        "intra_list_diversity",
+        "gini",
+    }

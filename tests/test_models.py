@@ -1,4 +1,5 @@
 """Feature encoding, the two-tower rating model built from params, and save/reload in a fresh process."""
+
 from __future__ import annotations
 
 import json
@@ -17,17 +18,37 @@ from tests.conftest import PROJECT_ROOT
 
 @pytest.fixture(scope="module")
 def tables():
-    users = pd.DataFrame({"user_id": [1, 2, 3], "gender": ["F", "M", "M"], "age_group": ["18-24", "25-34", "25-34"],
-                          "occupation": ["writer", "programmer", "writer"], "zip5": ["98107", "10001", None],
-                          "city": ["Seattle", "New York", None], "state": ["WA", "NY", None]})
-    movies = pd.DataFrame({"movie_id": [10, 20, 30], "title_clean": ["Toy Story", "Toy Story 2", "Heat"],
-                           "year": pd.array([1995, 1999, None], dtype="Int16"),
-                           "genre_Action": np.array([0, 0, 1], np.int8), "genre_Comedy": np.array([1, 1, 0], np.int8)})
+    users = pd.DataFrame(
+        {
+            "user_id": [1, 2, 3],
+            "gender": ["F", "M", "M"],
+            "age_group": ["18-24", "25-34", "25-34"],
+            "occupation": ["writer", "programmer", "writer"],
+            "zip5": ["98107", "10001", None],
+            "city": ["Seattle", "New York", None],
+            "state": ["WA", "NY", None],
+        }
+    )
+    movies = pd.DataFrame(
+        {
+            "movie_id": [10, 20, 30],
+            "title_clean": ["Toy Story", "Toy Story 2", "Heat"],
+            "year": pd.array([1995, 1999, None], dtype="Int16"),
+            "genre_Action": np.array([0, 0, 1], np.int8),
+            "genre_Comedy": np.array([1, 1, 0], np.int8),
+        }
+    )
     rng = np.random.default_rng(0)
     n = 600
-    interactions = pd.DataFrame({"user_id": rng.choice([1, 2, 3], n), "movie_id": rng.choice([10, 20, 30], n),
-                                 "hour": rng.integers(0, 24, n), "weekday": rng.integers(0, 7, n),
-                                 "month": rng.integers(1, 13, n)})
+    interactions = pd.DataFrame(
+        {
+            "user_id": rng.choice([1, 2, 3], n),
+            "movie_id": rng.choice([10, 20, 30], n),
+            "hour": rng.integers(0, 24, n),
+            "weekday": rng.integers(0, 7, n),
+            "month": rng.integers(1, 13, n),
+        }
+    )
     interactions["rating"] = (3 + (interactions["user_id"] == 1) - (interactions["movie_id"] == 30)).astype(np.float32)
     return users, movies, interactions
 
@@ -37,18 +58,19 @@ def test_encoder_reserves_zero_for_missing_and_unseen(tables):
     train = interactions[interactions["user_id"] != 3]
     encoder = FeatureEncoder.fit(users, movies, train)
     user_table = encoder.user_table(users)
-    assert user_table.loc[3, "user_id_idx"] == 0          # never in train: the shared unknown row
+    assert user_table.loc[3, "user_id_idx"] == 0  # never in train: the shared unknown row
     assert user_table.loc[3, "zip5"] == 0 and user_table.loc[1, "zip5"] > 0
     movie_table = encoder.movie_table(movies)
-    assert movie_table.loc[30, "release_year"] == 0       # missing year
+    assert movie_table.loc[30, "release_year"] == 0  # missing year
     # "toy" and "story" appear in two titles (kept), "heat" and "2" once (unknown token 0)
     assert set(encoder.title_vocabulary) == {"toy", "story"}
     assert movie_table.loc[20, ["title_0", "title_1", "title_2"]].tolist()[:2] == [2, 1]
     inputs = encoder.interaction_inputs(interactions, user_table, movie_table)
     assert inputs["genres"].shape == (len(interactions), 2) and inputs["title"].shape[1] == encoder.title_length
     assert inputs["hour"].min() >= 1 and inputs["month"].max() <= 12
-    no_context = encoder.interaction_inputs(interactions.drop(columns=["hour", "weekday", "month"]), user_table,
-                                            movie_table, context=False)
+    no_context = encoder.interaction_inputs(
+        interactions.drop(columns=["hour", "weekday", "month"]), user_table, movie_table, context=False
+    )
     assert set(inputs) - set(no_context) == {"hour", "weekday", "month"}
 
 
@@ -93,7 +115,9 @@ def test_model_builds_from_params_for_each_feature_set(tables, features):
     assert abs(np.median(predictions) - 3.0) < 0.2 and np.abs(predictions - 3.0).max() < 1.0
     names = {v.name for v in model.trainable_variables}
     assert any("city_embedding" in n for n in names) == ("user" in features)
-    assert any("title_word_embedding" in n for n in names) == (features in (["user", "movie"], ["user", "movie", "context"], ["title"]))
+    assert any("title_word_embedding" in n for n in names) == (
+        features in (["user", "movie"], ["user", "movie", "context"], ["title"])
+    )
 
 
 def test_training_learns_and_early_stopping_restores_best(tables):
@@ -104,13 +128,15 @@ def test_training_learns_and_early_stopping_restores_best(tables):
     inputs = encoder.interaction_inputs(interactions, encoder.user_table(users), encoder.movie_table(movies))
     y = interactions["rating"].to_numpy(np.float32)
     config = small_config(learning_rate=0.05, max_epochs=15, l2=0.0)
-    result = training.train_ranking_model(config, encoder.cardinalities(), inputs, y, seed=1, x_val=inputs,
-                                          y_val=y, verbose=0)
+    result = training.train_ranking_model(
+        config, encoder.cardinalities(), inputs, y, seed=1, x_val=inputs, y_val=y, verbose=0
+    )
     val = result.history["val_root_mean_squared_error"]
     assert min(val) < 0.5 * val[0]
     assert result.best_epoch == int(np.argmin(val)) + 1
-    again = training.train_ranking_model(config, encoder.cardinalities(), inputs, y, seed=1, x_val=inputs,
-                                         y_val=y, verbose=0)
+    again = training.train_ranking_model(
+        config, encoder.cardinalities(), inputs, y, seed=1, x_val=inputs, y_val=y, verbose=0
+    )
     assert again.history["val_root_mean_squared_error"] == val  # one seed, same run
 
 
@@ -121,8 +147,9 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_predictions(tmp_p
     encoder = FeatureEncoder.fit(users, movies, interactions)
     inputs = encoder.interaction_inputs(interactions, encoder.user_table(users), encoder.movie_table(movies))
     y = interactions["rating"].to_numpy(np.float32)
-    result = training.train_ranking_model(small_config(), encoder.cardinalities(), inputs, y, seed=3, epochs=2,
-                                          verbose=0)
+    result = training.train_ranking_model(
+        small_config(), encoder.cardinalities(), inputs, y, seed=3, epochs=2, verbose=0
+    )
     folder = training.save_ranking_model(result.model, encoder, tmp_path / "ranking_model")
     np.savez(tmp_path / "inputs.npz", **inputs)
     expected = training.predict_ratings(result.model, inputs)
@@ -164,9 +191,9 @@ def test_training_dataset_visits_every_example_once_per_epoch_in_a_new_order():
 
     first, second = one_epoch(dataset), one_epoch(dataset)
     assert sorted(first) == list(range(n)) and sorted(second) == list(range(n))
-    assert not np.array_equal(first, second)          # reshuffled between epochs (a new iterator each)
-    assert not np.array_equal(first, np.arange(n))    # shuffled at all
-    rebuilt = training.training_dataset(inputs, labels, batch, seed=7)   # one seed, the same epochs
+    assert not np.array_equal(first, second)  # reshuffled between epochs (a new iterator each)
+    assert not np.array_equal(first, np.arange(n))  # shuffled at all
+    rebuilt = training.training_dataset(inputs, labels, batch, seed=7)  # one seed, the same epochs
     np.testing.assert_array_equal(one_epoch(rebuilt), first)
     np.testing.assert_array_equal(one_epoch(rebuilt), second)
     assert not np.array_equal(one_epoch(training.training_dataset(inputs, labels, batch, seed=8)), first)

@@ -1,4 +1,5 @@
 """The notebook chain executed through papermill by run_all.py, asserting on each metrics.json."""
+
 from __future__ import annotations
 
 import json
@@ -69,13 +70,25 @@ def test_smoke_eda_metrics(smoke_run):
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize("dataset, folder, expected", [
-    ("ml-100k", "ml-100k", {"n_users": 943, "n_movies": 1682, "n_ratings": 100_000}),
-    ("ml-1m", "ml-1m-half", {"n_users": 2999, "n_ratings": 487_650, "n_users_listed": 6040}),
-])
+@pytest.mark.parametrize(
+    "dataset, folder, expected",
+    [
+        ("ml-100k", "ml-100k", {"n_users": 943, "n_movies": 1682, "n_ratings": 100_000}),
+        ("ml-1m", "ml-1m-half", {"n_users": 2999, "n_ratings": 487_650, "n_users_listed": 6040}),
+    ],
+)
 def test_real_data_preprocess_and_eda(tmp_path, shared_data, dataset, folder, expected):
-    run_dir = run_pipeline(tmp_path, "-p", f"dataset={dataset}", "-p", f"data_dir={shared_data / folder}",
-                           "--run-name", folder, "--until", "02")
+    run_dir = run_pipeline(
+        tmp_path,
+        "-p",
+        f"dataset={dataset}",
+        "-p",
+        f"data_dir={shared_data / folder}",
+        "--run-name",
+        folder,
+        "--until",
+        "02",
+    )
     m1 = metrics(run_dir, "01_preprocess")
     assert {k: m1[k] for k in expected} == expected
     assert m1["n_rows_dropped"] == 0
@@ -112,8 +125,9 @@ def test_smoke_retrieval_metrics(smoke_run):
     assert m["recall_at_10_two_tower"] > 1.2 * m["recall_at_10_popularity"]
     assert m["recall_at_10_ease"] > m["recall_at_10_popularity"]
     assert m["scann_overlap_at_100"] > 0.5
-    assert [m[f"factorized_top_{k}_accuracy"] for k in (1, 5, 10, 50, 100)] == \
-        sorted(m[f"factorized_top_{k}_accuracy"] for k in (1, 5, 10, 50, 100))
+    assert [m[f"factorized_top_{k}_accuracy"] for k in (1, 5, 10, 50, 100)] == sorted(
+        m[f"factorized_top_{k}_accuracy"] for k in (1, 5, 10, 50, 100)
+    )
     for artifact in ("retrieval_model", "movie_embeddings", "bruteforce_index", "scann_index"):
         stage, filename = run_all.ARTIFACTS[artifact]
         assert (smoke_run / stage / filename).exists()
@@ -121,8 +135,12 @@ def test_smoke_retrieval_metrics(smoke_run):
 
 def test_smoke_two_stage_metrics(smoke_run):
     m = metrics(smoke_run, "06_retrieval_ranking")
-    for key in ("recall_at_10_two_stage", "ndcg_at_10_two_stage", "recall_at_10_retrieval_only",
-                "coverage_at_10_two_stage"):
+    for key in (
+        "recall_at_10_two_stage",
+        "ndcg_at_10_two_stage",
+        "recall_at_10_retrieval_only",
+        "coverage_at_10_two_stage",
+    ):
         assert 0 < m[key] <= 1
     assert m["novelty_two_stage"] > 0
     assert 0 < m["recommend_p50_ms"] <= m["recommend_p99_ms"]
@@ -170,10 +188,23 @@ def test_run_summary_compares_every_strategy(smoke_run):
 
 
 def test_exploration_is_deterministic_under_the_seed(smoke_run):
-    before = {s: metrics(smoke_run, s) for s in ("07_explore_weighted_sampling", "08_explore_gaussian_noise",
-                                                 "09_explore_least_viewed")}
-    assert run_all.main(["--artifacts-dir", str(smoke_run.parent), "--params", str(PROJECT_ROOT / "params" / "smoke.yaml"),
-                         "--from", "07"]) == 0
+    before = {
+        s: metrics(smoke_run, s)
+        for s in ("07_explore_weighted_sampling", "08_explore_gaussian_noise", "09_explore_least_viewed")
+    }
+    assert (
+        run_all.main(
+            [
+                "--artifacts-dir",
+                str(smoke_run.parent),
+                "--params",
+                str(PROJECT_ROOT / "params" / "smoke.yaml"),
+                "--from",
+                "07",
+            ]
+        )
+        == 0
+    )
     assert {s: metrics(smoke_run, s) for s in before} == before
 
 
@@ -188,24 +219,39 @@ def test_reports_render_in_a_real_browser(smoke_run):
         pytest.skip("Chromium is not installed: `make chromium` installs Debian's package for this check")
     reports = smoke_run / "reports"
     for page in (reports / "index.html", reports / "04_two_tower_ranking.html"):
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={smoke_run / '.chromium'}"]
-        dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                             timeout=120, check=True).stdout
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={smoke_run / '.chromium'}",
+        ]
+        dom = subprocess.run(
+            [browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True
+        ).stdout
         parser = LinkCollector()
         parser.feed(dom)
         assert parser.images, f"{page.name} shows no image"
         for src in parser.images:
-            assert src.startswith("data:image/") or (page.parent / unquote(src)).is_file(), f"{page.name}: image {src[:80]}"
+            assert src.startswith("data:image/") or (page.parent / unquote(src)).is_file(), (
+                f"{page.name}: image {src[:80]}"
+            )
         for href in parser.links:
             if href.startswith("#"):
                 assert href[1:] in parser.ids, f"{page.name}: anchor {href} has no target"
             elif not href.startswith(("http://", "https://", "mailto:")):
                 assert (page.parent / unquote(href.split("#")[0])).is_file(), f"{page.name}: link {href}"
         screenshot = smoke_run / f"screenshot_{page.stem}.png"
-        subprocess.run([browser, *flags, "--window-size=1280,2400", f"--screenshot={screenshot}", page.as_uri()],
-                       capture_output=True, timeout=120, check=True)
+        subprocess.run(
+            [browser, *flags, "--window-size=1280,2400", f"--screenshot={screenshot}", page.as_uri()],
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
         assert screenshot.stat().st_size > 20_000, f"{screenshot} looks blank"
 
 

@@ -1,4 +1,5 @@
 """Mimicking online prediction: retrieval, seen-item exclusion, ranking, the popular fallback, batch = per user."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,8 +53,9 @@ def test_predicted_rating_is_the_models_prediction_for_that_user_movie_and_conte
     store, encoder, model = setup["store"], setup["encoder"], setup["model"]
     table = call(setup, 2)
     interactions = pd.DataFrame({"user_id": 2, "movie_id": table["movie_id"], **CONTEXT})
-    inputs = encoder.interaction_inputs(interactions, encoder.user_table(setup["tables"][0]),
-                                        encoder.movie_table(setup["tables"][1]))
+    inputs = encoder.interaction_inputs(
+        interactions, encoder.user_table(setup["tables"][0]), encoder.movie_table(setup["tables"][1])
+    )
     expected = model.predict(inputs, verbose=0)
     np.testing.assert_allclose(table["predicted_rating"], np.clip(expected, 1, 5), rtol=1e-5)
 
@@ -97,12 +99,21 @@ def test_recommend_batch_equals_recommend_per_user(setup):
     from recsys.online import recommend_batch
 
     user_ids = [3, 987654, 1, 5, 3, 8]
-    batch = recommend_batch(user_ids, k=5, n_candidates=8, context=CONTEXT, store=setup["store"],
-                            retrieval_index=setup["retriever"], ranking_model=setup["model"], encoder=setup["encoder"])
+    batch = recommend_batch(
+        user_ids,
+        k=5,
+        n_candidates=8,
+        context=CONTEXT,
+        store=setup["store"],
+        retrieval_index=setup["retriever"],
+        ranking_model=setup["model"],
+        encoder=setup["encoder"],
+    )
     expected = pd.concat([call(setup, u).assign(user_id=u) for u in user_ids], ignore_index=True)
     expected = expected[["user_id", *expected.columns[:-1]]]
-    pd.testing.assert_frame_equal(batch.drop(columns="predicted_rating"), expected.drop(columns="predicted_rating"),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        batch.drop(columns="predicted_rating"), expected.drop(columns="predicted_rating"), check_dtype=False
+    )
     np.testing.assert_allclose(batch["predicted_rating"], expected["predicted_rating"], rtol=1e-5)
 
 
@@ -110,8 +121,16 @@ def test_recommend_batch_without_retrieve_batch_matches(setup):
     from recsys.online import recommend_batch
 
     retriever = setup["retriever"]
-    batch = recommend_batch([2, 4], k=3, n_candidates=8, context=CONTEXT, store=setup["store"],
-                            retrieval_index=retriever.retrieve, ranking_model=setup["model"], encoder=setup["encoder"])
+    batch = recommend_batch(
+        [2, 4],
+        k=3,
+        n_candidates=8,
+        context=CONTEXT,
+        store=setup["store"],
+        retrieval_index=retriever.retrieve,
+        ranking_model=setup["model"],
+        encoder=setup["encoder"],
+    )
     for user_id, rows in batch.groupby("user_id"):
         assert rows["movie_id"].tolist() == call(setup, user_id, k=3)["movie_id"].tolist()
 
@@ -127,8 +146,15 @@ def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
     n_rows, dim = int(store.users["enc_user_id_idx"].max()) + 1, retriever.user_vectors.shape[1]
     user_vectors = np.zeros((n_rows, dim), np.float32)
     user_vectors[store.users["enc_user_id_idx"].to_numpy()] = retriever.user_vectors
-    query_model = tf.keras.Sequential([tf.keras.layers.Embedding(
-        len(user_vectors), user_vectors.shape[1], embeddings_initializer=tf.keras.initializers.Constant(user_vectors))])
+    query_model = tf.keras.Sequential(
+        [
+            tf.keras.layers.Embedding(
+                len(user_vectors),
+                user_vectors.shape[1],
+                embeddings_initializer=tf.keras.initializers.Constant(user_vectors),
+            )
+        ]
+    )
     layer = tfrs.layers.factorized_top_k.BruteForce(query_model)
     layer.index(tf.constant(retriever.movie_vectors), tf.constant(retriever.movie_ids.astype(np.int64)))
     adapter = FactorizedTopKRetriever(layer, store.users["enc_user_id_idx"])

@@ -1,4 +1,5 @@
 """Parameters: merging, overrides, and every kind of bad input rejected with the key named."""
+
 from __future__ import annotations
 
 import ast
@@ -38,34 +39,37 @@ def test_override_values_are_yaml_typed():
     assert parse_override("download.sources=[a, b]") == (["download", "sources"], ["a", "b"])
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("splitt.strategy=random", "unknown parameter 'splitt'"),
-    ("split.stratgy=random", "did you mean 'strategy'"),
-    ("seed=abc", "seed: expected int"),
-    ("split.val_share=[1]", "split.val_share: expected float"),
-    ("geo=zipcodes", "geo in override -p geo=zipcodes: expected a group of keys"),
-    ("dataset=ml-10m", "must be one of ml-1m, ml-100k, synthetic"),
-    ("split.strategy=leave-one-out", "must be one of random, temporal"),
-    ("split.test_share=0.95", "must leave a share for train"),
-    ("split.val_share=-0.1", "split.val_share=-0.1: must be a share"),
-    ("run_name=../escape", "run_name='../escape'"),
-    ("synthetic.n_users=True", "synthetic.n_users: expected int"),
-    ("download.sources=[]", "download.sources=[]: must not be empty"),
-    ("nokey", "not of the form key.sub=value"),
-    # model parameters that make no sense (issue: rejected before training, naming the key)
-    ("ranking.max_epochs=-1", "ranking.max_epochs=-1: must be >= 1"),
-    ("ranking.batch_size=0", "ranking.batch_size=0: must be >= 1"),
-    ("ranking.features=[]", "ranking.features=[]: the feature list is empty"),
-    ("ranking.features=[user, colour]", "unknown feature(s) ['colour']"),
-    ("ranking.learning_rate=0", "ranking.learning_rate=0.0: must be > 0"),
-    ("ranking.mlp_layers=[32, 0]", "item 1 (0) must be >= 1"),
-    ("ranking.optimizer=rmsprop", "must be one of adam, adagrad, sgd"),
-    ("ranking.head_on=ids", "ranking.head_on='ids': must be one of features, towers"),
-    ("ranking.id_learning_rate=-0.1", "ranking.id_learning_rate=-0.1: must be >= 0"),
-    ("baselines.svd_grid.n_epochs=[]", "must not be empty"),
-    ("baselines.svd_grid.lr_all=[0.005, -1]", "item 1 (-1.0) must be > 0"),
-    ("baselines.svd_grid.biased=[true]", "unknown parameter 'baselines.svd_grid.biased'"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("splitt.strategy=random", "unknown parameter 'splitt'"),
+        ("split.stratgy=random", "did you mean 'strategy'"),
+        ("seed=abc", "seed: expected int"),
+        ("split.val_share=[1]", "split.val_share: expected float"),
+        ("geo=zipcodes", "geo in override -p geo=zipcodes: expected a group of keys"),
+        ("dataset=ml-10m", "must be one of ml-1m, ml-100k, synthetic"),
+        ("split.strategy=leave-one-out", "must be one of random, temporal"),
+        ("split.test_share=0.95", "must leave a share for train"),
+        ("split.val_share=-0.1", "split.val_share=-0.1: must be a share"),
+        ("run_name=../escape", "run_name='../escape'"),
+        ("synthetic.n_users=True", "synthetic.n_users: expected int"),
+        ("download.sources=[]", "download.sources=[]: must not be empty"),
+        ("nokey", "not of the form key.sub=value"),
+        # model parameters that make no sense (issue: rejected before training, naming the key)
+        ("ranking.max_epochs=-1", "ranking.max_epochs=-1: must be >= 1"),
+        ("ranking.batch_size=0", "ranking.batch_size=0: must be >= 1"),
+        ("ranking.features=[]", "ranking.features=[]: the feature list is empty"),
+        ("ranking.features=[user, colour]", "unknown feature(s) ['colour']"),
+        ("ranking.learning_rate=0", "ranking.learning_rate=0.0: must be > 0"),
+        ("ranking.mlp_layers=[32, 0]", "item 1 (0) must be >= 1"),
+        ("ranking.optimizer=rmsprop", "must be one of adam, adagrad, sgd"),
+        ("ranking.head_on=ids", "ranking.head_on='ids': must be one of features, towers"),
+        ("ranking.id_learning_rate=-0.1", "ranking.id_learning_rate=-0.1: must be >= 0"),
+        ("baselines.svd_grid.n_epochs=[]", "must not be empty"),
+        ("baselines.svd_grid.lr_all=[0.005, -1]", "item 1 (-1.0) must be > 0"),
+        ("baselines.svd_grid.biased=[true]", "unknown parameter 'baselines.svd_grid.biased'"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, fragment):
     with pytest.raises(ParamsError) as err:
         load_params(overrides=[override])
@@ -123,8 +127,9 @@ def test_notebook_parameter_cells_match_default_yaml():
                 assert value == "../artifacts"
                 continue
             assert name in defaults, f"{path.name}: parameter {name} is not in params/default.yaml"
-            assert json.dumps(value, sort_keys=True) == json.dumps(defaults[name], sort_keys=True), \
+            assert json.dumps(value, sort_keys=True) == json.dumps(defaults[name], sort_keys=True), (
                 f"{path.name}: default of {name} differs from params/default.yaml"
+            )
 
 
 def test_features_accept_groups_single_features_and_ids():

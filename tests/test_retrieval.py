@@ -1,4 +1,5 @@
 """The retrieval stage on tiny data: model, logQ, full-ranking evaluation, BruteForce/ScaNN indexes, save/reload."""
+
 from __future__ import annotations
 
 import json
@@ -22,15 +23,27 @@ def data():
     n_movies = N_TASTES * MOVIES_PER_TASTE
     movie_taste = np.repeat(np.arange(N_TASTES), MOVIES_PER_TASTE)
     genres = ["Action", "Comedy", "Drama", "Horror"]
-    movies = pd.DataFrame({"movie_id": np.arange(1, n_movies + 1) * 10,
-                           "title_clean": [f"{genres[t]} story part {i % 5}" for i, t in enumerate(movie_taste)],
-                           "year": pd.array(1990 + np.arange(n_movies) % 10, dtype="Int16")})
+    movies = pd.DataFrame(
+        {
+            "movie_id": np.arange(1, n_movies + 1) * 10,
+            "title_clean": [f"{genres[t]} story part {i % 5}" for i, t in enumerate(movie_taste)],
+            "year": pd.array(1990 + np.arange(n_movies) % 10, dtype="Int16"),
+        }
+    )
     for t, genre in enumerate(genres):
         movies[f"genre_{genre}"] = (movie_taste == t).astype(np.int8)
     user_taste = np.arange(N_USERS) % N_TASTES
-    users = pd.DataFrame({"user_id": np.arange(1, N_USERS + 1), "gender": np.where(user_taste % 2, "F", "M"),
-                          "age_group": np.array(["18-24", "25-34", "35-44", "45-49"])[user_taste],
-                          "occupation": "writer", "zip5": "10001", "city": "New York", "state": "NY"})
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(1, N_USERS + 1),
+            "gender": np.where(user_taste % 2, "F", "M"),
+            "age_group": np.array(["18-24", "25-34", "35-44", "45-49"])[user_taste],
+            "occupation": "writer",
+            "zip5": "10001",
+            "city": "New York",
+            "state": "NY",
+        }
+    )
     popularity = 1.0 / np.arange(1, MOVIES_PER_TASTE + 1)  # within a taste, a Zipf-like skew
     rows = []
     for user, taste in zip(users["user_id"], user_taste):
@@ -46,29 +59,44 @@ def data():
     interactions["month"] = rng.integers(1, 13, len(interactions))
     train = interactions[interactions["split"] == "train"]
     encoder = FeatureEncoder.fit(users, movies, train)
-    return {"users": users, "movies": movies, "interactions": interactions, "train": train, "encoder": encoder,
-            "user_table": encoder.user_table(users), "movie_table": encoder.movie_table(movies)}
+    return {
+        "users": users,
+        "movies": movies,
+        "interactions": interactions,
+        "train": train,
+        "encoder": encoder,
+        "user_table": encoder.user_table(users),
+        "movie_table": encoder.movie_table(movies),
+    }
 
 
 def small_config(**overrides):
     from recsys.retrieval import RetrievalConfig
 
-    return RetrievalConfig(**{"embedding_dim": 16, "side_dim": 4, "batch_size": 128, "epochs": 15,
-                              "learning_rate": 0.02, **overrides})
+    return RetrievalConfig(
+        **{"embedding_dim": 16, "side_dim": 4, "batch_size": 128, "epochs": 15, "learning_rate": 0.02, **overrides}
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(data):
     from recsys import retrieval
 
-    result = retrieval.train_retrieval_model(small_config(), data["encoder"], data["train"], data["user_table"],
-                                             data["movie_table"], seed=1, verbose=0)
-    matrices = retrieval.split_matrices(data["interactions"], data["users"]["user_id"].to_numpy(),
-                                        data["movie_table"].index.to_numpy())
+    result = retrieval.train_retrieval_model(
+        small_config(), data["encoder"], data["train"], data["user_table"], data["movie_table"], seed=1, verbose=0
+    )
+    matrices = retrieval.split_matrices(
+        data["interactions"], data["users"]["user_id"].to_numpy(), data["movie_table"].index.to_numpy()
+    )
     movie_ids, movie_vectors = retrieval.movie_embeddings(result.model, data["encoder"], data["movie_table"])
     user_vectors = retrieval.user_embeddings(result.model, data["encoder"], data["user_table"], matrices.user_ids)
-    return {"result": result, "matrices": matrices, "movie_ids": movie_ids, "movie_vectors": movie_vectors,
-            "user_vectors": user_vectors}
+    return {
+        "result": result,
+        "matrices": matrices,
+        "movie_ids": movie_ids,
+        "movie_vectors": movie_vectors,
+        "user_vectors": user_vectors,
+    }
 
 
 @pytest.mark.parametrize("features", [["ids"], ["user", "movie"], ["user", "movie", "context"]])
@@ -77,8 +105,7 @@ def test_model_builds_from_config(data, features):
 
     config = small_config(features=features)
     model = retrieval.build_retrieval_model(data["encoder"].cardinalities(), config)
-    inputs = retrieval.training_inputs(config, data["encoder"], data["train"], data["user_table"],
-                                       data["movie_table"])
+    inputs = retrieval.training_inputs(config, data["encoder"], data["train"], data["user_table"], data["movie_table"])
     assert ("hour" in inputs) == ("context" in features)
     loss = model.compute_loss({k: v[:32] for k, v in inputs.items()})
     assert np.isfinite(float(loss))
@@ -102,11 +129,13 @@ def test_logq_probabilities_sum_to_one_and_match_counts(data):
     counts = train["movie_id"].value_counts()
     np.testing.assert_allclose(probability.loc[counts.index], counts / len(train))
     inputs = retrieval.training_inputs(small_config(), data["encoder"], train, data["user_table"], data["movie_table"])
-    np.testing.assert_allclose(inputs[retrieval.SAMPLING_PROBABILITY],
-                               (counts / len(train)).loc[train["movie_id"]].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        inputs[retrieval.SAMPLING_PROBABILITY], (counts / len(train)).loc[train["movie_id"]].to_numpy(), rtol=1e-6
+    )
     # min_rating drops the low ratings from the positives (and from the probabilities)
-    liked = retrieval.training_inputs(small_config(min_rating=4), data["encoder"], train, data["user_table"],
-                                      data["movie_table"])
+    liked = retrieval.training_inputs(
+        small_config(min_rating=4), data["encoder"], train, data["user_table"], data["movie_table"]
+    )
     assert len(liked["user_id"]) == int((train["rating"] >= 4).sum())
 
 
@@ -119,10 +148,12 @@ def test_training_beats_popularity_and_random(data, trained):
     model = trained["result"].model  # the unknown-id rows are never trained away from zero
     assert not model.query_tower.user_tower.id_embedding.embeddings.numpy()[0].any()
     assert not model.candidate_tower.movie_tower.id_embedding.embeddings.numpy()[0].any()
-    model_metrics, top_items = retrieval.evaluate_scores(trained["user_vectors"] @ trained["movie_vectors"].T,
-                                                         matrices, "test", ks=(10, 50))
-    popularity_metrics, _ = retrieval.evaluate_scores(retrieval.popularity_scores(matrices.train), matrices, "test",
-                                                      ks=(10, 50))
+    model_metrics, top_items = retrieval.evaluate_scores(
+        trained["user_vectors"] @ trained["movie_vectors"].T, matrices, "test", ks=(10, 50)
+    )
+    popularity_metrics, _ = retrieval.evaluate_scores(
+        retrieval.popularity_scores(matrices.train), matrices, "test", ks=(10, 50)
+    )
     random_recall_at_10 = 10 / (matrices.train.shape[1] - 7)  # about 7 movies excluded per user
     assert model_metrics["recall_at_10"] > popularity_metrics["recall_at_10"] + 0.2
     assert model_metrics["recall_at_10"] > 3 * random_recall_at_10
@@ -132,12 +163,20 @@ def test_training_beats_popularity_and_random(data, trained):
 def test_full_ranking_monitor_logs_val_recall(data):
     from recsys import retrieval
 
-    matrices = retrieval.split_matrices(data["interactions"], data["users"]["user_id"].to_numpy(),
-                                        data["movie_table"].index.to_numpy())
+    matrices = retrieval.split_matrices(
+        data["interactions"], data["users"]["user_id"].to_numpy(), data["movie_table"].index.to_numpy()
+    )
     monitor = retrieval.FullRankingMonitor(data["encoder"], data["user_table"], data["movie_table"], matrices, k=10)
-    result = retrieval.train_retrieval_model(small_config(epochs=2), data["encoder"], data["train"],
-                                             data["user_table"], data["movie_table"], seed=1, monitor=monitor,
-                                             verbose=0)
+    result = retrieval.train_retrieval_model(
+        small_config(epochs=2),
+        data["encoder"],
+        data["train"],
+        data["user_table"],
+        data["movie_table"],
+        seed=1,
+        monitor=monitor,
+        verbose=0,
+    )
     assert len(result.history["val_recall_at_10"]) == 2
     assert result.n_positives == len(data["train"])
 
@@ -145,9 +184,18 @@ def test_full_ranking_monitor_logs_val_recall(data):
 def test_same_seed_same_model(data):
     from recsys import retrieval
 
-    runs = [retrieval.train_retrieval_model(small_config(epochs=2), data["encoder"], data["train"],
-                                            data["user_table"], data["movie_table"], seed=7, verbose=0)
-            for _ in range(2)]
+    runs = [
+        retrieval.train_retrieval_model(
+            small_config(epochs=2),
+            data["encoder"],
+            data["train"],
+            data["user_table"],
+            data["movie_table"],
+            seed=7,
+            verbose=0,
+        )
+        for _ in range(2)
+    ]
     assert runs[0].history["loss"] == runs[1].history["loss"]
 
 
@@ -159,16 +207,20 @@ def test_factorized_top_k_matches_tfrs_metric(data, trained):
 
     model, encoder = trained["result"].model, data["encoder"]
     test_pairs = data["interactions"][data["interactions"]["split"] == "test"]
-    ours = retrieval.factorized_top_k_accuracy(model, encoder, test_pairs, data["user_table"], data["movie_table"],
-                                               ks=(1, 5, 10, 50))
+    ours = retrieval.factorized_top_k_accuracy(
+        model, encoder, test_pairs, data["user_table"], data["movie_table"], ks=(1, 5, 10, 50)
+    )
     # TFRS's id-based evaluation: is the true movie among the ids the BruteForce index returns?
     candidates = tfrs.layers.factorized_top_k.BruteForce(k=50)
     candidates.index(tf.constant(trained["movie_vectors"]), tf.constant(trained["movie_ids"]))
     metric = tfrs.metrics.FactorizedTopK(candidates=candidates, ks=(1, 5, 10, 50))
     queries = retrieval.user_embeddings(model, encoder, data["user_table"], test_pairs["user_id"])
     columns = pd.Index(trained["movie_ids"]).get_indexer(test_pairs["movie_id"])
-    metric.update_state(tf.constant(queries), tf.constant(trained["movie_vectors"][columns]),
-                        true_candidate_ids=tf.constant(test_pairs["movie_id"].to_numpy()))
+    metric.update_state(
+        tf.constant(queries),
+        tf.constant(trained["movie_vectors"][columns]),
+        true_candidate_ids=tf.constant(test_pairs["movie_id"].to_numpy()),
+    )
     for k, value in zip((1, 5, 10, 50), metric.result()):
         assert ours[f"factorized_top_{k}_accuracy"] == pytest.approx(float(value), abs=1e-6)
     assert 0 < ours["factorized_top_10_accuracy"] < ours["factorized_top_50_accuracy"]
@@ -197,14 +249,15 @@ def test_bruteforce_top_k_equals_numpy_with_seen_items_excluded(data, trained):
     width = max(len(s) for s in seen)
     exclusions = np.full((len(seen), width), -1, np.int32)
     for row, s in enumerate(seen):
-        exclusions[row, :len(s)] = s
+        exclusions[row, : len(s)] = s
     _, tfrs_ids = index.query_with_exclusions(tf.constant(matrices.user_ids, tf.int32), tf.constant(exclusions), k=10)
     np.testing.assert_array_equal(tfrs_ids.numpy(), expected)
     # and the columns feed the DESIGN §5 metrics like top_k_from_scores's output
     columns = retrieval.movie_columns(matrices.movie_ids, top_ids)
     from_index = retrieval.metrics.retrieval_metrics(columns, matrices.test, ks=(10,))
-    from_scores, _ = retrieval.evaluate_scores(trained["user_vectors"] @ trained["movie_vectors"].T, matrices, "test",
-                                               ks=(10,))
+    from_scores, _ = retrieval.evaluate_scores(
+        trained["user_vectors"] @ trained["movie_vectors"].T, matrices, "test", ks=(10,)
+    )
     assert from_index == pytest.approx(from_scores)
 
 
@@ -219,8 +272,9 @@ def test_scann_agrees_with_bruteforce_on_a_small_catalogue():
     queries = (centres[rng.integers(0, 20, 100)] + 0.5 * rng.normal(size=(100, 16))).astype(np.float32)
     ids = np.arange(2000) + 1
     exact = retrieval.build_bruteforce(None, ids, vectors, k=10)
-    approx = retrieval.build_scann(None, ids, vectors, k=10, num_leaves=40, num_leaves_to_search=20,
-                                   num_reordering_candidates=100)
+    approx = retrieval.build_scann(
+        None, ids, vectors, k=10, num_leaves=40, num_leaves_to_search=20, num_reordering_candidates=100
+    )
     _, exact_ids = exact(tf.constant(queries))
     _, approx_ids = approx(tf.constant(queries))
     assert retrieval.overlap_at_k(approx_ids.numpy(), exact_ids.numpy()) >= 0.95
@@ -232,8 +286,15 @@ def test_scann_short_lists_are_padded_at_the_end_not_ranked_first(data, trained)
     matrices = trained["matrices"]
     query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
     # one leaf of ~8 movies searched: fewer than k + seen, so ScaNN pads its lists with NaN
-    index = retrieval.build_scann(query_model, trained["movie_ids"], trained["movie_vectors"], k=10, num_leaves=8,
-                                  num_leaves_to_search=1, num_reordering_candidates=None)
+    index = retrieval.build_scann(
+        query_model,
+        trained["movie_ids"],
+        trained["movie_vectors"],
+        k=10,
+        num_leaves=8,
+        num_leaves_to_search=1,
+        num_reordering_candidates=None,
+    )
     seen = matrices.seen_movie_ids("test")
     scores, top_ids, n_fallback = retrieval.query_excluding_seen(index, matrices.user_ids, seen, k=10)
     assert n_fallback == 0
@@ -262,8 +323,15 @@ def test_index_reloads_in_a_fresh_process_with_the_same_top_k(tmp_path, data, tr
 
     query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
     if kind == "scann":
-        index = retrieval.build_scann(query_model, trained["movie_ids"], trained["movie_vectors"], k=10,
-                                      num_leaves=8, num_leaves_to_search=4, num_reordering_candidates=30)
+        index = retrieval.build_scann(
+            query_model,
+            trained["movie_ids"],
+            trained["movie_vectors"],
+            k=10,
+            num_leaves=8,
+            num_leaves_to_search=4,
+            num_reordering_candidates=30,
+        )
     else:
         index = retrieval.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
     user_ids = trained["matrices"].user_ids.astype(np.int32)
@@ -324,8 +392,12 @@ def test_time_queries_reports_latencies(data, trained):
     query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
     index = retrieval.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
     timing = retrieval.time_queries(index, trained["matrices"].user_ids, batch=64, n_single=5, warmup=2)
-    assert set(timing) == {"single_query_latency_ms", "batch_latency_ms", "batch_latency_per_query_ms",
-                           "batch_queries_per_s"}
+    assert set(timing) == {
+        "single_query_latency_ms",
+        "batch_latency_ms",
+        "batch_latency_per_query_ms",
+        "batch_queries_per_s",
+    }
     assert all(v > 0 for v in timing.values())
 
 

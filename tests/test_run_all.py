@@ -1,4 +1,5 @@
 """run_all.py: selection, listing, validation before any notebook starts, and failure reporting."""
+
 from __future__ import annotations
 
 import json
@@ -91,8 +92,11 @@ def test_partial_run_keeps_the_other_notebooks_in_the_index(tmp_path, notebooks_
     assert run_all.main(["--artifacts-dir", artifacts, "--run-name", "r", "--only", "02"]) == 0
     run_dir = tmp_path / "artifacts" / "r"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert [(n["name"], n.get("earlier_run", False)) for n in manifest["notebooks"]] == \
-        [("01_a", True), ("02_b", False), ("03_c", True)]
+    assert [(n["name"], n.get("earlier_run", False)) for n in manifest["notebooks"]] == [
+        ("01_a", True),
+        ("02_b", False),
+        ("03_c", True),
+    ]
     index = (run_dir / "reports" / "index.html").read_text()
     assert all(f'href="{name}.html"' in index for name in ("01_a", "02_b", "03_c"))
 
@@ -103,11 +107,23 @@ def test_list_metrics_are_read_back_by_the_run_summary(tmp_path):
     from recsys.artifacts import Run
     from recsys.report import list_metrics, strategy_table
 
-    results = pd.DataFrame({"recall_at_10": [0.3, 0.1], "ndcg_at_10": [0.2, 0.1], "coverage_at_10": [0.4, 0.6],
-                            "novelty": [3.0, 4.0], "intra_list_diversity": [0.6, 0.7], "gini": [0.9, 0.8],
-                            "share": [0.0, 0.5]}, index=["plain", "explore"])
+    results = pd.DataFrame(
+        {
+            "recall_at_10": [0.3, 0.1],
+            "ndcg_at_10": [0.2, 0.1],
+            "coverage_at_10": [0.4, 0.6],
+            "novelty": [3.0, 4.0],
+            "intra_list_diversity": [0.6, 0.7],
+            "gini": [0.9, 0.8],
+            "share": [0.0, 0.5],
+        },
+        index=["plain", "explore"],
+    )
     written = list_metrics(results, extra=("share",))
     assert written["recall_at_10_plain"] == 0.3 and written["share_explore"] == 0.5 and len(written) == 14
     Run(tmp_path, "r").write_metrics("07_explore_weighted_sampling", written)
     rows = strategy_table(tmp_path / "r")
-    assert sorted((r["strategy"], r["recall_at_10"], r["gini"]) for r in rows) == [("explore", 0.1, 0.8), ("plain", 0.3, 0.9)]
+    assert sorted((r["strategy"], r["recall_at_10"], r["gini"]) for r in rows) == [
+        ("explore", 0.1, 0.8),
+        ("plain", 0.3, 0.9),
+    ]

@@ -1,4 +1,5 @@
 """Splits (DESIGN §5): complete and disjoint, per-user proportions, seeded, temporal order, bad params."""
+
 from __future__ import annotations
 
 import numpy as np
