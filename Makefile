@@ -8,7 +8,7 @@ PARAMS ?= params/default.yaml
 RECSYS_SHARED_DATA ?= $(abspath ../shared/data)
 export RECSYS_SHARED_DATA
 
-.PHONY: install run test test-fast bench jupyter chromium clean
+.PHONY: install run test test-fast lint format bench jupyter chromium clean
 
 install: $(STAMP)
 
@@ -24,13 +24,23 @@ $(STAMP): requirements.txt pyproject.toml
 run: install
 	$(PY) run_all.py --params $(PARAMS)
 
-## the test suite: unit tests, then the notebooks through papermill on small and local data
-test: install
+## the test suite: style, unit tests, then the notebooks through papermill on small and local data
+test: lint
 	$(PY) -m pytest -ra --durations=15
 
 ## unit tests only (no notebook runs)
-test-fast: install
+test-fast: lint
 	$(PY) -m pytest -ra -m "not slow"
+
+## one style: the formatter's layout and the linter's rules (pyproject.toml), code and notebooks
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+## apply the formatter and the linter's safe fixes
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 ## speed and memory measurements (prints and writes benchmarks/results/)
 bench: install

@@ -57,6 +57,22 @@ PACKAGES = (
 )
 
 
+def _ipc_kernel_manager() -> type:
+    """nbclient's kernel manager, talking to the kernel over local IPC sockets instead of TCP.
+
+    The kernel then runs without ipykernel's "Kernel is running over TCP without encryption"
+    warning on every notebook, and nothing listens on a network port while a run is going.
+    The sockets live beside the kernel's connection file in Jupyter's runtime folder.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum
+
+    class IPCKernelManager(AsyncKernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    return IPCKernelManager
+
+
 class RunnerError(RuntimeError):
     """A problem found before any notebook starts (bad selection, missing inputs, bad notebook)."""
 
@@ -181,7 +197,7 @@ def git_commit() -> str | None:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def print_list(infos: list[dict]) -> None:
@@ -210,6 +226,7 @@ def execute(info: dict, params: dict, artifacts_dir: Path, executed_dir: Path) -
             cwd=str(NOTEBOOKS_DIR),
             progress_bar=sys.stderr.isatty(),
             log_output=False,
+            kernel_manager_class=_ipc_kernel_manager(),
         )
     except PapermillExecutionError as err:
         last_line = (err.evalue or "").strip().splitlines()[-1:] or [""]

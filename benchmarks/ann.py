@@ -33,10 +33,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import recsys  # noqa: E402,F401  (TF_USE_LEGACY_KERAS, quiet TF logs)
 import scann  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import recsys  # noqa: E402,F401  (TF_USE_LEGACY_KERAS, quiet TF logs)
 from recsys.artifacts import write_json  # noqa: E402
 from recsys.retrieval import overlap_at_k  # noqa: E402
 
@@ -158,7 +158,7 @@ def main() -> int:
     for leaves in LEAVES_TO_SEARCH_GRID:
         for reorder in REORDER_GRID:
             scann_search(tuning_queries, leaves, reorder)  # warm-up
-            seconds = median_time(lambda: scann_search(tuning_queries, leaves, reorder))
+            seconds = median_time(lambda leaves=leaves, reorder=reorder: scann_search(tuning_queries, leaves, reorder))
             recall = overlap_at_k(scann_search(tuning_queries, leaves, reorder), exact_tuning, K)
             tuning.append(
                 {

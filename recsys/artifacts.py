@@ -7,10 +7,31 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where Linux allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: Path, directory: bool) -> None:
+    # mkstemp and mkdtemp create 0600 files and 0700 folders; what lands in a run folder gets the
+    # modes of any other new file (0644 / 0755 under the usual umask), so colleagues and a web
+    # server can read the reports.
+    path.chmod((0o777 if directory else 0o666) & ~_umask())
 
 
 @contextlib.contextmanager
@@ -27,6 +48,8 @@ def atomic_path(final_path: str | os.PathLike, suffix: str = "") -> Iterator[Pat
     tmp_path = Path(tmp_name)
     try:
         yield tmp_path
+        if tmp_path.exists():  # a writer may have replaced it; it keeps its own mode then
+            _normal_mode(tmp_path, directory=False)
         os.replace(tmp_path, final_path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -44,6 +67,7 @@ def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
     try:
+        _normal_mode(tmp, directory=True)
         yield tmp
         old = None
         if final_dir.exists():  # os.replace cannot overwrite a non-empty folder
@@ -70,17 +94,17 @@ def save_model_folder(model: Any, encoder: Any, folder: str | os.PathLike, state
     return Path(folder)
 
 
-def read_model_folder(folder: str | os.PathLike, notebook: str) -> tuple[dict, Any, str]:
+def read_model_folder(folder: str | os.PathLike) -> tuple[dict, Any, str]:
     """(state, FeatureEncoder, weights path) of a folder written by `save_model_folder`.
 
     Raises:
-        FileNotFoundError: no saved model there, naming the notebook that writes it.
+        FileNotFoundError: no saved model there (`Run.require` names the notebook that writes it).
     """
     from recsys.encoding import FeatureEncoder
 
     folder = Path(folder)
     if not (folder / "model.json").exists():
-        raise FileNotFoundError(f"{folder} holds no saved model (model.json missing): run notebook {notebook} first")
+        raise FileNotFoundError(f"{folder} holds no saved model (model.json missing): save one with save_model_folder")
     return (
         json.loads((folder / "model.json").read_text()),
         FeatureEncoder.load(folder / "encoder.json"),
@@ -185,15 +209,20 @@ class Run:
         path = self.dir / stage / "metrics.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def save_figure(self, fig: Any, stage: str, name: str, dpi: int = 110) -> Path:
+    def save_figure(self, fig: Any, stage: str, name: str) -> Path:
         """Save a matplotlib figure as PNG beside the notebook's other outputs (atomic)."""
-        with atomic_path(self.stage_dir(stage) / f"{name}.png", suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-        return self.dir / stage / f"{name}.png"
+        return save_figure(fig, self.stage_dir(stage) / f"{name}.png")
 
 
 def write_parquet(df: Any, path: str | os.PathLike) -> Path:
     """Write a DataFrame as Parquet atomically (an interrupted write leaves no partial file)."""
     with atomic_path(path, suffix=".parquet") as tmp:
         df.to_parquet(tmp, index=False)
+    return Path(path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG, atomically: the one figure writer of notebooks and reports."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     return Path(path)

@@ -1,18 +1,19 @@
-"""Rating predictors that every learned model must beat (notebook 03), behind one fit/predict interface."""
+"""Rating predictors that every learned model must beat, behind one fit/predict interface."""
 
 from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
 from recsys import metrics
+from recsys.metrics import RATING_SCALE
+from recsys.tables import require_columns
 
-RATING_LEVELS = np.arange(1, 6)  # MovieLens ratings are whole stars 1..5
-RATING_SCALE = (1, 5)
 _REQUIRED_COLUMNS = ("user_id", "movie_id", "rating")
 
 
@@ -22,11 +23,11 @@ class NotFittedError(RuntimeError):
 
 @runtime_checkable
 class RatingPredictor(Protocol):
-    """What notebook 03 needs of a rating model: fit on a ratings table, predict one number per row."""
+    """What the rating protocol needs of a model: fit on a ratings table, predict one number per row."""
 
     name: str
 
-    def fit(self, train: pd.DataFrame) -> "RatingPredictor":
+    def fit(self, train: pd.DataFrame) -> RatingPredictor:
         """Learn from a table with columns user_id, movie_id, rating; return self."""
         ...
 
@@ -35,16 +36,8 @@ class RatingPredictor(Protocol):
         ...
 
 
-def _require_columns(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [column for column in columns if column not in df.columns]
-    if missing:
-        raise KeyError(f"{what} is missing column(s) {missing}; it has {list(df.columns)}")
-
-
 def _train_ratings(train: pd.DataFrame) -> np.ndarray:
-    _require_columns(train, _REQUIRED_COLUMNS, "train")
+    require_columns(train, _REQUIRED_COLUMNS, "train")
     if len(train) == 0:
         raise ValueError("train is empty; filter on split == 'train' before fitting")
     ratings = train["rating"].to_numpy(dtype=np.float64)
@@ -61,7 +54,7 @@ class _Fitted:
     def _check_fitted(self, df: pd.DataFrame) -> None:
         if not self._fitted:
             raise NotFittedError(f"{type(self).__name__}.predict was called before fit; call .fit(train) first")
-        _require_columns(df, ("user_id", "movie_id"), "the table to predict")
+        require_columns(df, ("user_id", "movie_id"), "the table to predict")
 
 
 class RandomGuess(_Fitted):
@@ -75,7 +68,7 @@ class RandomGuess(_Fitted):
     def __init__(self, seed: int = 42):
         self.seed = seed
 
-    def fit(self, train: pd.DataFrame) -> "RandomGuess":
+    def fit(self, train: pd.DataFrame) -> RandomGuess:
         """Check the table; there is nothing to learn."""
         _train_ratings(train)
         self._fitted = True
@@ -85,7 +78,7 @@ class RandomGuess(_Fitted):
         """Return len(df) seeded uniform draws from 1..5 as floats."""
         self._check_fitted(df)
         rng = np.random.default_rng(self.seed)
-        return rng.integers(RATING_SCALE[0], RATING_SCALE[1] + 1, size=len(df)).astype(np.float64)
+        return rng.integers(int(RATING_SCALE[0]), int(RATING_SCALE[1]) + 1, size=len(df)).astype(np.float64)
 
 
 class WeightedSampling(_Fitted):
@@ -96,7 +89,7 @@ class WeightedSampling(_Fitted):
     def __init__(self, seed: int = 42):
         self.seed = seed
 
-    def fit(self, train: pd.DataFrame) -> "WeightedSampling":
+    def fit(self, train: pd.DataFrame) -> WeightedSampling:
         """Learn the share of each rating level in train."""
         ratings = _train_ratings(train)
         levels, counts = np.unique(ratings, return_counts=True)
@@ -117,7 +110,7 @@ class MajorityClass(_Fitted):
 
     name = "majority_class"
 
-    def fit(self, train: pd.DataFrame) -> "MajorityClass":
+    def fit(self, train: pd.DataFrame) -> MajorityClass:
         """Find the most frequent train rating."""
         ratings = _train_ratings(train)
         levels, counts = np.unique(ratings, return_counts=True)
@@ -136,7 +129,7 @@ class GlobalMean(_Fitted):
 
     name = "global_mean"
 
-    def fit(self, train: pd.DataFrame) -> "GlobalMean":
+    def fit(self, train: pd.DataFrame) -> GlobalMean:
         """Compute the mean train rating."""
         self.global_mean_ = float(_train_ratings(train).mean())
         self._fitted = True
@@ -173,7 +166,7 @@ class BiasBaseline(_Fitted):
         self.reg_item = reg_item
         self.n_iters = n_iters
 
-    def fit(self, train: pd.DataFrame) -> "BiasBaseline":
+    def fit(self, train: pd.DataFrame) -> BiasBaseline:
         """Estimate μ, then alternate the closed-form item and user bias updates `n_iters` times."""
         ratings = _train_ratings(train)
         user_idx, self.user_ids_ = pd.factorize(train["user_id"], sort=True)
@@ -250,7 +243,7 @@ class SurpriseSVD(_Fitted):
         self.reg_all = reg_all
         self.seed = seed
 
-    def fit(self, train: pd.DataFrame) -> "SurpriseSVD":
+    def fit(self, train: pd.DataFrame) -> SurpriseSVD:
         """Build a Surprise trainset from the table and run SGD."""
         from surprise import SVD, Dataset, Reader  # imported here so the other baselines work without it
 
@@ -327,7 +320,7 @@ def tune_on_val(
     """Choose hyper-parameters by validation RMSE; the test split is never looked at.
 
     Each grid point is fitted on `train` and scored on `val`. Refit the winner on train + val and
-    score it once on test (notebook 03's protocol).
+    score it once on test (`protocol.select_refit_evaluate`).
 
     Args:
         make_model: builds an unfitted model from one parameter dict, e.g. `lambda p: SurpriseSVD(**p)`.
@@ -342,7 +335,7 @@ def tune_on_val(
         the table in grid order. On equal RMSE the earlier grid point wins.
     """
     points = expand_grid(grid)
-    _require_columns(val, _REQUIRED_COLUMNS, "val")
+    require_columns(val, _REQUIRED_COLUMNS, "val")
     if n_jobs == 1 or len(points) == 1:
         scores = [_fit_and_score(make_model, params, train, val) for params in points]
     else:
@@ -366,7 +359,7 @@ def evaluate_predictor(model: RatingPredictor, test: pd.DataFrame) -> dict[str, 
     Returns:
         {"rmse", "mae"} (predictions clipped to [1, 5]) and "predict_s", the wall time of predict.
     """
-    _require_columns(test, _REQUIRED_COLUMNS, "test")
+    require_columns(test, _REQUIRED_COLUMNS, "test")
     started = time.perf_counter()
     predictions = model.predict(test)
     predict_s = time.perf_counter() - started

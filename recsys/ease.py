@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -69,7 +69,7 @@ class EASE:
             raise ValueError(f"l2 must be > 0, got {l2}")
         self.l2 = l2
 
-    def fit(self, X: sp.spmatrix) -> "EASE":
+    def fit(self, X: sp.spmatrix) -> EASE:
         """Compute B from the users x items interaction matrix X (binary train interactions).
 
         Args:
@@ -107,7 +107,7 @@ class EASE:
 def tune_ease(
     X_train: sp.spmatrix, X_val_relevant: sp.spmatrix, l2_grid: Iterable[float], k: int = 10, metric: str = "recall"
 ) -> tuple[float, pd.DataFrame]:
-    """Choose λ by a validation ranking metric, with full ranking and train items excluded (DESIGN §5).
+    """Choose λ by a validation ranking metric, with full ranking and train items excluded.
 
     XᵀX is computed once and reused for every λ; only the inverse is redone.
 
@@ -148,3 +148,8 @@ def tune_ease(
     table = pd.DataFrame(rows)
     best_l2 = float(table.loc[table[f"{metric}_at_{k}"].idxmax(), "l2"])
     return best_l2, table
+
+
+def ease_scores(X_train: sp.spmatrix, X_history: sp.spmatrix, l2: float) -> np.ndarray:
+    """EASE fitted on `X_train`, scoring each user from `X_history` (train for val, train + val for test)."""
+    return EASE(l2).fit(X_train).score(X_history)

@@ -1,4 +1,4 @@
-"""Findings of the exploratory analysis (notebook 02), computed from the data as small tables."""
+"""Findings of the exploratory analysis, computed from the data as small tables."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pandas as pd
 from recsys import features
 from recsys.artifacts import atomic_path
 
-# The feature groups a model can switch on, and the columns behind each (DESIGN: features in params).
+# The feature groups a model can switch on (`ranking.features`, `retrieval.features`), and the columns behind each.
 USER_FEATURES = ("age_group", "gender", "occupation", "zip5", "city", "state")
 MOVIE_FEATURES = ("genres", "title", "release_year")
 CONTEXT_FEATURES = ("hour", "weekday", "month")
@@ -83,12 +83,12 @@ class FeatureEncoder:
     @classmethod
     def fit(
         cls, users: pd.DataFrame, movies: pd.DataFrame, train: pd.DataFrame, min_title_token_count: int = 2
-    ) -> "FeatureEncoder":
+    ) -> FeatureEncoder:
         """Learn vocabularies: ids from the training interactions, side features from the tables.
 
         Args:
-            users: notebook 01's users table (user_id, age_group, gender, occupation, zip5, city, state).
-            movies: notebook 01's movies table (movie_id, title_clean, year, genre_* columns).
+            users: the run's users table (user_id, age_group, gender, occupation, zip5, city, state).
+            movies: the run's movies table (movie_id, title_clean, year, genre_* columns).
             train: the training interactions; only ids seen here get their own embedding row.
             min_title_token_count: rarer title words share the unknown token (they cannot be learned).
         """
@@ -180,7 +180,7 @@ class FeatureEncoder:
             missing_movies = interactions["movie_id"][movie_rows < 0].unique()[:5].tolist()
             raise KeyError(
                 f"interactions name users {missing_users} or movies {missing_movies} that are not in "
-                "the users/movies tables of notebook 01"
+                "the run's users/movies tables"
             )
         inputs = self.user_inputs(user_table.iloc[user_rows])
         inputs.update(self.movie_inputs(movie_table.iloc[movie_rows]))
@@ -211,6 +211,6 @@ class FeatureEncoder:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FeatureEncoder":
+    def load(cls, path: str | os.PathLike) -> FeatureEncoder:
         state = json.loads(Path(path).read_text())
         return cls(state["vocabularies"], state["genre_columns"], state["title_vocabulary"], state["title_length"])

@@ -1,19 +1,14 @@
-"""Exploration (notebooks 07-09): randomised re-ranking, least-viewed injection, and scoring the lists they give."""
+"""Exploration: randomised re-ranking by weighted sampling, and least-viewed movies added to the candidates."""
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from scipy import stats
 
-from recsys import metrics
-
-SOURCE_RETRIEVAL = "retrieval"
-SOURCE_LEAST_VIEWED = "least-viewed"
-
+from recsys.candidates import SOURCE_LEAST_VIEWED, SOURCE_RETRIEVAL
 
 # ---- weighted re-ranking ------------------------------------------------------------------------------
 
@@ -210,26 +205,3 @@ def least_viewed_pool(
     ).drop_duplicates(["user_id", "movie_id"], keep="first")
     pool = pool.merge(seen[["user_id", "movie_id"]].assign(_seen=True), on=["user_id", "movie_id"], how="left")
     return pool[pool["_seen"].isna()].drop(columns="_seen").reset_index(drop=True)
-
-
-# ---- evaluation -----------------------------------------------------------------------------------------
-
-
-def evaluate_lists(
-    top_items: np.ndarray, relevant: sp.spmatrix, n_items: int, popularity_share: np.ndarray, item_genres, k: int = 10
-) -> dict[str, float]:
-    """Accuracy and beyond-accuracy of a set of top-k lists, with the project's metric definitions.
-
-    Args:
-        top_items: (n_users, k) catalogue indices, best first, rows aligned with `relevant`.
-        relevant: (n_users, n_items) held-out interactions (e.g. test).
-        n_items: catalogue size.
-        popularity_share: (n_items,) from metrics.item_popularity_share(X_train).
-        item_genres: (n_items, n_genres) genre indicators.
-
-    Returns:
-        recall_at_k, ndcg_at_k, coverage_at_k, novelty, intra_list_diversity, gini.
-    """
-    accuracy = metrics.retrieval_metrics(top_items, relevant, ks=(k,))
-    beyond = metrics.beyond_accuracy(top_items, n_items, popularity_share, item_genres, k=k)
-    return {f"recall_at_{k}": accuracy[f"recall_at_{k}"], f"ndcg_at_{k}": accuracy[f"ndcg_at_{k}"], **beyond}

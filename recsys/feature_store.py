@@ -1,30 +1,37 @@
-"""The online path's feature store (notebook 06): per-movie and per-user features and seen items, fast lookups."""
+"""The serving path's feature store: per-movie and per-user features and seen items, with fast lookups."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from recsys.artifacts import atomic_dir
 from recsys.encoding import FeatureEncoder
+from recsys.splits import SPLIT_NAMES
 
 # Encoded model inputs sit beside the readable features under this prefix: "age_group" is the
 # user's age group as text, "enc_age_group" its vocabulary index (the two would clash otherwise).
 ENCODED_PREFIX = "enc_"
 MOVIE_DISPLAY_COLUMNS = ("title", "genres", "year")
 USER_DISPLAY_COLUMNS = ("gender", "age_group", "occupation", "city", "state")
-SPLITS = ("train", "val", "test")
 _FILES = ("movies.parquet", "users.parquet", "seen.parquet", "store.json")
 _FORMAT_VERSION = 1
 
 
+class UnknownUserError(KeyError):
+    """A user the feature store (or a retriever) cannot serve: not in the run's users table, or no query for them."""
+
+    def __str__(self) -> str:  # KeyError would show the message repr'd, in quotes
+        return self.args[0]
+
+
 class UnknownMovieError(KeyError):
-    """A movie id that the feature store does not hold (not in notebook 01's movies table)."""
+    """A movie id that the feature store does not hold (not in the run's movies table)."""
 
     def __init__(self, movie_ids: Iterable[int]):
         self.movie_ids = [int(m) for m in movie_ids]
@@ -32,7 +39,7 @@ class UnknownMovieError(KeyError):
         more = f" and {len(self.movie_ids) - 10} more" if len(self.movie_ids) > 10 else ""
         super().__init__(
             f"unknown movie id(s) {shown}{more}: not in the feature store's catalogue "
-            "(rebuild the store from the same notebook 01 run as the retrieval index)"
+            "(build the store from the same run's movies table as the retrieval index)"
         )
 
     def __str__(self) -> str:  # KeyError would show the message repr'd, in quotes
@@ -80,7 +87,7 @@ class FeatureStore:
                     f"FeatureStore.{name} must be indexed by a unique {index!r} "
                     f"(got index {table.index.name!r}, unique={table.index.is_unique})"
                 )
-        # one id dtype whatever the source (int32 from notebook 01, int64 after some joins)
+        # one id dtype whatever the source (int32 from the parsed tables, int64 after some joins)
         self.movies = movies.set_axis(movies.index.astype(np.int64), axis=0)
         self.users = users.set_axis(users.index.astype(np.int64), axis=0)
         self.seen_splits = tuple(seen_splits)
@@ -110,25 +117,25 @@ class FeatureStore:
         interactions: pd.DataFrame,
         encoder: FeatureEncoder,
         seen_splits: Sequence[str] = ("train", "val"),
-    ) -> "FeatureStore":
-        """Assemble the store from notebook 01's tables and the ranking model's encoder.
+    ) -> FeatureStore:
+        """Assemble the store from the run's users, movies and interactions tables and the ranking model's encoder.
 
         Popularity, mean rating and each user's rating count come from the train split only, the
         same data the models learned from; nothing from val or test leaks into what is served.
 
         Args:
-            users, movies, interactions: notebook 01's tables (interactions with its `split` column).
+            users, movies, interactions: the run's tables (interactions with their `split` column).
             encoder: the FeatureEncoder saved with the ranking model (its vocabularies encode inputs).
             seen_splits: splits whose (user, movie) pairs are excluded from recommendations; train
                 and val by default, so test items stay recommendable for offline evaluation.
         """
         if "split" not in interactions.columns:
             raise ValueError(
-                f"interactions need the `split` column written by notebook 01 (columns: {list(interactions.columns)})"
+                f"interactions need the `split` column of the preprocessing step (columns: {list(interactions.columns)})"
             )
-        unknown_splits = sorted(set(seen_splits) - set(SPLITS))
+        unknown_splits = sorted(set(seen_splits) - set(SPLIT_NAMES))
         if unknown_splits:
-            raise ValueError(f"seen_splits {unknown_splits} are not splits; choose from {list(SPLITS)}")
+            raise ValueError(f"seen_splits {unknown_splits} are not splits; choose from {list(SPLIT_NAMES)}")
         train = interactions[interactions["split"] == "train"]
         movie_ids = movies["movie_id"].to_numpy()
         counts = train["movie_id"].value_counts().reindex(movie_ids, fill_value=0).to_numpy(np.int64)
@@ -171,14 +178,14 @@ class FeatureStore:
         return Path(folder)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "FeatureStore":
+    def load(cls, folder: str | os.PathLike) -> FeatureStore:
         """Read a store written by `save`."""
         folder = Path(folder)
         missing = [name for name in _FILES if not (folder / name).exists()]
         if missing:
             raise FileNotFoundError(
                 f"{folder} is not a saved feature store (missing {missing}): "
-                "build it with FeatureStore.build(...).save(folder) (notebook 06)"
+                "build it with FeatureStore.build(...).save(folder)"
             )
         meta = json.loads((folder / "store.json").read_text())
         movies = pd.read_parquet(folder / "movies.parquet").set_index("movie_id")
@@ -208,11 +215,24 @@ class FeatureStore:
 
     def user_position(self, user_id: int) -> int | None:
         """Row position of a user in `users`, or None for a user the store does not know."""
-        try:
-            position = self.users.index.get_loc(user_id)
-        except (KeyError, TypeError):
-            return None
-        return position if isinstance(position, (int, np.integer)) else None
+        position = self.users.index.get_indexer([user_id])[0]
+        return None if position < 0 else int(position)
+
+    def known_users(self, user_ids: Sequence[int]) -> np.ndarray:
+        """A boolean mask: which of `user_ids` the store holds."""
+        return self.users.index.get_indexer(np.asarray(user_ids)) >= 0
+
+    def user_positions(self, user_ids: Sequence[int]) -> np.ndarray:
+        """Row positions of `user_ids` in `users`, in the order given.
+
+        Raises:
+            UnknownUserError: a user is not in the store (the error names up to five).
+        """
+        positions = self.users.index.get_indexer(np.asarray(user_ids))
+        if (positions < 0).any():
+            unknown = pd.unique(np.asarray(user_ids)[positions < 0])
+            raise UnknownUserError(f"users {unknown[:5].tolist()} are not in the feature store")
+        return positions
 
     def get_user_features(self, user_id: int) -> pd.Series | None:
         """The user's row (readable and encoded features), or None for an unknown user."""

@@ -8,59 +8,13 @@ import numpy as np
 import pandas as pd
 
 from recsys import geo
+from recsys.movielens import GENRES, ML1M_OCCUPATIONS, UNKNOWN_GENRE
+from recsys.tables import require_columns
 
 AGE_GROUP_LABELS = ("Under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 # Left edges of ML-1M's age buckets after the first; ML-1M's codes (1, 18, 25, ...) are the
 # buckets' lower bounds, so the same edges bucket both the codes and ML-100K's exact ages.
 _AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
-
-# From the ML-1M README ("Occupation is chosen from the following choices").
-ML1M_OCCUPATIONS = {
-    0: "other or not specified",
-    1: "academic/educator",
-    2: "artist",
-    3: "clerical/admin",
-    4: "college/grad student",
-    5: "customer service",
-    6: "doctor/health care",
-    7: "executive/managerial",
-    8: "farmer",
-    9: "homemaker",
-    10: "K-12 student",
-    11: "lawyer",
-    12: "programmer",
-    13: "retired",
-    14: "sales/marketing",
-    15: "scientist",
-    16: "self-employed",
-    17: "technician/engineer",
-    18: "tradesman/craftsman",
-    19: "unemployed",
-    20: "writer",
-}
-
-# ML-1M's 18 genres in README order; ML-100K adds "unknown" (its u.genre code 0).
-GENRES = (
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
-UNKNOWN_GENRE = "unknown"
 
 WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
@@ -251,7 +205,7 @@ def user_features(
         FeatureError: a required column is missing or an occupation code is undefined.
         geo.GeoError: the geo backend cannot be used.
     """
-    _require_columns(users, _USER_COLUMNS, "users")
+    require_columns(users, _USER_COLUMNS, "users", FeatureError)
     zip5 = geo.standardize_zip(users["zip_code"])
     location = geo.lookup_city_state(zip5, backend=geo_backend, uszipcode_db=uszipcode_db)
     features = pd.DataFrame(
@@ -293,7 +247,7 @@ def movie_features(movies: pd.DataFrame) -> pd.DataFrame:
     Raises:
         FeatureError: a required column is missing.
     """
-    _require_columns(movies, _MOVIE_COLUMNS, "movies")
+    require_columns(movies, _MOVIE_COLUMNS, "movies", FeatureError)
     genres = movies["genres"].fillna("").astype("str")
     titles = split_title(movies["title"])
     return pd.concat(
@@ -364,9 +318,9 @@ def build_interactions(ratings: pd.DataFrame, users_feat: pd.DataFrame, movies_f
         FeatureError: a required column is missing, ids repeat in a feature table, a rating names a
             user or movie the feature tables lack, or ratings already has a feature column's name.
     """
-    _require_columns(ratings, _RATING_COLUMNS, "ratings")
-    _require_columns(users_feat, ("user_id", *_INTERACTION_USER_COLUMNS), "users_feat")
-    _require_columns(movies_feat, ("movie_id", *_INTERACTION_MOVIE_COLUMNS), "movies_feat")
+    require_columns(ratings, _RATING_COLUMNS, "ratings", FeatureError)
+    require_columns(users_feat, ("user_id", *_INTERACTION_USER_COLUMNS), "users_feat", FeatureError)
+    require_columns(movies_feat, ("movie_id", *_INTERACTION_MOVIE_COLUMNS), "movies_feat", FeatureError)
 
     times = time_features(ratings["timestamp"]).rename(columns={"year": "rating_year"})
     user_rows = _positions(users_feat["user_id"], ratings["user_id"], "user_id", "users_feat")
@@ -400,10 +354,3 @@ def _positions(keys: pd.Series, values: pd.Series, column: str, table: str) -> n
             "build the feature tables from the same dataset as the ratings"
         )
     return positions
-
-
-def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], table: str) -> None:
-    """Raise FeatureError naming the columns that `frame` lacks."""
-    missing = [name for name in columns if name not in frame.columns]
-    if missing:
-        raise FeatureError(f"{table} lacks the columns {missing} (it has {list(frame.columns)})")

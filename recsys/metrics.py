@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,7 +36,7 @@ def _rating_pairs(y_true, y_pred, clip: tuple[float, float] | None) -> tuple[np.
         )
     if clip is not None:
         # A prediction outside the scale is never better than the nearest valid rating, and every
-        # model is scored the same way (DESIGN §5).
+        # model is scored the same way (DESIGN.md, "Protocols and metrics").
         predicted_ratings = np.clip(predicted_ratings, clip[0], clip[1])
     return true_ratings, predicted_ratings
 
@@ -410,7 +410,7 @@ def gini_index(top_items: np.ndarray, n_items: int, k: int = 10) -> float:
 def beyond_accuracy(
     top_items: np.ndarray, n_items: int, item_popularity: np.ndarray, item_genres, k: int = 10
 ) -> dict[str, float]:
-    """All beyond-accuracy metrics of DESIGN §5 for one set of top-k lists, under the keys the reports use.
+    """All beyond-accuracy metrics for one set of top-k lists, under the keys the reports use.
 
     Args:
         top_items: (n_users, >= k) item indices best first.

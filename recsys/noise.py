@@ -1,10 +1,8 @@
-"""Gaussian noise on embeddings at prediction time only: exploration by perturbing the user's query (notebook 08)."""
+"""Gaussian noise on embeddings at prediction time only: exploration by perturbing the user's query."""
 
 from __future__ import annotations
 
 import numpy as np
-
-import recsys  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
 
@@ -30,7 +28,9 @@ class PredictionNoise(tf.keras.layers.Layer):
         if not sigma >= 0:
             raise ValueError(f"sigma must be a number >= 0, got {sigma}")
         self.sigma = float(sigma)
-        self.seed = int(np.random.randint(0, 2**31 - 1)) if seed is None else int(seed)
+        if seed is None:  # draw one from the global generator, which set_seed seeds
+            seed = int(np.random.randint(0, 2**31 - 1))  # noqa: NPY002
+        self.seed = int(seed)
         self._generator = tf.random.Generator.from_seed(self.seed)
 
     def reset(self, seed: int | None = None) -> None:

@@ -7,8 +7,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 
@@ -208,9 +209,9 @@ def _run_name(v: str) -> str | None:
 
 def _value_checks() -> dict[str, Callable[[Any], str | None]]:
     # imported here so the choices live once, in the module that implements them
-    from recsys.data import KNOWN_DATASETS
+    from recsys.configs import HEAD_INPUTS, OPTIMIZERS
     from recsys.geo import GEO_BACKENDS
-    from recsys.ranking_config import HEAD_INPUTS, OPTIMIZERS
+    from recsys.movielens import KNOWN_DATASETS
     from recsys.splits import SPLIT_STRATEGIES
 
     return {

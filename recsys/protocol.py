@@ -1,9 +1,10 @@
-"""The rating protocol of notebooks 03 and 04: choose on val, refit on train + val, score once on test."""
+"""The baselines' rating protocol: choose on val, refit on train + val, score once on test."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd

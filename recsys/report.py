@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from recsys.artifacts import Run, atomic_path
+from recsys.artifacts import Run, atomic_path, save_figure
 
 
 def render_notebook_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike) -> Path:
@@ -25,10 +25,17 @@ def render_notebook_html(notebook_path: str | os.PathLike, html_path: str | os.P
 
 
 def _format_value(value: Any) -> str:
+    """A metric as the index shows it: digits grouped only in counts of five digits or more.
+
+    Four-digit numbers stay ungrouped, so a year reads 1992, not 1,992 (metrics.json holds years,
+    epochs and hours beside counts, and nothing in a key says which is which).
+    """
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
     return html.escape(str(value))
 
 
@@ -45,15 +52,8 @@ th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: ta
 """
 
 
-# stages whose metrics hold a strategy's list metrics as <metric>_<strategy or setting>
-_LIST_STAGES = (
-    "05_retrieval",
-    "06_retrieval_ranking",
-    "07_explore_weighted_sampling",
-    "08_explore_gaussian_noise",
-    "09_explore_least_viewed",
-)
-_LIST_METRICS = ("recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini")
+# the K = 10 list metrics every top-k strategy records as <metric>_<strategy or setting>
+LIST_METRICS = ("recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini")
 
 
 def list_metrics(results: Any, extra: tuple[str, ...] = ()) -> dict[str, float]:
@@ -64,13 +64,18 @@ def list_metrics(results: Any, extra: tuple[str, ...] = ()) -> dict[str, float]:
             column per metric.
         extra: columns to record beside the K=10 list metrics (e.g. a stage's own measure).
     """
-    return {f"{key}_{name}": float(row[key]) for name, row in results.iterrows() for key in (*_LIST_METRICS, *extra)}
+    return {f"{key}_{name}": float(row[key]) for name, row in results.iterrows() for key in (*LIST_METRICS, *extra)}
+
+
+def _stages(run_dir: Path) -> list[str]:
+    """The run's notebook folders that hold a metrics.json, in notebook order."""
+    return sorted(p.name for p in Path(run_dir).iterdir() if (p / "metrics.json").is_file())
 
 
 def rating_table(run_dir: Path) -> list[tuple[str, float, float]]:
-    """(model, test RMSE, test MAE) of every rating model of the run (notebooks 03 and 04)."""
+    """(model, test RMSE, test MAE) of every rating model of the run: each `rmse_<model>` with its `mae_<model>`."""
     run, rows = Run(run_dir.parent, run_dir.name), []
-    for stage in ("03_baselines", "04_two_tower_ranking"):
+    for stage in _stages(run_dir):
         metrics = run.read_metrics(stage)
         for key, value in metrics.items():
             name = key.removeprefix("rmse_")
@@ -80,22 +85,51 @@ def rating_table(run_dir: Path) -> list[tuple[str, float, float]]:
 
 
 def strategy_table(run_dir: Path) -> list[dict]:
-    """One row per list-producing model or exploration setting: its stage and its K=10 metrics (test split)."""
+    """One row per top-k list of the run (test split, K = 10): every `recall_at_10_<strategy>` with its stage."""
     run, rows = Run(run_dir.parent, run_dir.name), []
-    for stage in _LIST_STAGES:
+    for stage in _stages(run_dir):
         metrics = run.read_metrics(stage)
         settings = [k.removeprefix("recall_at_10_") for k in metrics if k.startswith("recall_at_10_")]
         for setting in settings:
             rows.append(
-                {"stage": stage, "strategy": setting, **{m: metrics.get(f"{m}_{setting}") for m in _LIST_METRICS}}
+                {"stage": stage, "strategy": setting, **{m: metrics.get(f"{m}_{setting}") for m in LIST_METRICS}}
             )
     return rows
 
 
-def tradeoff_figure(rows: list[dict], path: Path) -> Path | None:
-    """Recall@10 against coverage@10, one point per strategy/setting, coloured by notebook."""
+def plot_tradeoff(
+    ax: Any, rows: list[dict], title: str = "Accuracy against catalogue coverage (test split, K = 10)"
+) -> None:
+    """Recall@10 against coverage@10 on `ax`, one point per strategy/setting, a line per stage.
+
+    Strategies that give the same lists (e.g. σ = 0 noise and retrieval alone) sit on one point and
+    share one label ("a = b"); adjustText moves the labels apart so none hides another.
+
+    Args:
+        rows: dicts with "stage", "strategy" (the label), "recall_at_10" and "coverage_at_10".
+    """
+    from adjustText import adjust_text
+
     points = [r for r in rows if r["recall_at_10"] is not None and r["coverage_at_10"] is not None]
-    if not points:
+    stages = list(dict.fromkeys(r["stage"] for r in points))
+    for stage in stages:
+        mine = [r for r in points if r["stage"] == stage]
+        style = "o-" if len(mine) > 2 else "o"  # a sweep is joined; separate strategies are not
+        ax.plot([r["coverage_at_10"] for r in mine], [r["recall_at_10"] for r in mine], style, label=stage)
+    labels: dict[tuple[float, float], list[str]] = {}
+    for r in points:
+        labels.setdefault((round(r["coverage_at_10"], 4), round(r["recall_at_10"], 4)), []).append(r["strategy"])
+    texts = [ax.text(x, y, " = ".join(dict.fromkeys(names)), fontsize=7) for (x, y), names in labels.items()]
+    ax.set(title=title, xlabel="coverage@10", ylabel="Recall@10")
+    ax.grid(alpha=0.3)
+    if len(stages) > 1:
+        ax.legend(fontsize=8)
+    adjust_text(texts, ax=ax, arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
+
+
+def tradeoff_figure(rows: list[dict], path: Path) -> Path | None:
+    """The run summary's figure: `plot_tradeoff` of every top-10 strategy of the run, saved as PNG."""
+    if not any(r["recall_at_10"] is not None and r["coverage_at_10"] is not None for r in rows):
         return None
     import matplotlib
 
@@ -103,23 +137,8 @@ def tradeoff_figure(rows: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for stage in dict.fromkeys(r["stage"] for r in points):
-        mine = [r for r in points if r["stage"] == stage]
-        style = "o-" if len(mine) > 2 else "o"  # a sweep is joined; separate strategies are not
-        ax.plot([r["coverage_at_10"] for r in mine], [r["recall_at_10"] for r in mine], style, label=stage)
-        for r in mine:
-            ax.annotate(
-                r["strategy"],
-                (r["coverage_at_10"], r["recall_at_10"]),
-                fontsize=7,
-                textcoords="offset points",
-                xytext=(4, 3),
-            )
-    ax.set(title="Accuracy against catalogue coverage (test split, K = 10)", xlabel="coverage@10", ylabel="Recall@10")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plot_tradeoff(ax, rows)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -144,11 +163,11 @@ def _summary_html(run_dir: Path, reports_dir: Path) -> str:
 
         body = "".join(
             f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(r['strategy'])}</td>"
-            + "".join(cell(r[m]) for m in _LIST_METRICS)
+            + "".join(cell(r[m]) for m in LIST_METRICS)
             + "</tr>"
             for r in strategies
         )
-        header = "".join(f"<th>{m}</th>" for m in _LIST_METRICS)
+        header = "".join(f"<th>{m}</th>" for m in LIST_METRICS)
         parts.append(
             "<h3>Top-10 lists: models and exploration strategies (test split, K = 10, train and val "
             "movies excluded)</h3>"

@@ -18,7 +18,7 @@ def set_seed(seed: int, deterministic_tf: bool = True) -> None:
     """
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (the global generator that libraries and old code draw from)
     if "tensorflow" in sys.modules:
         import tensorflow as tf
 

@@ -1,4 +1,4 @@
-"""Train/val/test splits of the ratings (DESIGN §5): per-user random 80/10/10 or per-user temporal."""
+"""Train/val/test splits of the ratings (DESIGN.md, "Protocols and metrics"): per-user random or temporal."""
 
 from __future__ import annotations
 

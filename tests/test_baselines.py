@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys import baselines
 from recsys.baselines import (
     BiasBaseline,
     GlobalMean,

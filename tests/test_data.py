@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 import requests
 
-from recsys import data
-from recsys.data import DataError, DatasetSpec, DownloadError
+from recsys import data, download, movielens, synthetic
+from recsys.download import DownloadError
+from recsys.movielens import DataError, DatasetSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -242,13 +243,13 @@ def test_missing_file_is_named_with_the_folders_searched(tmp_path):
 
 def test_data_dir_may_be_the_parent_of_the_release_folder(tmp_path):
     write_ml1m(tmp_path / "ml-1m")
-    assert data.locate_files("ml-1m", tmp_path)["ratings"] == tmp_path / "ml-1m" / "ratings.dat"
+    assert download.locate_files("ml-1m", tmp_path)["ratings"] == tmp_path / "ml-1m" / "ratings.dat"
 
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
     with pytest.raises(DataError) as error:
         data.load_dataset("ml-20m", None, {}, {}, 0, tmp_path)
-    for name in data.KNOWN_DATASETS:
+    for name in movielens.KNOWN_DATASETS:
         assert name in str(error.value)
 
 
@@ -341,9 +342,9 @@ def tiny_ml1m_zip(monkeypatch) -> bytes:
     )
     import hashlib
 
-    spec = data.DATASETS["ml-1m"]
+    spec = movielens.DATASETS["ml-1m"]
     monkeypatch.setitem(
-        data.DATASETS, "ml-1m", DatasetSpec("ml-1m", hashlib.md5(body).hexdigest(), spec.folder, spec.files)
+        movielens.DATASETS, "ml-1m", DatasetSpec("ml-1m", hashlib.md5(body).hexdigest(), spec.folder, spec.files)
     )
     return body
 
@@ -356,7 +357,7 @@ def test_checksum_mismatch_removes_download_and_tries_next_source(tmp_path, tiny
     session = FakeSession({PRIMARY: b"not the GroupLens zip", MIRROR: tiny_ml1m_zip})
     cache = tmp_path / "cache"
     with caplog.at_level(logging.WARNING, logger="recsys.data"):
-        folder = data.fetch_dataset("ml-1m", SOURCES, cache, timeout_s=7, session=session)
+        folder = download.fetch_dataset("ml-1m", SOURCES, cache, timeout_s=7, session=session)
     assert [url for url, _ in session.calls] == [PRIMARY, MIRROR]
     assert PRIMARY in caplog.text and "MD5" in caplog.text
     assert folder == cache / "ml-1m"
@@ -371,14 +372,14 @@ def test_checksum_mismatch_everywhere_leaves_nothing_behind(tmp_path, tiny_ml1m_
     session = FakeSession({PRIMARY: b"wrong", MIRROR: tiny_ml1m_zip[:-1]})
     cache = tmp_path / "cache"
     with pytest.raises(DownloadError, match="MD5"):
-        data.fetch_dataset("ml-1m", SOURCES, cache, session=session)
+        download.fetch_dataset("ml-1m", SOURCES, cache, session=session)
     assert list(cache.iterdir()) == []
 
 
 def test_all_sources_failing_lists_each_and_how_to_work_offline(tmp_path, caplog):
     session = FakeSession({PRIMARY: requests.ConnectionError("Name or service not known"), MIRROR: 404})
     with pytest.raises(DownloadError) as error:
-        data.fetch_dataset("ml-1m", SOURCES, tmp_path, session=session)
+        download.fetch_dataset("ml-1m", SOURCES, tmp_path, session=session)
     message = str(error.value)
     assert PRIMARY in message and "ConnectionError" in message and "Name or service" in message
     assert MIRROR in message and "404" in message
@@ -387,9 +388,9 @@ def test_all_sources_failing_lists_each_and_how_to_work_offline(tmp_path, caplog
 
 
 def test_second_call_uses_the_cache_without_any_request(tmp_path, tiny_ml1m_zip):
-    data.fetch_dataset("ml-1m", SOURCES, tmp_path, session=FakeSession({PRIMARY: tiny_ml1m_zip}))
+    download.fetch_dataset("ml-1m", SOURCES, tmp_path, session=FakeSession({PRIMARY: tiny_ml1m_zip}))
     offline = FakeSession({})
-    folder = data.fetch_dataset("ml-1m", SOURCES, tmp_path, session=offline)
+    folder = download.fetch_dataset("ml-1m", SOURCES, tmp_path, session=offline)
     assert offline.calls == []
     assert (folder / "ratings.dat").is_file()
 
@@ -397,14 +398,14 @@ def test_second_call_uses_the_cache_without_any_request(tmp_path, tiny_ml1m_zip)
 def test_verified_zip_already_in_cache_is_extracted_without_network(tmp_path, tiny_ml1m_zip):
     (tmp_path / "ml-1m.zip").write_bytes(tiny_ml1m_zip)
     offline = FakeSession({})
-    folder = data.fetch_dataset("ml-1m", SOURCES, tmp_path, session=offline)
+    folder = download.fetch_dataset("ml-1m", SOURCES, tmp_path, session=offline)
     assert offline.calls == [] and (folder / "users.dat").is_file()
 
 
 def test_unverified_folder_is_not_trusted_as_cache(tmp_path, tiny_ml1m_zip):
     write_ml1m(tmp_path / "ml-1m", ratings=["1::1::5::1"])  # e.g. a half-finished manual copy
     session = FakeSession({PRIMARY: tiny_ml1m_zip})
-    folder = data.fetch_dataset("ml-1m", SOURCES, tmp_path, session=session)
+    folder = download.fetch_dataset("ml-1m", SOURCES, tmp_path, session=session)
     assert len(session.calls) == 1
     assert len(data.read_movielens("ml-1m", folder).ratings) == len(ML1M_RATINGS)
 
@@ -421,7 +422,7 @@ def test_safe_extract_refuses_entries_escaping_the_target(tmp_path, evil):
     zip_path.write_bytes(_zip_bytes({"ml-1m/ok.txt": "fine", evil: "pwned"}))
     target = tmp_path / "deep" / "target"
     with pytest.raises(DataError, match="refusing to extract"):
-        data.safe_extract(zip_path, target)
+        download.safe_extract(zip_path, target)
     assert not (tmp_path / "evil.txt").exists()
     assert not (tmp_path / "deep" / "evil.txt").exists()
     assert not target.exists()  # checked before anything was written
@@ -436,20 +437,20 @@ def test_safe_extract_refuses_symlink_entries(tmp_path):
     zip_path = tmp_path / "link.zip"
     zip_path.write_bytes(buffer.getvalue())
     with pytest.raises(DataError, match="symlink"):
-        data.safe_extract(zip_path, tmp_path / "target")
+        download.safe_extract(zip_path, tmp_path / "target")
     assert not (tmp_path / "target").exists()
 
 
 def test_safe_extract_extracts_a_normal_zip(tmp_path):
     zip_path = tmp_path / "ok.zip"
     zip_path.write_bytes(_zip_bytes({"ml-1m/a.txt": "a", "ml-1m/sub/b.txt": "b"}))
-    data.safe_extract(zip_path, tmp_path / "out")
+    download.safe_extract(zip_path, tmp_path / "out")
     assert (tmp_path / "out" / "ml-1m" / "sub" / "b.txt").read_text() == "b"
 
 
 def test_md5_of_matches_hashlib(tmp_path):
     (tmp_path / "f").write_bytes(b"abc")
-    assert data.md5_of(tmp_path / "f") == "900150983cd24fb0d6963f7d28e17f72"
+    assert download.md5_of(tmp_path / "f") == "900150983cd24fb0d6963f7d28e17f72"
 
 
 # ------------------------------------------------------------------------------------------
@@ -460,7 +461,7 @@ SYNTHETIC = {"n_users": 600, "n_movies": 400, "ratings_per_user": 60, "n_factors
 
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory) -> Path:
-    return data.generate_synthetic(tmp_path_factory.mktemp("synthetic"), seed=42, **SYNTHETIC)
+    return synthetic.generate_synthetic(tmp_path_factory.mktemp("synthetic"), seed=42, **SYNTHETIC)
 
 
 def _file_bytes(folder: Path) -> dict[str, bytes]:
@@ -469,10 +470,10 @@ def _file_bytes(folder: Path) -> dict[str, bytes]:
 
 def test_synthetic_is_fast_and_deterministic_for_a_seed(tmp_path, synthetic_dir):
     started = time.perf_counter()
-    again = data.generate_synthetic(tmp_path / "again", seed=42, **SYNTHETIC)
+    again = synthetic.generate_synthetic(tmp_path / "again", seed=42, **SYNTHETIC)
     assert time.perf_counter() - started < 2.0  # ~0.1 s; generous for a shared machine
     assert _file_bytes(again) == _file_bytes(synthetic_dir)
-    other = data.generate_synthetic(tmp_path / "other", seed=43, **SYNTHETIC)
+    other = synthetic.generate_synthetic(tmp_path / "other", seed=43, **SYNTHETIC)
     assert _file_bytes(other)["ratings.dat"] != _file_bytes(synthetic_dir)["ratings.dat"]
 
 
@@ -488,7 +489,7 @@ def test_synthetic_parses_back_with_movielens_shape(synthetic_dir):
     assert set(ml.ratings["rating"].unique()) == {1, 2, 3, 4, 5}
     years = pd.to_datetime(ml.ratings["timestamp"], unit="s").dt.year
     assert years.min() >= 2000 and years.max() <= 2003
-    assert set(ml.users["age"].unique()) <= set(data.ML1M_AGE_CODES)
+    assert set(ml.users["age"].unique()) <= set(movielens.ML1M_AGE_CODES)
     assert ml.users["occupation"].astype(int).between(0, 20).all()
     zips = ml.users["zip_code"]
     assert zips.str.fullmatch(r"\d{5}-\d{4}").any()  # ZIP+4
@@ -497,7 +498,7 @@ def test_synthetic_parses_back_with_movielens_shape(synthetic_dir):
     assert ml.movies["title"].str.fullmatch(r"Synthetic Movie \d+.* \(\d{4}\)").all()
     assert ml.movies["title"].str.contains("[éüñöåà]").any()  # Latin-1 round trip
     genres = set("|".join(ml.movies["genres"]).split("|"))
-    assert genres <= set(data.ML1M_GENRES)
+    assert genres <= set(movielens.GENRES)
     # Zipf-like popularity: the most rated movie has many times the median's ratings.
     per_movie = ml.ratings.groupby("movie_id").size()
     assert per_movie.max() > 4 * per_movie.median()

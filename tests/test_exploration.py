@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
-from recsys import exploration, metrics
+from recsys import evaluation, exploration, metrics
 
 PREDICTED = np.array([4.5, 4.0, 3.5, 3.0, 2.0])
 ITEMS = np.array([101, 102, 103, 104, 105])
@@ -202,7 +202,7 @@ def test_evaluate_lists_reuses_the_project_metrics():
     train = sp.csr_matrix((rng.random((n_users, n_items)) < 0.3).astype(np.float32))
     share = metrics.item_popularity_share(train)
     genres = (rng.random((n_items, 5)) < 0.4).astype(np.int8)
-    result = exploration.evaluate_lists(top, relevant, n_items, share, genres)
+    result = evaluation.evaluate_lists(top, relevant, n_items, share, genres)
     assert set(result) == {"recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini"}
     accuracy = metrics.retrieval_metrics(top, relevant, ks=(10,))
     assert result["recall_at_10"] == accuracy["recall_at_10"] and result["ndcg_at_10"] == accuracy["ndcg_at_10"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -93,15 +94,16 @@ def test_resolve_features():
 
 
 def small_config(**overrides):
-    from recsys.models import RankingConfig
+    """The default rating-model config (params/default.yaml), made small for the tiny data."""
+    from recsys.configs import RankingConfig
 
-    ranking = {k: v for k, v in load_params()["ranking"].items() if k != "ablation"}
-    return RankingConfig(**{**ranking, "embedding_dim": 8, "side_dim": 4, "batch_size": 64, **overrides})
+    default = RankingConfig.from_params(load_params()["ranking"])
+    return dataclasses.replace(default, **{"embedding_dim": 8, "side_dim": 4, "batch_size": 64, **overrides})
 
 
 @pytest.mark.parametrize("features", [["ids"], ["user"], ["user", "movie"], ["user", "movie", "context"], ["title"]])
 def test_model_builds_from_params_for_each_feature_set(tables, features):
-    from recsys.models import build_ranking_model
+    from recsys.ranking_model import build_ranking_model
 
     users, movies, interactions = tables
     encoder = FeatureEncoder.fit(users, movies, interactions)
@@ -121,7 +123,7 @@ def test_model_builds_from_params_for_each_feature_set(tables, features):
 
 
 def test_training_learns_and_early_stopping_restores_best(tables):
-    from recsys import training
+    from recsys import ranking_training as training
 
     users, movies, interactions = tables
     encoder = FeatureEncoder.fit(users, movies, interactions)
@@ -141,7 +143,7 @@ def test_training_learns_and_early_stopping_restores_best(tables):
 
 
 def test_saved_model_reloads_in_a_fresh_process_with_identical_predictions(tmp_path, tables):
-    from recsys import training
+    from recsys import ranking_training as training
 
     users, movies, interactions = tables
     encoder = FeatureEncoder.fit(users, movies, interactions)
@@ -155,7 +157,7 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_predictions(tmp_p
     expected = training.predict_ratings(result.model, inputs)
     script = (
         "import json, sys, numpy as np\n"
-        "from recsys import training\n"
+        "from recsys import ranking_training as training\n"
         f"model, _ = training.load_ranking_model({str(folder)!r})\n"
         f"inputs = dict(np.load({str(tmp_path / 'inputs.npz')!r}))\n"
         "print(json.dumps(training.predict_ratings(model, inputs).tolist()))\n"
@@ -165,15 +167,15 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_predictions(tmp_p
     np.testing.assert_array_equal(reloaded, expected)
 
 
-def test_load_without_model_names_the_notebook(tmp_path):
-    from recsys import training
+def test_load_without_a_saved_model_says_so(tmp_path):
+    from recsys import ranking_training as training
 
-    with pytest.raises(FileNotFoundError, match="run notebook 04_two_tower_ranking first"):
+    with pytest.raises(FileNotFoundError, match="holds no saved model"):
         training.load_ranking_model(tmp_path)
 
 
 def test_training_dataset_visits_every_example_once_per_epoch_in_a_new_order():
-    from recsys import training
+    from recsys import ranking_training as training
 
     n, batch = 1000, 96
     inputs = {"row": np.arange(n, dtype=np.int64), "pair": np.stack([np.arange(n), -np.arange(n)], axis=1)}
@@ -199,10 +201,11 @@ def test_training_dataset_visits_every_example_once_per_epoch_in_a_new_order():
     assert not np.array_equal(one_epoch(training.training_dataset(inputs, labels, batch, seed=8)), first)
 
 
-def test_ranking_config_rejects_unknown_choices():
-    from recsys.ranking_config import RankingConfig
+def test_configs_take_exactly_their_params_group():
+    from recsys.configs import RankingConfig, RetrievalConfig
 
-    with pytest.raises(ValueError, match=r"ranking.head_on: 'ids' is not one of \['features', 'towers'\]"):
-        RankingConfig(head_on="ids")
-    with pytest.raises(ValueError, match=r"ranking.optimizer: 'rmsprop'"):
-        RankingConfig(optimizer="rmsprop")
+    params = load_params()
+    assert RankingConfig.from_params(params["ranking"]).to_dict() == params["ranking"]
+    assert RetrievalConfig.from_params(params["retrieval"]).to_dict() == params["retrieval"]
+    with pytest.raises(KeyError, match=r"missing \['ablation'\], unknown \['extra'\]"):
+        RankingConfig.from_params({**{k: v for k, v in params["ranking"].items() if k != "ablation"}, "extra": 1})

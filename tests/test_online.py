@@ -1,6 +1,9 @@
-"""Mimicking online prediction: retrieval, seen-item exclusion, ranking, the popular fallback, batch = per user."""
+"""Serving: retrieval, seen-item exclusion, ranking, the popular fallback, batch = per user; the retrievers."""
 
 from __future__ import annotations
+
+import dataclasses
+from datetime import UTC
 
 import numpy as np
 import pandas as pd
@@ -14,28 +17,34 @@ CONTEXT = {"hour": 20, "weekday": 4, "month": 12}
 
 @pytest.fixture(scope="module")
 def setup():
-    from recsys.models import RankingConfig, build_ranking_model
-    from recsys.online import NumpyRetriever
+    from recsys.configs import RankingConfig
+    from recsys.ranking_model import build_ranking_model
+    from recsys.retrievers import NumpyRetriever
     from recsys.seeding import set_seed
 
     set_seed(7)
     store, encoder, tables = tiny_store_and_encoder()
-    ranking = {k: v for k, v in load_params()["ranking"].items() if k != "ablation"}
-    config = RankingConfig(**{**ranking, "embedding_dim": 8, "side_dim": 4, "mlp_layers": [8]})
+    default = RankingConfig.from_params(load_params()["ranking"])
+    config = dataclasses.replace(default, embedding_dim=8, side_dim=4, mlp_layers=[8])
     model = build_ranking_model(encoder.cardinalities(), config, global_mean=3.5)
-    retriever = NumpyRetriever.from_ranking_model(model, store, encoder)
+    # retrieval by the rating model's own tower vectors (their dot product is its matrix-factorisation path)
+    everyone = np.arange(len(store.users))
+    user_vectors = model.user_tower(store.user_inputs(everyone, encoder)).vector.numpy()
+    movie_vectors = model.movie_tower(store.movie_inputs(np.arange(len(store.movies)), encoder)).vector.numpy()
+    retriever = NumpyRetriever(store.users.index, user_vectors, store.movies.index, movie_vectors)
     return {"store": store, "encoder": encoder, "model": model, "retriever": retriever, "tables": tables}
 
 
 def call(setup, user_id, **kwargs):
-    from recsys.online import recommend
+    from recsys.serving import recommend
 
     kwargs = {"k": 5, "n_candidates": 8, "context": CONTEXT, "retrieval_index": setup["retriever"], **kwargs}
     return recommend(user_id, store=setup["store"], ranking_model=setup["model"], encoder=setup["encoder"], **kwargs)
 
 
 def test_known_user_gets_k_unseen_movies_ranked_by_predicted_rating(setup):
-    from recsys.online import RESULT_COLUMNS, SOURCE_RETRIEVAL
+    from recsys.candidates import SOURCE_RETRIEVAL
+    from recsys.serving import RESULT_COLUMNS
 
     table = call(setup, 3)
     assert list(table.columns) == RESULT_COLUMNS
@@ -50,7 +59,7 @@ def test_known_user_gets_k_unseen_movies_ranked_by_predicted_rating(setup):
 
 
 def test_predicted_rating_is_the_models_prediction_for_that_user_movie_and_context(setup):
-    store, encoder, model = setup["store"], setup["encoder"], setup["model"]
+    encoder, model = setup["encoder"], setup["model"]
     table = call(setup, 2)
     interactions = pd.DataFrame({"user_id": 2, "movie_id": table["movie_id"], **CONTEXT})
     inputs = encoder.interaction_inputs(
@@ -86,7 +95,8 @@ def test_seen_movies_are_dropped_even_if_the_retriever_returns_them(setup):
 
 
 def test_unknown_user_gets_popular_movies_labelled(setup):
-    from recsys.online import RESULT_COLUMNS, SOURCE_POPULAR
+    from recsys.candidates import SOURCE_POPULAR
+    from recsys.serving import RESULT_COLUMNS
 
     table = call(setup, 987654)
     assert list(table.columns) == RESULT_COLUMNS
@@ -96,7 +106,7 @@ def test_unknown_user_gets_popular_movies_labelled(setup):
 
 
 def test_recommend_batch_equals_recommend_per_user(setup):
-    from recsys.online import recommend_batch
+    from recsys.serving import recommend_batch
 
     user_ids = [3, 987654, 1, 5, 3, 8]
     batch = recommend_batch(
@@ -118,7 +128,7 @@ def test_recommend_batch_equals_recommend_per_user(setup):
 
 
 def test_recommend_batch_without_retrieve_batch_matches(setup):
-    from recsys.online import recommend_batch
+    from recsys.serving import recommend_batch
 
     retriever = setup["retriever"]
     batch = recommend_batch(
@@ -139,7 +149,7 @@ def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
     import tensorflow as tf
     import tensorflow_recommenders as tfrs
 
-    from recsys.online import FactorizedTopKRetriever, UnknownUserError
+    from recsys.retrievers import IndexRetriever, UnknownUserError
 
     store, retriever = setup["store"], setup["retriever"]
     # a query model from user index (the store's encoded user id) to the same user vectors
@@ -157,7 +167,7 @@ def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
     )
     layer = tfrs.layers.factorized_top_k.BruteForce(query_model)
     layer.index(tf.constant(retriever.movie_vectors), tf.constant(retriever.movie_ids.astype(np.int64)))
-    adapter = FactorizedTopKRetriever(layer, store.users["enc_user_id_idx"])
+    adapter = IndexRetriever(layer, store.users["enc_user_id_idx"])
     seen = store.seen_movies(4)
     ids, scores = adapter.retrieve(4, 6, seen)
     expected_ids, expected_scores = retriever.retrieve(4, 6, seen)
@@ -169,16 +179,16 @@ def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
     with pytest.raises(UnknownUserError):
         adapter.retrieve(987654, 6, seen)
     # by default the query is the MovieLens user id itself (recsys.retrieval's UserQueryModel)
-    by_id = FactorizedTopKRetriever(layer, user_index=None)
-    assert by_id._query(4) == 4 and adapter.max_k == len(retriever.movie_ids)
+    by_id = IndexRetriever(layer, user_index=None)
+    assert by_id._queries([4]) == [4] and adapter.max_k == len(retriever.movie_ids)
     # a user the retriever cannot serve falls back to popular movies
-    table = call(setup, 4, retrieval_index=FactorizedTopKRetriever(layer, store.users["enc_user_id_idx"].drop(4)))
+    table = call(setup, 4, retrieval_index=IndexRetriever(layer, store.users["enc_user_id_idx"].drop(4)))
     assert (table["source"] == "popular (unknown user)").all()
     assert not set(table["movie_id"]) & set(seen)
 
 
 def test_context_defaults_to_now_and_is_validated(setup):
-    from recsys.online import context_inputs
+    from recsys.serving import context_inputs
 
     now = context_inputs(setup["encoder"], None, 3)
     assert set(now) == {"hour", "weekday", "month"} and all(len(v) == 3 for v in now.values())
@@ -188,11 +198,11 @@ def test_context_defaults_to_now_and_is_validated(setup):
 
 
 def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    import recsys.online as online
+    import recsys.serving as online
 
-    start = datetime(2026, 1, 5, 10, 59, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 5, 10, 59, tzinfo=UTC)
     calls = []
 
     class Clock:  # every call to now() is an hour later: chunks must not see different hours
@@ -210,3 +220,25 @@ def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
     fixed = online.score_pairs(users, movies, context={"hour": 10, "weekday": 0, "month": 1}, **kwargs)
     assert len(calls) == 1
     np.testing.assert_array_equal(chunked, fixed)
+
+
+def test_the_two_steps_give_the_served_lists_and_retrieve_once(setup):
+    from recsys.serving import rank_candidates, recommend_batch, retrieve_candidates
+
+    calls = []
+
+    class CountingRetriever:
+        def retrieve_batch(self, user_ids, n, excludes):
+            calls.append(list(user_ids))
+            return setup["retriever"].retrieve_batch(user_ids, n, excludes)
+
+    users = [1, 2, 5, 8]
+    kwargs = {"store": setup["store"], "ranking_model": setup["model"], "encoder": setup["encoder"]}
+    candidates = retrieve_candidates(users, 8, store=setup["store"], retrieval_index=CountingRetriever())
+    assert calls == [users] and list(candidates.columns) == ["user_id", "movie_id", "retrieval_score"]
+    assert (candidates.groupby("user_id").size() == 8).all()
+    ranked = rank_candidates(candidates, 5, context=CONTEXT, **kwargs)
+    served = recommend_batch(users, 5, n_candidates=8, context=CONTEXT, retrieval_index=setup["retriever"], **kwargs)
+    pd.testing.assert_frame_equal(ranked, served)
+    with pytest.raises(ValueError, match="distinct users"):
+        retrieve_candidates([1, 1], 8, store=setup["store"], retrieval_index=setup["retriever"])

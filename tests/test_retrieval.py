@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,8 +10,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
+from recsys import candidates, evaluation, indexes, metrics, retrieval_model, retrieval_training
+from recsys.configs import RetrievalConfig
 from recsys.encoding import FeatureEncoder
+from recsys.params import load_params
+from recsys.retrievers import IndexRetriever
 from tests.conftest import PROJECT_ROOT
 
 N_TASTES, MOVIES_PER_TASTE, N_USERS = 4, 15, 200
@@ -71,25 +77,23 @@ def data():
 
 
 def small_config(**overrides):
-    from recsys.retrieval import RetrievalConfig
-
-    return RetrievalConfig(
-        **{"embedding_dim": 16, "side_dim": 4, "batch_size": 128, "epochs": 15, "learning_rate": 0.02, **overrides}
-    )
+    """The default retrieval config (params/default.yaml), made small for the tiny data."""
+    default = RetrievalConfig.from_params(load_params()["retrieval"])
+    small = {"embedding_dim": 16, "side_dim": 4, "batch_size": 128, "epochs": 15, "learning_rate": 0.02}
+    return dataclasses.replace(default, **{**small, **overrides})
 
 
 @pytest.fixture(scope="module")
 def trained(data):
-    from recsys import retrieval
 
-    result = retrieval.train_retrieval_model(
+    result = retrieval_training.train_retrieval_model(
         small_config(), data["encoder"], data["train"], data["user_table"], data["movie_table"], seed=1, verbose=0
     )
-    matrices = retrieval.split_matrices(
+    matrices = evaluation.split_matrices(
         data["interactions"], data["users"]["user_id"].to_numpy(), data["movie_table"].index.to_numpy()
     )
-    movie_ids, movie_vectors = retrieval.movie_embeddings(result.model, data["encoder"], data["movie_table"])
-    user_vectors = retrieval.user_embeddings(result.model, data["encoder"], data["user_table"], matrices.user_ids)
+    movie_ids, movie_vectors = retrieval_model.movie_embeddings(result.model, data["encoder"], data["movie_table"])
+    user_vectors = retrieval_model.user_embeddings(result.model, data["encoder"], data["user_table"], matrices.user_ids)
     return {
         "result": result,
         "matrices": matrices,
@@ -101,15 +105,16 @@ def trained(data):
 
 @pytest.mark.parametrize("features", [["ids"], ["user", "movie"], ["user", "movie", "context"]])
 def test_model_builds_from_config(data, features):
-    from recsys import retrieval
 
     config = small_config(features=features)
-    model = retrieval.build_retrieval_model(data["encoder"].cardinalities(), config)
-    inputs = retrieval.training_inputs(config, data["encoder"], data["train"], data["user_table"], data["movie_table"])
+    model = retrieval_model.build_retrieval_model(data["encoder"].cardinalities(), config)
+    inputs = retrieval_training.training_inputs(
+        config, data["encoder"], data["train"], data["user_table"], data["movie_table"]
+    )
     assert ("hour" in inputs) == ("context" in features)
     loss = model.compute_loss({k: v[:32] for k, v in inputs.items()})
     assert np.isfinite(float(loss))
-    user_vectors = retrieval.user_embeddings(model, data["encoder"], data["user_table"], [1, 2, 3])
+    user_vectors = retrieval_model.user_embeddings(model, data["encoder"], data["user_table"], [1, 2, 3])
     assert user_vectors.shape == (3, 16)
     np.testing.assert_allclose(np.linalg.norm(user_vectors, axis=1), 1.0, rtol=1e-5)  # l2_normalize
     # the unknown-id rows start (and stay) at zero
@@ -121,26 +126,26 @@ def test_model_builds_from_config(data, features):
 
 
 def test_logq_probabilities_sum_to_one_and_match_counts(data):
-    from recsys import retrieval
 
     train = data["train"]
-    probability = retrieval.candidate_sampling_probability(train)
+    probability = retrieval_training.candidate_sampling_probability(train)
     assert probability.sum() == pytest.approx(1.0)
     counts = train["movie_id"].value_counts()
     np.testing.assert_allclose(probability.loc[counts.index], counts / len(train))
-    inputs = retrieval.training_inputs(small_config(), data["encoder"], train, data["user_table"], data["movie_table"])
+    inputs = retrieval_training.training_inputs(
+        small_config(), data["encoder"], train, data["user_table"], data["movie_table"]
+    )
     np.testing.assert_allclose(
-        inputs[retrieval.SAMPLING_PROBABILITY], (counts / len(train)).loc[train["movie_id"]].to_numpy(), rtol=1e-6
+        inputs[retrieval_model.SAMPLING_PROBABILITY], (counts / len(train)).loc[train["movie_id"]].to_numpy(), rtol=1e-6
     )
     # min_rating drops the low ratings from the positives (and from the probabilities)
-    liked = retrieval.training_inputs(
+    liked = retrieval_training.training_inputs(
         small_config(min_rating=4), data["encoder"], train, data["user_table"], data["movie_table"]
     )
     assert len(liked["user_id"]) == int((train["rating"] >= 4).sum())
 
 
 def test_training_beats_popularity_and_random(data, trained):
-    from recsys import retrieval
 
     matrices = trained["matrices"]
     history = trained["result"].history["loss"]
@@ -148,11 +153,11 @@ def test_training_beats_popularity_and_random(data, trained):
     model = trained["result"].model  # the unknown-id rows are never trained away from zero
     assert not model.query_tower.user_tower.id_embedding.embeddings.numpy()[0].any()
     assert not model.candidate_tower.movie_tower.id_embedding.embeddings.numpy()[0].any()
-    model_metrics, top_items = retrieval.evaluate_scores(
+    model_metrics, top_items = evaluation.evaluate_scores(
         trained["user_vectors"] @ trained["movie_vectors"].T, matrices, "test", ks=(10, 50)
     )
-    popularity_metrics, _ = retrieval.evaluate_scores(
-        retrieval.popularity_scores(matrices.train), matrices, "test", ks=(10, 50)
+    popularity_metrics, _ = evaluation.evaluate_scores(
+        evaluation.popularity_scores(matrices.train), matrices, "test", ks=(10, 50)
     )
     random_recall_at_10 = 10 / (matrices.train.shape[1] - 7)  # about 7 movies excluded per user
     assert model_metrics["recall_at_10"] > popularity_metrics["recall_at_10"] + 0.2
@@ -161,13 +166,14 @@ def test_training_beats_popularity_and_random(data, trained):
 
 
 def test_full_ranking_monitor_logs_val_recall(data):
-    from recsys import retrieval
 
-    matrices = retrieval.split_matrices(
+    matrices = evaluation.split_matrices(
         data["interactions"], data["users"]["user_id"].to_numpy(), data["movie_table"].index.to_numpy()
     )
-    monitor = retrieval.FullRankingMonitor(data["encoder"], data["user_table"], data["movie_table"], matrices, k=10)
-    result = retrieval.train_retrieval_model(
+    monitor = retrieval_training.full_ranking_monitor(
+        data["encoder"], data["user_table"], data["movie_table"], matrices, k=10
+    )
+    result = retrieval_training.train_retrieval_model(
         small_config(epochs=2),
         data["encoder"],
         data["train"],
@@ -182,10 +188,9 @@ def test_full_ranking_monitor_logs_val_recall(data):
 
 
 def test_same_seed_same_model(data):
-    from recsys import retrieval
 
     runs = [
-        retrieval.train_retrieval_model(
+        retrieval_training.train_retrieval_model(
             small_config(epochs=2),
             data["encoder"],
             data["train"],
@@ -200,21 +205,24 @@ def test_same_seed_same_model(data):
 
 
 def test_factorized_top_k_matches_tfrs_metric(data, trained):
-    import tensorflow as tf
     import tensorflow_recommenders as tfrs
-
-    from recsys import retrieval
 
     model, encoder = trained["result"].model, data["encoder"]
     test_pairs = data["interactions"][data["interactions"]["split"] == "test"]
-    ours = retrieval.factorized_top_k_accuracy(
-        model, encoder, test_pairs, data["user_table"], data["movie_table"], ks=(1, 5, 10, 50)
+    users = np.unique(test_pairs["user_id"])
+    ours = evaluation.factorized_top_k_accuracy(
+        test_pairs,
+        users,
+        retrieval_model.user_embeddings(model, encoder, data["user_table"], users),
+        trained["movie_ids"],
+        trained["movie_vectors"],
+        ks=(1, 5, 10, 50),
     )
     # TFRS's id-based evaluation: is the true movie among the ids the BruteForce index returns?
     candidates = tfrs.layers.factorized_top_k.BruteForce(k=50)
     candidates.index(tf.constant(trained["movie_vectors"]), tf.constant(trained["movie_ids"]))
     metric = tfrs.metrics.FactorizedTopK(candidates=candidates, ks=(1, 5, 10, 50))
-    queries = retrieval.user_embeddings(model, encoder, data["user_table"], test_pairs["user_id"])
+    queries = retrieval_model.user_embeddings(model, encoder, data["user_table"], test_pairs["user_id"])
     columns = pd.Index(trained["movie_ids"]).get_indexer(test_pairs["movie_id"])
     metric.update_state(
         tf.constant(queries),
@@ -234,15 +242,12 @@ def _numpy_top_k(user_vectors, movie_vectors, movie_ids, seen_ids, k):
 
 
 def test_bruteforce_top_k_equals_numpy_with_seen_items_excluded(data, trained):
-    import tensorflow as tf
-
-    from recsys import retrieval
 
     model, matrices = trained["result"].model, trained["matrices"]
-    query_model = retrieval.UserQueryModel(model, data["encoder"], data["user_table"])
-    index = retrieval.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
+    query_model = indexes.UserQueryModel(model, data["encoder"], data["user_table"])
+    index = indexes.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
     seen = matrices.seen_movie_ids("test")
-    top_ids = retrieval.query_excluding_seen(index, matrices.user_ids, seen, k=10, batch_size=64).movie_ids
+    top_ids = IndexRetriever(index, batch_size=64).query(matrices.user_ids, 10, seen).movie_ids
     expected = _numpy_top_k(trained["user_vectors"], trained["movie_vectors"], trained["movie_ids"], seen, 10)
     np.testing.assert_array_equal(top_ids, expected)
     # the same lists as TFRS's own exclusion mechanism (exact index: no NaN padding to trip it)
@@ -253,40 +258,36 @@ def test_bruteforce_top_k_equals_numpy_with_seen_items_excluded(data, trained):
     _, tfrs_ids = index.query_with_exclusions(tf.constant(matrices.user_ids, tf.int32), tf.constant(exclusions), k=10)
     np.testing.assert_array_equal(tfrs_ids.numpy(), expected)
     # and the columns feed the DESIGN §5 metrics like top_k_from_scores's output
-    columns = retrieval.movie_columns(matrices.movie_ids, top_ids)
-    from_index = retrieval.metrics.retrieval_metrics(columns, matrices.test, ks=(10,))
-    from_scores, _ = retrieval.evaluate_scores(
+    columns = evaluation.catalogue_columns(matrices.movie_ids, top_ids)
+    from_index = metrics.retrieval_metrics(columns, matrices.test, ks=(10,))
+    from_scores, _ = evaluation.evaluate_scores(
         trained["user_vectors"] @ trained["movie_vectors"].T, matrices, "test", ks=(10,)
     )
     assert from_index == pytest.approx(from_scores)
 
 
 def test_scann_agrees_with_bruteforce_on_a_small_catalogue():
-    import tensorflow as tf
-
-    from recsys import retrieval
 
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(20, 16))
     vectors = (centres[rng.integers(0, 20, 2000)] + 0.5 * rng.normal(size=(2000, 16))).astype(np.float32)
     queries = (centres[rng.integers(0, 20, 100)] + 0.5 * rng.normal(size=(100, 16))).astype(np.float32)
     ids = np.arange(2000) + 1
-    exact = retrieval.build_bruteforce(None, ids, vectors, k=10)
-    approx = retrieval.build_scann(
-        None, ids, vectors, k=10, num_leaves=40, num_leaves_to_search=20, num_reordering_candidates=100
+    exact = indexes.build_bruteforce(None, ids, vectors, k=10)
+    approx = indexes.build_scann(
+        None, ids, vectors, k=10, num_leaves=40, num_leaves_to_search=20, num_reordering_candidates=100, seed=42
     )
     _, exact_ids = exact(tf.constant(queries))
     _, approx_ids = approx(tf.constant(queries))
-    assert retrieval.overlap_at_k(approx_ids.numpy(), exact_ids.numpy()) >= 0.95
+    assert evaluation.overlap_at_k(approx_ids.numpy(), exact_ids.numpy()) >= 0.95
 
 
 def test_scann_short_lists_are_padded_at_the_end_not_ranked_first(data, trained):
-    from recsys import retrieval
 
     matrices = trained["matrices"]
-    query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
+    query_model = indexes.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
     # one leaf of ~8 movies searched: fewer than k + seen, so ScaNN pads its lists with NaN
-    index = retrieval.build_scann(
+    index = indexes.build_scann(
         query_model,
         trained["movie_ids"],
         trained["movie_vectors"],
@@ -294,36 +295,34 @@ def test_scann_short_lists_are_padded_at_the_end_not_ranked_first(data, trained)
         num_leaves=8,
         num_leaves_to_search=1,
         num_reordering_candidates=None,
+        seed=42,
     )
     seen = matrices.seen_movie_ids("test")
-    scores, top_ids, n_fallback = retrieval.query_excluding_seen(index, matrices.user_ids, seen, k=10)
+    scores, top_ids, n_fallback = IndexRetriever(index).query(matrices.user_ids, 10, seen)
     assert n_fallback == 0
-    padded = top_ids == retrieval.NO_MOVIE
+    padded = top_ids == candidates.NO_MOVIE
     assert padded.any()
     assert not (padded[:, :-1] & ~padded[:, 1:]).any()  # padding only after the real items
     assert np.isneginf(scores[padded]).all() and np.isfinite(scores[~padded]).all()
     assert (np.diff(np.where(padded, -1e9, scores), axis=1) <= 1e-6).all()  # best first
     assert not any(np.isin(ids[ids >= 0], s).any() for ids, s in zip(top_ids, seen))
     with pytest.raises(ValueError, match="search more leaves"):
-        retrieval.movie_columns(matrices.movie_ids, top_ids)
+        evaluation.catalogue_columns(matrices.movie_ids, top_ids)
     # an exact fallback answers the users whose lists came back short
-    exact = retrieval.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
-    refilled = retrieval.query_excluding_seen(index, matrices.user_ids, seen, k=10, fallback=exact)
+    exact = indexes.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
+    refilled = IndexRetriever(index, fallback=exact).query(matrices.user_ids, 10, seen)
     assert refilled.n_fallback == int(padded.any(axis=1).sum())
-    assert not (refilled.movie_ids == retrieval.NO_MOVIE).any()
+    assert not (refilled.movie_ids == candidates.NO_MOVIE).any()
     complete = ~padded.any(axis=1)
     np.testing.assert_array_equal(refilled.movie_ids[complete], top_ids[complete])
 
 
 @pytest.mark.parametrize("kind", ["scann", "bruteforce"])
 def test_index_reloads_in_a_fresh_process_with_the_same_top_k(tmp_path, data, trained, kind):
-    import tensorflow as tf
 
-    from recsys import retrieval
-
-    query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
+    query_model = indexes.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
     if kind == "scann":
-        index = retrieval.build_scann(
+        index = indexes.build_scann(
             query_model,
             trained["movie_ids"],
             trained["movie_vectors"],
@@ -331,18 +330,19 @@ def test_index_reloads_in_a_fresh_process_with_the_same_top_k(tmp_path, data, tr
             num_leaves=8,
             num_leaves_to_search=4,
             num_reordering_candidates=30,
+            seed=42,
         )
     else:
-        index = retrieval.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
+        index = indexes.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
     user_ids = trained["matrices"].user_ids.astype(np.int32)
     expected_scores, expected_ids = index(tf.constant(user_ids))
-    retrieval.save_index(index, tmp_path / "index")  # a second save replaces the first
-    path = retrieval.save_index(index, tmp_path / "index")
+    indexes.save_index(index, tmp_path / "index")  # a second save replaces the first
+    path = indexes.save_index(index, tmp_path / "index")
     assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no temporary or old folder left behind
     script = (
         "import json, numpy as np, tensorflow as tf\n"
-        "from recsys import retrieval\n"
-        f"index = retrieval.load_index({str(path)!r})\n"
+        "from recsys import indexes\n"
+        f"index = indexes.load_index({str(path)!r})\n"
         f"scores, ids = index(tf.constant({user_ids.tolist()!r}, tf.int32))\n"
         "print(json.dumps({'ids': ids.numpy().tolist(), 'scores': scores.numpy().tolist()}))\n"
     )
@@ -353,23 +353,21 @@ def test_index_reloads_in_a_fresh_process_with_the_same_top_k(tmp_path, data, tr
 
 
 def test_retrieval_model_save_and_load_give_the_same_vectors(tmp_path, data, trained):
-    from recsys import retrieval
 
-    folder = retrieval.save_retrieval_model(trained["result"].model, data["encoder"], tmp_path / "retrieval_model")
-    model, encoder = retrieval.load_retrieval_model(folder)
+    folder = retrieval_model.save_retrieval_model(
+        trained["result"].model, data["encoder"], tmp_path / "retrieval_model"
+    )
+    model, encoder = retrieval_model.load_retrieval_model(folder)
     assert model.config == trained["result"].model.config
-    _, vectors = retrieval.movie_embeddings(model, encoder, encoder.movie_table(data["movies"]))
+    _, vectors = retrieval_model.movie_embeddings(model, encoder, encoder.movie_table(data["movies"]))
     np.testing.assert_array_equal(vectors, trained["movie_vectors"])
-    with pytest.raises(FileNotFoundError, match="run notebook 05_retrieval first"):
-        retrieval.load_retrieval_model(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="holds no saved model"):
+        retrieval_model.load_retrieval_model(tmp_path / "nothing")
 
 
 def test_query_model_maps_unknown_users_to_the_unknown_row(data, trained):
-    import tensorflow as tf
 
-    from recsys import retrieval
-
-    query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
+    query_model = indexes.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
     vectors = query_model(tf.constant([1, 2, 99_999, -5], tf.int32)).numpy()
     np.testing.assert_allclose(vectors[:2], trained["user_vectors"][:2], rtol=1e-6)
     np.testing.assert_array_equal(vectors[2], vectors[3])  # both fall back to the unknown user's features
@@ -377,21 +375,19 @@ def test_query_model_maps_unknown_users_to_the_unknown_row(data, trained):
 
 
 def test_overlap_at_k_hand_checked():
-    from recsys.retrieval import overlap_at_k
 
     a = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     b = np.array([[4, 3, 9, 10], [5, 6, 7, -1]])
-    assert overlap_at_k(a, b) == pytest.approx((2 / 4 + 3 / 4) / 2)
-    assert overlap_at_k(a, b, k=2) == pytest.approx((0 / 2 + 2 / 2) / 2)
-    assert overlap_at_k(np.array([[-1, -1]]), np.array([[-1, -1]])) == 0.0  # padding is not an item
+    assert evaluation.overlap_at_k(a, b) == pytest.approx((2 / 4 + 3 / 4) / 2)
+    assert evaluation.overlap_at_k(a, b, k=2) == pytest.approx((0 / 2 + 2 / 2) / 2)
+    assert evaluation.overlap_at_k(np.array([[-1, -1]]), np.array([[-1, -1]])) == 0.0  # padding is not an item
 
 
 def test_time_queries_reports_latencies(data, trained):
-    from recsys import retrieval
 
-    query_model = retrieval.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
-    index = retrieval.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
-    timing = retrieval.time_queries(index, trained["matrices"].user_ids, batch=64, n_single=5, warmup=2)
+    query_model = indexes.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
+    index = indexes.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
+    timing = indexes.time_queries(index, trained["matrices"].user_ids, batch=64, n_single=5, warmup=2)
     assert set(timing) == {
         "single_query_latency_ms",
         "batch_latency_ms",
@@ -408,3 +404,56 @@ def test_split_matrices_seen_sets(data, trained):
     assert all(len(s) == 7 for s in matrices.seen_movie_ids("test"))
     with pytest.raises(ValueError, match="'val' or 'test'"):
         matrices.seen("train")
+
+
+def test_reloaded_index_serves_any_list_length_like_the_live_one(tmp_path, data, trained):
+    matrices = trained["matrices"]
+    query_model = indexes.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
+    live = indexes.build_scann(
+        query_model,
+        trained["movie_ids"],
+        trained["movie_vectors"],
+        k=5,
+        num_leaves=4,
+        num_leaves_to_search=4,
+        num_reordering_candidates=30,
+        seed=3,
+    )
+    exact = indexes.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=5)
+    loaded = indexes.load_index(indexes.save_index(live, tmp_path / "scann"))
+    loaded_exact = indexes.load_index(indexes.save_index(exact, tmp_path / "bruteforce"))
+    assert loaded.n_candidates == len(trained["movie_ids"])
+    users = matrices.user_ids[:20].astype(np.int32)
+    np.testing.assert_array_equal(loaded(users, k=25)[1].numpy(), live(users, k=25)[1].numpy())
+    seen = matrices.seen_movie_ids("test", rows=np.arange(20))
+    # the retriever asks for k + seen movies: more than the k the index was built with
+    from_live = IndexRetriever(live, fallback=exact).query(users, 10, seen)
+    from_loaded = IndexRetriever(loaded, fallback=loaded_exact).query(users, 10, seen)
+    np.testing.assert_array_equal(from_loaded.movie_ids, from_live.movie_ids)
+    assert not (from_loaded.movie_ids == candidates.NO_MOVIE).any()
+
+
+def test_scann_index_is_the_same_for_the_same_seed_in_another_process(tmp_path):
+    # TFRS's own ScaNN build draws its k-means centres differently in every process
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = rng.normal(size=(300, 16)).astype(np.float32)
+    np.save(tmp_path / "vectors.npy", vectors)
+    np.save(tmp_path / "queries.npy", queries)
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "from recsys import indexes\n"
+        f"vectors, queries = np.load({str(tmp_path / 'vectors.npy')!r}), np.load({str(tmp_path / 'queries.npy')!r})\n"
+        "index = indexes.build_scann(None, np.arange(len(vectors)), vectors, k=20, num_leaves=50,\n"
+        "                            num_leaves_to_search=5, num_reordering_candidates=None, seed=int(sys.argv[1]))\n"
+        "print(index(tf.constant(queries))[1].numpy().tobytes().hex())\n"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script, seed], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True
+        ).stdout.split()[-1]
+        for seed in ("7", "7", "8")
+    ]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]  # the seed is what fixes the partitioning

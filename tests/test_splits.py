@@ -94,7 +94,7 @@ def test_temporal_split_holds_out_the_latest():
     ratings = make_ratings(SIZES)
     split = assign_split(ratings, strategy="temporal")
     ordered = ratings.assign(split=split).sort_values(["user_id", "timestamp"])
-    for user, group in ordered.groupby("user_id"):
+    for _, group in ordered.groupby("user_id"):
         labels = group["split"].tolist()
         if len(group) >= 3:
             assert labels[-1] == "test" and labels[-2] == "val" and set(labels[:-2]) == {"train"}

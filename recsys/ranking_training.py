@@ -1,4 +1,4 @@
-"""Train, refit, score, save and reload the two-tower rating model under notebook 03/04's protocol."""
+"""Train, refit, score, save and reload the two-tower rating model (choose epochs on val, refit, test once)."""
 
 from __future__ import annotations
 
@@ -8,76 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-
-import recsys  # noqa: F401
 import tensorflow as tf
 
 from recsys import metrics
 from recsys.artifacts import read_model_folder, save_model_folder
+from recsys.callbacks import EpochTimer, ValidationEarlyStopping, steady_throughput
+from recsys.configs import RankingConfig
 from recsys.encoding import FeatureEncoder
-from recsys.models import RankingConfig, TwoTowerRatingModel, build_ranking_model
+from recsys.predict import predict
+from recsys.ranking_model import TwoTowerRatingModel, build_ranking_model
 from recsys.seeding import set_seed
 
 PREDICT_BATCH = 16_384
-
-
-class EpochTimer(tf.keras.callbacks.Callback):
-    """Wall time of each epoch, to report steady-state throughput (the first epoch also traces)."""
-
-    def on_train_begin(self, logs=None):
-        self.epoch_s: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch_s.append(time.perf_counter() - self._start)
-
-
-class ValidationEarlyStopping(tf.keras.callbacks.Callback):
-    """Early stopping on val RMSE, restoring the best epoch's weights at the end.
-
-    Val RMSE is one traced call over the whole validation set, logged as
-    `val_root_mean_squared_error`. Keras's own pair (validation_data + EarlyStopping with
-    restore_best_weights) did the same but cost about 0.7 s per improving epoch on ml-1m-half,
-    mostly in `model.get_weights()`: 43 s instead of 26 s for 24 epochs.
-
-    Args:
-        inputs, ratings: the validation split.
-        patience: epochs without improvement before stopping.
-    """
-
-    def __init__(self, inputs: dict[str, np.ndarray], ratings: np.ndarray, patience: int):
-        super().__init__()
-        self.inputs = {name: tf.constant(value) for name, value in inputs.items()}
-        self.ratings = np.asarray(ratings, dtype=np.float32)
-        self.patience = patience
-        self._predict = None
-
-    def on_train_begin(self, logs=None):
-        self.best_rmse, self.best_weights, self.wait = np.inf, None, 0
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self._predict is None:
-            model = self.model
-            self._predict = tf.function(lambda features: model(features, training=False))
-        predictions = self._predict(self.inputs).numpy().reshape(-1)
-        rmse = float(np.sqrt(np.mean((predictions - self.ratings) ** 2)))
-        if logs is not None:
-            logs["val_root_mean_squared_error"] = rmse
-        if rmse < self.best_rmse:
-            self.best_rmse, self.wait = rmse, 0
-            self.best_weights = [variable.numpy() for variable in self.model.weights]
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                self.model.stop_training = True
-
-    def on_train_end(self, logs=None):
-        if self.best_weights is not None:
-            for variable, value in zip(self.model.weights, self.best_weights):
-                variable.assign(value)
 
 
 @dataclass
@@ -153,12 +95,6 @@ def training_dataset(inputs: dict[str, np.ndarray], ratings: np.ndarray, batch_s
     return epoch_seeds.flat_map(epoch_batches).map(gather).prefetch(2).with_options(options)
 
 
-def steady_throughput(n_examples: int, epoch_s: list[float]) -> float:
-    """Examples per second of the median epoch after the first (which also traces the graph)."""
-    steady = epoch_s[1:] or epoch_s
-    return float(n_examples / np.median(steady))
-
-
 def train_ranking_model(
     config: RankingConfig,
     cardinalities: dict[str, int],
@@ -168,7 +104,7 @@ def train_ranking_model(
     x_val: dict[str, np.ndarray] | None = None,
     y_val: np.ndarray | None = None,
     epochs: int | None = None,
-    verbose: int = 2,
+    verbose: int = 0,
 ) -> TrainingResult:
     """Fit a fresh model: with val data, early stopping on val RMSE; without, exactly `epochs` epochs.
 
@@ -182,6 +118,7 @@ def train_ranking_model(
         seed: seeds initialisation and shuffling, so a rerun gives the same model.
         x_val, y_val: validation data for early stopping (restores the best epoch's weights).
         epochs: for a refit without validation data: how many epochs to run.
+        verbose: Keras's per-epoch lines (0: none; `callbacks.history_table` shows the run as a table).
     """
     set_seed(seed)
     model = build_ranking_model(cardinalities, config, float(np.mean(y_train)))
@@ -211,8 +148,8 @@ def train_ranking_model(
 
 
 def predict_ratings(model: TwoTowerRatingModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """Predicted ratings (unclipped; the metrics clip to 1..5)."""
-    return model.predict(inputs, batch_size=PREDICT_BATCH, verbose=0).reshape(-1)
+    """Predicted ratings (unclipped; the metrics clip to the rating scale)."""
+    return predict(model, inputs, batch_size=PREDICT_BATCH)
 
 
 def evaluate_ratings(model: TwoTowerRatingModel, inputs: dict[str, np.ndarray], ratings: np.ndarray) -> dict:
@@ -226,10 +163,10 @@ def concat_inputs(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def select_refit_evaluate(
-    config: RankingConfig, cardinalities: dict[str, int], data: dict[str, tuple], seed: int, verbose: int = 2
+def early_stopping_refit_test(
+    config: RankingConfig, cardinalities: dict[str, int], data: dict[str, tuple], seed: int, verbose: int = 0
 ) -> dict:
-    """The protocol: early stopping on val picks the epochs, refit on train + val, score once on test.
+    """The rating model's protocol: early stopping on val picks the epochs, refit on train + val, score once on test.
 
     Args:
         data: {"train": (inputs, ratings), "val": (...), "test": (...)}.
@@ -274,16 +211,9 @@ def save_ranking_model(model: TwoTowerRatingModel, encoder: FeatureEncoder, fold
 
 def load_ranking_model(folder: str | os.PathLike) -> tuple[TwoTowerRatingModel, FeatureEncoder]:
     """Rebuild a model saved by `save_ranking_model` and load its weights."""
-    state, encoder, weights = read_model_folder(folder, "04_two_tower_ranking")
-    model = build_ranking_model(state["cardinalities"], RankingConfig(**state["config"]), state["global_mean"])
+    state, encoder, weights = read_model_folder(folder)
+    model = build_ranking_model(
+        state["cardinalities"], RankingConfig.from_params(state["config"]), state["global_mean"]
+    )
     model.load_weights(weights).expect_partial()
     return model, encoder
-
-
-def learning_curve(history: dict) -> pd.DataFrame:
-    """Train and val RMSE per epoch as a table (epoch from 1)."""
-    table = pd.DataFrame({"train_rmse": history["root_mean_squared_error"]})
-    if "val_root_mean_squared_error" in history:
-        table["val_rmse"] = history["val_root_mean_squared_error"]
-    table.index = pd.RangeIndex(1, len(table) + 1, name="epoch")
-    return table

@@ -1,0 +1,322 @@
+"""Serving top-k lists as an online service would: retrieve unseen candidates, score them with the rating model, rank.
+
+`recommend(user_id)` answers one request; `recommend_batch(user_ids)` answers many with the same
+code (one retrieval call and a few large model calls), so offline evaluation measures exactly
+what is served. The two steps are also available on their own (`retrieve_candidates`,
+`rank_candidates`) for callers that need the candidates themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from recsys.candidates import NO_MOVIE, SOURCE_POPULAR, SOURCE_RETRIEVAL
+from recsys.encoding import CONTEXT_FEATURES, FeatureEncoder
+from recsys.feature_store import FeatureStore
+from recsys.metrics import RATING_SCALE
+from recsys.predict import predict
+from recsys.retrievers import Retriever
+
+RESULT_COLUMNS = ["rank", "movie_id", "title", "genres", "year", "retrieval_score", "predicted_rating", "source"]
+CANDIDATE_COLUMNS = ["user_id", "movie_id", "retrieval_score"]
+# Rows per model call: large enough to amortise the call, small enough for memory.
+SCORE_BATCH = 65_536
+
+
+# ---- the request's context ------------------------------------------------------------------------------
+
+_CONTEXT_RANGES = {"hour": (0, 23), "weekday": (0, 6), "month": (1, 12)}
+
+
+def request_context(context: Mapping[str, int] | None = None) -> dict[str, int]:
+    """A request's context {hour 0-23, weekday 0-6 (Monday = 0), month 1-12}, validated; None means now.
+
+    Now is taken in UTC, as the interactions' time features are (MovieLens timestamps carry no time zone).
+    """
+    if context is None:
+        now = datetime.now(UTC)
+        context = {"hour": now.hour, "weekday": now.weekday(), "month": now.month}
+    missing = [name for name in _CONTEXT_RANGES if name not in context]
+    if missing:
+        raise ValueError(f"context lacks {missing}; give hour (0-23), weekday (0-6, Monday = 0) and month (1-12)")
+    for name, (low, high) in _CONTEXT_RANGES.items():
+        if not low <= int(context[name]) <= high:
+            raise ValueError(f"context {name}={context[name]} is outside {low}..{high}")
+    return {name: int(context[name]) for name in _CONTEXT_RANGES}
+
+
+def context_inputs(encoder: FeatureEncoder, context: Mapping[str, int] | None, n: int) -> dict[str, np.ndarray]:
+    """The model's context inputs for n rows of one request (`request_context` describes `context`)."""
+    context = request_context(context)
+    one_row = encoder.context_inputs(pd.DataFrame({name: [value] for name, value in context.items()}))
+    return {name: np.repeat(value, n) for name, value in one_row.items()}
+
+
+def fixed_context(interactions: pd.DataFrame) -> dict[str, int]:
+    """The most frequent training hour, weekday and month: a reproducible stand-in for "now" in offline runs."""
+    train = interactions[interactions["split"] == "train"]
+    return {name: int(train[name].mode().iloc[0]) for name in CONTEXT_FEATURES}
+
+
+def _score_positions(
+    store: FeatureStore,
+    model: tf.keras.Model,
+    encoder: FeatureEncoder,
+    user_positions: np.ndarray,
+    movie_positions: np.ndarray,
+    context: Mapping[str, int] | None,
+    chunk: int = SCORE_BATCH,
+) -> np.ndarray:
+    """Unclipped predicted ratings of aligned (user, movie) store positions in one context.
+
+    The context is resolved once ("now" cannot move between chunks) and encoded once; the pairs
+    are scored in model calls of at most `chunk` rows.
+    """
+    context_row = context_inputs(encoder, context, 1)
+    predicted = np.empty(len(movie_positions), dtype=np.float32)
+    for start in range(0, len(predicted), chunk):
+        part = slice(start, start + chunk)
+        inputs = store.user_inputs(user_positions[part], encoder)
+        inputs.update(store.movie_inputs(movie_positions[part], encoder))
+        inputs.update({name: np.repeat(value, len(predicted[part])) for name, value in context_row.items()})
+        predicted[part] = predict(model, inputs, batch_size=chunk)
+    return predicted
+
+
+def score_pairs(
+    user_ids: np.ndarray,
+    movie_ids: np.ndarray,
+    *,
+    store: FeatureStore,
+    ranking_model: tf.keras.Model,
+    encoder: FeatureEncoder,
+    context: Mapping[str, int] | None,
+    chunk: int = SCORE_BATCH,
+) -> np.ndarray:
+    """Predicted ratings of many (user, movie) pairs in one context (offline exploration and evaluation).
+
+    Args:
+        user_ids, movie_ids: aligned arrays of users and movies the store knows (others raise).
+        context: {hour, weekday, month}; None means now.
+
+    Returns:
+        Unclipped predicted ratings, one per pair.
+    """
+    return _score_positions(
+        store,
+        ranking_model,
+        encoder,
+        store.user_positions(user_ids),
+        store.movie_positions(np.asarray(movie_ids)),
+        context,
+        chunk,
+    )
+
+
+# ---- the two steps of a request ---------------------------------------------------------------------------
+
+
+def _retrieve_many(
+    retriever: Retriever | Callable, user_ids: np.ndarray, n: int, excludes: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates of many users: (rows served, (n_served, width) ids padded with NO_MOVIE, scores padded with -inf).
+
+    One `retrieve_batch` call when the retriever has it; if it is missing, or refuses the batch
+    because some user is unknown to it, per-user `retrieve` calls, skipping the users it refuses.
+    A plain function with `retrieve`'s signature is accepted as a retriever.
+    """
+    batch = getattr(retriever, "retrieve_batch", None)
+    if batch is not None:
+        try:
+            ids, scores = batch(user_ids, n, excludes)
+            return np.arange(len(user_ids)), np.asarray(ids, np.int64), np.asarray(scores, np.float64)
+        except KeyError:
+            pass
+    retrieve = getattr(retriever, "retrieve", retriever)
+    served, results = [], []
+    for row, user_id in enumerate(user_ids):
+        try:
+            ids, scores = retrieve(int(user_id), n, excludes[row])
+        except KeyError:
+            continue
+        served.append(row)
+        results.append((np.asarray(ids, np.int64), np.asarray(scores, np.float64)))
+    width = max((len(ids) for ids, _ in results), default=0)
+    ids = np.full((len(results), width), NO_MOVIE, dtype=np.int64)
+    scores = np.full((len(results), width), -np.inf)
+    for row, (user_ids_, user_scores) in enumerate(results):
+        ids[row, : len(user_ids_)], scores[row, : len(user_scores)] = user_ids_, user_scores
+    return np.asarray(served, dtype=np.int64), ids, scores
+
+
+def retrieve_candidates(
+    user_ids: Sequence[int], n_candidates: int, *, store: FeatureStore, retrieval_index: Retriever | Callable
+) -> pd.DataFrame:
+    """Each user's unseen candidates from retrieval: the first step of a request.
+
+    Users the store does not know, or the retriever cannot serve, get no rows (`recommend_batch`
+    serves them popular movies). The user's seen movies are dropped here even if a retriever
+    returns them.
+
+    Args:
+        user_ids: distinct users.
+        n_candidates: candidates per user.
+
+    Returns:
+        Columns CANDIDATE_COLUMNS, one row per (user, candidate), each user's rows in retrieval
+        order (best first), users in the order given.
+    """
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    if len(np.unique(user_ids)) != len(user_ids):
+        raise ValueError("retrieve_candidates takes distinct users (recommend_batch handles repeated requests)")
+    known = user_ids[store.known_users(user_ids)]
+    seen = [store.seen_movies(u) for u in known]
+    served, ids, scores = _retrieve_many(retrieval_index, known, n_candidates, seen)
+    owner = np.repeat(served, ids.shape[1])
+    flat_ids, flat_scores = ids.ravel(), scores.ravel()
+    seen_owner = np.repeat(np.arange(len(known)), [len(s) for s in seen])
+    seen_ids = np.concatenate([*seen, np.empty(0, np.int64)])
+    key_base = int(max(flat_ids.max(initial=0), seen_ids.max(initial=0))) + 1
+    valid = (flat_ids != NO_MOVIE) & ~np.isin(owner * key_base + flat_ids, seen_owner * key_base + seen_ids)
+    return pd.DataFrame(
+        {"user_id": known[owner[valid]], "movie_id": flat_ids[valid], "retrieval_score": flat_scores[valid]}
+    )
+
+
+def rank_candidates(
+    candidates: pd.DataFrame,
+    k: int,
+    *,
+    store: FeatureStore,
+    ranking_model: tf.keras.Model,
+    encoder: FeatureEncoder,
+    context: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """Each user's k best candidates by predicted rating: the second step of a request.
+
+    Every (user, candidate) is scored by the rating model in one context; a user's list is ordered
+    by the unclipped prediction, ties broken by the retrieval score.
+
+    Args:
+        candidates: from `retrieve_candidates` (columns CANDIDATE_COLUMNS).
+        context: {hour, weekday, month} of the requests; None means now (UTC).
+
+    Returns:
+        Columns user_id + RESULT_COLUMNS, each user's rows best first, users in the order they
+        first appear in `candidates`; predicted_rating is clipped to the rating scale for display.
+    """
+    context = request_context(context)  # validated before any work
+    user_group, _ = pd.factorize(candidates["user_id"], sort=False)
+    user_positions = store.user_positions(candidates["user_id"].to_numpy())
+    movie_positions = store.movie_positions(candidates["movie_id"].to_numpy())
+    predicted = _score_positions(store, ranking_model, encoder, user_positions, movie_positions, context)
+    retrieval_scores = candidates["retrieval_score"].to_numpy(np.float64)
+    order = np.lexsort((-retrieval_scores, -predicted, user_group))
+    group_sorted = user_group[order]
+    rank = np.arange(len(order)) - np.searchsorted(group_sorted, group_sorted)
+    order, rank = order[rank < k], rank[rank < k]
+    return pd.DataFrame(
+        {
+            "user_id": candidates["user_id"].to_numpy(np.int64)[order],
+            "rank": rank + 1,
+            "movie_id": candidates["movie_id"].to_numpy(np.int64)[order],
+            **store.movie_display(movie_positions[order]),
+            "retrieval_score": retrieval_scores[order],
+            "predicted_rating": np.clip(predicted[order], *RATING_SCALE).astype(np.float64),
+            "source": SOURCE_RETRIEVAL,
+        }
+    )
+
+
+def _popular_table(store: FeatureStore, k: int, exclude: np.ndarray) -> pd.DataFrame:
+    popular = store.popular_movies(k, exclude=exclude)
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(popular) + 1),
+            "movie_id": popular.index.to_numpy(),
+            "title": popular["title"].to_numpy(),
+            "genres": popular["genres"].to_numpy(),
+            "year": popular["year"].array,
+            "retrieval_score": np.nan,
+            "predicted_rating": np.nan,
+            "source": SOURCE_POPULAR,
+        }
+    )
+
+
+# ---- requests ---------------------------------------------------------------------------------------
+
+
+def recommend_batch(
+    user_ids: Sequence[int],
+    k: int = 10,
+    *,
+    store: FeatureStore,
+    retrieval_index: Retriever | Callable,
+    ranking_model: tf.keras.Model,
+    encoder: FeatureEncoder,
+    n_candidates: int = 100,
+    context: Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """Top-k movies for many users: `retrieve_candidates` then `rank_candidates`, popular movies for the rest.
+
+    A user unknown to the store (or to the retriever) gets the most popular movies they have not
+    seen, labelled as such.
+
+    Args:
+        user_ids: the requesting users (repeats allowed).
+        k: list length.
+        store: features and seen items.
+        retrieval_index: a Retriever (or a function with `Retriever.retrieve`'s signature).
+        ranking_model: a TwoTowerRatingModel (or any Keras model taking the encoder's input dict).
+        encoder: the FeatureEncoder the model and the store were built with.
+        n_candidates: how many candidates retrieval hands to ranking.
+        context: {hour, weekday, month} of the requests; None means now (UTC).
+
+    Returns:
+        Columns user_id + RESULT_COLUMNS, users in the order given, each user's rows best first
+        (fewer than k if retrieval returns fewer unseen movies).
+    """
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    context = request_context(context)  # validated before any work
+    distinct = np.unique(user_ids)
+    candidates = retrieve_candidates(distinct, n_candidates, store=store, retrieval_index=retrieval_index)
+    ranked = rank_candidates(candidates, k, store=store, ranking_model=ranking_model, encoder=encoder, context=context)
+    # ranked holds each distinct user's list, users ascending: slice it once per request
+    ranked_users = ranked["user_id"].to_numpy()
+    left, right = np.searchsorted(ranked_users, user_ids, "left"), np.searchsorted(ranked_users, user_ids, "right")
+    lengths = right - left
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    rows = np.arange(lengths.sum()) + np.repeat(left - starts, lengths)
+    parts, requests = [ranked.iloc[rows]], [np.repeat(np.arange(len(user_ids)), lengths)]
+    for request in np.flatnonzero(lengths == 0):  # unknown to the store or the retriever
+        popular = _popular_table(store, k, store.seen_movies(user_ids[request]))
+        parts.append(popular.assign(user_id=user_ids[request])[["user_id", *RESULT_COLUMNS]])
+        requests.append(np.full(len(popular), request))
+    table = pd.concat(parts, ignore_index=True)
+    return table.iloc[np.argsort(np.concatenate(requests), kind="stable")].reset_index(drop=True)
+
+
+def recommend(user_id: int, k: int = 10, **kwargs) -> pd.DataFrame:
+    """Top-k movies for one user, as an online service would compute them per request.
+
+    Retrieval narrows the catalogue to `n_candidates` movies the user has not seen; the rating
+    model scores each (user, movie, context) and the k best predicted ratings are returned. A user
+    unknown to the store (or to the retriever) gets the most popular movies instead.
+
+    Args:
+        user_id: the requesting user.
+        k: list length.
+        **kwargs: as for `recommend_batch` (store, retrieval_index, ranking_model, encoder,
+            n_candidates, context).
+
+    Returns:
+        k rows (fewer if retrieval returns fewer unseen movies), columns RESULT_COLUMNS, best first;
+        predicted_rating is clipped to the rating scale for display.
+    """
+    return recommend_batch([user_id], k, **kwargs).drop(columns="user_id")

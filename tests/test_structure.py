@@ -1,0 +1,39 @@
+"""The library's shape: it does not know the notebooks, and no module grows into a grab-bag."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+
+MODULES = sorted((PROJECT_ROOT / "recsys").glob("*.py"))
+MAX_LINES = 450
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: p.name)
+def test_only_the_artifact_registry_names_notebooks(module):
+    if module.name == "artifacts.py":  # the registry: which notebook writes which artifact
+        return
+    text = module.read_text()
+    stage = re.search(r"\b0\d_[a-z]+", text)
+    numbered = re.search(r"notebooks? 0\d", text)
+    assert not stage and not numbered, (
+        f"{module.name} names a notebook ({(stage or numbered).group(0)!r}): ask for artifacts by key "
+        "(recsys.artifacts.ARTIFACTS) and describe steps by what they do"
+    )
+    assert "DESIGN §" not in text, f"{module.name} points at a design document outside the repository"
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda p: p.name)
+def test_modules_stay_small_and_say_their_job(module):
+    lines = module.read_text().splitlines()
+    assert len(lines) <= MAX_LINES, f"{module.name} has {len(lines)} lines; split it by concern (DESIGN.md, 1)"
+    assert lines and lines[0].startswith('"""'), f"{module.name} does not start with a one-line docstring"
+
+
+def test_design_doc_lists_every_module():
+    design = (PROJECT_ROOT / "DESIGN.md").read_text()
+    missing = [m.stem for m in MODULES if m.stem != "__init__" and f"`{m.stem}`" not in design]
+    assert not missing, f"DESIGN.md does not say what these modules hold: {missing}"
