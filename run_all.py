@@ -21,22 +21,32 @@ import importlib.metadata
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import recsys  # noqa: F401  (sets the TensorFlow/Keras environment for the kernels we start)
 from recsys.artifacts import ARTIFACTS, PROJECT_ROOT, write_json
-from recsys.params import ParamsError, load_params, params_hash
+from recsys.params import ParamsError, load_params, params_hash, resolve_paths
+from recsys.provenance import (
+    NOT_PARAMS,
+    RUNNER_ENV,
+    ProvenanceError,
+    RunLockedError,
+    check_inputs,
+    entry_provenance,
+    git_commit,
+    mark_stale,
+    own_params,
+    producer,
+    run_lock,
+)
 from recsys.report import build_index, render_notebook_html
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 DEFAULT_ARTIFACTS_DIR = PROJECT_ROOT / "artifacts"
 # parameters the runner supplies itself, beside the top-level keys of params/default.yaml
 RUNNER_PARAMETERS = ("artifacts_dir",)
-# parameter keys holding paths: relative ones are taken from where run_all.py is started
-PATH_KEYS = (("data_dir",), ("geo", "uszipcode_db"))
 PACKAGES = (
     "tensorflow",
     "tf_keras",
@@ -161,18 +171,6 @@ def check_notebooks(infos: list[dict], params: dict, run_dir: Path) -> None:
                 )
 
 
-def resolve_paths(params: dict) -> dict:
-    """Make relative paths absolute from the current directory (the kernels run inside notebooks/)."""
-    for key_path in PATH_KEYS:
-        holder = params
-        for part in key_path[:-1]:
-            holder = holder[part]
-        value = holder.get(key_path[-1])
-        if value:
-            holder[key_path[-1]] = str(Path(value).expanduser().resolve())
-    return params
-
-
 def package_versions() -> dict:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -181,19 +179,6 @@ def package_versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def git_commit() -> str | None:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def now() -> str:
@@ -270,9 +255,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_all.py: {err}", file=sys.stderr)
         return 2
 
+    command = "run_all.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        with run_lock(run_dir, command) as takeover:
+            if takeover:
+                print(f"run_all.py: note: {takeover}", file=sys.stderr)
+            return _run(infos, notebooks, params, args, artifacts_dir, run_dir)
+    except (RunLockedError, ProvenanceError) as err:
+        print(f"run_all.py: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(
+    infos: list[dict], notebooks: list[Path], params: dict, args: argparse.Namespace, artifacts_dir: Path, run_dir: Path
+) -> int:
+    """Execute the selected notebooks while holding the run folder's lock; refuse stale inputs first."""
+    manifest_path = run_dir / "manifest.json"
+    earlier = json.loads(manifest_path.read_text())["notebooks"] if manifest_path.exists() else []
+    earlier = {entry["name"]: entry for entry in earlier}
+    selected = [info["name"] for info in infos]
+    current = {key: value for key, value in params.items() if key not in NOT_PARAMS}
+    # what the selection reads from notebooks it does not rerun must come from these parameters
+    check_inputs(
+        earlier,
+        [artifact for info in infos for artifact in info["reads"] if producer(artifact) not in selected],
+        current,
+        rebuilt=selected,
+    )
+
     executed_dir, reports_dir = run_dir / "notebooks", run_dir / "reports"
     executed_dir.mkdir(parents=True, exist_ok=True)
     reports_dir.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()
     manifest = {
         "run_name": params["run_name"],
         "params": params,
@@ -280,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "params_file": args.params,
         "overrides": args.overrides,
         "packages": package_versions(),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "started": now(),
@@ -288,22 +302,53 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": None,
         "notebooks": [],
     }
-    manifest_path = run_dir / "manifest.json"
     # a partial run (--from/--only/--until) keeps what an earlier run of this folder recorded for
-    # the other notebooks, so the index still links every report of the run
-    earlier = json.loads(manifest_path.read_text())["notebooks"] if manifest_path.exists() else []
-    earlier = {entry["name"]: {**entry, "earlier_run": True} for entry in earlier}
-    selected = {info["name"] for info in infos}
+    # the other notebooks, so the index still links every report of the run and the provenance
+    # of what the selection reads stays on record
     for path in notebooks:
         if path.stem in selected:
             manifest["notebooks"].append({"name": path.stem, "status": "pending", "wall_s": None})
         elif path.stem in earlier:
-            manifest["notebooks"].append(earlier[path.stem])
+            manifest["notebooks"].append({**earlier[path.stem], "earlier_run": True})
     entries = {entry["name"]: entry for entry in manifest["notebooks"]}
     write_json(manifest_path, manifest)
     print(f"run {params['run_name']} -> {run_dir}  (params hash {manifest['params_hash']})")
     run_start = time.perf_counter()
-    exit_code = 0
+    previous_env = os.environ.get(RUNNER_ENV)
+    os.environ[RUNNER_ENV] = str(os.getpid())  # the kernels leave the checks and the records to the runner
+    try:
+        exit_code = _execute_all(infos, params, artifacts_dir, run_dir, manifest, entries, commit)
+    finally:
+        if previous_env is None:
+            os.environ.pop(RUNNER_ENV, None)
+        else:
+            os.environ[RUNNER_ENV] = previous_env
+    stale = mark_stale(manifest["notebooks"])
+    if stale:
+        print(
+            f"run_all.py: note: {', '.join(stale)} read outputs that this run has replaced; "
+            f"rerun them (--from {stale[0][:2]}) before reading their results",
+            file=sys.stderr,
+        )
+    manifest.update(ended=now(), wall_s=round(time.perf_counter() - run_start, 2))
+    write_json(manifest_path, manifest)
+    index = build_index(run_dir, manifest)
+    print(f"reports: {index}")
+    return exit_code
+
+
+def _execute_all(
+    infos: list[dict],
+    params: dict,
+    artifacts_dir: Path,
+    run_dir: Path,
+    manifest: dict,
+    entries: dict,
+    commit: str | None,
+) -> int:
+    """Run the notebooks in order, recording each one's status, timings and provenance; stop at a failure."""
+    executed_dir, reports_dir = run_dir / "notebooks", run_dir / "reports"
+    manifest_path = run_dir / "manifest.json"
     for position, info in enumerate(infos, start=1):
         entry = entries[info["name"]]
         print(f"[{position}/{len(infos)}] {info['name']}: {info['title']} ...", flush=True)
@@ -311,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         status, error = execute(info, params, artifacts_dir, executed_dir)
         entry.update(status=status, error=error, wall_s=round(time.perf_counter() - start, 2), ended=now())
+        if status == "ok":
+            own = own_params(params, info["parameters"])
+            entry.update(entry_provenance(own, info["reads"], entries, "run_all.py", commit))
         render_notebook_html(executed_dir / f"{info['name']}.ipynb", reports_dir / f"{info['name']}.html")
         print(f"      {status} in {entry['wall_s']:.1f} s -> reports/{info['name']}.html", flush=True)
         write_json(manifest_path, manifest)
@@ -320,13 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  the traceback is in {reports_dir / (info['name'] + '.html')}",
                 file=sys.stderr,
             )
-            exit_code = 1
-            break
-    manifest.update(ended=now(), wall_s=round(time.perf_counter() - run_start, 2))
-    write_json(manifest_path, manifest)
-    index = build_index(run_dir, manifest)
-    print(f"reports: {index}")
-    return exit_code
+            return 1
+    return 0
 
 
 if __name__ == "__main__":

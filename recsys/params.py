@@ -321,3 +321,22 @@ def params_hash(params: dict) -> str:
     """A short stable hash of the merged params, to tell runs with the same settings apart from others."""
     canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# parameter keys holding paths: relative ones are taken from the current directory
+PATH_KEYS = (("data_dir",), ("geo", "uszipcode_db"))
+
+
+def resolve_paths(params: dict) -> dict:
+    """Make the relative paths among `params` absolute from the current directory (in place, and returned).
+
+    run_all.py resolves them where it is started (the kernels run inside notebooks/); a notebook
+    run by hand resolves its own from notebooks/, so both record the folder they really used.
+    """
+    for key_path in PATH_KEYS:
+        holder = params
+        for part in key_path[:-1]:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and holder.get(key_path[-1]):
+            holder[key_path[-1]] = str(Path(holder[key_path[-1]]).expanduser().resolve())
+    return params

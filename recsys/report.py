@@ -182,6 +182,24 @@ def _summary_html(run_dir: Path, reports_dir: Path) -> str:
     return "<h2>Comparison across the run</h2>" + "".join(parts) if parts else ""
 
 
+def _provenance_cell(entry: dict) -> str:
+    """What produced a notebook's outputs: its params hash, expandable to params, inputs, commit and runner."""
+    if "params_hash" not in entry:
+        return ""
+    inputs = "".join(
+        f"<li>{html.escape(artifact)} &larr; {html.escape(record['producer'])} "
+        f"<code>{html.escape(str(record['lineage_hash']))}</code></li>"
+        for artifact, record in entry.get("inputs", {}).items()
+    )
+    params = html.escape(json.dumps(entry.get("params", {}), indent=1, sort_keys=True))
+    return (
+        f"<details><summary><code>{html.escape(entry['params_hash'])}</code></summary>"
+        f"ran by {html.escape(str(entry.get('ran_by')))} at git <code>{html.escape(str(entry.get('git_commit')))}</code>; "
+        f"lineage <code>{html.escape(str(entry.get('lineage_hash')))}</code>"
+        f"<ul>{inputs or '<li>no inputs from other notebooks</li>'}</ul><pre>{params}</pre></details>"
+    )
+
+
 def build_index(run_dir: str | os.PathLike, manifest: dict) -> Path:
     """Write `reports/index.html`: each notebook's status and report link, its key metrics, the manifest.
 
@@ -198,13 +216,20 @@ def build_index(run_dir: str | os.PathLike, manifest: dict) -> Path:
     for entry in manifest["notebooks"]:
         name = entry["name"]
         report = reports_dir / f"{name}.html"
-        link = f'<a href="{html.escape(report.name)}">{html.escape(name)}</a>' if report.exists() else html.escape(name)
+        by_hand = entry.get("ran_by") == "jupyter"  # its report, if any, is of an earlier run_all.py execution
+        linked = report.exists() and not by_hand
+        link = f'<a href="{html.escape(report.name)}">{html.escape(name)}</a>' if linked else html.escape(name)
         status = entry.get("status", "pending")
         wall = f"{entry['wall_s']:.1f}" if entry.get("wall_s") is not None else ""
         note = "(from an earlier run of this folder) " if entry.get("earlier_run") else ""
+        if by_hand:
+            note += "run by hand in Jupyter (its executed notebook is where it ran). "
+        if entry.get("stale"):
+            note += f"STALE: {entry['stale']}; rerun it before reading its results. "
         error = html.escape(note + (entry.get("error") or ""))
         rows.append(
-            f'<tr><td>{link}</td><td class="{status}">{status}</td><td class="num">{wall}</td><td>{error}</td></tr>'
+            f'<tr><td>{link}</td><td class="{status}">{status}</td><td class="num">{wall}</td>'
+            f"<td>{_provenance_cell(entry)}</td><td>{error}</td></tr>"
         )
 
     metric_tables = []

@@ -132,6 +132,27 @@ def test_notebook_parameter_cells_match_default_yaml():
             )
 
 
+def test_each_notebook_opens_its_run_with_exactly_its_parameters():
+    """By hand, a notebook checks its inputs against the values of all the keys it declares, and only those."""
+    for path in sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        notebook = nbformat.read(str(path), as_version=4)
+        (cell,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        declared = {node.targets[0].id for node in ast.parse(cell.source).body} - {"run_name", "artifacts_dir"}
+        calls = [
+            node
+            for c in notebook.cells
+            if c.cell_type == "code"
+            for node in ast.walk(ast.parse(c.source))
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Run"
+        ]
+        assert len(calls) == 1, f"{path.name}: opens its run {len(calls)} times"
+        args = calls[0].args
+        assert len(args) == 4 and isinstance(args[2], ast.Name) and args[2].id == "STAGE", path.name
+        passed = {key.value: value.id for key, value in zip(args[3].keys, args[3].values)}
+        assert passed == {name: name for name in declared}, f"{path.name}: Run(...) gets {passed}, declares {declared}"
+        assert f'STAGE = "{path.stem}"' in "".join(c.source for c in notebook.cells), path.name
+
+
 def test_features_accept_groups_single_features_and_ids():
     assert load_params(overrides=["ranking.features=[ids]"])["ranking"]["features"] == ["ids"]
     assert load_params(overrides=["ranking.features=[genres, hour]"])["ranking"]["features"] == ["genres", "hour"]
