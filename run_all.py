@@ -56,6 +56,7 @@ PACKAGES = (
     "pandas",
     "pyarrow",
     "scipy",
+    "lightgbm",
     "scikit-surprise",
     "matplotlib",
     "seaborn",
@@ -72,13 +73,22 @@ def _ipc_kernel_manager() -> type:
 
     The kernel then runs without ipykernel's "Kernel is running over TCP without encryption"
     warning on every notebook, and nothing listens on a network port while a run is going.
-    The sockets live beside the kernel's connection file in Jupyter's runtime folder.
+    The sockets live in the temporary folder and are removed when the kernel shuts down.
     """
+    import tempfile
+    import uuid
+
     from jupyter_client.manager import AsyncKernelManager
-    from traitlets import CaselessStrEnum
+    from traitlets import CaselessStrEnum, default
 
     class IPCKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _socket_prefix(self) -> str:
+            # for IPC, "ip" is the sockets' path prefix: absolute, so the kernel (which runs in
+            # notebooks/) and this manager (which removes them at shutdown) mean the same files
+            return str(Path(tempfile.gettempdir()) / f"recsys-kernel-{uuid.uuid4().hex[:12]}")
 
     return IPCKernelManager
 

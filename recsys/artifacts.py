@@ -140,7 +140,8 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "interactions": ("01_preprocess", "interactions.parquet"),
     "data_quality": ("01_preprocess", "data_quality.parquet"),
     "baseline_results": ("03_baselines", "results.parquet"),
-    "ranking_model": ("04_two_tower_ranking", "ranking_model"),
+    "ranking_model": ("04_two_tower_ranking", "ranking_model"),  # refitted on train + val
+    "ranking_model_train": ("04_two_tower_ranking", "ranking_model_train"),  # fitted on train only
     "feature_store": ("06_retrieval_ranking", "feature_store"),
     "two_stage_candidates": ("06_retrieval_ranking", "candidates.parquet"),
     # the retrieval model folder holds its own encoder.json (a refit on train + val has its own vocabularies)
@@ -149,6 +150,8 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "movie_embedding_ids": ("05_retrieval", "movie_embedding_ids.npy"),
     "bruteforce_index": ("05_retrieval", "bruteforce_index"),
     "scann_index": ("05_retrieval", "scann_index"),
+    "ease_model": ("05_retrieval", "ease_model"),
+    "ranker": ("06_retrieval_ranking", "ranker"),  # the learned ranker recommend() serves
 }
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +14,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from recsys import metrics
+from recsys.artifacts import atomic_dir
 
 
 def _gram(X: sp.spmatrix) -> np.ndarray:
@@ -153,3 +157,23 @@ def tune_ease(
 def ease_scores(X_train: sp.spmatrix, X_history: sp.spmatrix, l2: float) -> np.ndarray:
     """EASE fitted on `X_train`, scoring each user from `X_history` (train for val, train + val for test)."""
     return EASE(l2).fit(X_train).score(X_history)
+
+
+def save_ease(model: EASE, movie_ids: np.ndarray, folder: str | os.PathLike, fitted_on: Sequence[str]) -> Path:
+    """Save a fitted EASE (B as .npy, its λ, its item order and the splits it was fitted on), atomically."""
+    with atomic_dir(folder) as tmp:
+        np.save(tmp / "weights.npy", model.weights_)
+        np.save(tmp / "movie_ids.npy", np.asarray(movie_ids))
+        (tmp / "ease.json").write_text(json.dumps({"l2": model.l2, "fitted_on": list(fitted_on)}))
+    return Path(folder)
+
+
+def load_ease(folder: str | os.PathLike) -> tuple[EASE, np.ndarray, tuple[str, ...]]:
+    """(the fitted EASE, the movie id of each of its columns, the splits it was fitted on) saved by `save_ease`."""
+    folder = Path(folder)
+    if not (folder / "ease.json").exists():
+        raise FileNotFoundError(f"{folder} holds no saved EASE model (ease.json missing): save one with save_ease")
+    meta = json.loads((folder / "ease.json").read_text())
+    model = EASE(meta["l2"])
+    model.weights_ = np.load(folder / "weights.npy")
+    return model, np.load(folder / "movie_ids.npy"), tuple(meta["fitted_on"])

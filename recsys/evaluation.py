@@ -267,6 +267,16 @@ class ListEvaluator:
         genres = sp.csr_matrix(movies[genre_columns(movies)].to_numpy(dtype=np.float32))
         return cls(users, catalogue, matrices, metrics.item_popularity_share(matrices.train), genres)
 
+    def per_user(self, movie_ids: np.ndarray, k: int = 10) -> pd.DataFrame:
+        """Recall@k and NDCG@k of each test user's list (the users `evaluate` averages over), indexed by user_id."""
+        per_user = metrics.per_user_retrieval_metrics(
+            catalogue_columns(self.catalogue, movie_ids[:, :k]), self.matrices.test, ks=(k,)
+        )
+        return pd.DataFrame(
+            {f"recall_at_{k}": per_user[f"recall_at_{k}"], f"ndcg_at_{k}": per_user[f"ndcg_at_{k}"]},
+            index=pd.Index(self.users[per_user["user_rows"]], name="user_id"),
+        )
+
     def evaluate(self, movie_ids: np.ndarray, k: int = 10) -> dict[str, float]:
         """recall_at_k, ndcg_at_k, coverage_at_k, novelty, intra_list_diversity, gini of the lists."""
         return evaluate_lists(
@@ -277,3 +287,62 @@ class ListEvaluator:
             self.genres,
             k=k,
         )
+
+
+def grouped_ndcg(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k of candidate lists scored by a ranker, the ideal list built from the list's own labels.
+
+    The measure a ranker is tuned on (LightGBM's `ndcg@k`): users whose list holds no relevant
+    movie are skipped. Ties are broken by the row order.
+
+    Args:
+        scores, labels: one per candidate row (labels 1 = relevant), rows grouped by user.
+        groups: rows per user, in order.
+    """
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    values, start = [], 0
+    for size in groups:
+        user_labels = labels[start : start + size]
+        if user_labels.any():
+            order = np.argsort(-scores[start : start + size], kind="stable")[:k]
+            dcg = float((user_labels[order] * discounts[: len(order)]).sum())
+            ideal = float(discounts[: min(k, int(user_labels.sum()))].sum())
+            values.append(dcg / ideal)
+        start += size
+    if not values:
+        raise ValueError("no list holds a relevant candidate: nothing to score")
+    return float(np.mean(values))
+
+
+def bootstrap_spread(per_user: dict[str, pd.DataFrame], n_resamples: int, seed: int) -> pd.DataFrame:
+    """Spread of each strategy's mean metrics over resampled users (the same resamples for every strategy).
+
+    Args:
+        per_user: strategy -> per-user metrics (ListEvaluator.per_user), the same users in each.
+        n_resamples: bootstrap resamples of the users (with replacement).
+        seed: seeds the resampling.
+
+    Returns:
+        One row per (strategy, metric): mean, std over resamples, and the 2.5% and 97.5% quantiles.
+    """
+    frames = list(per_user.values())
+    users = frames[0].index
+    if any(not frame.index.equals(users) for frame in frames):
+        raise ValueError("every strategy must be scored on the same users in the same order")
+    picks = np.random.default_rng(seed).integers(0, len(users), size=(n_resamples, len(users)))
+    rows = []
+    for name, frame in per_user.items():
+        for metric in frame.columns:
+            values = frame[metric].to_numpy()
+            means = values[picks].mean(axis=1)
+            rows.append(
+                {
+                    "strategy": name,
+                    "metric": metric,
+                    "mean": float(values.mean()),
+                    "std": float(means.std(ddof=1)),
+                    "low_2.5%": float(np.quantile(means, 0.025)),
+                    "high_97.5%": float(np.quantile(means, 0.975)),
+                }
+            )
+    return pd.DataFrame(rows)

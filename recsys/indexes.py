@@ -199,11 +199,13 @@ class LoadedIndex:
     def __init__(self, saved: Any):
         self._saved = saved
         self.n_candidates = int(saved.n_candidates_saved.numpy())
+        # the restored graph itself: a restored function's dispatch costs about 0.5 ms a request
+        self._search = saved.search.get_concrete_function(tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32))
 
     def __call__(self, user_ids: tf.Tensor, k: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         if k is None:
             return self._saved(tf.cast(user_ids, tf.int32))
-        return self._saved.search(tf.cast(user_ids, tf.int32), tf.constant(k, tf.int32))
+        return self._search(tf.cast(user_ids, tf.int32), tf.constant(k, tf.int32))
 
 
 def load_index(path: str | os.PathLike) -> LoadedIndex:

@@ -214,22 +214,14 @@ def _check_top_items(top_items, k: int, n_items: int | None = None) -> np.ndarra
     return top_items
 
 
-def retrieval_metrics(top_items: np.ndarray, relevant: sp.spmatrix, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
-    """Recall@K, NDCG@K and HitRate@K of ranked lists against each user's held-out items.
-
-    Recall@K = hits in the top K / min(K, n_relevant), so a user with fewer held-out items than K can
-    still reach 1. NDCG@K uses binary gains and an ideal DCG over min(K, n_relevant) hits. HitRate@K
-    is the share of users with at least one hit. Users with no held-out items are skipped; the rest
-    count equally (averages are per user, not per interaction).
-
-    Args:
-        top_items: (n_users, L) item indices best first, L >= max(ks), rows aligned with `relevant`;
-            items within a row must be distinct.
-        relevant: (n_users, n_items) sparse matrix, nonzero = held-out item of that user.
-        ks: list lengths to evaluate.
+def per_user_retrieval_metrics(
+    top_items: np.ndarray, relevant: sp.spmatrix, ks: Iterable[int] = DEFAULT_KS
+) -> dict[str, np.ndarray]:
+    """`retrieval_metrics` before averaging: each evaluated user's value (for bootstrap spreads).
 
     Returns:
-        {"recall_at_K", "ndcg_at_K", "hit_rate_at_K"} for each K, plus "n_users_evaluated".
+        {"user_rows": the rows of the users with held-out items, then "recall_at_K", "ndcg_at_K",
+        "hit_rate_at_K" for each K, one value per such user}.
     """
     ks = sorted({int(k) for k in ks})
     if not ks:
@@ -269,16 +261,37 @@ def retrieval_metrics(top_items: np.ndarray, relevant: sp.spmatrix, ks: Iterable
     dcg_cumulative = np.cumsum(hits * discounts, axis=1)
     hits_cumulative = np.cumsum(hits, axis=1)
 
-    results: dict[str, float] = {}
+    results: dict[str, np.ndarray] = {"user_rows": evaluated_users}
     for k in ks:
         hits_at_k = hits_cumulative[:, k - 1]
         reachable_hits = np.minimum(k, n_relevant)
         ideal_dcg = cumulative_discounts[reachable_hits - 1]
-        results[f"recall_at_{k}"] = float(np.mean(hits_at_k / reachable_hits))
-        results[f"ndcg_at_{k}"] = float(np.mean(dcg_cumulative[:, k - 1] / ideal_dcg))
-        results[f"hit_rate_at_{k}"] = float(np.mean(hits_at_k > 0))
-    results["n_users_evaluated"] = int(evaluated.sum())
+        results[f"recall_at_{k}"] = hits_at_k / reachable_hits
+        results[f"ndcg_at_{k}"] = dcg_cumulative[:, k - 1] / ideal_dcg
+        results[f"hit_rate_at_{k}"] = (hits_at_k > 0).astype(np.float64)
     return results
+
+
+def retrieval_metrics(top_items: np.ndarray, relevant: sp.spmatrix, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """Recall@K, NDCG@K and HitRate@K of ranked lists against each user's held-out items.
+
+    Recall@K = hits in the top K / min(K, n_relevant), so a user with fewer held-out items than K can
+    still reach 1. NDCG@K uses binary gains and an ideal DCG over min(K, n_relevant) hits. HitRate@K
+    is the share of users with at least one hit. Users with no held-out items are skipped; the rest
+    count equally (averages are per user, not per interaction).
+
+    Args:
+        top_items: (n_users, L) item indices best first, L >= max(ks), rows aligned with `relevant`;
+            items within a row must be distinct.
+        relevant: (n_users, n_items) sparse matrix, nonzero = held-out item of that user.
+        ks: list lengths to evaluate.
+
+    Returns:
+        {"recall_at_K", "ndcg_at_K", "hit_rate_at_K"} for each K, plus "n_users_evaluated".
+    """
+    per_user = per_user_retrieval_metrics(top_items, relevant, ks)
+    rows = per_user.pop("user_rows")
+    return {**{name: float(np.mean(values)) for name, values in per_user.items()}, "n_users_evaluated": len(rows)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -212,6 +212,7 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
     from recsys.configs import HEAD_INPUTS, OPTIMIZERS
     from recsys.geo import GEO_BACKENDS
     from recsys.movielens import KNOWN_DATASETS
+    from recsys.rankers import RANKER_NAMES
     from recsys.splits import SPLIT_STRATEGIES
 
     return {
@@ -273,6 +274,25 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "online.k": _at_least(1),
         "online.example_users": _at_least(0),
         "online.latency_requests": _at_least(1),
+        "online.ranker": _one_of("learned", "rating"),
+        "ranker.served": _one_of(*RANKER_NAMES),
+        "ranker.holdout_share": lambda v: None if 0.0 < v < 1.0 else "must be a share in (0, 1)",
+        "ranker.bootstrap": _at_least(0),
+        "ranker.lambdarank.num_leaves": _grid(_at_least(2)),
+        "ranker.lambdarank.min_child_samples": _grid(_at_least(1)),
+        "ranker.lambdarank.learning_rate": _positive,
+        "ranker.lambdarank.truncation_level": _at_least(1),
+        "ranker.lambdarank.max_rounds": _at_least(1),
+        "ranker.lambdarank.early_stopping_rounds": _at_least(1),
+        "ranker.dcn.embedding_dim": _at_least(1),
+        "ranker.dcn.cross_layers": _at_least(0),
+        "ranker.dcn.deep_layers": lambda v: next(
+            (f"item {i} ({u}) must be >= 1" for i, u in enumerate(v) if u < 1), None
+        ),
+        "ranker.dcn.learning_rate": _positive,
+        "ranker.dcn.batch_users": _at_least(1),
+        "ranker.dcn.max_epochs": _at_least(1),
+        "ranker.dcn.patience": _at_least(0),
         "weighted_sampling.depth": _at_least(10),
         "weighted_sampling.repeats": _at_least(1),
         "weighted_sampling.temperatures": _grid(_positive),

@@ -27,7 +27,9 @@ def _caller(model: tf.keras.Model, inputs: dict[str, np.ndarray]) -> Callable:
         # traces per source line across models and warns of "retracing" after five models, as in
         # a notebook that trains and scores several.
         call._omit_frequent_tracing_warning = True
-        cached = (signature, call)
+        # the concrete graph, called with tensors: the polymorphic dispatch and the numpy conversion
+        # inside it cost about 1.4 ms a call (0.65 ms left; 100 candidates, ml-1m-half's rating model)
+        cached = (signature, call.get_concrete_function())
         _CALLERS[model] = cached
     return cached[1]
 
@@ -43,7 +45,9 @@ def predict(model: tf.keras.Model, inputs: dict[str, np.ndarray], batch_size: in
     call = _caller(model, inputs)
     n = len(next(iter(inputs.values())))
     parts = [
-        call({name: value[start : start + batch_size] for name, value in inputs.items()}).numpy().reshape(-1)
+        call({name: tf.constant(value[start : start + batch_size]) for name, value in inputs.items()})
+        .numpy()
+        .reshape(-1)
         for start in range(0, n, batch_size)
     ]
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,18 +203,20 @@ def early_stopping_refit_test(
 # ---- persistence: weights + what is needed to rebuild the same model ------------------------------
 
 
-def save_ranking_model(model: TwoTowerRatingModel, encoder: FeatureEncoder, folder: str | os.PathLike) -> Path:
-    """Save weights, config, global mean and the encoder so `load_ranking_model` rebuilds the same model."""
-    return save_model_folder(
-        model, encoder, folder, {"config": model.config.to_dict(), "global_mean": model.global_mean}
-    )
+def save_ranking_model(
+    model: TwoTowerRatingModel, encoder: FeatureEncoder, folder: str | os.PathLike, fitted_on: Sequence[str]
+) -> Path:
+    """Save weights, config, global mean, the splits it was fitted on and the encoder, for `load_ranking_model`."""
+    state = {"config": model.config.to_dict(), "global_mean": model.global_mean, "fitted_on": list(fitted_on)}
+    return save_model_folder(model, encoder, folder, state)
 
 
 def load_ranking_model(folder: str | os.PathLike) -> tuple[TwoTowerRatingModel, FeatureEncoder]:
-    """Rebuild a model saved by `save_ranking_model` and load its weights."""
+    """Rebuild a model saved by `save_ranking_model` and load its weights; `model.fitted_on` names its splits."""
     state, encoder, weights = read_model_folder(folder)
     model = build_ranking_model(
         state["cardinalities"], RankingConfig.from_params(state["config"]), state["global_mean"]
     )
     model.load_weights(weights).expect_partial()
+    model.fitted_on = tuple(state["fitted_on"])
     return model, encoder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,23 @@ def plot_tradeoff(
     stages = list(dict.fromkeys(r["stage"] for r in points))
     for stage in stages:
         mine = [r for r in points if r["stage"] == stage]
-        style = "o-" if len(mine) > 2 else "o"  # a sweep is joined; separate strategies are not
-        ax.plot([r["coverage_at_10"] for r in mine], [r["recall_at_10"] for r in mine], style, label=stage)
+        line = ax.plot([r["coverage_at_10"] for r in mine], [r["recall_at_10"] for r in mine], "o", label=stage)[0]
+        # a sweep ("sigma_0.1", "sigma_0.2", ...) is joined in the order of its setting; other strategies are not
+        sweeps: dict[str, list[tuple[float, dict]]] = {}
+        for r in mine:
+            match = re.fullmatch(r"(.*?)_?(-?\d+(?:\.\d+)?)", str(r["strategy"]))
+            if match:
+                sweeps.setdefault(match.group(1), []).append((float(match.group(2)), r))
+        for sweep in sweeps.values():
+            if len(sweep) > 1:
+                sweep.sort(key=lambda item: item[0])
+                ax.plot(
+                    [r["coverage_at_10"] for _, r in sweep],
+                    [r["recall_at_10"] for _, r in sweep],
+                    "-",
+                    color=line.get_color(),
+                    alpha=0.7,
+                )
     labels: dict[tuple[float, float], list[str]] = {}
     for r in points:
         labels.setdefault((round(r["coverage_at_10"], 4), round(r["recall_at_10"], 4)), []).append(r["strategy"])

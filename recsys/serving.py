@@ -1,9 +1,11 @@
-"""Serving top-k lists as an online service would: retrieve unseen candidates, score them with the rating model, rank.
+"""Serving top-k lists as an online service would: retrieve unseen candidates, score them with a ranker, rank.
 
 `recommend(user_id)` answers one request; `recommend_batch(user_ids)` answers many with the same
 code (one retrieval call and a few large model calls), so offline evaluation measures exactly
 what is served. The two steps are also available on their own (`retrieve_candidates`,
-`rank_candidates`) for callers that need the candidates themselves.
+`rank_candidates`) for callers that need the candidates themselves. The ranking step takes a
+ranker from `recsys.ranking_stage`: the rating model's predicted rating, or a ranker trained to
+order candidates.
 """
 
 from __future__ import annotations
@@ -13,19 +15,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
-from recsys.candidates import NO_MOVIE, SOURCE_POPULAR, SOURCE_RETRIEVAL
+from recsys.candidates import NO_MOVIE, SOURCE_POPULAR, EaseSource, merge_sources
 from recsys.encoding import CONTEXT_FEATURES, FeatureEncoder
 from recsys.feature_store import FeatureStore
-from recsys.metrics import RATING_SCALE
-from recsys.predict import predict
 from recsys.retrievers import Retriever
 
-RESULT_COLUMNS = ["rank", "movie_id", "title", "genres", "year", "retrieval_score", "predicted_rating", "source"]
-CANDIDATE_COLUMNS = ["user_id", "movie_id", "retrieval_score"]
-# Rows per model call: large enough to amortise the call, small enough for memory.
-SCORE_BATCH = 65_536
+# `score` is what ordered the list: the predicted rating (clipped to the rating scale) for the
+# rating ranker, the learned ranker's score otherwise
+RESULT_COLUMNS = ["rank", "movie_id", "title", "genres", "year", "source", "retrieval_score", "score"]
 
 
 # ---- the request's context ------------------------------------------------------------------------------
@@ -61,61 +59,6 @@ def fixed_context(interactions: pd.DataFrame) -> dict[str, int]:
     """The most frequent training hour, weekday and month: a reproducible stand-in for "now" in offline runs."""
     train = interactions[interactions["split"] == "train"]
     return {name: int(train[name].mode().iloc[0]) for name in CONTEXT_FEATURES}
-
-
-def _score_positions(
-    store: FeatureStore,
-    model: tf.keras.Model,
-    encoder: FeatureEncoder,
-    user_positions: np.ndarray,
-    movie_positions: np.ndarray,
-    context: Mapping[str, int] | None,
-    chunk: int = SCORE_BATCH,
-) -> np.ndarray:
-    """Unclipped predicted ratings of aligned (user, movie) store positions in one context.
-
-    The context is resolved once ("now" cannot move between chunks) and encoded once; the pairs
-    are scored in model calls of at most `chunk` rows.
-    """
-    context_row = context_inputs(encoder, context, 1)
-    predicted = np.empty(len(movie_positions), dtype=np.float32)
-    for start in range(0, len(predicted), chunk):
-        part = slice(start, start + chunk)
-        inputs = store.user_inputs(user_positions[part], encoder)
-        inputs.update(store.movie_inputs(movie_positions[part], encoder))
-        inputs.update({name: np.repeat(value, len(predicted[part])) for name, value in context_row.items()})
-        predicted[part] = predict(model, inputs, batch_size=chunk)
-    return predicted
-
-
-def score_pairs(
-    user_ids: np.ndarray,
-    movie_ids: np.ndarray,
-    *,
-    store: FeatureStore,
-    ranking_model: tf.keras.Model,
-    encoder: FeatureEncoder,
-    context: Mapping[str, int] | None,
-    chunk: int = SCORE_BATCH,
-) -> np.ndarray:
-    """Predicted ratings of many (user, movie) pairs in one context (offline exploration and evaluation).
-
-    Args:
-        user_ids, movie_ids: aligned arrays of users and movies the store knows (others raise).
-        context: {hour, weekday, month}; None means now.
-
-    Returns:
-        Unclipped predicted ratings, one per pair.
-    """
-    return _score_positions(
-        store,
-        ranking_model,
-        encoder,
-        store.user_positions(user_ids),
-        store.movie_positions(np.asarray(movie_ids)),
-        context,
-        chunk,
-    )
 
 
 # ---- the two steps of a request ---------------------------------------------------------------------------
@@ -155,27 +98,36 @@ def _retrieve_many(
 
 
 def retrieve_candidates(
-    user_ids: Sequence[int], n_candidates: int, *, store: FeatureStore, retrieval_index: Retriever | Callable
+    user_ids: Sequence[int],
+    n_candidates: int,
+    *,
+    store: FeatureStore,
+    retrieval_index: Retriever | Callable,
+    ease: EaseSource | None = None,
+    exclude: str = "seen",
 ) -> pd.DataFrame:
-    """Each user's unseen candidates from retrieval: the first step of a request.
+    """Each user's unseen candidates: the first step of a request.
 
-    Users the store does not know, or the retriever cannot serve, get no rows (`recommend_batch`
-    serves them popular movies). The user's seen movies are dropped here even if a retriever
-    returns them.
+    Retrieval's top `n_candidates`, merged with EASE's top `n_candidates` when `ease` is given,
+    each labelled by source (recsys.candidates). Users the store does not know, or the retriever
+    cannot serve, get no rows (`recommend_batch` serves them popular movies). The excluded movies
+    are dropped here even if a source returns them.
 
     Args:
         user_ids: distinct users.
-        n_candidates: candidates per user.
+        n_candidates: candidates per source and user.
+        exclude: "seen" (the store's seen splits: what a request excludes, and the test stage) or
+            "history" (the history splits, i.e. train: the val stage of the learned ranker).
 
     Returns:
-        Columns CANDIDATE_COLUMNS, one row per (user, candidate), each user's rows in retrieval
-        order (best first), users in the order given.
+        A candidate table (recsys.candidates.CANDIDATE_COLUMNS), users in the order given.
     """
     user_ids = np.asarray(user_ids, dtype=np.int64)
     if len(np.unique(user_ids)) != len(user_ids):
         raise ValueError("retrieve_candidates takes distinct users (recommend_batch handles repeated requests)")
+    excluded = {"seen": store.seen_movies, "history": store.history_movies}[exclude]
     known = user_ids[store.known_users(user_ids)]
-    seen = [store.seen_movies(u) for u in known]
+    seen = [excluded(u) for u in known]
     served, ids, scores = _retrieve_many(retrieval_index, known, n_candidates, seen)
     owner = np.repeat(served, ids.shape[1])
     flat_ids, flat_scores = ids.ravel(), scores.ravel()
@@ -183,52 +135,48 @@ def retrieve_candidates(
     seen_ids = np.concatenate([*seen, np.empty(0, np.int64)])
     key_base = int(max(flat_ids.max(initial=0), seen_ids.max(initial=0))) + 1
     valid = (flat_ids != NO_MOVIE) & ~np.isin(owner * key_base + flat_ids, seen_owner * key_base + seen_ids)
-    return pd.DataFrame(
+    retrieved = pd.DataFrame(
         {"user_id": known[owner[valid]], "movie_id": flat_ids[valid], "retrieval_score": flat_scores[valid]}
     )
+    if ease is None or not len(served):
+        return merge_sources(retrieved)
+    histories = [store.history_movies(u) for u in known[served]]
+    ease_ids, ease_scores = ease.top(histories, n_candidates, [seen[i] for i in served])
+    return merge_sources(retrieved, ease_ids, ease_scores)
 
 
-def rank_candidates(
-    candidates: pd.DataFrame,
-    k: int,
-    *,
-    store: FeatureStore,
-    ranking_model: tf.keras.Model,
-    encoder: FeatureEncoder,
-    context: Mapping[str, int] | None = None,
-) -> pd.DataFrame:
-    """Each user's k best candidates by predicted rating: the second step of a request.
+def rank_candidates(candidates: pd.DataFrame, k: int, *, store: FeatureStore, ranker) -> pd.DataFrame:
+    """Each user's k best candidates by the ranker's score: the second step of a request.
 
-    Every (user, candidate) is scored by the rating model in one context; a user's list is ordered
-    by the unclipped prediction, ties broken by the retrieval score.
+    Ties on the score are broken by the retrieval score, then by the candidates' order.
 
     Args:
-        candidates: from `retrieve_candidates` (columns CANDIDATE_COLUMNS).
-        context: {hour, weekday, month} of the requests; None means now (UTC).
+        candidates: from `retrieve_candidates`.
+        ranker: a RatingRanker or a LearnedRanker.
 
     Returns:
         Columns user_id + RESULT_COLUMNS, each user's rows best first, users in the order they
-        first appear in `candidates`; predicted_rating is clipped to the rating scale for display.
+        first appear in `candidates`.
     """
-    context = request_context(context)  # validated before any work
+    if candidates.empty:  # nobody to rank: an empty list, not a ranker error
+        return pd.DataFrame({name: [] for name in ["user_id", *RESULT_COLUMNS]})
     user_group, _ = pd.factorize(candidates["user_id"], sort=False)
-    user_positions = store.user_positions(candidates["user_id"].to_numpy())
-    movie_positions = store.movie_positions(candidates["movie_id"].to_numpy())
-    predicted = _score_positions(store, ranking_model, encoder, user_positions, movie_positions, context)
+    scores = np.asarray(ranker.score(candidates), np.float64)
     retrieval_scores = candidates["retrieval_score"].to_numpy(np.float64)
-    order = np.lexsort((-retrieval_scores, -predicted, user_group))
+    order = np.lexsort((np.arange(len(scores)), -np.nan_to_num(retrieval_scores, nan=-np.inf), -scores, user_group))
     group_sorted = user_group[order]
     rank = np.arange(len(order)) - np.searchsorted(group_sorted, group_sorted)
     order, rank = order[rank < k], rank[rank < k]
+    movie_positions = store.movie_positions(candidates["movie_id"].to_numpy()[order])
     return pd.DataFrame(
         {
             "user_id": candidates["user_id"].to_numpy(np.int64)[order],
             "rank": rank + 1,
             "movie_id": candidates["movie_id"].to_numpy(np.int64)[order],
-            **store.movie_display(movie_positions[order]),
+            **store.movie_display(movie_positions),
+            "source": candidates["source"].array.take(order),
             "retrieval_score": retrieval_scores[order],
-            "predicted_rating": np.clip(predicted[order], *RATING_SCALE).astype(np.float64),
-            "source": SOURCE_RETRIEVAL,
+            "score": ranker.display(scores[order]),
         }
     )
 
@@ -242,9 +190,9 @@ def _popular_table(store: FeatureStore, k: int, exclude: np.ndarray) -> pd.DataF
             "title": popular["title"].to_numpy(),
             "genres": popular["genres"].to_numpy(),
             "year": popular["year"].array,
-            "retrieval_score": np.nan,
-            "predicted_rating": np.nan,
             "source": SOURCE_POPULAR,
+            "retrieval_score": np.nan,
+            "score": np.nan,
         }
     )
 
@@ -258,10 +206,9 @@ def recommend_batch(
     *,
     store: FeatureStore,
     retrieval_index: Retriever | Callable,
-    ranking_model: tf.keras.Model,
-    encoder: FeatureEncoder,
+    ranker,
     n_candidates: int = 100,
-    context: Mapping[str, int] | None = None,
+    ease: EaseSource | None = None,
 ) -> pd.DataFrame:
     """Top-k movies for many users: `retrieve_candidates` then `rank_candidates`, popular movies for the rest.
 
@@ -273,31 +220,35 @@ def recommend_batch(
         k: list length.
         store: features and seen items.
         retrieval_index: a Retriever (or a function with `Retriever.retrieve`'s signature).
-        ranking_model: a TwoTowerRatingModel (or any Keras model taking the encoder's input dict).
-        encoder: the FeatureEncoder the model and the store were built with.
-        n_candidates: how many candidates retrieval hands to ranking.
-        context: {hour, weekday, month} of the requests; None means now (UTC).
+        ranker: a RatingRanker or a LearnedRanker.
+        n_candidates: how many candidates each source hands to ranking.
+        ease: EASE as a second candidate source (None: retrieval alone).
 
     Returns:
         Columns user_id + RESULT_COLUMNS, users in the order given, each user's rows best first
         (fewer than k if retrieval returns fewer unseen movies).
     """
     user_ids = np.asarray(user_ids, dtype=np.int64)
-    context = request_context(context)  # validated before any work
     distinct = np.unique(user_ids)
-    candidates = retrieve_candidates(distinct, n_candidates, store=store, retrieval_index=retrieval_index)
-    ranked = rank_candidates(candidates, k, store=store, ranking_model=ranking_model, encoder=encoder, context=context)
+    candidates = retrieve_candidates(distinct, n_candidates, store=store, retrieval_index=retrieval_index, ease=ease)
+    ranked = rank_candidates(candidates, k, store=store, ranker=ranker)
     # ranked holds each distinct user's list, users ascending: slice it once per request
     ranked_users = ranked["user_id"].to_numpy()
     left, right = np.searchsorted(ranked_users, user_ids, "left"), np.searchsorted(ranked_users, user_ids, "right")
     lengths = right - left
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     rows = np.arange(lengths.sum()) + np.repeat(left - starts, lengths)
-    parts, requests = [ranked.iloc[rows]], [np.repeat(np.arange(len(user_ids)), lengths)]
+    parts, requests = [], []
+    if len(rows):
+        parts, requests = [ranked.iloc[rows]], [np.repeat(np.arange(len(user_ids)), lengths)]
     for request in np.flatnonzero(lengths == 0):  # unknown to the store or the retriever
         popular = _popular_table(store, k, store.seen_movies(user_ids[request]))
         parts.append(popular.assign(user_id=user_ids[request])[["user_id", *RESULT_COLUMNS]])
         requests.append(np.full(len(popular), request))
+    if not parts:
+        return ranked.iloc[:0]
+    if len(parts) == 1:  # every request served by retrieval: the rows are already in request order
+        return parts[0].reset_index(drop=True)
     table = pd.concat(parts, ignore_index=True)
     return table.iloc[np.argsort(np.concatenate(requests), kind="stable")].reset_index(drop=True)
 
@@ -305,18 +256,16 @@ def recommend_batch(
 def recommend(user_id: int, k: int = 10, **kwargs) -> pd.DataFrame:
     """Top-k movies for one user, as an online service would compute them per request.
 
-    Retrieval narrows the catalogue to `n_candidates` movies the user has not seen; the rating
-    model scores each (user, movie, context) and the k best predicted ratings are returned. A user
-    unknown to the store (or to the retriever) gets the most popular movies instead.
+    Retrieval (and EASE, when given) narrows the catalogue to the user's unseen candidates; the
+    ranker scores each and the k best are returned. A user unknown to the store (or to the
+    retriever) gets the most popular movies instead.
 
     Args:
         user_id: the requesting user.
         k: list length.
-        **kwargs: as for `recommend_batch` (store, retrieval_index, ranking_model, encoder,
-            n_candidates, context).
+        **kwargs: as for `recommend_batch` (store, retrieval_index, ranker, n_candidates, ease).
 
     Returns:
-        k rows (fewer if retrieval returns fewer unseen movies), columns RESULT_COLUMNS, best first;
-        predicted_rating is clipped to the rating scale for display.
+        k rows (fewer if retrieval returns fewer unseen movies), columns RESULT_COLUMNS, best first.
     """
     return recommend_batch([user_id], k, **kwargs).drop(columns="user_id")

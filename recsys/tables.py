@@ -1,9 +1,10 @@
-"""Checks on the DataFrames passed between steps, raised before any work with what is missing and what is there."""
+"""Helpers for the tables passed between steps: column checks raised before any work, and fast id lookups."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 
 
@@ -21,3 +22,21 @@ def require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str, erro
     missing = [name for name in columns if name not in frame.columns]
     if missing:
         raise error(f"{what} lacks the column(s) {missing} (it has {list(frame.columns)})")
+
+
+class IdIndex:
+    """Row position of ids by binary search over the sorted ids: microseconds per lookup, where a pandas
+    Index's get_indexer costs about 100 µs of overhead per call (the serving path makes several per request)."""
+
+    def __init__(self, ids: np.ndarray):
+        ids = np.asarray(ids, np.int64)
+        self.order = np.argsort(ids, kind="stable")
+        self.sorted = ids[self.order]
+
+    def positions(self, ids) -> np.ndarray:
+        """Row positions of `ids`, -1 for an id not held."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if not len(self.sorted):
+            return np.full(len(ids), -1, np.int64)
+        at = np.minimum(np.searchsorted(self.sorted, ids), len(self.sorted) - 1)
+        return np.where(self.sorted[at] == ids, self.order[at], -1)

@@ -61,4 +61,4 @@ def tiny_store_and_encoder(seed: int = 0):
 
     users, movies, interactions = tiny_tables(seed)
     encoder = FeatureEncoder.fit(users, movies, interactions[interactions["split"] == "train"], min_title_token_count=1)
-    return FeatureStore.build(users, movies, interactions, encoder), encoder, (users, movies, interactions)
+    return FeatureStore.build(users, movies, interactions), encoder, (users, movies, interactions)

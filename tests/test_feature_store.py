@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.feature_store import ENCODED_PREFIX, FeatureStore, UnknownMovieError
+from recsys.feature_store import FeatureStore, UnknownMovieError
 from tests.online_fixtures import NEVER_RATED_MOVIE, tiny_store_and_encoder
 
 
@@ -23,14 +23,18 @@ def test_build_holds_readable_and_encoded_features(built):
         assert column in store.movies.columns
     for column in ["gender", "age_group", "occupation", "city", "state", "n_train_ratings"]:
         assert column in store.users.columns
-    encoded_movies = encoder.movie_table(movies)
-    np.testing.assert_array_equal(
-        store.movies[ENCODED_PREFIX + encoded_movies.columns].to_numpy(), encoded_movies.to_numpy()
+    # any model's inputs come from the features held, encoded by that model's encoder
+    positions = np.arange(len(store.users))
+    expected_users = encoder.user_inputs(
+        encoder.user_table(users.set_index("user_id").loc[store.users.index].reset_index())
     )
-    encoded_users = encoder.user_table(users)
-    np.testing.assert_array_equal(
-        store.users[ENCODED_PREFIX + encoded_users.columns].to_numpy(), encoded_users.to_numpy()
+    for name, values in store.user_inputs(positions, encoder).items():
+        np.testing.assert_array_equal(values, expected_users[name])
+    expected_movies = encoder.movie_inputs(
+        encoder.movie_table(movies.set_index("movie_id").loc[store.movies.index].reset_index())
     )
+    for name, values in store.movie_inputs(np.arange(len(store.movies)), encoder).items():
+        np.testing.assert_array_equal(values, expected_movies[name])
     assert store.movies.loc[10, "title"] == movies.set_index("movie_id").loc[10, "title_clean"]
 
 
@@ -114,6 +118,6 @@ def test_load_of_a_missing_store_says_how_to_build_it(tmp_path):
 def test_build_needs_the_split_column(built):
     _, encoder, (users, movies, interactions) = built
     with pytest.raises(ValueError, match="split"):
-        FeatureStore.build(users, movies, interactions.drop(columns="split"), encoder)
+        FeatureStore.build(users, movies, interactions.drop(columns="split"))
     with pytest.raises(ValueError, match="holdout"):
-        FeatureStore.build(users, movies, interactions, encoder, seen_splits=("train", "holdout"))
+        FeatureStore.build(users, movies, interactions, seen_splits=("train", "holdout"))

@@ -152,7 +152,7 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_predictions(tmp_p
     result = training.train_ranking_model(
         small_config(), encoder.cardinalities(), inputs, y, seed=3, epochs=2, verbose=0
     )
-    folder = training.save_ranking_model(result.model, encoder, tmp_path / "ranking_model")
+    folder = training.save_ranking_model(result.model, encoder, tmp_path / "ranking_model", fitted_on=("train",))
     np.savez(tmp_path / "inputs.npz", **inputs)
     expected = training.predict_ratings(result.model, inputs)
     script = (

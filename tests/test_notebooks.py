@@ -136,16 +136,16 @@ def test_smoke_retrieval_metrics(smoke_run):
 
 def test_smoke_two_stage_metrics(smoke_run):
     m = metrics(smoke_run, "06_retrieval_ranking")
-    for key in (
-        "recall_at_10_two_stage",
-        "ndcg_at_10_two_stage",
-        "recall_at_10_retrieval_only",
-        "coverage_at_10_two_stage",
-    ):
-        assert 0 < m[key] <= 1
-    assert m["novelty_two_stage"] > 0
+    for strategy in ("retrieval_only", "ease", "two_stage", "learned", "lambdarank", "dcn", "lambdarank_no_ease"):
+        assert 0 < m[f"recall_at_10_{strategy}"] <= 1 and 0 < m[f"ndcg_at_10_{strategy}"] <= 1
+        assert 0 < m[f"coverage_at_10_{strategy}"] <= 1 and m[f"novelty_{strategy}"] > 0
+    assert m["served_ranker"] == "lambdarank" and m["ndcg_at_10_learned"] == m["ndcg_at_10_lambdarank"]
+    # the synthetic users' choices follow taste: the learned rankers must beat the rating-ordered list
+    assert min(m["ndcg_at_10_lambdarank"], m["ndcg_at_10_dcn"]) > m["ndcg_at_10_two_stage"]
+    assert 0 < m["candidate_recall_at_100"] <= m["candidate_recall_merged_test"] <= 1
     assert 0 < m["recommend_p50_ms"] <= m["recommend_p99_ms"]
     assert (smoke_run / "06_retrieval_ranking" / "feature_store").is_dir()
+    assert (smoke_run / "06_retrieval_ranking" / "ranker" / "ranker.json").exists()
 
 
 EXPLORATION_KEYS = ("recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini")
@@ -167,11 +167,14 @@ def test_smoke_exploration_metrics(smoke_run):
     assert m7[f"coverage_at_10_{temps[-1][1]}"] > m7["coverage_at_10_deterministic"]
 
     m8 = metrics(smoke_run, "08_explore_gaussian_noise")
-    assert m8["overlap_at_10_with_noiseless_sigma_0"] == 1.0
-    sigmas = sorted((float(s.removeprefix("sigma_")), s) for s in settings_of(m8))
-    overlaps = [m8[f"overlap_at_10_with_noiseless_{s}"] for _, s in sigmas]
-    assert overlaps == sorted(overlaps, reverse=True) and overlaps[-1] < 1.0
-    assert m8[f"coverage_at_10_{sigmas[-1][1]}"] > m8["coverage_at_10_sigma_0"]
+    for view in ("", "served_"):
+        assert m8[f"overlap_at_10_with_noiseless_{view}sigma_0"] == 1.0
+        sigmas = sorted(
+            (float(s.removeprefix(f"{view}sigma_")), s) for s in settings_of(m8) if s.startswith(f"{view}sigma_")
+        )
+        overlaps = [m8[f"overlap_at_10_with_noiseless_{s}"] for _, s in sigmas]
+        assert overlaps == sorted(overlaps, reverse=True) and overlaps[-1] < 1.0
+    assert m8[f"coverage_at_10_{sigmas[-1][1]}"] > m8["coverage_at_10_served_sigma_0"]
 
     m9 = metrics(smoke_run, "09_explore_least_viewed")
     (explore,) = [s for s in settings_of(m9) if s.startswith("least_viewed")]

@@ -32,14 +32,24 @@ def setup():
     user_vectors = model.user_tower(store.user_inputs(everyone, encoder)).vector.numpy()
     movie_vectors = model.movie_tower(store.movie_inputs(np.arange(len(store.movies)), encoder)).vector.numpy()
     retriever = NumpyRetriever(store.users.index, user_vectors, store.movies.index, movie_vectors)
-    return {"store": store, "encoder": encoder, "model": model, "retriever": retriever, "tables": tables}
+    from recsys.ranking_stage import RatingRanker
+
+    ranker = RatingRanker(store, model, encoder, CONTEXT)
+    return {
+        "store": store,
+        "encoder": encoder,
+        "model": model,
+        "retriever": retriever,
+        "tables": tables,
+        "ranker": ranker,
+    }
 
 
 def call(setup, user_id, **kwargs):
     from recsys.serving import recommend
 
-    kwargs = {"k": 5, "n_candidates": 8, "context": CONTEXT, "retrieval_index": setup["retriever"], **kwargs}
-    return recommend(user_id, store=setup["store"], ranking_model=setup["model"], encoder=setup["encoder"], **kwargs)
+    kwargs = {"k": 5, "n_candidates": 8, "ranker": setup["ranker"], "retrieval_index": setup["retriever"], **kwargs}
+    return recommend(user_id, store=setup["store"], **kwargs)
 
 
 def test_known_user_gets_k_unseen_movies_ranked_by_predicted_rating(setup):
@@ -49,8 +59,8 @@ def test_known_user_gets_k_unseen_movies_ranked_by_predicted_rating(setup):
     table = call(setup, 3)
     assert list(table.columns) == RESULT_COLUMNS
     assert len(table) == 5 and table["rank"].tolist() == [1, 2, 3, 4, 5]
-    assert table["predicted_rating"].is_monotonic_decreasing
-    assert table["predicted_rating"].between(1, 5).all()
+    assert table["score"].is_monotonic_decreasing
+    assert table["score"].between(1, 5).all()
     assert not set(table["movie_id"]) & set(setup["store"].seen_movies(3))
     assert table["movie_id"].is_unique and (table["source"] == SOURCE_RETRIEVAL).all()
     store = setup["store"]
@@ -66,7 +76,7 @@ def test_predicted_rating_is_the_models_prediction_for_that_user_movie_and_conte
         interactions, encoder.user_table(setup["tables"][0]), encoder.movie_table(setup["tables"][1])
     )
     expected = model.predict(inputs, verbose=0)
-    np.testing.assert_allclose(table["predicted_rating"], np.clip(expected, 1, 5), rtol=1e-5)
+    np.testing.assert_allclose(table["score"], np.clip(expected, 1, 5), rtol=1e-5)
 
 
 def test_retrieval_scores_are_the_top_candidates_of_the_retriever(setup):
@@ -101,7 +111,7 @@ def test_unknown_user_gets_popular_movies_labelled(setup):
     table = call(setup, 987654)
     assert list(table.columns) == RESULT_COLUMNS
     assert table["movie_id"].tolist() == setup["store"].popular_movies(5).index.tolist()
-    assert (table["source"] == SOURCE_POPULAR).all() and table["predicted_rating"].isna().all()
+    assert (table["source"] == SOURCE_POPULAR).all() and table["score"].isna().all()
     assert table["rank"].tolist() == [1, 2, 3, 4, 5]
 
 
@@ -113,18 +123,14 @@ def test_recommend_batch_equals_recommend_per_user(setup):
         user_ids,
         k=5,
         n_candidates=8,
-        context=CONTEXT,
         store=setup["store"],
         retrieval_index=setup["retriever"],
-        ranking_model=setup["model"],
-        encoder=setup["encoder"],
+        ranker=setup["ranker"],
     )
     expected = pd.concat([call(setup, u).assign(user_id=u) for u in user_ids], ignore_index=True)
     expected = expected[["user_id", *expected.columns[:-1]]]
-    pd.testing.assert_frame_equal(
-        batch.drop(columns="predicted_rating"), expected.drop(columns="predicted_rating"), check_dtype=False
-    )
-    np.testing.assert_allclose(batch["predicted_rating"], expected["predicted_rating"], rtol=1e-5)
+    pd.testing.assert_frame_equal(batch.drop(columns="score"), expected.drop(columns="score"), check_dtype=False)
+    np.testing.assert_allclose(batch["score"], expected["score"], rtol=1e-5)
 
 
 def test_recommend_batch_without_retrieve_batch_matches(setup):
@@ -135,11 +141,9 @@ def test_recommend_batch_without_retrieve_batch_matches(setup):
         [2, 4],
         k=3,
         n_candidates=8,
-        context=CONTEXT,
         store=setup["store"],
         retrieval_index=retriever.retrieve,
-        ranking_model=setup["model"],
-        encoder=setup["encoder"],
+        ranker=setup["ranker"],
     )
     for user_id, rows in batch.groupby("user_id"):
         assert rows["movie_id"].tolist() == call(setup, user_id, k=3)["movie_id"].tolist()
@@ -153,9 +157,10 @@ def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
 
     store, retriever = setup["store"], setup["retriever"]
     # a query model from user index (the store's encoded user id) to the same user vectors
-    n_rows, dim = int(store.users["enc_user_id_idx"].max()) + 1, retriever.user_vectors.shape[1]
+    user_index = setup["encoder"].user_table(setup["tables"][0])["user_id_idx"]
+    n_rows, dim = int(user_index.max()) + 1, retriever.user_vectors.shape[1]
     user_vectors = np.zeros((n_rows, dim), np.float32)
-    user_vectors[store.users["enc_user_id_idx"].to_numpy()] = retriever.user_vectors
+    user_vectors[user_index.reindex(store.users.index).to_numpy()] = retriever.user_vectors
     query_model = tf.keras.Sequential(
         [
             tf.keras.layers.Embedding(
@@ -167,7 +172,7 @@ def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
     )
     layer = tfrs.layers.factorized_top_k.BruteForce(query_model)
     layer.index(tf.constant(retriever.movie_vectors), tf.constant(retriever.movie_ids.astype(np.int64)))
-    adapter = IndexRetriever(layer, store.users["enc_user_id_idx"])
+    adapter = IndexRetriever(layer, user_index)
     seen = store.seen_movies(4)
     ids, scores = adapter.retrieve(4, 6, seen)
     expected_ids, expected_scores = retriever.retrieve(4, 6, seen)
@@ -182,7 +187,7 @@ def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
     by_id = IndexRetriever(layer, user_index=None)
     assert by_id._queries([4]) == [4] and adapter.max_k == len(retriever.movie_ids)
     # a user the retriever cannot serve falls back to popular movies
-    table = call(setup, 4, retrieval_index=IndexRetriever(layer, store.users["enc_user_id_idx"].drop(4)))
+    table = call(setup, 4, retrieval_index=IndexRetriever(layer, user_index.drop(4)))
     assert (table["source"] == "popular (unknown user)").all()
     assert not set(table["movie_id"]) & set(seen)
 
@@ -192,7 +197,10 @@ def test_context_defaults_to_now_and_is_validated(setup):
 
     now = context_inputs(setup["encoder"], None, 3)
     assert set(now) == {"hour", "weekday", "month"} and all(len(v) == 3 for v in now.values())
-    assert len(call(setup, 3, context=None)) == 5
+    from recsys.ranking_stage import RatingRanker
+
+    now_ranker = RatingRanker(setup["store"], setup["model"], setup["encoder"], None)
+    assert len(call(setup, 3, ranker=now_ranker)) == 5
     with pytest.raises(ValueError, match="hour=24"):
         context_inputs(setup["encoder"], {"hour": 24, "weekday": 0, "month": 1}, 1)
 
@@ -200,7 +208,8 @@ def test_context_defaults_to_now_and_is_validated(setup):
 def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
     from datetime import datetime, timedelta
 
-    import recsys.serving as online
+    import recsys.ranking_stage as online
+    import recsys.serving as serving
 
     start = datetime(2026, 1, 5, 10, 59, tzinfo=UTC)
     calls = []
@@ -211,7 +220,7 @@ def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
             calls.append(tz)
             return start + timedelta(hours=len(calls) - 1)
 
-    monkeypatch.setattr(online, "datetime", Clock)
+    monkeypatch.setattr(serving, "datetime", Clock)  # where "now" is read
     store = setup["store"]
     users = np.array([2, 3, 4, 2, 3, 4])
     movies = store.movies.index.to_numpy()[:6]
@@ -223,6 +232,7 @@ def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
 
 
 def test_the_two_steps_give_the_served_lists_and_retrieve_once(setup):
+    from recsys.candidates import CANDIDATE_COLUMNS
     from recsys.serving import rank_candidates, recommend_batch, retrieve_candidates
 
     calls = []
@@ -233,12 +243,13 @@ def test_the_two_steps_give_the_served_lists_and_retrieve_once(setup):
             return setup["retriever"].retrieve_batch(user_ids, n, excludes)
 
     users = [1, 2, 5, 8]
-    kwargs = {"store": setup["store"], "ranking_model": setup["model"], "encoder": setup["encoder"]}
+    kwargs = {"store": setup["store"], "ranker": setup["ranker"]}
     candidates = retrieve_candidates(users, 8, store=setup["store"], retrieval_index=CountingRetriever())
-    assert calls == [users] and list(candidates.columns) == ["user_id", "movie_id", "retrieval_score"]
-    assert (candidates.groupby("user_id").size() == 8).all()
-    ranked = rank_candidates(candidates, 5, context=CONTEXT, **kwargs)
-    served = recommend_batch(users, 5, n_candidates=8, context=CONTEXT, retrieval_index=setup["retriever"], **kwargs)
+    assert calls == [users] and list(candidates.columns) == CANDIDATE_COLUMNS
+    assert (candidates.groupby("user_id").size() == 8).all() and (candidates["source"] == "retrieval").all()
+    assert (candidates.groupby("user_id")["retrieval_rank"].apply(list) == [list(range(1, 9))] * 4).all()
+    ranked = rank_candidates(candidates, 5, **kwargs)
+    served = recommend_batch(users, 5, n_candidates=8, retrieval_index=setup["retriever"], **kwargs)
     pd.testing.assert_frame_equal(ranked, served)
     with pytest.raises(ValueError, match="distinct users"):
         retrieve_candidates([1, 1], 8, store=setup["store"], retrieval_index=setup["retriever"])

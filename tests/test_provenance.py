@@ -9,26 +9,15 @@ import subprocess
 import sys
 import time
 
-import nbformat
 import pytest
 
 import run_all
 from recsys import provenance
 from recsys.artifacts import ARTIFACTS, Run
 from tests.conftest import PROJECT_ROOT
+from tests.notebook_fixtures import make_notebook
 
 WRITE = "from pathlib import Path\nPath(artifacts_dir, run_name, {stage!r}).mkdir(parents=True, exist_ok=True)\n"
-
-
-def make_notebook(path, params: dict, code: str, reads=()):
-    notebook = nbformat.v4.new_notebook()
-    lines = ["run_name = 'default'", "artifacts_dir = '../artifacts'", *(f"{k} = {v!r}" for k, v in params.items())]
-    cell = nbformat.v4.new_code_cell("\n".join(lines))
-    cell.metadata["tags"] = ["parameters"]
-    notebook.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), cell, nbformat.v4.new_code_cell(code)]
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    notebook.metadata["recsys"] = {"reads": list(reads)}
-    nbformat.write(notebook, str(path))
 
 
 @pytest.fixture
@@ -42,20 +31,20 @@ def chain(tmp_path, monkeypatch):
     write = "Path(artifacts_dir, run_name, {stage!r}, {file!r}).write_text(str({value}))\n"
     make_notebook(
         folder / "01_a.ipynb",
-        {"seed": 42},
         WRITE.format(stage="01_a") + write.format(stage="01_a", file="thing.txt", value="seed"),
+        params={"seed": 42},
     )
     make_notebook(
         folder / "02_b.ipynb",
-        {"seed": 42, "noise": {"target": "user", "sigmas": [0.0, 0.05, 0.1, 0.2, 0.4]}},
         WRITE.format(stage="02_b") + write.format(stage="02_b", file="thing2.txt", value="noise['sigmas']"),
         reads=["thing"],
+        params={"seed": 42, "noise": {"target": "user", "sigmas": [0.0, 0.05, 0.1, 0.2, 0.4]}},
     )
     make_notebook(
         folder / "03_c.ipynb",
-        {"least_viewed": {"max_views": 1, "retrieval_k": 10, "example_users": 3}},
         "print('reads thing2')",
         reads=["thing2"],
+        params={"least_viewed": {"max_views": 1, "retrieval_k": 10, "example_users": 3}},
     )
     artifacts = tmp_path / "artifacts"
 

@@ -8,16 +8,7 @@ import nbformat
 import pytest
 
 import run_all
-
-
-def make_notebook(path, code: str, reads=()):
-    notebook = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("run_name = 'default'\nartifacts_dir = '../artifacts'")
-    params.metadata["tags"] = ["parameters"]
-    notebook.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem} title"), params, nbformat.v4.new_code_cell(code)]
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    notebook.metadata["recsys"] = {"reads": list(reads)}
-    nbformat.write(notebook, str(path))
+from tests.notebook_fixtures import make_notebook
 
 
 @pytest.fixture
