@@ -137,7 +137,8 @@ class MissingArtifactError(FileNotFoundError):
 ARTIFACTS: dict[str, tuple[str, str]] = {
     "users": ("01_preprocess", "users.parquet"),
     "movies": ("01_preprocess", "movies.parquet"),
-    "interactions": ("01_preprocess", "interactions.parquet"),
+    "interactions": ("01_preprocess", "interactions.parquet"),  # every user but the fold-in ones
+    "foldin_interactions": ("01_preprocess", "foldin_interactions.parquet"),  # kept out of every model
     "data_quality": ("01_preprocess", "data_quality.parquet"),
     "baseline_results": ("03_baselines", "results.parquet"),
     "ranking_model": ("04_two_tower_ranking", "ranking_model"),  # refitted on train + val
@@ -151,6 +152,10 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "bruteforce_index": ("05_retrieval", "bruteforce_index"),
     "scann_index": ("05_retrieval", "scann_index"),
     "ease_model": ("05_retrieval", "ease_model"),
+    "sequential_model": ("05_retrieval", "sequential_model"),
+    "sequential_movie_embeddings": ("05_retrieval", "sequential_movie_embeddings.npy"),
+    "sequential_bruteforce_index": ("05_retrieval", "sequential_bruteforce_index"),
+    "sequential_scann_index": ("05_retrieval", "sequential_scann_index"),
     "ranker": ("06_retrieval_ranking", "ranker"),  # the learned ranker recommend() serves
 }
 

@@ -25,6 +25,8 @@ SOURCE_EASE = "ease"
 SOURCE_BOTH = "retrieval+ease"
 SOURCE_LEAST_VIEWED = "least-viewed"
 SOURCE_POPULAR = "popular (unknown user)"
+SOURCE_HISTORY = "history (sequential)"  # a list for an ad-hoc history (serving.recommend_for_history)
+SOURCE_POPULAR_EMPTY_HISTORY = "popular (empty history)"
 
 SOURCES = [SOURCE_RETRIEVAL, SOURCE_EASE, SOURCE_BOTH]
 SOURCE_DTYPE = pd.CategoricalDtype(SOURCES)  # a candidate's source column (built once: it costs per table)

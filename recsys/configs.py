@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 HEAD_INPUTS = ("features", "towers")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
+RETRIEVAL_MODELS = ("two_tower", "sequential")  # what the serving stage retrieves with
 
 _Config = TypeVar("_Config", bound="_FromParams")
 
@@ -91,10 +92,38 @@ class RankingConfig(_FromParams):
 
 
 @dataclass
-class RetrievalConfig(_FromParams):
-    """Hyper-parameters of the two-tower retrieval model (params group `retrieval`).
+class InBatchSoftmaxConfig(_FromParams):
+    """The training both retrievers share: an in-batch softmax, early-stopped on val Recall@100.
 
     Attributes:
+        temperature: divides the logits of the in-batch softmax (lower = sharper).
+        logq_correction: subtract log(sampling probability) of each in-batch candidate from its
+            logit. In-batch negatives are drawn in proportion to popularity, so without the
+            correction popular movies are over-penalised as negatives (Yi et al., RecSys 2019).
+        remove_accidental_hits: do not count as a negative a candidate that is the same movie as
+            the row's positive (two users in one batch who watched the same movie).
+        learning_rate: Adam's step size.
+        batch_size: training examples per step; their positives are the in-batch candidates.
+        epochs: the most training epochs; early stopping on val Recall@100 picks the epoch.
+        patience: epochs without a better val Recall@100 before stopping.
+    """
+
+    temperature: float
+    logq_correction: bool
+    remove_accidental_hits: bool
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    patience: int
+
+
+@dataclass
+class RetrievalConfig(InBatchSoftmaxConfig):
+    """Hyper-parameters of the two-tower retrieval model (params group `retrieval`), beside `InBatchSoftmaxConfig`'s.
+
+    Attributes:
+        model: the retriever the serving stage uses: "two_tower" (this model) or "sequential"
+            (`SequentialConfig`); both are trained and evaluated side by side.
         features: what the towers use beside the ids: groups ("user", "movie", "context"), single
             features (e.g. "genres"), or ["ids"]. User and movie features learn faster than ids
             alone and give a vector to a movie without training ratings (cold start). Context
@@ -106,30 +135,42 @@ class RetrievalConfig(_FromParams):
         init_std: standard deviation of the initial id embedding rows.
         l2_normalize: score by cosine instead of raw dot product. Without it, popular movies grow
             long vectors and win every list; with it, `temperature` sets how peaked the softmax is.
-        temperature: divides the logits of the in-batch softmax (lower = sharper).
-        logq_correction: subtract log(sampling probability) of each in-batch candidate from its
-            logit. In-batch negatives are drawn in proportion to popularity, so without the
-            correction popular movies are over-penalised as negatives (Yi et al., RecSys 2019).
-        remove_accidental_hits: do not count as a negative a candidate that is the same movie as
-            the row's positive (two users in one batch who watched the same movie).
-        learning_rate: Adam's step size.
-        batch_size: training batch, which is also the number of in-batch candidates per query.
-        epochs: the most training epochs; early stopping on val Recall@100 picks the epoch.
-        patience: epochs without a better val Recall@100 before stopping.
         min_rating: ratings below it are not positives (1 keeps every rating: for retrieval a
             watched movie is a positive whatever the rating).
     """
 
+    model: str
     features: list[str]
     embedding_dim: int
     side_dim: int
     init_std: float
     l2_normalize: bool
-    temperature: float
-    logq_correction: bool
-    remove_accidental_hits: bool
-    learning_rate: float
-    batch_size: int
-    epochs: int
-    patience: int
     min_rating: int
+
+
+@dataclass
+class SequentialConfig(InBatchSoftmaxConfig):
+    """Hyper-parameters of the sequential retriever (params group `sequential`), beside `InBatchSoftmaxConfig`'s.
+
+    Its batch is a number of windows (each holds up to S targets: the in-batch candidates), and
+    its queries and movies are always L2-normalised.
+
+    Attributes:
+        history_length: N, the user's most recent movies a query reads (served and evaluated).
+        window_targets: S, next-movie targets per training window. A user's training sequence
+            is cut, from its end, into windows of N + S movies that overlap by N: every movie but
+            the user's first is a trained slot once, read with the movies before it (at least N
+            of them, or all the user has; up to N + S - 1 within a window, while a served query
+            reads N). One GRU pass over a window trains S slots (the per-target alternative was
+            about 5 times slower).
+        target_horizon: H, how far ahead a training target may lie: each trained slot's target is
+            drawn (anew every step) from the H movies that follow it; 1 is the next movie. A
+            horizon asks the query for the user's coming movies, not only the next one, which is
+            what the held-out movies of a temporal split and of a fold-in user are.
+        embedding_dim: size of the movie embeddings and of the query (the GRU's output, projected).
+    """
+
+    history_length: int
+    window_targets: int
+    target_horizon: int
+    embedding_dim: int

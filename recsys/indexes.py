@@ -1,9 +1,10 @@
 """Retrieval indexes over the movie embeddings: exact (BruteForce) and approximate (ScaNN), saved and reloaded.
 
-Both are TFRS `factorized_top_k` layers with a `UserQueryModel` inside, so they take MovieLens
-user ids and return (scores, movie ids), best first. A saved index keeps a `search(user_ids, k)`
-function whose k is chosen per call, so a reloaded index serves any list length, as the
-in-memory one does.
+Both are TFRS `factorized_top_k` layers. With a `UserQueryModel` inside they take MovieLens user
+ids; built without a query model they take query vectors (the sequential retriever's, computed
+from a history). They return (scores, movie ids), best first. A saved index keeps a
+`search(queries, k)` function whose k is chosen per call, so a reloaded index serves any list
+length, as the in-memory one does.
 """
 
 from __future__ import annotations
@@ -73,10 +74,9 @@ class UserQueryModel(tf.keras.Model):
 def _fill_index(index: TopK, query_model: tf.keras.Model | None, movie_ids: np.ndarray, vectors: np.ndarray) -> TopK:
     """Load the candidates into an index; with a query model, call it once so it can be saved."""
     index.index(tf.constant(vectors, tf.float32), tf.constant(np.asarray(movie_ids), tf.int32))
-    index.n_candidates = len(movie_ids)
-    if query_model is not None:
-        # a Keras model is saved with the input signature of its first call: a batch of ids
-        index(tf.zeros([1], tf.int32))
+    index.n_candidates, index.query_dim = len(movie_ids), int(np.shape(vectors)[1])
+    # a layer is saved with the input signature of its first call: a batch of ids, or of query vectors
+    index(tf.zeros([1], tf.int32) if query_model is not None else tf.zeros([1, index.query_dim], tf.float32))
     return index
 
 
@@ -156,20 +156,29 @@ def build_scann(
     return _fill_index(index, query_model, movie_ids, movie_embeddings)
 
 
+def _query_spec(index: TopK) -> tf.TensorSpec:
+    """What the index is queried with: user ids (with a query model inside) or query vectors (without)."""
+    if index.query_model is not None:
+        return tf.TensorSpec([None], tf.int32)
+    return tf.TensorSpec([None, index.query_dim], tf.float32)
+
+
 def save_index(index: TopK, path: str | os.PathLike) -> Path:
     """Save an index (with its query model) as a SavedModel, atomically (temp folder + rename).
 
     Besides the layer's own call (which answers with the k it was built with), the SavedModel
-    keeps `search(user_ids, k)`, k chosen per call, and the catalogue size `n_candidates`, so a
+    keeps `search(queries, k)` (user ids, or query vectors for an index built without a query
+    model), k chosen per call, and the catalogue size `n_candidates`, so a
     reloaded index serves lists of any length. The ScaNN searcher travels as a TF resource of the
     `Scann` op namespace, which SavedModel refuses unless it is whitelisted. The index must have
     been built by `build_bruteforce`/`build_scann` (they call it once, which fixes its signature).
     """
+    query_spec = _query_spec(index)
     index.search = tf.function(
-        lambda user_ids, k: index(user_ids, k=k),
-        input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)],
+        lambda queries, k: index(queries, k=k), input_signature=[query_spec, tf.TensorSpec([], tf.int32)]
     )
     index.n_candidates_saved = tf.Variable(index.n_candidates, trainable=False, name="n_candidates")
+    index.query_dim_saved = tf.Variable(0 if query_spec.shape.rank == 1 else query_spec.shape[1], name="query_dim")
     with atomic_dir(path) as tmp, _quiet_tensorflow_logger():
         tf.saved_model.save(index, str(tmp), options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
     return Path(path)
@@ -190,7 +199,9 @@ def _quiet_tensorflow_logger() -> Iterator[None]:
 
 
 class LoadedIndex:
-    """An index reloaded by `load_index`: call it like the layer, `scores, movie_ids = index(user_ids, k=...)`.
+    """An index reloaded by `load_index`: call it like the layer, `scores, movie_ids = index(queries, k=...)`.
+
+    `queries` are user ids or query vectors, as the index was built to take.
 
     Attributes:
         n_candidates: the catalogue size (the most a list can hold).
@@ -199,13 +210,16 @@ class LoadedIndex:
     def __init__(self, saved: Any):
         self._saved = saved
         self.n_candidates = int(saved.n_candidates_saved.numpy())
+        dim = int(saved.query_dim_saved.numpy()) if hasattr(saved, "query_dim_saved") else 0
+        self._query = tf.TensorSpec([None], tf.int32) if dim == 0 else tf.TensorSpec([None, dim], tf.float32)
         # the restored graph itself: a restored function's dispatch costs about 0.5 ms a request
-        self._search = saved.search.get_concrete_function(tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32))
+        self._search = saved.search.get_concrete_function(self._query, tf.TensorSpec([], tf.int32))
 
-    def __call__(self, user_ids: tf.Tensor, k: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    def __call__(self, queries: tf.Tensor, k: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        queries = tf.cast(queries, self._query.dtype)
         if k is None:
-            return self._saved(tf.cast(user_ids, tf.int32))
-        return self._search(tf.cast(user_ids, tf.int32), tf.constant(k, tf.int32))
+            return self._saved(queries)
+        return self._search(queries, tf.constant(k, tf.int32))
 
 
 def load_index(path: str | os.PathLike) -> LoadedIndex:
@@ -236,8 +250,9 @@ def time_queries(
     the index, so the numbers measure the search, not Python's eager overhead.
 
     Args:
-        index: a TopK layer or a LoadedIndex taking int32 user ids.
-        queries: user ids; the first `batch` (repeated if fewer) form the batch.
+        index: a TopK layer or a LoadedIndex, taking user ids or query vectors.
+        queries: user ids (integers) or query vectors (floats, one per row); the first `batch`
+            (repeated if fewer) form the batch.
         batch: size of the batch query (1,024 users).
         k: list length (the index's default if None).
         n_single: single queries timed.
@@ -247,15 +262,16 @@ def time_queries(
         {"single_query_latency_ms", "batch_latency_ms", "batch_latency_per_query_ms", "batch_queries_per_s"}.
     """
     queries = np.asarray(queries)
+    dtype = tf.float32 if queries.dtype.kind == "f" else tf.int32  # query vectors or user ids
     search = tf.function(lambda q: index(q, k=k)) if isinstance(index, TopK) else (lambda q: index(q, k=k))
     single = []
     for i in range(warmup + n_single):
-        q = tf.constant(queries[i % len(queries)][None], tf.int32)
+        q = tf.constant(queries[i % len(queries)][None], dtype)
         start = time.perf_counter()
         search(q)[1].numpy()
         if i >= warmup:
             single.append(time.perf_counter() - start)
-    batch_queries = tf.constant(np.resize(queries, batch), tf.int32)
+    batch_queries = tf.constant(queries[np.resize(np.arange(len(queries)), batch)], dtype)
     search(batch_queries)[1].numpy()  # trace the batch shape
     start = time.perf_counter()
     search(batch_queries)[1].numpy()

@@ -28,7 +28,7 @@ HARMLESS = re.compile(
             r"cuda_platform\.cc:\d+\] failed call to cuInit",  # no GPU on this machine: expected
             r"cuda_(dnn|fft|blas)\.cc:\d+\] Unable to register",  # CUDA plugins of the GPU build
             r"node_def_util\.cc:\d+\] NodeDef mentions attribute use_unbounded_threadpool",  # tf.data op attr
-            r"util\.cc:\d+\] oneDNN supports DT_INT32 only on platforms with AVX-512",
+            r"util\.cc:\d+\] oneDNN supports DT_[A-Z0-9]+ only on platforms with AVX-512",
             r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
             r"^I\d{4} .*(partitioner_factory_base\.cc|kmeans_tree_partitioner_utils\.h)",  # ScaNN build info
             r"^W\d{4} .*gmm_utils\.cc:\d+\] Could not normalize centroid",  # ScaNN: an empty k-means cell

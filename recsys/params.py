@@ -209,7 +209,7 @@ def _run_name(v: str) -> str | None:
 
 def _value_checks() -> dict[str, Callable[[Any], str | None]]:
     # imported here so the choices live once, in the module that implements them
-    from recsys.configs import HEAD_INPUTS, OPTIMIZERS
+    from recsys.configs import HEAD_INPUTS, OPTIMIZERS, RETRIEVAL_MODELS
     from recsys.geo import GEO_BACKENDS
     from recsys.movielens import KNOWN_DATASETS
     from recsys.rankers import RANKER_NAMES
@@ -265,6 +265,18 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "retrieval.epochs": _at_least(1),
         "retrieval.patience": _at_least(0),
         "retrieval.min_rating": _one_of(1, 2, 3, 4, 5),
+        "retrieval.model": _one_of(*RETRIEVAL_MODELS),
+        "sequential.history_length": _at_least(1),
+        "sequential.window_targets": _at_least(1),
+        "sequential.target_horizon": _at_least(1),
+        "sequential.embedding_dim": _at_least(1),
+        "sequential.temperature": _positive,
+        "sequential.learning_rate": _positive,
+        "sequential.batch_size": _at_least(1),
+        "sequential.epochs": _at_least(1),
+        "sequential.patience": _at_least(0),
+        "split.foldin_share": _share,
+        "split.foldin_given": _grid(_at_least(1)),
         "ease.l2_grid": _grid(_positive),
         "scann.num_leaves": _at_least(1),
         "scann.num_leaves_to_search": _at_least(1),

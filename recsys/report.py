@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from recsys.artifacts import Run, atomic_path, save_figure
+from recsys.artifacts import ARTIFACTS, Run, atomic_path, save_figure
 
 
 def render_notebook_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike) -> Path:
@@ -90,7 +90,11 @@ def strategy_table(run_dir: Path) -> list[dict]:
     run, rows = Run(run_dir.parent, run_dir.name), []
     for stage in _stages(run_dir):
         metrics = run.read_metrics(stage)
-        settings = [k.removeprefix("recall_at_10_") for k in metrics if k.startswith("recall_at_10_")]
+        settings = [
+            k.removeprefix("recall_at_10_")
+            for k in metrics
+            if k.startswith("recall_at_10_") and not k.startswith("recall_at_10_foldin")  # not test-split lists
+        ]
         for setting in settings:
             rows.append(
                 {"stage": stage, "strategy": setting, **{m: metrics.get(f"{m}_{setting}") for m in LIST_METRICS}}
@@ -159,6 +163,74 @@ def tradeoff_figure(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
+RETRIEVAL_MODELS = ("popularity", "ease", "two_tower", "sequential")
+RETRIEVAL_METRICS = ("recall_at_10", "ndcg_at_10", "recall_at_100")
+
+
+def split_comparison(run_dir: Path) -> list[dict]:
+    """The retrieval results of this run and its sibling runs on the same data with another split strategy.
+
+    Runs are the folders beside `run_dir` with a manifest.json and the metrics of the stage that
+    writes the retrieval models (found in the artifact registry);
+    "the same data" is the same dataset, data_dir, seed, split settings but the strategy, and
+    retrieval.min_rating. Empty unless at least two split
+    strategies are present, so a lone run shows no comparison.
+
+    Returns:
+        One dict per run (this one first): run, strategy, and `<metric>_<model>` for RETRIEVAL_METRICS x RETRIEVAL_MODELS.
+    """
+
+    retrieval_stage = ARTIFACTS["retrieval_model"][0]
+
+    def describe(folder: Path) -> dict | None:
+        manifest_path, metrics_path = folder / "manifest.json", folder / retrieval_stage / "metrics.json"
+        if not (manifest_path.is_file() and metrics_path.is_file()):
+            return None
+        try:
+            params = json.loads(manifest_path.read_text())["params"]
+            metrics = json.loads(metrics_path.read_text())
+        except (OSError, ValueError, KeyError):
+            return None  # a run being written or a broken folder: not comparable
+        split = {key: value for key, value in params.get("split", {}).items() if key != "strategy"}
+        positives = params.get("retrieval", {}).get("min_rating")
+        same_data = (params.get("dataset"), params.get("data_dir"), params.get("seed"), split, positives)
+        values = {f"{m}_{model}": metrics.get(f"{m}_{model}") for m in RETRIEVAL_METRICS for model in RETRIEVAL_MODELS}
+        return {"run": folder.name, "strategy": params.get("split", {}).get("strategy"), "data": same_data, **values}
+
+    this = describe(Path(run_dir))
+    if this is None:
+        return []
+    others = [describe(folder) for folder in sorted(Path(run_dir).parent.iterdir()) if folder != Path(run_dir)]
+    rows = [this] + [row for row in others if row is not None and row["data"] == this["data"]]
+    return rows if len({row["strategy"] for row in rows}) > 1 else []
+
+
+def _split_comparison_html(run_dir: Path) -> str:
+    rows = split_comparison(run_dir)
+    if not rows:
+        return ""
+    header = "".join(
+        f"<th>{html.escape(model)}<br>{html.escape(m)}</th>" for m in RETRIEVAL_METRICS for model in RETRIEVAL_MODELS
+    )
+    body = "".join(
+        f"<tr><td>{html.escape(row['run'])}</td><td>{html.escape(str(row['strategy']))}</td>"
+        + "".join(
+            '<td class="num">–</td>'
+            if row[f"{m}_{model}"] is None
+            else f'<td class="num">{row[f"{m}_{model}"]:.4f}</td>'
+            for m in RETRIEVAL_METRICS
+            for model in RETRIEVAL_MODELS
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return (
+        "<h3>Retrieval under each split strategy (runs on the same data and seed; test split, full catalogue, "
+        "train and val movies excluded)</h3>"
+        f"<table><tr><th>run</th><th>split</th>{header}</tr>{body}</table>"
+    )
+
+
 def _summary_html(run_dir: Path, reports_dir: Path) -> str:
     ratings = rating_table(run_dir)
     strategies = strategy_table(run_dir)
@@ -195,6 +267,9 @@ def _summary_html(run_dir: Path, reports_dir: Path) -> str:
                 f'<img src="{figure.name}" alt="Recall@10 against coverage@10 for every strategy" '
                 'style="max-width: 100%">'
             )
+    comparison = _split_comparison_html(run_dir)
+    if comparison:
+        parts.append(comparison)
     return "<h2>Comparison across the run</h2>" + "".join(parts) if parts else ""
 
 

@@ -74,8 +74,10 @@ class IndexRetriever(_OneUser):
     exact index), those users are answered by it, as a server would do.
 
     Args:
-        index: an indexed BruteForce or ScaNN layer with a query model, or a LoadedIndex.
-        user_index: user id -> the query model's input (a pandas Series, a mapping or a callable);
+        index: an indexed BruteForce or ScaNN layer (with a query model, or queried with vectors
+            that `user_index` gives), or a LoadedIndex.
+        user_index: user id -> the query model's input (a pandas Series, a mapping, a callable, or
+            an object with a batched `queries(user_ids)` such as `history_queries.HistoryQueries`);
             None passes the MovieLens user id unchanged (as `indexes.UserQueryModel` takes it).
             A user missing from it raises UnknownUserError.
         fallback: an exact index for the users whose list comes back short.
@@ -98,6 +100,8 @@ class IndexRetriever(_OneUser):
     def _queries(self, user_ids: Sequence[int]) -> list:
         if self.user_index is None:
             return [int(u) for u in user_ids]
+        if hasattr(self.user_index, "queries"):  # one batched lookup (history_queries.HistoryQueries)
+            return list(self.user_index.queries(user_ids))
         lookup = self.user_index if callable(self.user_index) else self.user_index.__getitem__
         try:
             return [lookup(u) for u in user_ids]

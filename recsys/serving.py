@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from recsys.candidates import NO_MOVIE, SOURCE_POPULAR, EaseSource, merge_sources
+from recsys.candidates import (
+    NO_MOVIE,
+    SOURCE_HISTORY,
+    SOURCE_POPULAR,
+    SOURCE_POPULAR_EMPTY_HISTORY,
+    EaseSource,
+    merge_sources,
+)
 from recsys.encoding import CONTEXT_FEATURES, FeatureEncoder
 from recsys.feature_store import FeatureStore
 from recsys.retrievers import Retriever
@@ -181,7 +188,7 @@ def rank_candidates(candidates: pd.DataFrame, k: int, *, store: FeatureStore, ra
     )
 
 
-def _popular_table(store: FeatureStore, k: int, exclude: np.ndarray) -> pd.DataFrame:
+def _popular_table(store: FeatureStore, k: int, exclude: np.ndarray, source: str = SOURCE_POPULAR) -> pd.DataFrame:
     popular = store.popular_movies(k, exclude=exclude)
     return pd.DataFrame(
         {
@@ -190,7 +197,7 @@ def _popular_table(store: FeatureStore, k: int, exclude: np.ndarray) -> pd.DataF
             "title": popular["title"].to_numpy(),
             "genres": popular["genres"].to_numpy(),
             "year": popular["year"].array,
-            "source": SOURCE_POPULAR,
+            "source": source,
             "retrieval_score": np.nan,
             "score": np.nan,
         }
@@ -269,3 +276,54 @@ def recommend(user_id: int, k: int = 10, **kwargs) -> pd.DataFrame:
         k rows (fewer if retrieval returns fewer unseen movies), columns RESULT_COLUMNS, best first.
     """
     return recommend_batch([user_id], k, **kwargs).drop(columns="user_id")
+
+
+def recommend_for_history(
+    movie_ids: Sequence[int], k: int = 10, *, store: FeatureStore, history_queries, retrieval_index
+) -> pd.DataFrame:
+    """Top-k movies for a person who is not in the data, from the films they watched: "what next?".
+
+    The sequential retriever reads the history (oldest first; its latest N movies) and the index
+    returns the nearest unseen movies, in retrieval order: no ranker, since a ranker needs a known
+    user's features. No retraining: any list of catalogue movies is a valid query.
+
+    Args:
+        movie_ids: the watched movies, oldest first (repeats are harmless).
+        k: list length.
+        store: for titles, genres and popularity.
+        history_queries: a `history_queries.HistoryQueries` (the sequential model and its catalogue).
+        retrieval_index: the sequential retriever's index, queried with vectors (built without a
+            query model, or reloaded from one).
+
+    Returns:
+        Up to k rows (an approximate index may return fewer unseen movies), columns
+        RESULT_COLUMNS, best first; source SOURCE_HISTORY, or the most popular movies labelled
+        SOURCE_POPULAR_EMPTY_HISTORY for an empty history.
+
+    Raises:
+        UnknownMovieError: a movie id is not in the catalogue (every such id is named), before any work.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer (the list length), got {k!r}")
+    if getattr(history_queries, "model", None) is None or not callable(retrieval_index):
+        raise TypeError("history_queries must be a HistoryQueries and retrieval_index an index queried with vectors")
+    watched = np.unique(np.asarray(movie_ids, dtype=np.int64).ravel())
+    store.movie_positions(watched)  # an unknown id is an error naming it, before anything is computed
+    if not len(watched):
+        return _popular_table(store, k, watched, SOURCE_POPULAR_EMPTY_HISTORY)
+    query = history_queries.for_history(np.asarray(movie_ids, dtype=np.int64).ravel())
+    wanted = min(k + len(watched), getattr(retrieval_index, "n_candidates", k + len(watched)))
+    scores, ids = retrieval_index(query[None, :].astype(np.float32), k=wanted)
+    scores, ids = np.nan_to_num(scores.numpy()[0], nan=-np.inf), ids.numpy()[0].astype(np.int64)
+    keep = np.flatnonzero(np.isfinite(scores) & ~np.isin(ids, watched))[:k]
+    positions = store.movie_positions(ids[keep])
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, len(keep) + 1),
+            "movie_id": ids[keep],
+            **store.movie_display(positions),
+            "source": SOURCE_HISTORY,
+            "retrieval_score": scores[keep].astype(np.float64),
+            "score": scores[keep].astype(np.float64),
+        }
+    )

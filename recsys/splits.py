@@ -1,4 +1,10 @@
-"""Train/val/test splits of the ratings (DESIGN.md, "Protocols and metrics"): per-user random or temporal."""
+"""Train/val/test splits of the ratings (DESIGN.md, "Protocols and metrics") and each user's timeline.
+
+Strategies: `random` (per user, seeded shares), `temporal` (per user by time: the latest shares
+to test and val) and `leave_last_out` (per user: the last rating to test, the one before to val).
+Time order is `timeline_position`: by timestamp, ties broken by a seeded hash of (user, movie),
+so the order never depends on the rows' order in a file.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,56 @@ import numbers
 import numpy as np
 import pandas as pd
 
-SPLIT_STRATEGIES = ("random", "temporal")
+SPLIT_STRATEGIES = ("random", "temporal", "leave_last_out")
 SPLIT_NAMES = ("train", "val", "test")
 _TRAIN, _VAL, _TEST = range(3)
 
 
 class SplitError(ValueError):
     """Split parameters or ratings that cannot be split; the message names the split.* key and valid values."""
+
+
+def tie_break_key(user_ids: np.ndarray, movie_ids: np.ndarray, seed: int) -> np.ndarray:
+    """A pseudo-random uint64 per (user, movie), fixed by `seed`: the order of ratings with the same timestamp.
+
+    MovieLens stores seconds, and about half of a user's consecutive ML-1M ratings share one (a
+    page of ratings submitted at once), so their true order is unknown. A hash (splitmix64's
+    finaliser) of (seed, user, movie) orders them: pseudo-random, so it favours no movie id, and
+    a property of the rating, so shuffling the file's rows changes nothing.
+    """
+    with np.errstate(over="ignore"):
+        key = (np.asarray(user_ids, np.uint64) << np.uint64(32)) ^ np.asarray(movie_ids, np.uint64)
+        key = key ^ np.uint64((int(seed) * 0x9E3779B97F4A7C15) % 2**64)
+        key = (key ^ (key >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        key = (key ^ (key >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return key ^ (key >> np.uint64(31))
+
+
+def timeline_position(ratings: pd.DataFrame, seed: int) -> pd.Series:
+    """Each rating's place in its user's timeline: 0 for the earliest, by timestamp then `tie_break_key`.
+
+    Args:
+        ratings: columns user_id, movie_id, timestamp; any row order and index.
+        seed: fixes the order of ratings with the same timestamp.
+
+    Returns:
+        An int32 Series named "position", same index as ratings.
+    """
+    missing = [name for name in ("user_id", "movie_id", "timestamp") if name not in ratings.columns]
+    if missing:
+        raise SplitError(f"ratings lack the columns {missing} that a timeline needs")
+    users = ratings["user_id"].to_numpy()
+    order = np.lexsort(
+        (
+            tie_break_key(users, ratings["movie_id"].to_numpy(), seed),
+            ratings["timestamp"].to_numpy(dtype="int64"),
+            users,
+        )
+    )
+    rank, _ = _rank_within_user(users[order])
+    position = np.empty(len(ratings), np.int32)
+    position[order] = rank
+    return pd.Series(position, index=ratings.index, name="position")
 
 
 def assign_split(
@@ -31,16 +80,19 @@ def assign_split(
     - random: each user's ratings are shuffled (seeded); round(test_share * n) go to test and
       round(val_share * n) to val (halves round up). A user with at least 3 ratings gets at least
       one in each split whose share is above 0; every user keeps at least one rating in train.
-    - temporal: each user's latest rating (by timestamp, ties broken by movie_id) goes to test,
-      the second latest to val, the rest to train; a user with 2 ratings has no val, with 1 only
-      train. The shares are not used.
+    - temporal: the same counts, taken from the end of each user's timeline (`timeline_position`):
+      the latest round(test_share * n) ratings to test, the round(val_share * n) before them to
+      val, the rest to train. Every test rating of a user comes after every val rating, and every
+      val rating after every train rating (by timestamp; equal timestamps by the seeded tie rule).
+    - leave_last_out: each user's last rating (timeline order) to test, the one before to val, the
+      rest to train; a user with 2 ratings has no val, with 1 only train. The shares are not used.
 
     Args:
-        ratings: columns user_id and (for temporal) timestamp and movie_id; any row order and index.
+        ratings: columns user_id and (temporal, leave_last_out) timestamp and movie_id; any row order and index.
         strategy: one of SPLIT_STRATEGIES.
-        val_share: share of each user's ratings in val (random only).
-        test_share: share of each user's ratings in test (random only).
-        seed: seeds the random shuffle; the same seed and rows give the same split.
+        val_share: share of each user's ratings in val (random, temporal).
+        test_share: share of each user's ratings in test (random, temporal).
+        seed: seeds the random shuffle and the tie rule; the same seed and ratings give the same split.
 
     Returns:
         A Categorical Series named "split" with categories ("train", "val", "test"), same index as ratings.
@@ -62,16 +114,14 @@ def assign_split(
         order = np.lexsort((shuffle_key, users))
     else:
         # Latest first, so the rank within a user counts back from the most recent rating.
-        order = np.lexsort(
-            (-ratings["movie_id"].to_numpy(dtype="int64"), -ratings["timestamp"].to_numpy(dtype="int64"), users)
-        )
+        order = np.lexsort((-timeline_position(ratings, seed).to_numpy(np.int64), users))
     rank, size = _rank_within_user(users[order])
 
-    if strategy == "random":
-        n_test, n_val = _random_split_sizes(size, val_share, test_share)
-    else:
+    if strategy == "leave_last_out":
         n_test = np.minimum(size - 1, 1)
         n_val = np.minimum(size - 1 - n_test, 1)
+    else:
+        n_test, n_val = _split_sizes(size, val_share, test_share)
 
     codes_sorted = np.full(len(ratings), _TRAIN, dtype=np.int8)
     codes_sorted[rank < n_test + n_val] = _VAL
@@ -104,7 +154,26 @@ def drop_sparse_users(ratings: pd.DataFrame, min_ratings: int) -> tuple[pd.DataF
     return ratings[keep], int((~keep).sum())
 
 
-def _random_split_sizes(size: np.ndarray, val_share: float, test_share: float) -> tuple[np.ndarray, np.ndarray]:
+def foldin_users(user_ids: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A seeded sample of users kept out of every model's training: the fold-in users (DESIGN.md, "Fold-in").
+
+    Args:
+        user_ids: the users to draw from (repeats allowed; the order does not matter).
+        share: round(share * distinct users) are drawn (halves round up); 0 draws none.
+        seed: the run's seed; the draw depends only on it and the set of users.
+
+    Returns:
+        The drawn user ids, sorted.
+    """
+    if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0 <= share < 1:
+        raise SplitError(f"split.foldin_share must be a number in [0, 1), got {share!r}")
+    distinct = np.unique(np.asarray(user_ids, np.int64))
+    n = int(np.floor(share * len(distinct) + 0.5))
+    rng = np.random.default_rng([int(seed), 0xF01D])  # a stream of its own, apart from the split's shuffle
+    return np.sort(rng.choice(distinct, size=n, replace=False))
+
+
+def _split_sizes(size: np.ndarray, val_share: float, test_share: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-rating test and val counts of its user, with the at-least-one rules of `assign_split`."""
     # floor(x + 0.5): halves round up, not to even as round() does, so 5 ratings x 0.1 -> 1.
     wanted_test = np.floor(test_share * size + 0.5).astype(np.int64)

@@ -105,6 +105,7 @@ def world():
         "model": model,
         "encoder": encoder,
         "interactions": interactions,
+        "tables": (users, movies),
         "context": context,
         "ratings": ratings,
     }
@@ -151,6 +152,29 @@ def test_a_val_stage_feature_fitted_on_val_is_refused(world):
     refit.build(candidates, "test")  # the test stage may read a model that saw val, never one that saw test
     with pytest.raises(LeakageError, match="test stage"):
         dataclasses.replace(sources, fitted_on={"ease": ("train", "val", "test")}).build(candidates, "test")
+
+
+def test_a_store_reading_val_histories_serves_the_test_stage_only(world):
+    """The test stage reads each user's train + val movies as their past; the val stage must not."""
+    from recsys.feature_store import FeatureStore
+
+    store, interactions = world["store"], world["interactions"]
+    users, movies = world["tables"]
+    test_store = FeatureStore.build(users, movies, interactions, history_splits=("train", "val")).with_vectors(
+        store.user_vectors, store.movie_vectors
+    )
+    test_sources = dataclasses.replace(world["sources"], store=test_store)
+    candidates = candidates_of(world)
+    with pytest.raises(LeakageError, match=r"val stage.*'store': \['train', 'val'\]"):
+        test_sources.build(candidates, "val")
+    features = test_sources.build(candidates, "test")
+    first = candidates["user_id"].iloc[0]
+    past = interactions[(interactions["user_id"] == first) & (interactions["split"] != "test")]["movie_id"]
+    assert sorted(test_store.history_movies(first)) == sorted(past)
+    expected = world["ease"].scores([test_store.history_movies(first)])[0][
+        world["ease"].column.positions(candidates["movie_id"][:3])
+    ]
+    np.testing.assert_allclose(features["ease_score"][:3], expected, rtol=1e-5)
 
 
 def stage(world) -> StageData:

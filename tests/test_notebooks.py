@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
+import pandas as pd
 import pytest
 
 import run_all
@@ -51,7 +52,7 @@ def test_smoke_run_writes_reports_and_manifest(smoke_run):
 
 def test_smoke_preprocess_metrics(smoke_run):
     m = metrics(smoke_run, "01_preprocess")
-    assert m["n_users"] == 300
+    assert m["n_users"] + m["n_foldin_users"] == 300 and m["n_foldin_users"] == 30  # split.foldin_share 0.1
     assert m["n_train"] + m["n_val"] + m["n_test"] == m["n_ratings"]
     assert m["n_test"] == pytest.approx(0.1 * m["n_ratings"], rel=0.15)
     assert 0.8 < m["zip_state_resolved_share"] < 1.0  # the generator plants non-US and ZIP+4 codes
@@ -74,7 +75,7 @@ def test_smoke_eda_metrics(smoke_run):
 @pytest.mark.parametrize(
     "dataset, folder, expected",
     [
-        ("ml-100k", "ml-100k", {"n_users": 943, "n_movies": 1682, "n_ratings": 100_000}),
+        ("ml-100k", "ml-100k", {"n_users": 943, "n_ratings": 100_000}),
         ("ml-1m", "ml-1m-half", {"n_users": 2999, "n_ratings": 487_650, "n_users_listed": 6040}),
     ],
 )
@@ -91,6 +92,7 @@ def test_real_data_preprocess_and_eda(tmp_path, shared_data, dataset, folder, ex
         "02",
     )
     m1 = metrics(run_dir, "01_preprocess")
+    m1 = {**m1, "n_users": m1["n_users"] + m1["n_foldin_users"], "n_ratings": m1["n_ratings"] + m1["n_foldin_ratings"]}
     assert {k: m1[k] for k in expected} == expected
     assert m1["n_rows_dropped"] == 0
     assert m1["zip_state_resolved_share"] > 0.95
@@ -129,7 +131,21 @@ def test_smoke_retrieval_metrics(smoke_run):
     assert [m[f"factorized_top_{k}_accuracy"] for k in (1, 5, 10, 50, 100)] == sorted(
         m[f"factorized_top_{k}_accuracy"] for k in (1, 5, 10, 50, 100)
     )
-    for artifact in ("retrieval_model", "movie_embeddings", "bruteforce_index", "scann_index"):
+    assert 0 < m["recall_at_10_sequential"] <= m["recall_at_100_sequential"] <= 1 and m["ndcg_at_10_sequential"] > 0
+    for given in (5, 10):
+        for model in ("popularity", "ease", "sequential"):
+            assert 0 < m[f"recall_at_10_foldin{given}_{model}"] <= 1
+    assert m["split_strategy"] == "random" and m["sequential_scann_overlap_at_100"] > 0.5
+    for artifact in (
+        "retrieval_model",
+        "movie_embeddings",
+        "bruteforce_index",
+        "scann_index",
+        "sequential_model",
+        "sequential_movie_embeddings",
+        "sequential_scann_index",
+        "sequential_bruteforce_index",
+    ):
         stage, filename = run_all.ARTIFACTS[artifact]
         assert (smoke_run / stage / filename).exists()
 
@@ -144,6 +160,8 @@ def test_smoke_two_stage_metrics(smoke_run):
     assert min(m["ndcg_at_10_lambdarank"], m["ndcg_at_10_dcn"]) > m["ndcg_at_10_two_stage"]
     assert 0 < m["candidate_recall_at_100"] <= m["candidate_recall_merged_test"] <= 1
     assert 0 < m["recommend_p50_ms"] <= m["recommend_p99_ms"]
+    assert 0 < m["recommend_for_history_p50_ms"] <= m["recommend_for_history_p99_ms"]
+    assert m["served_retriever"] == "two_tower"
     assert (smoke_run / "06_retrieval_ranking" / "feature_store").is_dir()
     assert (smoke_run / "06_retrieval_ranking" / "ranker" / "ranker.json").exists()
 
@@ -174,13 +192,38 @@ def test_smoke_exploration_metrics(smoke_run):
         )
         overlaps = [m8[f"overlap_at_10_with_noiseless_{s}"] for _, s in sigmas]
         assert overlaps == sorted(overlaps, reverse=True) and overlaps[-1] < 1.0
-    assert m8[f"coverage_at_10_{sigmas[-1][1]}"] > m8["coverage_at_10_served_sigma_0"]
+    # noise on the retrieval vectors widens retrieval's lists; the served list is reordered by a ranker
+    # whose features are noiseless, so its coverage need not grow (the overlaps above show it changes)
+    noisiest = max((s for s in settings_of(m8) if s.startswith("sigma_")), key=lambda s: float(s[len("sigma_") :]))
+    assert m8[f"coverage_at_10_{noisiest}"] > m8["coverage_at_10_sigma_0"]
 
     m9 = metrics(smoke_run, "09_explore_least_viewed")
     (explore,) = [s for s in settings_of(m9) if s.startswith("least_viewed")]
     assert m9["least_viewed_share_retrieval_ranked"] == 0.0
     assert 0 < m9[f"least_viewed_share_{explore}"] <= 1
     assert m9[f"novelty_{explore}"] > m9["novelty_retrieval_ranked"]
+
+
+@pytest.fixture(scope="module")
+def temporal_run(smoke_run) -> Path:
+    """01-06 on a temporal split serving the sequential retriever, beside the smoke run (same data and seed)."""
+    params = str(PROJECT_ROOT / "params" / "smoke.yaml")
+    args = ["--artifacts-dir", str(smoke_run.parent), "--params", params, "--run-name", "smoke-temporal"]
+    overrides = ["-p", "split.strategy=temporal", "-p", "retrieval.model=sequential", "--until", "06"]
+    assert run_all.main([*args, *overrides]) == 0
+    return smoke_run.parent / "smoke-temporal"
+
+
+def test_temporal_run_serves_the_sequential_retriever_and_compares_with_the_random_run(temporal_run, smoke_run):
+    interactions = pd.read_parquet(temporal_run / "01_preprocess" / "interactions.parquet")
+    by_split = interactions.groupby(["user_id", "split"], observed=True)["position"]
+    first, last = by_split.min().unstack(), by_split.max().unstack()
+    assert (last["train"] < first["test"]).all() and (last["val"] < first["test"])[last["val"].notna()].all()
+    m5, m6 = metrics(temporal_run, "05_retrieval"), metrics(temporal_run, "06_retrieval_ranking")
+    assert m5["split_strategy"] == "temporal" and m6["served_retriever"] == "sequential"
+    assert 0 < m6["recall_at_10_retrieval_only"] <= 1 and 0 < m6["ndcg_at_10_learned"] <= 1
+    index = (temporal_run / "reports" / "index.html").read_text()
+    assert "Retrieval under each split strategy" in index and ">smoke<" in index and ">smoke-temporal<" in index
 
 
 def test_run_summary_compares_every_strategy(smoke_run):

@@ -118,3 +118,28 @@ def test_list_metrics_are_read_back_by_the_run_summary(tmp_path):
         ("explore", 0.1, 0.8),
         ("plain", 0.3, 0.9),
     ]
+
+
+def test_split_comparison_lists_runs_on_the_same_data_with_another_strategy(tmp_path):
+    import json
+
+    from recsys.report import split_comparison
+
+    def fake_run(name, strategy, seed=42, dataset="ml-1m"):
+        folder = tmp_path / name
+        (folder / "05_retrieval").mkdir(parents=True)
+        params = {"dataset": dataset, "data_dir": "d", "seed": seed, "split": {"strategy": strategy}}
+        (folder / "manifest.json").write_text(json.dumps({"params": params}))
+        metrics = {"recall_at_10_sequential": 0.2 if strategy == "temporal" else 0.1, "recall_at_10_ease": 0.15}
+        (folder / "05_retrieval" / "metrics.json").write_text(json.dumps(metrics))
+        return folder
+
+    random_run = fake_run("a-random", "random")
+    assert split_comparison(random_run) == []  # alone: nothing to compare
+    fake_run("b-temporal", "temporal")
+    fake_run("c-other-seed", "temporal", seed=7)
+    fake_run("d-other-data", "temporal", dataset="ml-100k")
+    (tmp_path / "e-broken").mkdir()
+    rows = split_comparison(random_run)
+    assert [(r["run"], r["strategy"]) for r in rows] == [("a-random", "random"), ("b-temporal", "temporal")]
+    assert rows[1]["recall_at_10_sequential"] == 0.2 and rows[0]["recall_at_100_two_tower"] is None

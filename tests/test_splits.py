@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.splits import SPLIT_STRATEGIES, SplitError, assign_split, drop_sparse_users
+from recsys.splits import (
+    SPLIT_STRATEGIES,
+    SplitError,
+    assign_split,
+    drop_sparse_users,
+    foldin_users,
+    tie_break_key,
+    timeline_position,
+)
 
 
 def make_ratings(sizes: dict[int, int], seed: int = 0) -> pd.DataFrame:
@@ -90,9 +98,9 @@ def test_random_split_is_deterministic_per_seed():
     assert counts_per_user(ratings, first).equals(counts_per_user(ratings, other))
 
 
-def test_temporal_split_holds_out_the_latest():
+def test_leave_last_out_holds_out_the_latest():
     ratings = make_ratings(SIZES)
-    split = assign_split(ratings, strategy="temporal")
+    split = assign_split(ratings, strategy="leave_last_out")
     ordered = ratings.assign(split=split).sort_values(["user_id", "timestamp"])
     for _, group in ordered.groupby("user_id"):
         labels = group["split"].tolist()
@@ -104,14 +112,60 @@ def test_temporal_split_holds_out_the_latest():
             assert labels == ["train"]
 
 
-def test_temporal_ties_are_broken_by_movie_id():
-    ratings = pd.DataFrame(
-        {"user_id": [1, 1, 1, 1], "movie_id": [40, 10, 30, 20], "rating": [3] * 4, "timestamp": [5, 9, 9, 9]},
-        index=[3, 2, 1, 0],
+def test_temporal_split_takes_the_shares_from_the_end_of_each_timeline():
+    ratings = make_ratings(SIZES)
+    temporal = assign_split(ratings, "temporal", val_share=0.2, test_share=0.1)
+    # the same per-user counts as the random split, only chosen by time
+    assert counts_per_user(ratings, temporal).equals(
+        counts_per_user(ratings, assign_split(ratings, "random", val_share=0.2, test_share=0.1))
     )
-    split = assign_split(ratings, strategy="temporal")
-    assert split.tolist() == ["train", "train", "test", "val"]
-    assert split.equals(assign_split(ratings.iloc[::-1], strategy="temporal").loc[split.index])
+    frame = ratings.assign(split=temporal, position=timeline_position(ratings, 42))
+    for _, group in frame.groupby("user_id"):
+        stamp = group.groupby("split", observed=True)["timestamp"]
+        if {"train", "test"} <= set(group["split"]):
+            assert stamp.max()["train"] < stamp.min()["test"]
+        if {"val", "test"} <= set(group["split"]):
+            assert stamp.max()["val"] < stamp.min()["test"]
+            assert stamp.max()["train"] < stamp.min()["val"]
+
+
+def test_temporal_ties_follow_the_seeded_rule_not_the_row_order():
+    # one user, ten ratings in the same second: the order is the hash of (seed, user, movie)
+    ratings = pd.DataFrame(
+        {"user_id": 7, "movie_id": np.arange(10) * 13 + 1, "rating": 4, "timestamp": [5] + [9] * 9}, index=range(10)
+    )
+    split = assign_split(ratings, "temporal", val_share=0.2, test_share=0.2, seed=3)
+    key = tie_break_key(ratings["user_id"].to_numpy(), ratings["movie_id"].to_numpy(), 3)
+    tied = ratings.index[1:][np.argsort(key[1:])]  # the tied ratings, earliest first by the rule
+    assert split[tied[-2:]].tolist() == ["test", "test"] and split[tied[-4:-2]].tolist() == ["val", "val"]
+    assert split[0] == "train"  # the only earlier timestamp
+    shuffled = ratings.sample(frac=1, random_state=1)
+    assert assign_split(shuffled, "temporal", 0.2, 0.2, seed=3).loc[split.index].equals(split)
+    # the rule depends on the seed: another seed orders the ties differently
+    other = assign_split(ratings, "temporal", 0.2, 0.2, seed=4)
+    assert not other.equals(split) and counts_per_user(ratings, other).equals(counts_per_user(ratings, split))
+
+
+def test_timeline_position_orders_by_time_then_the_tie_rule():
+    ratings = make_ratings({1: 30, 2: 12})
+    ratings.loc[ratings.index[:10], "timestamp"] = 1  # ties across both users
+    position = timeline_position(ratings, 42)
+    frame = ratings.assign(position=position).sort_values(["user_id", "position"])
+    for _, group in frame.groupby("user_id"):
+        assert group["position"].tolist() == list(range(len(group)))
+        assert group["timestamp"].is_monotonic_increasing
+    assert timeline_position(ratings.iloc[::-1], 42).loc[position.index].equals(position)
+
+
+def test_foldin_users_are_seeded_and_sized():
+    users = np.repeat(np.arange(1, 201), 3)
+    drawn = foldin_users(users, 0.1, 42)
+    assert len(drawn) == 20 and np.all(np.diff(drawn) > 0) and np.isin(drawn, users).all()
+    assert np.array_equal(drawn, foldin_users(users[::-1], 0.1, 42))
+    assert not np.array_equal(drawn, foldin_users(users, 0.1, 43))
+    assert len(foldin_users(users, 0.0, 42)) == 0
+    with pytest.raises(SplitError, match="split.foldin_share"):
+        foldin_users(users, 1.0, 42)
 
 
 def test_empty_ratings_give_an_empty_split():
