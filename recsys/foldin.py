@@ -50,12 +50,20 @@ class FoldIn:
         out[:, length - latest.shape[1] :] = latest
         return out
 
-    def evaluate(self, scores: np.ndarray, ks: Sequence[int] = (10,)) -> dict[str, float]:
-        """Recall/NDCG/hit rate at `ks` of a (n_users, n_movies) score matrix, the given movies excluded."""
+    def _top(self, scores: np.ndarray, ks: Sequence[int]) -> np.ndarray:
         if scores.shape != self.given.shape:
             raise ValueError(f"scores have shape {scores.shape}; the fold-in users x catalogue is {self.given.shape}")
-        top = metrics.top_k_from_scores(scores, max(ks), exclude=self.given)
-        return metrics.retrieval_metrics(top, self.rest, ks)
+        return metrics.top_k_from_scores(scores, max(ks), exclude=self.given)
+
+    def evaluate(self, scores: np.ndarray, ks: Sequence[int] = (10,)) -> dict[str, float]:
+        """Recall/NDCG/hit rate at `ks` of a (n_users, n_movies) score matrix, the given movies excluded."""
+        return metrics.retrieval_metrics(self._top(scores, ks), self.rest, ks)
+
+    def per_user(self, scores: np.ndarray, ks: Sequence[int] = (10,)) -> pd.DataFrame:
+        """`evaluate` before averaging: one row per fold-in user (indexed by user_id), for bootstrap spreads."""
+        values = metrics.per_user_retrieval_metrics(self._top(scores, ks), self.rest, ks)
+        rows = values.pop("user_rows")
+        return pd.DataFrame(values, index=pd.Index(self.user_ids[rows], name="user_id"))
 
 
 def foldin_split(interactions: pd.DataFrame, movie_ids: np.ndarray, n_given: int) -> FoldIn:

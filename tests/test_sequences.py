@@ -115,5 +115,7 @@ def test_foldin_split_gives_the_earliest_ratings_and_holds_out_the_rest():
     assert fold.histories(5)[0, :2].tolist() == [PAD, PAD]
     perfect = fold.rest.toarray().astype(float)
     assert fold.evaluate(perfect, ks=(3,))["recall_at_3"] == pytest.approx(1.0)
+    per_user = fold.per_user(perfect, ks=(3,))
+    assert per_user.index.tolist() == [2, 5] and per_user["recall_at_3"].tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="at least one"):
         foldin_split(frame, catalogue, 0)
