@@ -263,7 +263,12 @@ def time_queries(
     """
     queries = np.asarray(queries)
     dtype = tf.float32 if queries.dtype.kind == "f" else tf.int32  # query vectors or user ids
-    search = tf.function(lambda q: index(q, k=k)) if isinstance(index, TopK) else (lambda q: index(q, k=k))
+
+    def top_k(q):
+        return index(q, k=k)
+
+    # autograph off: it has nothing to convert here, and it warns when it cannot read a lambda's source
+    search = tf.function(top_k, autograph=False) if isinstance(index, TopK) else top_k
     single = []
     for i in range(warmup + n_single):
         q = tf.constant(queries[i % len(queries)][None], dtype)

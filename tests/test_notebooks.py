@@ -50,6 +50,16 @@ def test_smoke_run_writes_reports_and_manifest(smoke_run):
         assert "Traceback" not in report.read_text()
 
 
+def test_reports_carry_no_library_warnings(smoke_run):
+    """A reviewer reads the reports: TensorFlow/ScaNN/pandas warnings in a cell's output are noise to fix at the source."""
+    noisy = re.compile(r"^(WARNING|W\d{4} )|AutoGraph could not transform|\w+Warning: ", re.MULTILINE)
+    for notebook in sorted((smoke_run / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(notebook.read_text())["cells"]:
+            for output in cell.get("outputs", []):
+                text = "".join(output.get("text", "")) if output.get("output_type") == "stream" else ""
+                assert not noisy.search(text), f"{notebook.name}: {text[:300]}"
+
+
 def test_smoke_preprocess_metrics(smoke_run):
     m = metrics(smoke_run, "01_preprocess")
     assert m["n_users"] + m["n_foldin_users"] == 300 and m["n_foldin_users"] == 30  # split.foldin_share 0.1
