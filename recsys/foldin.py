@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys import metrics
-from recsys.sequences import PAD
+from recsys.sequences import pad_left
 from recsys.tables import require_columns
 
 
@@ -43,12 +43,7 @@ class FoldIn:
     def histories(self, length: int) -> np.ndarray:
         """The given movies as a history model reads them: (n_users, length) vocabulary indices
         (column + 1, PAD = 0), oldest first, left-padded (the latest `length` if n_given > length)."""
-        if length < 1:
-            raise ValueError(f"a history holds at least 1 movie, got length={length}")
-        latest = self.given_columns[:, -length:] + 1
-        out = np.full((len(self.user_ids), length), PAD, np.int32)
-        out[:, length - latest.shape[1] :] = latest
-        return out
+        return pad_left((self.given_columns + 1).astype(np.int32), length)
 
     def _top(self, scores: np.ndarray, ks: Sequence[int]) -> np.ndarray:
         if scores.shape != self.given.shape:

@@ -13,11 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from recsys.feature_store import UnknownUserError
-from recsys.sequences import PAD
-from recsys.sequential_model import MovieVocabulary, SequentialRetrievalModel
+from recsys.sequences import Timeline, pad_left
+from recsys.sequential_model import MovieVocabulary, SequentialRetrievalModel, query_vectors
 from recsys.tables import require_columns
 
 
@@ -38,40 +37,23 @@ class HistoryQueries:
         require_columns(interactions, ("user_id", "movie_id", "position"), "interactions", ValueError)
         self.model, self.vocabulary = model, vocabulary
         self.length = model.config.history_length
-        self._set_timeline(
+        # sorted once: a request slices its user's latest movies with two binary searches
+        self._timeline = Timeline(
             interactions["user_id"].to_numpy(np.int64),
             interactions["position"].to_numpy(np.int64),
             vocabulary.encode(interactions["movie_id"].to_numpy()),
         )
-        # one traced graph for any batch and width of histories: an eager GRU call costs tens of ms per request
-        self._query = tf.function(model.query, input_signature=[tf.TensorSpec([None, None], tf.int32)])
 
-    def _set_timeline(self, users: np.ndarray, positions: np.ndarray, items: np.ndarray) -> None:
-        # sorted once by (user, position): a request slices its user's latest movies with two binary
-        # searches instead of sorting the whole timeline (as `sequences.latest_histories` does)
-        order = np.lexsort((positions, users))
-        self._users, self._positions, self._items = users[order], positions[order], items[order]
-        self._known = pd.Index(np.unique(self._users))
+    def _known(self, user_ids: np.ndarray) -> np.ndarray:
+        return np.isin(user_ids, self._timeline.users)
 
     def histories(self, user_ids: Sequence[int]) -> np.ndarray:
         """(n, N) encoded latest histories, oldest first; UnknownUserError for a user without any movie."""
         user_ids = np.asarray(user_ids, np.int64)
-        unknown = user_ids[self._known.get_indexer(user_ids) < 0]
+        unknown = user_ids[~self._known(user_ids)]
         if unknown.size:
             raise UnknownUserError(f"no history for user(s) {pd.unique(unknown)[:5].tolist()}: nothing to query with")
-        end = np.searchsorted(self._users, user_ids, "right")
-        start = np.searchsorted(self._users, user_ids, "left")
-        slots = end[:, None] - self.length + np.arange(self.length)[None, :]
-        filled = slots >= start[:, None]
-        out = np.full((len(user_ids), self.length), PAD, np.int32)
-        out[filled] = self._items[slots[filled]]
-        return out
-
-    def _vectors(self, histories: np.ndarray, batch: int = 4096) -> np.ndarray:
-        parts = [
-            self._query(tf.constant(_trim(histories[i : i + batch]))).numpy() for i in range(0, len(histories), batch)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, self.model.config.embedding_dim), np.float32)
+        return self._timeline.latest(user_ids, self.length)
 
     def queries(self, user_ids: Sequence[int], without_history: str = "raise") -> np.ndarray:
         """(n, dim) query vectors of the users, in the order given (one batched model call).
@@ -82,25 +64,23 @@ class HistoryQueries:
         """
         user_ids = np.asarray(user_ids, np.int64)
         if without_history == "raise":
-            return self._vectors(self.histories(user_ids))
+            return query_vectors(self.model, self.histories(user_ids))
         if without_history != "zeros":
             raise ValueError(f"without_history must be 'raise' or 'zeros', got {without_history!r}")
-        known = self._known.get_indexer(user_ids) >= 0
+        known = self._known(user_ids)
         out = np.zeros((len(user_ids), self.model.config.embedding_dim), np.float32)
-        out[known] = self._vectors(self.histories(user_ids[known]))
+        out[known] = query_vectors(self.model, self.histories(user_ids[known]))
         return out
 
     def __getitem__(self, user_id: int) -> np.ndarray:
-        return self._vectors(self.histories([user_id]))[0]
+        return self.queries([user_id])[0]
 
     def add(self, user_id: int, movie_ids: Sequence[int]) -> HistoryQueries:
         """Append movies the user has just watched (in that order) to their timeline; returns self."""
         items = self.vocabulary.encode(np.asarray(movie_ids))
-        start = self._positions[self._users == user_id].max(initial=-1) + 1
-        self._set_timeline(
-            np.r_[self._users, np.full(len(items), user_id, np.int64)],
-            np.r_[self._positions, start + np.arange(len(items))],
-            np.r_[self._items, items],
+        start = self._timeline.last_position(user_id) + 1
+        self._timeline = self._timeline.extended(
+            np.full(len(items), user_id, np.int64), start + np.arange(len(items)), items
         )
         return self
 
@@ -114,15 +94,4 @@ class HistoryQueries:
         items = self.vocabulary.encode(np.asarray(movie_ids, np.int64).ravel())
         if not len(items):
             raise ValueError("an empty history has no query: serve popular movies instead")
-        history = np.full((1, self.length), PAD, np.int32)
-        latest = items[-self.length :]
-        history[0, self.length - len(latest) :] = latest
-        return self._vectors(history)[0]
-
-
-def _trim(histories: np.ndarray) -> np.ndarray:
-    """Drop the leading columns that are PAD in every row: the GRU skips masked steps (its state stays
-    zero until the first movie), so the query is the same, and a 10-movie history costs 10 steps, not N."""
-    real = (histories != PAD).any(axis=0)
-    first = int(np.argmax(real)) if real.any() else histories.shape[1] - 1
-    return histories[:, first:]
+        return query_vectors(self.model, pad_left(items[None, :], self.length))[0]

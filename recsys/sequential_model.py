@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,10 +160,29 @@ def movie_shares(movie_indices: np.ndarray, n_movies: int) -> np.ndarray:
 # ---- queries and scores --------------------------------------------------------------------------
 
 
+# model -> its query as one traced graph for any batch and width (kept beside the model, not in it,
+# so nothing is added to what the model saves)
+_TRACED_QUERY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def query_vectors(model: SequentialRetrievalModel, histories: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """(n, N) encoded histories -> (n, dim) float32 queries."""
+    """(n, N) encoded histories -> (n, dim) float32 queries.
+
+    One traced graph serves every call (an eager GRU call costs milliseconds per request), and
+    the leading columns that are PAD in every row of a batch are dropped first: the GRU skips
+    masked steps (its state stays zero until the first movie), so the queries are the same and
+    a 10-movie history costs 10 steps, not N.
+    """
+    if model not in _TRACED_QUERY:
+        _TRACED_QUERY[model] = tf.function(model.query, input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    query = _TRACED_QUERY[model]
     histories = np.asarray(histories, np.int32)
-    parts = [model.query(tf.constant(histories[i : i + batch])).numpy() for i in range(0, len(histories), batch)]
+    parts = []
+    for i in range(0, len(histories), batch):
+        block = histories[i : i + batch]
+        real = (block != PAD).any(axis=0)
+        first = int(np.argmax(real)) if real.any() else block.shape[1] - 1
+        parts.append(query(tf.constant(block[:, first:])).numpy())
     return np.concatenate(parts) if parts else np.zeros((0, model.config.embedding_dim), np.float32)
 
 
