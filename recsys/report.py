@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.artifacts import ARTIFACTS, Run, atomic_path, save_figure
+from recsys.provenance import MANIFEST
 
 
 def render_notebook_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike) -> Path:
@@ -183,14 +184,16 @@ def split_comparison(run_dir: Path) -> list[dict]:
     retrieval_stage = ARTIFACTS["retrieval_model"][0]
 
     def describe(folder: Path) -> dict | None:
-        manifest_path, metrics_path = folder / "manifest.json", folder / retrieval_stage / "metrics.json"
-        if not (manifest_path.is_file() and metrics_path.is_file()):
+        manifest_path = folder / MANIFEST
+        if not manifest_path.is_file():
             return None
         try:
             params = json.loads(manifest_path.read_text())["params"]
-            metrics = json.loads(metrics_path.read_text())
+            metrics = Run(folder.parent, folder.name).read_metrics(retrieval_stage)
         except (OSError, ValueError, KeyError):
             return None  # a run being written or a broken folder: not comparable
+        if not metrics:
+            return None
         split = {key: value for key, value in params.get("split", {}).items() if key != "strategy"}
         positives = params.get("retrieval", {}).get("min_rating")
         same_data = (params.get("dataset"), params.get("data_dir"), params.get("seed"), split, positives)
