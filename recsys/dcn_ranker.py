@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ import tensorflow_recommenders as tfrs
 from recsys.artifacts import atomic_dir
 from recsys.evaluation import grouped_ndcg
 from recsys.ranker_features import CATEGORICAL
+from recsys.rankers import read_state, write_state
 from recsys.seeding import set_seed
 
 _MASKED = -1e9  # the logit of a padding slot: no probability in the softmax
@@ -167,27 +167,26 @@ class DCNRanker:
         """The weights, the normalisation and the settings, atomically; `load` rebuilds the same scorer."""
         with atomic_dir(folder) as tmp:
             np.savez(tmp / "weights.npz", *[w.numpy() for w in self.model.weights])
-            state = {
-                "name": self.name,
-                "features": self.features,
-                "params": self.params,
-                "seed": self.seed,
-                "mean": self.mean.tolist(),
-                "std": self.std.tolist(),
-                "cardinalities": self.cardinalities,
-            }
-            (tmp / "ranker.json").write_text(json.dumps(state, indent=2))
+            write_state(
+                tmp,
+                self.name,
+                features=self.features,
+                params=self.params,
+                seed=self.seed,
+                mean=self.mean.tolist(),
+                std=self.std.tolist(),
+                cardinalities=self.cardinalities,
+            )
         return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> DCNRanker:
-        folder = Path(folder)
-        state = json.loads((folder / "ranker.json").read_text())
+        state = read_state(folder)
         ranker = cls(state["features"], state["params"], state["seed"])
         ranker.mean = np.asarray(state["mean"], np.float32)
         ranker.std = np.asarray(state["std"], np.float32)
         ranker.cardinalities = state["cardinalities"]
         ranker._build()
-        weights = np.load(folder / "weights.npz")
+        weights = np.load(Path(folder) / "weights.npz")
         ranker.model.set_weights([weights[f"arr_{i}"] for i in range(len(weights.files))])
         return ranker

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ import pandas as pd
 
 from recsys.artifacts import atomic_dir
 from recsys.ranker_features import CATEGORICAL
+from recsys.rankers import read_state, write_state
 
 
 def group_sizes(user_ids: np.ndarray) -> np.ndarray:
@@ -134,17 +134,15 @@ class LambdaRankRanker:
         """The booster (LightGBM's text format) and the ranker's settings, atomically."""
         with atomic_dir(folder) as tmp:
             self.booster.save_model(str(tmp / "booster.txt"), num_iteration=self.best_iteration)
-            state = {"name": self.name, "features": self.features, "params": self.params, "seed": self.seed}
-            (tmp / "ranker.json").write_text(json.dumps(state, indent=2))
+            write_state(tmp, self.name, features=self.features, params=self.params, seed=self.seed)
         return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> LambdaRankRanker:
         import lightgbm as lgb
 
-        folder = Path(folder)
-        state = json.loads((folder / "ranker.json").read_text())
+        state = read_state(folder)
         ranker = cls(state["features"], state["params"], state["seed"])
-        ranker.booster = lgb.Booster(model_file=str(folder / "booster.txt"))
+        ranker.booster = lgb.Booster(model_file=str(Path(folder) / "booster.txt"))
         ranker.best_iteration = ranker.booster.current_iteration()
         return ranker

@@ -12,6 +12,24 @@ import numpy as np
 import pandas as pd
 
 RANKER_NAMES = ("lambdarank", "dcn")
+STATE_FILE = "ranker.json"  # in every saved ranker's folder: which ranker, and its settings
+
+
+def write_state(folder: Path, name: str, **state) -> None:
+    """Write a saved ranker's `ranker.json` (its name and settings) into `folder` (a temporary folder being filled)."""
+    (Path(folder) / STATE_FILE).write_text(json.dumps({"name": name, **state}, indent=2))
+
+
+def read_state(folder: str | os.PathLike) -> dict:
+    """The `ranker.json` of a saved ranker.
+
+    Raises:
+        FileNotFoundError: no saved ranker there.
+    """
+    path = Path(folder) / STATE_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} holds no saved ranker ({STATE_FILE} missing): save one with ranker.save")
+    return json.loads(path.read_text())
 
 
 class Ranker(Protocol):
@@ -54,11 +72,7 @@ def load_ranker(folder: str | os.PathLike) -> Ranker:
     Raises:
         FileNotFoundError: no saved ranker there.
     """
-    folder = Path(folder)
-    if not (folder / "ranker.json").exists():
-        raise FileNotFoundError(f"{folder} holds no saved ranker (ranker.json missing): save one with ranker.save")
-    name = json.loads((folder / "ranker.json").read_text())["name"]
-    if name == "lambdarank":
+    if read_state(folder)["name"] == "lambdarank":
         from recsys.lambdarank import LambdaRankRanker
 
         return LambdaRankRanker.load(folder)

@@ -6,10 +6,8 @@ A ranker has `name`, `score(candidates) -> scores` (higher first) and `display(s
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -180,9 +178,10 @@ def save_served_ranker(ranker, folder) -> None:
         ranker.ranker.save(folder)
         return
     from recsys.artifacts import atomic_dir
+    from recsys.rankers import write_state
 
     with atomic_dir(folder) as tmp:
-        (tmp / "ranker.json").write_text('{"name": "rating"}')
+        write_state(tmp, "rating")
 
 
 def load_served_ranker(folder, sources, rating_model_folder, context=None):
@@ -194,10 +193,10 @@ def load_served_ranker(folder, sources, rating_model_folder, context=None):
         rating_model_folder: the refitted rating model, for a run that serves by predicted rating.
         context: the requests' {hour, weekday, month} (None: now).
     """
-    from recsys.rankers import load_ranker
+    from recsys.rankers import load_ranker, read_state
     from recsys.ranking_training import load_ranking_model
 
-    if json.loads((Path(folder) / "ranker.json").read_text())["name"] == "rating":
+    if read_state(folder)["name"] == "rating":
         model, encoder = load_ranking_model(rating_model_folder)
         return RatingRanker(sources.store, model, encoder, context)
     return LearnedRanker(sources, load_ranker(folder))
