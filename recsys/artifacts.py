@@ -157,6 +157,9 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "sequential_bruteforce_index": ("05_retrieval", "sequential_bruteforce_index"),
     "sequential_scann_index": ("05_retrieval", "sequential_scann_index"),
     "ranker": ("06_retrieval_ranking", "ranker"),  # the learned ranker recommend() serves
+    # the exploration settings the simulation (notebook 10) serves, chosen by notebooks 07 and 08
+    "weighted_sampling_setting": ("07_explore_weighted_sampling", "setting.json"),
+    "noise_setting": ("08_explore_gaussian_noise", "setting.json"),
 }
 
 

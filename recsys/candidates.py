@@ -28,7 +28,7 @@ SOURCE_POPULAR = "popular (unknown user)"
 SOURCE_HISTORY = "history (sequential)"  # a list for an ad-hoc history (serving.recommend_for_history)
 SOURCE_POPULAR_EMPTY_HISTORY = "popular (empty history)"
 
-SOURCES = [SOURCE_RETRIEVAL, SOURCE_EASE, SOURCE_BOTH]
+SOURCES = [SOURCE_RETRIEVAL, SOURCE_EASE, SOURCE_BOTH, SOURCE_LEAST_VIEWED]
 SOURCE_DTYPE = pd.CategoricalDtype(SOURCES)  # a candidate's source column (built once: it costs per table)
 CANDIDATE_COLUMNS = ["user_id", "movie_id", "source", "retrieval_rank", "retrieval_score", "ease_rank", "ease_score"]
 

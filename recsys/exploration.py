@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from recsys.candidates import SOURCE_LEAST_VIEWED, SOURCE_RETRIEVAL
+from recsys.candidates import CANDIDATE_COLUMNS, SOURCE_DTYPE, SOURCE_LEAST_VIEWED, SOURCE_RETRIEVAL
 
 # ---- weighted re-ranking ------------------------------------------------------------------------------
 
@@ -135,6 +135,28 @@ def kendall_tau_many(original: np.ndarray, sampled: np.ndarray) -> np.ndarray:
     return concordant[..., upper].sum(axis=-1) / (length * (length - 1) / 2)
 
 
+def choose_setting(
+    results: pd.DataFrame, reference: str, max_loss: float, accuracy: str = "ndcg_at_10", gain: str = "coverage_at_10"
+) -> str:
+    """The exploration setting to serve: the widest `gain` among the settings that lose at most `max_loss` of `accuracy`.
+
+    Args:
+        results: one row per setting (index: its name), with the `accuracy` and `gain` columns;
+            the reference row included.
+        reference: the row without exploration (chosen when no other setting qualifies).
+        max_loss: the largest relative loss of `accuracy` accepted, e.g. 0.05 for 5%.
+
+    Returns:
+        The chosen row's name (ties go to the first row).
+    """
+    if not 0 <= max_loss < 1:
+        raise ValueError(f"max_loss must be in [0, 1), got {max_loss}")
+    if reference not in results.index:
+        raise KeyError(f"the reference setting {reference!r} is not a row of the results ({list(results.index)})")
+    floor = (1 - max_loss) * results.loc[reference, accuracy]
+    return str(results[results[accuracy] >= floor][gain].idxmax())  # the reference itself always qualifies
+
+
 # ---- least-viewed movies -----------------------------------------------------------------------------
 
 
@@ -205,3 +227,35 @@ def least_viewed_pool(
     ).drop_duplicates(["user_id", "movie_id"], keep="first")
     pool = pool.merge(seen[["user_id", "movie_id"]].assign(_seen=True), on=["user_id", "movie_id"], how="left")
     return pool[pool["_seen"].isna()].drop(columns="_seen").reset_index(drop=True)
+
+
+def add_least_viewed(
+    candidates: pd.DataFrame,
+    least_viewed: Sequence[int],
+    user_ids: Sequence[int],
+    seen: pd.DataFrame,
+    ranks: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """A candidate table with every least-viewed movie added to each user's candidates (`least_viewed_pool`).
+
+    Args:
+        candidates: a candidate table (recsys.candidates.CANDIDATE_COLUMNS), each user's rows in order.
+        least_viewed, user_ids, seen: as for `least_viewed_pool`.
+        ranks: the candidate table whose per-source ranks and scores the rows take (default
+            `candidates`; a larger one keeps the ranks of least-viewed movies some source proposed).
+
+    Returns:
+        CANDIDATE_COLUMNS: the candidates' rows (their own source labels), then the added movies
+        labelled SOURCE_LEAST_VIEWED (ranks 0 unless `ranks` has them); seen pairs dropped.
+    """
+    ranks = candidates if ranks is None else ranks
+    pool = least_viewed_pool(candidates, least_viewed, user_ids, seen)
+    pairs = pool[["user_id", "movie_id"]]
+    table = pairs.merge(ranks.drop(columns="source"), on=["user_id", "movie_id"], how="left")
+    table = table.fillna({"retrieval_rank": 0, "ease_rank": 0}).astype(
+        {"retrieval_rank": np.int64, "ease_rank": np.int64}
+    )
+    own = pairs.merge(candidates[["user_id", "movie_id", "source"]], on=["user_id", "movie_id"], how="left")["source"]
+    added = pool["source"].to_numpy() == SOURCE_LEAST_VIEWED
+    table["source"] = pd.Categorical(np.where(added, SOURCE_LEAST_VIEWED, own.astype(object)), dtype=SOURCE_DTYPE)
+    return table[CANDIDATE_COLUMNS]

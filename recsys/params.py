@@ -314,6 +314,13 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "least_viewed.max_views": _at_least(0),
         "least_viewed.retrieval_k": _at_least(1),
         "least_viewed.example_users": _at_least(0),
+        "weighted_sampling.max_ndcg_loss": lambda v: None if 0.0 <= v < 1.0 else "must be a share in [0, 1)",
+        "noise.max_ndcg_loss": lambda v: None if 0.0 <= v < 1.0 else "must be a share in [0, 1)",
+        "simulation.rounds": _at_least(1),
+        "simulation.k": _at_least(1),
+        "simulation.users": _at_least(0),
+        "simulation.repeats": _at_least(1),
+        "simulation.background_sample": _at_least(10),
     }
 
 

@@ -103,6 +103,59 @@ def strategy_table(run_dir: Path) -> list[dict]:
     return rows
 
 
+SIMULATION_METRICS = ("accepted_per_user", "coverage_final", "gini_final", "accepted_popularity")
+SIMULATION_FIGURE = "coverage_over_rounds.png"  # written by the simulation notebook beside its metrics.json
+
+
+def simulation_table(run_dir: Path) -> tuple[str, list[dict]] | None:
+    """(stage, one row per policy) of the run's closed-loop simulation: SIMULATION_METRICS and their seed spreads.
+
+    A simulation's metrics are the `gini_final_<policy>` keys (one per policy) and their companions.
+    """
+    run = Run(run_dir.parent, run_dir.name)
+    for stage in _stages(run_dir):
+        metrics = run.read_metrics(stage)
+        policies = [k.removeprefix("gini_final_") for k in metrics if k.startswith("gini_final_")]
+        if policies:
+            return stage, [
+                {
+                    "policy": p,
+                    **{m: metrics.get(f"{m}_{p}") for m in SIMULATION_METRICS},
+                    "accepted_per_user_spread": metrics.get(f"accepted_per_user_spread_{p}"),
+                    "coverage_final_spread": metrics.get(f"coverage_final_spread_{p}"),
+                }
+                for p in policies
+            ]
+    return None
+
+
+def _simulation_html(run_dir: Path, reports_dir: Path) -> str:
+    found = simulation_table(run_dir)
+    if found is None:
+        return ""
+    stage, rows = found
+    columns = [*SIMULATION_METRICS, "accepted_per_user_spread", "coverage_final_spread"]
+
+    def cell(value):
+        return '<td class="num">–</td>' if value is None else f'<td class="num">{value:.4f}</td>'
+
+    body = "".join(
+        f"<tr><td>{html.escape(r['policy'])}</td>" + "".join(cell(r[c]) for c in columns) + "</tr>" for r in rows
+    )
+    part = (
+        f"<h3>Closed-loop simulation ({html.escape(stage)}): every policy in its own world over the rounds; "
+        "spreads are between the simulation's seeds</h3>"
+        f"<table><tr><th>policy</th>{''.join(f'<th>{c}</th>' for c in columns)}</tr>{body}</table>"
+    )
+    figure = run_dir / stage / SIMULATION_FIGURE
+    if figure.exists():
+        copy = reports_dir / f"summary_{SIMULATION_FIGURE}"
+        with atomic_path(copy, suffix=".png") as tmp:
+            tmp.write_bytes(figure.read_bytes())
+        part += f'<img src="{copy.name}" alt="Catalogue coverage over rounds, every policy" style="max-width: 100%">'
+    return part
+
+
 def plot_tradeoff(
     ax: Any, rows: list[dict], title: str = "Accuracy against catalogue coverage (test split, K = 10)"
 ) -> None:
@@ -273,6 +326,9 @@ def _summary_html(run_dir: Path, reports_dir: Path) -> str:
     comparison = _split_comparison_html(run_dir)
     if comparison:
         parts.append(comparison)
+    simulation = _simulation_html(run_dir, reports_dir)
+    if simulation:
+        parts.append(simulation)
     return "<h2>Comparison across the run</h2>" + "".join(parts) if parts else ""
 
 

@@ -188,6 +188,36 @@ def test_least_viewed_pool_labels_dedupes_and_excludes_seen():
     assert other["source"].tolist() == ["retrieval"] + ["least-viewed"] * 3
 
 
+def test_add_least_viewed_keeps_the_candidates_labels_and_takes_ranks_from_the_larger_table():
+    from recsys.candidates import CANDIDATE_COLUMNS, merge_sources
+
+    retrieved = pd.DataFrame({"user_id": [1, 1, 2], "movie_id": [10, 20, 10], "retrieval_score": [0.9, 0.8, 0.7]})
+    full = merge_sources(retrieved, np.array([[20, 60], [40, 30]]), np.array([[2.0, 1.0], [3.0, 2.5]]))
+    top = full[full["retrieval_rank"] == 1]  # each user's first retrieved movie, as 09 cuts to retrieval_k
+    seen = pd.DataFrame({"user_id": [2], "movie_id": [30]})
+    table = exploration.add_least_viewed(top, [60, 30], [1, 2], seen, ranks=full)
+    assert list(table.columns) == CANDIDATE_COLUMNS
+    # the candidates' rows, then the added ones; user 2 has seen movie 30
+    assert list(zip(table["user_id"], table["movie_id"])) == [(1, 10), (2, 10), (1, 60), (1, 30), (2, 60)]
+    assert table["source"].tolist() == ["retrieval", "retrieval", "least-viewed", "least-viewed", "least-viewed"]
+    # movie 60 was EASE's second candidate of user 1: it keeps that rank; nothing proposed it for user 2
+    assert table["ease_rank"].tolist() == [0, 0, 2, 0, 0] and table["retrieval_rank"].tolist() == [1, 1, 0, 0, 0]
+
+
+def test_choose_setting_takes_the_widest_coverage_within_the_accuracy_loss():
+    results = pd.DataFrame(
+        {"ndcg_at_10": [0.30, 0.299, 0.290, 0.20], "coverage_at_10": [0.20, 0.21, 0.25, 0.40]},
+        index=["none", "a", "b", "c"],
+    )
+    assert exploration.choose_setting(results, "none", 0.05) == "b"  # c loses a third of NDCG
+    assert exploration.choose_setting(results, "none", 0.001) == "none"  # only the reference qualifies
+    assert exploration.choose_setting(results, "none", 0.5) == "c"
+    with pytest.raises(KeyError, match="reference setting 'x'"):
+        exploration.choose_setting(results, "x", 0.05)
+    with pytest.raises(ValueError, match="max_loss"):
+        exploration.choose_setting(results, "none", 1.0)
+
+
 # ---- evaluation ------------------------------------------------------------------------------------------
 
 

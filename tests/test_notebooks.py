@@ -214,6 +214,29 @@ def test_smoke_exploration_metrics(smoke_run):
     assert m9[f"novelty_{explore}"] > m9["novelty_retrieval_ranked"]
 
 
+SIMULATED_POLICIES = ("served", "weighted_sampling", "gaussian_noise", "least_viewed", "popularity", "random")
+
+
+def test_simulation_runs_every_policy_over_the_rounds_and_two_seeds(smoke_run):
+    m10 = metrics(smoke_run, "10_simulation")
+    for policy in SIMULATED_POLICIES:
+        for key in ("accepted_per_user", "coverage_final", "gini_final", "accepted_popularity"):
+            assert 0 <= m10[f"{key}_{policy}"] <= 1 or key == "accepted_per_user"
+    assert m10["rounds"] == 3 and m10["simulated_users"] > 0
+    # the served list is accepted far more often than random movies; random reaches the most of the catalogue
+    assert m10["accepted_per_user_served"] > 3 * m10["accepted_per_user_random"]
+    assert m10["coverage_final_random"] > m10["coverage_final_served"] > m10["coverage_final_popularity"]
+    assert m10["calibration_reference_rate"] > m10["calibration_background_rate"] > 0
+    rounds = pd.read_parquet(smoke_run / "10_simulation" / "rounds.parquet")
+    assert sorted(rounds["seed"].unique()) == [42, 43] and len(rounds) == 2 * 3 * len(SIMULATED_POLICIES)
+    # 07 and 08 chose the settings the simulation serves
+    assert metrics(smoke_run, "07_explore_weighted_sampling")["chosen_temperature"] >= 0
+    assert (smoke_run / "08_explore_gaussian_noise" / "setting.json").exists()
+    index = (smoke_run / "reports" / "index.html").read_text()
+    assert "Closed-loop simulation" in index and 'src="summary_coverage_over_rounds.png"' in index
+    assert (smoke_run / "reports" / "summary_coverage_over_rounds.png").stat().st_size > 10_000
+
+
 @pytest.fixture(scope="module")
 def temporal_run(smoke_run) -> Path:
     """01-06 on a temporal split serving the sequential retriever, beside the smoke run (same data and seed)."""

@@ -1,0 +1,159 @@
+"""The closed-loop simulation: calibration, common random numbers, the rounds, and a hidden model no policy can reach."""
+
+from __future__ import annotations
+
+import gc
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import special
+
+from recsys import simulation as sim
+from recsys.simulation_policies import PopularityPolicy, RandomPolicy
+
+
+def tiny_world(n_users: int = 40, n_movies: int = 60, seed: int = 0):
+    """A log of 5 train movies per user, and hidden preferences that favour low movie ids."""
+    rng = np.random.default_rng(seed)
+    user_ids, movie_ids = np.arange(1, n_users + 1) * 10, np.arange(1, n_movies + 1) * 7
+    rows = [(u, m) for u in user_ids for m in rng.choice(movie_ids, 5, replace=False)]
+    train = pd.DataFrame(rows, columns=["user_id", "movie_id"]).assign(rating=4.0)
+    start = sim.PolicyLog.start(train, user_ids, movie_ids, np.arange(n_users))
+    z = sim.standardise(-np.arange(n_movies, dtype=np.float32)[None, :] + rng.normal(0, 5, (n_users, n_movies)))
+    return start, sim.HiddenPreferences(z, 1.0, -1.0)
+
+
+def test_calibration_reproduces_both_measured_rates():
+    rng = np.random.default_rng(1)
+    z = sim.standardise(rng.normal(size=(200, 300)))
+    reference = np.argsort(-z, axis=1)[:, :10]  # the users' favourites
+    background = rng.integers(0, 300, (200, 50))
+    slope, offset = sim.calibrate(z, reference, 0.35, background, 0.03)
+    rows = np.arange(200)[:, None]
+    assert special.expit(slope * z[rows, reference] + offset).mean() == pytest.approx(0.35, abs=1e-6)
+    assert special.expit(slope * z[rows, background] + offset).mean() == pytest.approx(0.03, abs=1e-5)
+    with pytest.raises(ValueError, match="background_rate"):
+        sim.calibrate(z, reference, 0.01, background, 0.35)  # random movies accepted more than favourites
+    with pytest.raises(ValueError, match="reference_rate must be in"):
+        sim.calibrate(z, reference, 1.5, background, 0.01)
+
+
+def test_acceptance_draws_are_common_to_policies_and_fixed_by_seed_and_round():
+    users, movies = np.repeat([[1], [2]], 3, axis=1), np.array([[5, 6, 7], [5, 6, 7]])
+    draws = sim.acceptance_draws(3, 0, users, movies)
+    assert draws.shape == (2, 3) and ((draws >= 0) & (draws < 1)).all()
+    np.testing.assert_array_equal(draws, sim.acceptance_draws(3, 0, users, movies))
+    # a pair's draw does not depend on what else was shown beside it
+    assert sim.acceptance_draws(3, 0, np.array([2]), np.array([6]))[0] == draws[1, 1]
+    assert not np.array_equal(draws, sim.acceptance_draws(3, 1, users, movies))
+    assert not np.array_equal(draws, sim.acceptance_draws(4, 0, users, movies))
+    many = sim.acceptance_draws(0, 0, np.arange(200)[:, None], np.tile(np.arange(500), (200, 1)))
+    assert abs(many.mean() - 0.5) < 0.01 and abs((many < 0.1).mean() - 0.1) < 0.01
+
+
+def test_gini_of_exposure():
+    assert sim.gini(np.ones(10)) == pytest.approx(0.0)
+    assert sim.gini(np.eye(10)[0]) == pytest.approx(0.9)  # (n - 1) / n: one movie takes all
+
+
+def test_rounds_rerun_identically_and_each_policy_keeps_its_own_log():
+    start, hidden = tiny_world()
+    popularity = np.full(len(start.movie_ids), 0.5)
+
+    def run(seed):
+        return sim.simulate(
+            {"popularity": PopularityPolicy(), "random": RandomPolicy()}, hidden, start, 4, 5, seed, popularity
+        )
+
+    rounds, logs = run(7)
+    again, _ = run(7)
+    pd.testing.assert_frame_equal(rounds.drop(columns="policy_s"), again.drop(columns="policy_s"))
+    other, _ = run(8)
+    assert not rounds["accepted_per_user"].equals(other["accepted_per_user"])
+    assert len(rounds) == 8 and set(sim.MEASURES) <= set(rounds.columns)
+    assert start.accepted.empty and start.matrix.nnz == 5 * 40  # the starting log is never changed
+    for log in logs.values():
+        assert not log.accepted.duplicated(["user_id", "movie_id"]).any()  # a movie is accepted once
+        assert log.matrix.nnz == start.matrix.nnz + len(log.accepted)
+    assert not logs["popularity"].accepted.equals(logs["random"].accepted)
+    final = sim.summary(rounds)
+    assert final.loc["random", "coverage_final"] > final.loc["popularity", "coverage_final"]
+    by_policy = rounds.groupby("policy")
+    np.testing.assert_allclose(
+        by_policy["accepted_per_user"].sum(), by_policy["cumulative_accepted_per_user"].last(), rtol=1e-12
+    )
+    accepted = logs["random"].accepted
+    assert (accepted["round"].between(1, 4)).all()
+
+
+class FixedPolicy:
+    def __init__(self, lists):
+        self.lists = lists
+
+    def update(self, log):
+        pass
+
+    def recommend(self, log, k, rng):
+        return self.lists(log)
+
+
+@pytest.mark.parametrize(
+    ("lists", "message"),
+    [
+        (lambda log: np.zeros((len(log.active), 5), np.int64), "twice"),
+        (lambda log: np.zeros((3, 5), np.int64), "expected"),
+        (lambda log: np.full((len(log.active), 5), 10_000), "outside the catalogue"),
+        (lambda log: np.tile(log.matrix[0].indices[:5], (len(log.active), 1)), "already seen"),
+    ],
+)
+def test_an_invalid_list_is_refused(lists, message):
+    start, hidden = tiny_world()
+    with pytest.raises(sim.PolicyError, match=message):
+        sim.simulate({"bad": FixedPolicy(lists)}, hidden, start, 1, 5, 0, np.ones(len(start.movie_ids)))
+
+
+def _reachable(roots, limit: int = 200_000) -> list:
+    """Every object reachable from `roots` through references (breadth first, at most `limit` objects)."""
+    seen, queue, found = set(), list(roots), []
+    while queue and len(seen) < limit:
+        obj = queue.pop()
+        if id(obj) in seen or isinstance(obj, type):  # classes lead to every module: not a policy's data
+            continue
+        seen.add(id(obj))
+        found.append(obj)
+        queue.extend(gc.get_referents(obj))
+    return found
+
+
+def _holds_hidden(objects, hidden) -> bool:
+    return any(
+        obj is hidden or obj is hidden.z or (isinstance(obj, np.ndarray) and np.shares_memory(obj, hidden.z))
+        for obj in objects
+    )
+
+
+class SpyPolicy(RandomPolicy):
+    """Walks everything its calls receive, looking for the hidden model."""
+
+    def __init__(self):
+        self.reached = []
+
+    def update(self, log):
+        self.reached.extend(_reachable([self, log]))
+
+    def recommend(self, log, k, rng):
+        self.reached.extend(_reachable([self, log, rng]))
+        return super().recommend(log, k, rng)
+
+
+def test_no_policy_can_reach_the_hidden_model():
+    start, hidden = tiny_world()
+    spy = SpyPolicy()
+    sim.simulate({"spy": spy}, hidden, start, 2, 5, 0, np.ones(len(start.movie_ids)))
+    assert spy.reached and any(obj is start.matrix for obj in spy.reached)  # it did walk its log
+    assert not _holds_hidden(spy.reached, hidden)
+    # the walk would find it if a log carried it (the test can fail)
+    assert _holds_hidden(_reachable([{"leak": SimpleNamespace(preferences=hidden)}]), hidden)
+    assert _holds_hidden(_reachable([[hidden.z[:3]]]), hidden)  # a view of its scores counts too
