@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.download import fetch_dataset, locate_files
-from recsys.movielens import DATASETS, KNOWN_DATASETS, ML1M_AGE_CODES, ML100K_GENRES, DataError
+from recsys.movielens import DATASETS, KNOWN_DATASETS, ML1M_AGE_CODES, ML100K_GENRES, DataError, DatasetSpec
 from recsys.synthetic import SYNTHETIC_VERSION, generate_synthetic
 
 _FIX_LINE = "Fix or remove that line, or replace the file with the one from the original MovieLens zip."
@@ -31,21 +31,24 @@ class MovieLensData:
     ratings: pd.DataFrame
     source: str  # human-readable: the folder the files were read from
     files: dict[str, Path]
+    spec: DatasetSpec  # the release: its rating scale and the feature groups it offers
 
 
-def _fail(path: Path, row: int, message: str, fix: str = _FIX_LINE) -> NoReturn:
+def fail_at_line(path: Path, row: int, message: str, fix: str = _FIX_LINE) -> NoReturn:
     raise DataError(f"{path} line {row + 1}: {message}. {fix}")
 
 
-def _shown(text: str, limit: int = 120) -> str:
+def shorten(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
 class _Table:
     """One delimited file: checked line by line with vectorised code, then parsed by pandas' C parser."""
 
-    def __init__(self, path: Path, sep: str, columns: tuple[str, ...], str_columns: tuple[str, ...]):
-        self.path = path
+    def __init__(
+        self, path: Path, sep: str, columns: tuple[str, ...], str_columns: tuple[str, ...], encoding: str = "latin-1"
+    ):
+        self.path, self.encoding = path, encoding
         raw = path.read_bytes()
         # Trailing blank lines are harmless; normalising CRLF keeps line numbers exact.
         data = raw.rstrip(b"\r\n").replace(b"\r\n", b"\n")
@@ -67,7 +70,7 @@ class _Table:
         except pd.errors.ParserError as exc:  # the field-count check should make this unreachable
             match = re.search(r"line (\d+)", str(exc))
             row = int(match.group(1)) - 1 if match else 0
-            _fail(path, row, f"cannot be parsed ({exc})")
+            fail_at_line(path, row, f"cannot be parsed ({exc})")
 
     def _read(self, **kwargs: Any) -> pd.DataFrame:
         return pd.read_csv(
@@ -77,7 +80,7 @@ class _Table:
             names=list(self.columns),
             index_col=False,
             engine="c",
-            encoding="latin-1",
+            encoding=self.encoding,
             quoting=csv.QUOTE_NONE,
             na_filter=False,
             skip_blank_lines=False,
@@ -86,7 +89,7 @@ class _Table:
 
     def _fail_at_byte(self, data: bytes, offset: int, message: str) -> NoReturn:
         row = data.count(b"\n", 0, offset)
-        _fail(self.path, row, message)
+        fail_at_line(self.path, row, message)
 
     def _check_field_counts(self, data: bytes, sep: str, n_fields: int, shown_sep: str) -> None:
         # Counting separators per line in numpy finds a truncated line, an extra field or a blank
@@ -101,13 +104,13 @@ class _Table:
         bad = np.flatnonzero((fields != n_fields) | (ends == starts))
         if len(bad):
             row = int(bad[0])
-            line = data[starts[row] : ends[row]].decode("latin-1").replace("\x1f", "::")
+            line = data[starts[row] : ends[row]].decode(self.encoding, errors="replace").replace("\x1f", "::")
             if not line:
-                _fail(self.path, row, "blank line inside the file")
-            _fail(
+                fail_at_line(self.path, row, "blank line inside the file")
+            fail_at_line(
                 self.path,
                 row,
-                f"expected {n_fields} fields separated by '{shown_sep}', found {fields[row]}: '{_shown(line)}'",
+                f"expected {n_fields} fields separated by '{shown_sep}', found {fields[row]}: '{shorten(line)}'",
             )
 
     def raw(self, column: str) -> pd.Series:
@@ -131,13 +134,13 @@ class _Table:
             bad = ~raw.str.fullmatch(_INT_RE)
             if bad.any():
                 row = int(np.argmax(bad.to_numpy()))
-                _fail(self.path, row, f"{what} '{_shown(raw.iloc[row])}' {not_int}")
+                fail_at_line(self.path, row, f"{what} '{shorten(raw.iloc[row])}' {not_int}")
             # Every value is written as an integer, so only the int64 range can be the problem.
             values = pd.to_numeric(raw, errors="coerce")
             too_large = np.abs(values.to_numpy(dtype=float)) >= 2.0**62
             if too_large.any():
                 row = int(np.argmax(too_large))
-                _fail(self.path, row, f"{what} '{_shown(raw.iloc[row])}' is too large")
+                fail_at_line(self.path, row, f"{what} '{shorten(raw.iloc[row])}' is too large")
         array = values.to_numpy(dtype=np.int64)
         if lo is not None or hi is not None:
             outside = np.zeros(len(array), dtype=bool)
@@ -148,13 +151,21 @@ class _Table:
             if outside.any():
                 row = int(np.argmax(outside))
                 bounds = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-                _fail(self.path, row, f"{what} '{array[row]}' is outside {bounds}")
+                fail_at_line(self.path, row, f"{what} '{array[row]}' is outside {bounds}")
         if allowed is not None:
             unknown = ~np.isin(array, allowed)
             if unknown.any():
                 row = int(np.argmax(unknown))
-                _fail(self.path, row, f"{what} '{array[row]}' is not one of {', '.join(map(str, allowed))}")
+                fail_at_line(self.path, row, f"{what} '{array[row]}' is not one of {', '.join(map(str, allowed))}")
         return array
+
+    def ratings(self, column: str, scale: tuple[float, float], step: float) -> np.ndarray:
+        """The rating column checked against the release's scale: int8 for whole stars, float32 for half stars."""
+        if step == 1:
+            lo, hi = int(scale[0]), int(scale[1])
+            return table_ints(self, column, lo, hi).astype(np.int8)
+        values = pd.to_numeric(self.df[column], errors="coerce").to_numpy(np.float64)
+        return check_ratings(self.path, values, lambda: self.raw(column), scale, step, first_line=0)
 
     def strings(
         self, column: str, what: str, *, allowed: tuple[str, ...] | None = None, non_empty: bool = False
@@ -165,11 +176,11 @@ class _Table:
             bad = ~values.isin(allowed)
             if bad.any():
                 row = int(np.argmax(bad.to_numpy()))
-                _fail(self.path, row, f"{what} '{_shown(values.iloc[row])}' is not one of {', '.join(allowed)}")
+                fail_at_line(self.path, row, f"{what} '{shorten(values.iloc[row])}' is not one of {', '.join(allowed)}")
         if non_empty:
             empty = (values.str.strip() == "").to_numpy()
             if empty.any():
-                _fail(self.path, int(np.argmax(empty)), f"{what} is empty")
+                fail_at_line(self.path, int(np.argmax(empty)), f"{what} is empty")
         return values
 
     def unique_ids(self, ids: np.ndarray, what: str) -> None:
@@ -178,7 +189,36 @@ class _Table:
         if duplicated.any():
             row = int(np.argmax(duplicated))
             first = int(np.argmax(ids == ids[row]))
-            _fail(self.path, row, f"{what} '{ids[row]}' is repeated (first on line {first + 1})")
+            fail_at_line(self.path, row, f"{what} '{ids[row]}' is repeated (first on line {first + 1})")
+
+
+def table_ints(table: _Table, column: str, lo: int, hi: int) -> np.ndarray:
+    return table.ints(column, "rating", lo=lo, hi=hi, not_int=f"is not an integer {lo}..{hi}")
+
+
+def check_ratings(
+    path: Path, values: np.ndarray, raw, scale: tuple[float, float], step: float, first_line: int
+) -> np.ndarray:
+    """Ratings as float32 if every one is a number on the scale and a multiple of `step`, else a DataError.
+
+    Args:
+        values: the parsed ratings (NaN where the text is not a number).
+        raw: () -> the column's text, read only to quote a bad value verbatim.
+        first_line: the 0-based line of the first rating (1 after a header).
+    """
+    lo, hi = scale
+    bad_number = np.isnan(values)
+    off_scale = ~bad_number & ((values < lo) | (values > hi))
+    off_step = ~bad_number & ~off_scale & (np.abs(values / step - np.round(values / step)) > 1e-9)
+    for mask, problem in (
+        (bad_number, "is not a number"),
+        (off_scale, f"is outside the scale {lo:g}..{hi:g}"),
+        (off_step, f"is not a multiple of {step:g} (the scale has steps of {step:g})"),
+    ):
+        if mask.any():
+            row = int(np.argmax(mask))
+            fail_at_line(path, first_line + row, f"rating '{shorten(str(raw().iloc[row]))}' {problem}")
+    return values.astype(np.float32)
 
 
 def _id_column(table: _Table, column: str, what: str) -> np.ndarray:
@@ -213,9 +253,19 @@ def _parse_users(path: Path, fmt: str) -> pd.DataFrame:
     ).astype({"gender": "str", "occupation": "str", "zip_code": "str"})
 
 
+def _text_encoding(path: Path) -> str:
+    """UTF-8 if the file decodes as UTF-8, else latin-1 (ML-1M's; ML-10M's titles are read either way)."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf-8"
+
+
 def _parse_movies(path: Path, fmt: str) -> pd.DataFrame:
-    if fmt == "ml-1m":
-        table = _Table(path, "::", ("movie_id", "title", "genres"), ("title", "genres"))
+    if fmt in ("ml-1m", "ml-10m"):
+        encoding = "latin-1" if fmt == "ml-1m" else _text_encoding(path)
+        table = _Table(path, "::", ("movie_id", "title", "genres"), ("title", "genres"), encoding)
         genres = table.strings("genres", "genres")
     else:
         flag_columns = tuple(f"flag_{i}" for i in range(len(ML100K_GENRES)))
@@ -235,36 +285,56 @@ def _parse_movies(path: Path, fmt: str) -> pd.DataFrame:
 
 
 def _parse_ratings(
-    path: Path, fmt: str, users: pd.DataFrame, movies: pd.DataFrame, files: dict[str, Path]
+    path: Path, spec: DatasetSpec, users: pd.DataFrame | None, movies: pd.DataFrame, files: dict[str, Path]
 ) -> pd.DataFrame:
     columns = ("user_id", "movie_id", "rating", "timestamp")
-    table = _Table(path, "::" if fmt == "ml-1m" else "\t", columns, ())
+    table = _Table(path, "\t" if spec.layout == "ml-100k" else "::", columns, ())
     user_id = _id_column(table, "user_id", "user id")
     movie_id = _id_column(table, "movie_id", "movie id")
-    rating = table.ints("rating", "rating", lo=1, hi=5, not_int="is not an integer 1..5")
+    rating = table.ratings("rating", spec.rating_scale, spec.rating_step)
     timestamp = table.ints("timestamp", "timestamp", not_int="is not a number (seconds since 1970-01-01)")
-    for ids, known, what, file in (
-        (user_id, users["user_id"], "user id", files["users"]),
-        (movie_id, movies["movie_id"], "movie id", files["movies"]),
-    ):
+    known_ids = [(movie_id, movies["movie_id"], "movie id", files["movies"])]
+    if users is not None:
+        known_ids.insert(0, (user_id, users["user_id"], "user id", files["users"]))
+    return checked_ratings(path, user_id, movie_id, rating, timestamp, known_ids)
+
+
+def checked_ratings(
+    path: Path,
+    user_id: np.ndarray,
+    movie_id: np.ndarray,
+    rating: np.ndarray,
+    timestamp: np.ndarray,
+    known_ids: list,
+    first_line: int = 0,
+) -> pd.DataFrame:
+    """The ratings table, once every id is known (`known_ids`: (ids, known, what, file)) and no pair repeats."""
+    for ids, known, what, file in known_ids:
         unknown = ~np.isin(ids, known.to_numpy())
         if unknown.any():
-            _fail(
+            fail_at_line(
                 path,
-                int(np.argmax(unknown)),
+                first_line + int(np.argmax(unknown)),
                 f"{what} '{ids[np.argmax(unknown)]}' is not in {file.name}",
                 f"Use the {file.name} that came with this {path.name} (same MovieLens zip).",
             )
-    ratings = pd.DataFrame(
-        {"user_id": user_id, "movie_id": movie_id, "rating": rating.astype(np.int8), "timestamp": timestamp}
-    )
+    ratings = pd.DataFrame({"user_id": user_id, "movie_id": movie_id, "rating": rating, "timestamp": timestamp})
     # A pair rated twice would leak between train and test splits.
     repeated = ratings.duplicated(["user_id", "movie_id"]).to_numpy()
     if repeated.any():
         row = int(np.argmax(repeated))
         first = int(np.argmax((user_id == user_id[row]) & (movie_id == movie_id[row])))
-        _fail(path, row, f"user '{user_id[row]}' rates movie '{movie_id[row]}' again (first on line {first + 1})")
+        fail_at_line(
+            path,
+            first_line + row,
+            f"user '{user_id[row]}' rates movie '{movie_id[row]}' again (first on line {first_line + first + 1})",
+        )
     return ratings
+
+
+def users_of(ratings: pd.DataFrame) -> pd.DataFrame:
+    """The users table of a release without a users file: every user id that rates, and nothing else known."""
+    return pd.DataFrame({"user_id": np.unique(ratings["user_id"].to_numpy()).astype(np.int32)})
 
 
 def read_movielens(fmt: str, data_dir: Path) -> MovieLensData:
@@ -274,25 +344,41 @@ def read_movielens(fmt: str, data_dir: Path) -> MovieLensData:
     file, line number and value rather than surfacing as a wrong metric later.
 
     Args:
-        fmt: "ml-1m" (also the synthetic data) or "ml-100k".
+        fmt: a release of `movielens.DATASETS`: "ml-1m" (also the synthetic data), "ml-100k",
+            "ml-10m", "ml-20m" or "ml-25m".
         data_dir: the folder holding the files, or its parent (see `locate_files`).
 
     Returns:
-        MovieLensData with users (user_id int32, gender, age int16, occupation, zip_code),
-        movies (movie_id int32, title, genres "A|B") and ratings (user_id int32,
-        movie_id int32, rating int8, timestamp int64).
+        MovieLensData with users (user_id int32, and where the release has a users file gender,
+        age int16, occupation, zip_code), movies (movie_id int32, title, genres "A|B") and
+        ratings (user_id int32, movie_id int32, rating: int8 on whole-star scales, float32 on
+        half-star ones, timestamp int64), and the release's spec (scale, feature groups).
 
     Raises:
         DataError: a file is missing or malformed.
     """
     if fmt not in DATASETS:
         raise DataError(f"unknown file format {fmt!r}: expected one of {', '.join(DATASETS)}")
+    spec = DATASETS[fmt]
     files = locate_files(fmt, data_dir)
-    users = _parse_users(files["users"], fmt)
-    movies = _parse_movies(files["movies"], fmt)
-    ratings = _parse_ratings(files["ratings"], fmt, users, movies, files)
+    if spec.layout == "csv":
+        from recsys.csv_release import read_csv_movies, read_csv_ratings
+
+        movies = read_csv_movies(files["movies"])
+        ratings = read_csv_ratings(files["ratings"], spec, movies, files)
+    else:
+        users = _parse_users(files["users"], spec.layout) if "users" in files else None
+        movies = _parse_movies(files["movies"], spec.layout)
+        ratings = _parse_ratings(files["ratings"], spec, users, movies, files)
+    if "users" not in files:
+        users = users_of(ratings)
     return MovieLensData(
-        users=users, movies=movies, ratings=ratings, source=str(files["ratings"].parent.resolve()), files=files
+        users=users,
+        movies=movies,
+        ratings=ratings,
+        source=str(files["ratings"].parent.resolve()),
+        files=files,
+        spec=spec,
     )
 
 

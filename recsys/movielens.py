@@ -15,15 +15,41 @@ class DataError(ValueError):
     """A data file or folder is missing or malformed; the message names the file, line, value and fix."""
 
 
+# What a release offers beyond (user, movie, rating, time): the feature groups later notebooks use.
+FEATURE_GROUPS = ("demographics", "location", "genres", "time")
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What GroupLens publishes for one MovieLens release: its zip's MD5, folder and file names."""
+    """What GroupLens publishes for one MovieLens release: its zip's MD5, folder and files, and what they hold.
+
+    Attributes:
+        name, md5, folder: the zip `<name>.zip`, GroupLens's MD5 of it, the folder it extracts to.
+        files: {"ratings": ..., "movies": ..., and "users" where the release has a users file}.
+        layout: how the files are written: "ml-1m" ('::', latin-1), "ml-100k" (tab and '|'),
+            "ml-10m" ('::', no users file) or "csv" (ML-20M/25M: comma, header, quoted titles, UTF-8).
+        rating_scale: (lowest, highest) rating.
+        rating_step: ratings are multiples of it (1: whole stars, 0.5: half stars).
+        n_ratings, n_users, n_movies: GroupLens's published sizes, for reference (not enforced: a subset
+            such as ml-1m-half is a legitimate input).
+        feature_groups: the FEATURE_GROUPS the files carry (no users file: no demographics, no location).
+    """
 
     name: str
     md5: str
     folder: str
-    files: dict[str, str]  # {"ratings": ..., "users": ..., "movies": ...}
+    files: dict[str, str]
+    layout: str = "ml-1m"
+    rating_scale: tuple[float, float] = (1.0, 5.0)
+    rating_step: float = 1.0
+    n_ratings: int | None = None
+    n_users: int | None = None
+    n_movies: int | None = None
+    feature_groups: tuple[str, ...] = FEATURE_GROUPS
 
+
+# ML-10M on: half stars, and no users file (so no demographics and no location)
+_HALF_STARS_NO_USERS = {"rating_scale": (0.5, 5.0), "rating_step": 0.5, "feature_groups": ("genres", "time")}
 
 DATASETS: dict[str, DatasetSpec] = {
     "ml-1m": DatasetSpec(
@@ -37,8 +63,36 @@ DATASETS: dict[str, DatasetSpec] = {
         "0e33842e24a9c977be4e0107933c0723",
         "ml-100k",
         {"ratings": "u.data", "users": "u.user", "movies": "u.item"},
+        layout="ml-100k",
     ),
+    "ml-10m": DatasetSpec(
+        "ml-10m",
+        "ce571fd55effeba0271552578f2648bd",
+        "ml-10M100K",
+        {"ratings": "ratings.dat", "movies": "movies.dat"},
+        layout="ml-10m",
+        **_HALF_STARS_NO_USERS,
+    ),
+    **{
+        name: DatasetSpec(
+            name,
+            md5,
+            name,
+            {"ratings": "ratings.csv", "movies": "movies.csv"},
+            layout="csv",
+            n_ratings=n_ratings,
+            n_users=n_users,
+            n_movies=n_movies,
+            **_HALF_STARS_NO_USERS,
+        )
+        for name, md5, n_ratings, n_users, n_movies in (
+            ("ml-20m", "cd245b17a1ae2cc31bb14903e1204af3", 20_000_263, 138_493, 27_278),
+            ("ml-25m", "6b51fb2759a8657d3bfcbfc42b592ada", 25_000_095, 162_541, 62_423),
+        )
+    },
 }
+# The header line of each CSV file of the "csv" layout, exactly as GroupLens writes it.
+CSV_HEADERS = {"ratings": "userId,movieId,rating,timestamp", "movies": "movieId,title,genres"}
 
 
 ML1M_AGE_CODES = (1, 18, 25, 35, 45, 50, 56)
@@ -89,6 +143,9 @@ GENRES = (
     "War",
     "Western",
 )
+# Genres the later releases add (ML-10M on): IMAX, and the label of a movie without genres.
+IMAX_GENRE = "IMAX"
+NO_GENRES = "(no genres listed)"
 UNKNOWN_GENRE = "unknown"
 # The order of ML-100K's 19 genre flag columns (its u.genre file).
 ML100K_GENRES = (UNKNOWN_GENRE, *GENRES)

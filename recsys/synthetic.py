@@ -1,4 +1,4 @@
-"""A generated dataset in ML-1M's exact file format, with structure a model can learn (tests and offline demos)."""
+"""Generated datasets with structure a model can learn: ML-1M's exact file format, or ML-25M's CSV format at its shape."""
 
 from __future__ import annotations
 
@@ -181,4 +181,125 @@ def generate_synthetic(
     _write_ml1m_file(out_dir / "users.dat", users)
     _write_ml1m_file(out_dir / "movies.dat", movies)
     _write_ml1m_file(out_dir / "ratings.dat", ratings)  # last: its presence means the set is complete
+    return out_dir
+
+
+# ---- ML-25M's CSV format, at ML-25M's shape ------------------------------------------------------------
+
+_CSV_GENRES = (*GENRES[:3], "Children", *GENRES[4:], "IMAX")  # ML-20M/25M spell "Children" without "'s"
+_CSV_TS_START, _CSV_TS_END = 789652009, 1574327703  # ML-25M's first and last rating (1995-01-09 .. 2019-11-21)
+_CSV_TARGET_MEAN = 3.53  # ML-25M's mean rating
+_UTF8_TITLES = ("Amélie", "Crouching Tiger, Hidden Dragon", "Léon", "Das Boot", "Y tu mamá también")
+
+
+def _csv_movies(rng: np.random.Generator, n_movies: int) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    year = np.clip(np.round(2019 - rng.gamma(2.0, 10.0, n_movies)), 1902, 2019).astype(int)
+    named = rng.random(n_movies) < 0.05
+    title = [
+        f"{rng.choice(_UTF8_TITLES)} {i} ({y})" if n else f"Synthetic Movie {i}{', The' if i % 17 == 0 else ''} ({y})"
+        for i, n, y in zip(range(1, n_movies + 1), named, year)
+    ]
+    n_genres = 1 + rng.binomial(3, 0.3, n_movies)
+    genre_sets = [np.sort(rng.choice(len(_CSV_GENRES), size=k, replace=False)) for k in n_genres]
+    genres = ["|".join(_CSV_GENRES[g] for g in gs) for gs in genre_sets]
+    for i in np.flatnonzero(rng.random(n_movies) < 0.01):
+        genres[i] = "(no genres listed)"
+    return pd.DataFrame({"movie_id": np.arange(1, n_movies + 1), "title": title, "genres": genres}), genre_sets
+
+
+def _activity(rng: np.random.Generator, n_users: int, n_ratings: int, n_movies: int) -> np.ndarray:
+    """Ratings per user: at least 20, long-tailed (log-normal), summing to n_ratings (within rounding)."""
+    tail = rng.lognormal(0.0, 1.2, n_users)
+    scale = (n_ratings - 20 * n_users) / tail.sum()
+    for _ in range(20):  # the cap at the catalogue size loses mass: rescale until the total fits
+        counts = np.minimum(20 + np.floor(tail * scale), n_movies).astype(np.int64)
+        scale *= (n_ratings - 20 * n_users) / max(counts.sum() - 20 * n_users, 1)
+    return counts
+
+
+def generate_synthetic_csv(
+    out_dir: Path, n_users: int, n_movies: int, n_ratings: int, n_factors: int, noise: float, seed: int
+) -> Path:
+    """Write ratings.csv and movies.csv in ML-25M's exact format, with ML-25M's shape and learnable ratings.
+
+    The stand-in for ML-20M/25M where they cannot be downloaded, and the data of the scale
+    benchmark. Shape: Zipf-like movie popularity, every user with at least 20 ratings and a
+    long-tailed (log-normal) activity, half-star ratings 0.5..5.0 with ML-25M's mean; titles
+    quoted when they hold a comma, some non-ASCII (UTF-8), genres including IMAX and
+    "(no genres listed)". Structure: user and movie biases and a factor model whose movie factors
+    lean on genres decide both which movies a user rates (popularity x taste) and the rating.
+    Users are generated in blocks, so memory stays at a block x catalogue matrix whatever the size.
+
+    Args:
+        out_dir: folder to write the two files into (created if needed).
+        n_users, n_movies: sizes (ML-25M: 162,541 users, 62,423 movies).
+        n_ratings: total ratings (at least 20 per user, at most the catalogue per user).
+        n_factors: latent taste dimensions.
+        noise: standard deviation of the rating noise before rounding to half stars.
+        seed: the same arguments give byte-identical files.
+
+    Returns:
+        `out_dir`.
+    """
+    if n_users < 1 or n_movies < 20 or n_ratings < 20 * n_users or n_ratings > n_users * n_movies:
+        raise DataError(
+            f"synthetic CSV sizes out of range: n_users={n_users} >= 1, n_movies={n_movies} >= 20, and "
+            f"20 x n_users <= n_ratings={n_ratings} <= n_users x n_movies"
+        )
+    rng = np.random.default_rng(seed)
+    movies, genre_sets = _csv_movies(rng, n_movies)
+    genre_vectors = rng.normal(size=(len(_CSV_GENRES), n_factors))
+    movie_factors = np.stack([genre_vectors[gs].mean(axis=0) for gs in genre_sets]) * 0.8 + rng.normal(
+        scale=0.6, size=(n_movies, n_factors)
+    )
+    log_pop = -1.0 * np.log(rng.permutation(n_movies) + 10.0)  # Zipf-like over a random order of movies
+    log_pop -= np.log(np.exp(log_pop).sum())
+    movie_bias = rng.normal(scale=0.4, size=n_movies) + 0.25 * (log_pop - log_pop.mean()) / log_pop.std()
+    counts = _activity(rng, n_users, n_ratings, n_movies)
+    parts, block = [], max(1, 2**25 // n_movies)  # about 32M keys per block
+    for start in range(0, n_users, block):
+        size = min(block, n_users - start)
+        factors = rng.normal(size=(size, n_factors)).astype(np.float32)
+        taste = factors @ movie_factors.T.astype(np.float32) / np.float32(np.sqrt(n_factors))
+        keys = (
+            log_pop.astype(np.float32)
+            + np.float32(_WATCH_TASTE) * taste
+            + rng.gumbel(size=taste.shape).astype(np.float32)
+        )
+        wanted = counts[start : start + size]
+        widest = int(wanted.max())
+        top = (
+            np.argpartition(-keys, widest - 1, axis=1)[:, :widest]
+            if widest < n_movies
+            else np.tile(np.arange(n_movies), (size, 1))
+        )
+        order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        keep = np.arange(widest)[None, :] < wanted[:, None]
+        rows = np.broadcast_to(np.arange(size)[:, None], top.shape)[keep]
+        movie_index = top[keep]
+        score = (
+            rng.normal(scale=0.35, size=size)[rows]
+            + movie_bias[movie_index]
+            + 0.8 * taste[rows, movie_index]
+            + rng.normal(scale=noise, size=len(rows))
+        )
+        user_start = rng.integers(_CSV_TS_START, _CSV_TS_END - 365 * 86400, size)
+        timestamp = np.minimum(user_start[rows] + rng.exponential(90 * 86400, len(rows)).astype(np.int64), _CSV_TS_END)
+        parts.append((start + rows + 1, movie_index + 1, score, timestamp))
+    user_id, movie_id, score, timestamp = (np.concatenate(column) for column in zip(*parts))
+    offset = _CSV_TARGET_MEAN  # rounding to half stars and clipping move the mean: shift until it sits at the target
+    for _ in range(4):
+        offset += _CSV_TARGET_MEAN - np.clip(np.round((score + offset) * 2) / 2, 0.5, 5.0).mean()
+    rating = np.clip(np.round((score + offset) * 2) / 2, 0.5, 5.0)
+    order = np.lexsort((timestamp, user_id))  # GroupLens's files are sorted by user, then time
+    ratings = pd.DataFrame(
+        {"userId": user_id[order], "movieId": movie_id[order], "rating": rating[order], "timestamp": timestamp[order]}
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "movies.csv") as tmp:
+        movies.rename(columns={"movie_id": "movieId"}).to_csv(tmp, index=False, lineterminator="\n", encoding="utf-8")
+    with atomic_path(out_dir / "ratings.csv") as tmp:  # last: its presence means the set is complete
+        ratings.to_csv(tmp, index=False, lineterminator="\n", float_format="%.1f")
     return out_dir
