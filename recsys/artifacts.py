@@ -140,6 +140,7 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "interactions": ("01_preprocess", "interactions.parquet"),  # every user but the fold-in ones
     "foldin_interactions": ("01_preprocess", "foldin_interactions.parquet"),  # kept out of every model
     "data_quality": ("01_preprocess", "data_quality.parquet"),
+    "dataset_info": ("01_preprocess", "dataset.json"),  # the release: rating scale, feature groups
     "baseline_results": ("03_baselines", "results.parquet"),
     "ranking_model": ("04_two_tower_ranking", "ranking_model"),  # refitted on train + val
     "ranking_model_train": ("04_two_tower_ranking", "ranking_model_train"),  # fitted on train only

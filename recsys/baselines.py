@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from recsys import metrics
-from recsys.metrics import RATING_SCALE
+from recsys.rating_scale import RatingScale
 from recsys.tables import require_columns
 
 _REQUIRED_COLUMNS = ("user_id", "movie_id", "rating")
@@ -36,13 +36,13 @@ class RatingPredictor(Protocol):
         ...
 
 
-def _train_ratings(train: pd.DataFrame) -> np.ndarray:
+def _train_ratings(train: pd.DataFrame, scale: RatingScale | None = None) -> np.ndarray:
     require_columns(train, _REQUIRED_COLUMNS, "train")
     if len(train) == 0:
         raise ValueError("train is empty; filter on split == 'train' before fitting")
     ratings = train["rating"].to_numpy(dtype=np.float64)
-    if ratings.min() < RATING_SCALE[0] or ratings.max() > RATING_SCALE[1]:
-        raise ValueError(f"train ratings must lie in {RATING_SCALE}; found {ratings.min()}..{ratings.max()}")
+    if scale is not None and (ratings.min() < scale.low or ratings.max() > scale.high):
+        raise ValueError(f"train ratings must lie in {scale.bounds}; found {ratings.min()}..{ratings.max()}")
     return ratings
 
 
@@ -58,27 +58,27 @@ class _Fitted:
 
 
 class RandomGuess(_Fitted):
-    """A whole-star rating drawn uniformly from 1..5: the floor any model must clear.
+    """A rating drawn uniformly from the scale's levels (1..5, or 0.5..5.0 in halves): the floor any model must clear.
 
     Each `predict` call starts from `seed`, so predicting the same table twice gives the same numbers.
     """
 
     name = "random_guess"
 
-    def __init__(self, seed: int = 42):
-        self.seed = seed
+    def __init__(self, scale: RatingScale, seed: int = 42):
+        self.scale, self.seed = scale, seed
 
     def fit(self, train: pd.DataFrame) -> RandomGuess:
-        """Check the table; there is nothing to learn."""
-        _train_ratings(train)
+        """Check the table's ratings lie on the scale; there is nothing to learn."""
+        _train_ratings(train, self.scale)
         self._fitted = True
         return self
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
-        """Return len(df) seeded uniform draws from 1..5 as floats."""
+        """Return len(df) seeded uniform draws from the scale's levels as floats."""
         self._check_fitted(df)
         rng = np.random.default_rng(self.seed)
-        return rng.integers(int(RATING_SCALE[0]), int(RATING_SCALE[1]) + 1, size=len(df)).astype(np.float64)
+        return rng.choice(self.scale.levels(), size=len(df)).astype(np.float64)
 
 
 class WeightedSampling(_Fitted):
@@ -229,14 +229,22 @@ class SurpriseSVD(_Fitted):
         n_epochs: SGD passes over train.
         lr_all: SGD learning rate for all parameters.
         reg_all: L2 regularisation for all parameters.
+        scale: the dataset's rating scale (Surprise's reader).
         seed: initialisation seed (Surprise's random_state).
     """
 
     name = "surprise_svd"
 
     def __init__(
-        self, n_factors: int = 100, n_epochs: int = 20, lr_all: float = 0.005, reg_all: float = 0.02, seed: int = 42
+        self,
+        scale: RatingScale,
+        n_factors: int = 100,
+        n_epochs: int = 20,
+        lr_all: float = 0.005,
+        reg_all: float = 0.02,
+        seed: int = 42,
     ):
+        self.scale = scale
         self.n_factors = n_factors
         self.n_epochs = n_epochs
         self.lr_all = lr_all
@@ -247,8 +255,8 @@ class SurpriseSVD(_Fitted):
         """Build a Surprise trainset from the table and run SGD."""
         from surprise import SVD, Dataset, Reader  # imported here so the other baselines work without it
 
-        _train_ratings(train)
-        dataset = Dataset.load_from_df(train[list(_REQUIRED_COLUMNS)], Reader(rating_scale=RATING_SCALE))
+        _train_ratings(train, self.scale)
+        dataset = Dataset.load_from_df(train[list(_REQUIRED_COLUMNS)], Reader(rating_scale=self.scale.bounds))
         self.trainset_ = dataset.build_full_trainset()
         self.svd_ = SVD(
             n_factors=self.n_factors,
@@ -301,13 +309,17 @@ def expand_grid(grid: list[dict] | dict[str, Any]) -> list[dict]:
 
 
 def _fit_and_score(
-    make_model: Callable[[dict], RatingPredictor], params: dict, train: pd.DataFrame, val: pd.DataFrame
+    make_model: Callable[[dict], RatingPredictor],
+    params: dict,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    scale: RatingScale,
 ) -> tuple[float, float]:
     model = make_model(params)
     started = time.perf_counter()
     model.fit(train)
     fit_s = time.perf_counter() - started
-    return metrics.rmse(val["rating"], model.predict(val)), fit_s
+    return metrics.rmse(val["rating"], model.predict(val), scale), fit_s
 
 
 def tune_on_val(
@@ -315,6 +327,7 @@ def tune_on_val(
     grid: list[dict] | dict[str, Any],
     train: pd.DataFrame,
     val: pd.DataFrame,
+    scale: RatingScale,
     n_jobs: int = 1,
 ) -> tuple[dict, pd.DataFrame]:
     """Choose hyper-parameters by validation RMSE; the test split is never looked at.
@@ -327,6 +340,7 @@ def tune_on_val(
         grid: list of parameter dicts, or dict of value lists (expanded to their cartesian product).
         train: ratings to fit on.
         val: ratings to score on.
+        scale: the dataset's rating scale (predictions are clipped to it).
         n_jobs: grid points fitted in parallel processes (joblib); 1 runs in this process. Each process
             gets its own copy of train, so memory grows with n_jobs.
 
@@ -337,11 +351,13 @@ def tune_on_val(
     points = expand_grid(grid)
     require_columns(val, _REQUIRED_COLUMNS, "val")
     if n_jobs == 1 or len(points) == 1:
-        scores = [_fit_and_score(make_model, params, train, val) for params in points]
+        scores = [_fit_and_score(make_model, params, train, val, scale) for params in points]
     else:
         from joblib import Parallel, delayed  # installed with scikit-surprise
 
-        scores = Parallel(n_jobs=n_jobs)(delayed(_fit_and_score)(make_model, params, train, val) for params in points)
+        scores = Parallel(n_jobs=n_jobs)(
+            delayed(_fit_and_score)(make_model, params, train, val, scale) for params in points
+        )
     table = pd.DataFrame(points)
     table["rmse_val"] = [rmse_val for rmse_val, _ in scores]
     table["fit_s"] = [fit_s for _, fit_s in scores]
@@ -349,22 +365,23 @@ def tune_on_val(
     return best_params, table
 
 
-def evaluate_predictor(model: RatingPredictor, test: pd.DataFrame) -> dict[str, float]:
+def evaluate_predictor(model: RatingPredictor, test: pd.DataFrame, scale: RatingScale) -> dict[str, float]:
     """Score a fitted model on held-out ratings with the project's one definition of RMSE and MAE.
 
     Args:
         model: a fitted RatingPredictor.
         test: ratings to score (columns user_id, movie_id, rating).
+        scale: the dataset's rating scale.
 
     Returns:
-        {"rmse", "mae"} (predictions clipped to [1, 5]) and "predict_s", the wall time of predict.
+        {"rmse", "mae"} (predictions clipped to the scale) and "predict_s", the wall time of predict.
     """
     require_columns(test, _REQUIRED_COLUMNS, "test")
     started = time.perf_counter()
     predictions = model.predict(test)
     predict_s = time.perf_counter() - started
     return {
-        "rmse": metrics.rmse(test["rating"], predictions),
-        "mae": metrics.mae(test["rating"], predictions),
+        "rmse": metrics.rmse(test["rating"], predictions, scale),
+        "mae": metrics.mae(test["rating"], predictions, scale),
         "predict_s": predict_s,
     }

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 import numpy as np
 import scipy.sparse as sp
 
-RATING_SCALE = (1.0, 5.0)
+from recsys.rating_scale import RatingScale
+
 DEFAULT_KS = (10, 50, 100)
 # Users per block in the (users, k, k) pairwise computation of intra-list diversity: bounds memory
 # at k=100 to ~40 MB per block whatever the number of users.
@@ -19,7 +20,7 @@ _DIVERSITY_BLOCK_USERS = 1024
 # --------------------------------------------------------------------------------------------
 
 
-def _rating_pairs(y_true, y_pred, clip: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
+def _rating_pairs(y_true, y_pred, clip: RatingScale | tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
     true_ratings = np.asarray(y_true, dtype=np.float64).ravel()
     predicted_ratings = np.asarray(y_pred, dtype=np.float64).ravel()
     if true_ratings.shape != predicted_ratings.shape:
@@ -34,6 +35,8 @@ def _rating_pairs(y_true, y_pred, clip: tuple[float, float] | None) -> tuple[np.
             f"{int(np.isnan(predicted_ratings).sum())} predictions are NaN; "
             "a model must predict a number for every pair (fall back to a bias for unknown ids)"
         )
+    if isinstance(clip, RatingScale):
+        clip = clip.bounds
     if clip is not None:
         # A prediction outside the scale is never better than the nearest valid rating, and every
         # model is scored the same way (DESIGN.md, "Protocols and metrics").
@@ -41,13 +44,13 @@ def _rating_pairs(y_true, y_pred, clip: tuple[float, float] | None) -> tuple[np.
     return true_ratings, predicted_ratings
 
 
-def rmse(y_true, y_pred, clip: tuple[float, float] | None = RATING_SCALE) -> float:
+def rmse(y_true, y_pred, clip: RatingScale | tuple[float, float] | None) -> float:
     """Root mean squared error of rating predictions, the headline rating metric.
 
     Args:
         y_true: observed ratings, one per (user, movie) pair.
         y_pred: predictions for the same pairs, in the same order.
-        clip: (low, high) the predictions are clipped to before scoring; None scores them raw.
+        clip: the dataset's rating scale (or (low, high)) the predictions are clipped to; None scores them raw.
 
     Returns:
         RMSE as a Python float.
@@ -56,13 +59,13 @@ def rmse(y_true, y_pred, clip: tuple[float, float] | None = RATING_SCALE) -> flo
     return float(np.sqrt(np.mean((true_ratings - predicted_ratings) ** 2)))
 
 
-def mae(y_true, y_pred, clip: tuple[float, float] | None = RATING_SCALE) -> float:
+def mae(y_true, y_pred, clip: RatingScale | tuple[float, float] | None) -> float:
     """Mean absolute error of rating predictions: less sensitive than RMSE to a few large misses.
 
     Args:
         y_true: observed ratings, one per (user, movie) pair.
         y_pred: predictions for the same pairs, in the same order.
-        clip: (low, high) the predictions are clipped to before scoring; None scores them raw.
+        clip: the dataset's rating scale (or (low, high)) the predictions are clipped to; None scores them raw.
 
     Returns:
         MAE as a Python float.

@@ -91,6 +91,23 @@ DATASETS: dict[str, DatasetSpec] = {
         )
     },
 }
+
+
+def dataset_info(spec: DatasetSpec, dataset: str) -> dict:
+    """What a run's later notebooks need to know of its release (the `dataset_info` artifact of a run).
+
+    Keys: dataset (the run's `dataset` param), release, rating_scale [low, high], rating_step,
+    feature_groups.
+    """
+    return {
+        "dataset": dataset,
+        "release": spec.name,
+        "rating_scale": list(spec.rating_scale),
+        "rating_step": spec.rating_step,
+        "feature_groups": list(spec.feature_groups),
+    }
+
+
 # The header line of each CSV file of the "csv" layout, exactly as GroupLens writes it.
 CSV_HEADERS = {"ratings": "userId,movieId,rating,timestamp", "movies": "movieId,title,genres"}
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.baselines import RatingPredictor, evaluate_predictor, tune_on_val
+from recsys.rating_scale import RatingScale
 
 
 def select_refit_evaluate(
@@ -19,6 +20,7 @@ def select_refit_evaluate(
     train: pd.DataFrame,
     val: pd.DataFrame,
     test: pd.DataFrame,
+    scale: RatingScale,
     n_jobs: int = 1,
 ) -> tuple[dict, pd.DataFrame]:
     """Tune on val, refit the winner on train + val, score it once on test.
@@ -27,17 +29,18 @@ def select_refit_evaluate(
         name: the model's name in the results table.
         make_model: builds an unfitted model from one grid point.
         grid: list of parameter dicts or dict of value lists (see baselines.expand_grid).
+        scale: the dataset's rating scale (predictions are clipped to it).
         n_jobs: grid points fitted in parallel.
 
     Returns:
         (a results row: model, params, rmse_val, rmse_test, mae_test, fit_s, predict_s; the tuning table)
     """
-    best, tuning = tune_on_val(make_model, grid, train, val, n_jobs=n_jobs)
+    best, tuning = tune_on_val(make_model, grid, train, val, scale, n_jobs=n_jobs)
     model = make_model(best)
     start = time.perf_counter()
     model.fit(pd.concat([train, val]))
     fit_s = time.perf_counter() - start
-    scores = evaluate_predictor(model, test)
+    scores = evaluate_predictor(model, test, scale)
     row = {
         "model": name,
         "params": best,
@@ -51,7 +54,11 @@ def select_refit_evaluate(
 
 
 def evaluate_draws(
-    name: str, makers: list[Callable[[], RatingPredictor]], train: pd.DataFrame, test: pd.DataFrame
+    name: str,
+    makers: list[Callable[[], RatingPredictor]],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    scale: RatingScale,
 ) -> dict:
     """Fit and score a parameter-free model once per maker (one per seed) and average the scores.
 
@@ -64,7 +71,7 @@ def evaluate_draws(
         start = time.perf_counter()
         model.fit(train)
         fit_s = time.perf_counter() - start
-        rows.append({**evaluate_predictor(model, test), "fit_s": fit_s})
+        rows.append({**evaluate_predictor(model, test, scale), "fit_s": fit_s})
     table = pd.DataFrame(rows)
     return {
         "model": name,

@@ -108,7 +108,7 @@ class TwoTowerRatingModel(tfrs.Model):
         return logs
 
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """Predicted ratings (unclipped; metrics clip to 1..5)."""
+        """Predicted ratings (unclipped; metrics clip them to the dataset's rating scale)."""
         return self._forward(features, training)[0]
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:

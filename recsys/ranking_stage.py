@@ -15,7 +15,6 @@ import tensorflow as tf
 
 from recsys.encoding import CONTEXT_FEATURES, FeatureEncoder
 from recsys.feature_store import FeatureStore
-from recsys.metrics import RATING_SCALE
 from recsys.serving import context_inputs, request_context
 
 # Rows per model call: large enough to amortise the call, small enough for memory.
@@ -125,12 +124,15 @@ class RatingRanker:
         store: the feature store (built with the model's encoder).
         model, encoder: the rating model and its FeatureEncoder.
         context: {hour, weekday, month} of the requests; None means now (UTC).
+        scale: the rating scale shown scores are clipped to; None takes the model's own
+            (`load_ranking_model` sets it from what the model was saved with).
     """
 
     name = "rating"
 
-    def __init__(self, store: FeatureStore, model: tf.keras.Model, encoder: FeatureEncoder, context=None):
+    def __init__(self, store: FeatureStore, model: tf.keras.Model, encoder: FeatureEncoder, context=None, scale=None):
         self.store, self.model, self.encoder = store, model, encoder
+        self.scale = scale if scale is not None else getattr(model, "rating_scale", None)
         # a fixed context is validated and encoded once; None stays "now", resolved at every call
         self.context = None if context is None else request_context(context)
         self._context_row = None if context is None else context_inputs(encoder, self.context, 1)
@@ -147,7 +149,12 @@ class RatingRanker:
         )
 
     def display(self, scores: np.ndarray) -> np.ndarray:
-        return np.clip(scores, *RATING_SCALE).astype(np.float64)
+        if self.scale is None:
+            raise ValueError(
+                "the rating model carries no rating scale to clip shown scores to: load it with "
+                "ranking_training.load_ranking_model, or pass RatingRanker(..., scale=RatingScale(...))"
+            )
+        return np.clip(scores, *self.scale.bounds).astype(np.float64)
 
 
 class LearnedRanker:

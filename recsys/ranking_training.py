@@ -18,6 +18,7 @@ from recsys.configs import RankingConfig
 from recsys.encoding import FeatureEncoder
 from recsys.predict import predict
 from recsys.ranking_model import TwoTowerRatingModel, build_ranking_model
+from recsys.rating_scale import RatingScale
 from recsys.seeding import set_seed
 
 PREDICT_BATCH = 16_384
@@ -153,10 +154,12 @@ def predict_ratings(model: TwoTowerRatingModel, inputs: dict[str, np.ndarray]) -
     return predict(model, inputs, batch_size=PREDICT_BATCH)
 
 
-def evaluate_ratings(model: TwoTowerRatingModel, inputs: dict[str, np.ndarray], ratings: np.ndarray) -> dict:
-    """RMSE and MAE of a model's predictions (clipped to 1..5, as every rating metric here)."""
+def evaluate_ratings(
+    model: TwoTowerRatingModel, inputs: dict[str, np.ndarray], ratings: np.ndarray, scale: RatingScale
+) -> dict:
+    """RMSE and MAE of a model's predictions (clipped to the dataset's scale, as every rating metric here)."""
     predictions = predict_ratings(model, inputs)
-    return {"rmse": metrics.rmse(ratings, predictions), "mae": metrics.mae(ratings, predictions)}
+    return {"rmse": metrics.rmse(ratings, predictions, scale), "mae": metrics.mae(ratings, predictions, scale)}
 
 
 def concat_inputs(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -165,12 +168,18 @@ def concat_inputs(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def early_stopping_refit_test(
-    config: RankingConfig, cardinalities: dict[str, int], data: dict[str, tuple], seed: int, verbose: int = 0
+    config: RankingConfig,
+    cardinalities: dict[str, int],
+    data: dict[str, tuple],
+    seed: int,
+    scale: RatingScale,
+    verbose: int = 0,
 ) -> dict:
     """The rating model's protocol: early stopping on val picks the epochs, refit on train + val, score once on test.
 
     Args:
         data: {"train": (inputs, ratings), "val": (...), "test": (...)}.
+        scale: the dataset's rating scale (test predictions are clipped to it).
 
     Returns:
         A dict with the early-stopped and refitted TrainingResults ("selected", "refit"), val RMSE
@@ -187,7 +196,7 @@ def early_stopping_refit_test(
         epochs=selected.best_epoch,
         verbose=verbose,
     )
-    scores = evaluate_ratings(refit.model, x_test, y_test)
+    scores = evaluate_ratings(refit.model, x_test, y_test, scale)
     return {
         "selected": selected,
         "refit": refit,
@@ -204,19 +213,36 @@ def early_stopping_refit_test(
 
 
 def save_ranking_model(
-    model: TwoTowerRatingModel, encoder: FeatureEncoder, folder: str | os.PathLike, fitted_on: Sequence[str]
+    model: TwoTowerRatingModel,
+    encoder: FeatureEncoder,
+    folder: str | os.PathLike,
+    fitted_on: Sequence[str],
+    scale: RatingScale,
 ) -> Path:
-    """Save weights, config, global mean, the splits it was fitted on and the encoder, for `load_ranking_model`."""
-    state = {"config": model.config.to_dict(), "global_mean": model.global_mean, "fitted_on": list(fitted_on)}
+    """Save weights, config, global mean, the splits it was fitted on, the rating scale and the encoder."""
+    state = {
+        "config": model.config.to_dict(),
+        "global_mean": model.global_mean,
+        "fitted_on": list(fitted_on),
+        **scale.to_dict(),
+    }
     return save_model_folder(model, encoder, folder, state)
 
 
 def load_ranking_model(folder: str | os.PathLike) -> tuple[TwoTowerRatingModel, FeatureEncoder]:
-    """Rebuild a model saved by `save_ranking_model` and load its weights; `model.fitted_on` names its splits."""
+    """Rebuild a model saved by `save_ranking_model` and load its weights.
+
+    The model carries `fitted_on` (its splits) and `rating_scale` (what its predictions are clipped to).
+    """
     state, encoder, weights = read_model_folder(folder)
     model = build_ranking_model(
         state["cardinalities"], RankingConfig.from_params(state["config"]), state["global_mean"]
     )
     model.load_weights(weights).expect_partial()
     model.fitted_on = tuple(state["fitted_on"])
+    if "rating_scale" not in state:
+        raise ValueError(
+            f"{folder} was saved without its rating scale (by an older version): rerun the notebook that trains it"
+        )
+    model.rating_scale = RatingScale.from_dict(state)
     return model, encoder

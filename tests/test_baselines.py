@@ -17,6 +17,7 @@ from recsys.baselines import (
     expand_grid,
     tune_on_val,
 )
+from recsys.rating_scale import RatingScale
 
 
 def ratings_table(rows):
@@ -25,8 +26,12 @@ def ratings_table(rows):
     return df.astype({"user_id": "int32", "movie_id": "int32", "rating": "int8"})
 
 
+WHOLE_STARS, HALF_STARS = RatingScale(1.0, 5.0, 1.0), RatingScale(0.5, 5.0, 0.5)
+
+
 def test_every_baseline_follows_the_protocol():
-    for model in (RandomGuess(), WeightedSampling(), MajorityClass(), GlobalMean(), BiasBaseline(), SurpriseSVD()):
+    models = (RandomGuess(WHOLE_STARS), WeightedSampling(), MajorityClass(), GlobalMean(), BiasBaseline())
+    for model in (*models, SurpriseSVD(WHOLE_STARS)):
         assert isinstance(model, RatingPredictor)
         assert isinstance(model.name, str) and model.name
 
@@ -77,12 +82,15 @@ def test_bias_baseline_one_regularised_round_by_hand():
 def test_random_guess_is_seeded_uniform_over_whole_stars():
     train = ratings_table([(1, 1, 4)])
     big = ratings_table([(1, 1, 0)] * 50_000)
-    first = RandomGuess(seed=7).fit(train).predict(big)
-    np.testing.assert_array_equal(first, RandomGuess(seed=7).fit(train).predict(big))
-    assert not np.array_equal(first, RandomGuess(seed=8).fit(train).predict(big))
+    first = RandomGuess(WHOLE_STARS, seed=7).fit(train).predict(big)
+    np.testing.assert_array_equal(first, RandomGuess(WHOLE_STARS, seed=7).fit(train).predict(big))
+    assert not np.array_equal(first, RandomGuess(WHOLE_STARS, seed=8).fit(train).predict(big))
     levels, counts = np.unique(first, return_counts=True)
     np.testing.assert_array_equal(levels, [1, 2, 3, 4, 5])
     np.testing.assert_allclose(counts / counts.sum(), 0.2, atol=0.01)
+    # on a half-star scale it draws the ten half-star levels
+    halves = RandomGuess(HALF_STARS, seed=7).fit(train).predict(big)
+    np.testing.assert_array_equal(np.unique(halves), np.arange(1, 11) / 2)
 
 
 def test_weighted_sampling_follows_the_train_distribution():
@@ -101,7 +109,7 @@ def test_clear_errors_for_unfitted_models_and_missing_columns():
     with pytest.raises(KeyError, match="rating"):
         GlobalMean().fit(pd.DataFrame({"user_id": [1], "movie_id": [1]}))
     with pytest.raises(ValueError, match="must lie in"):
-        GlobalMean().fit(ratings_table([(1, 1, 9)]))
+        RandomGuess(WHOLE_STARS).fit(ratings_table([(1, 1, 9)]))
 
 
 class ConstantModel:
@@ -131,7 +139,12 @@ def test_tune_on_val_picks_the_lowest_val_rmse(n_jobs):
     train = ratings_table([(1, 1, 5)])
     val = ratings_table([(1, 1, 2), (1, 2, 4)])  # mean 3: the constant 3 has the lowest RMSE
     best, table = tune_on_val(
-        lambda params: ConstantModel(**params), {"value": [1, 3, 5], "unused": [0]}, train, val, n_jobs=n_jobs
+        lambda params: ConstantModel(**params),
+        {"value": [1, 3, 5], "unused": [0]},
+        train,
+        val,
+        WHOLE_STARS,
+        n_jobs=n_jobs,
     )
     assert best == {"value": 3, "unused": 0}
     assert list(table.columns) == ["value", "unused", "rmse_val", "fit_s"]
@@ -140,7 +153,7 @@ def test_tune_on_val_picks_the_lowest_val_rmse(n_jobs):
 
 def test_evaluate_predictor_uses_clipped_rmse_and_mae():
     test = ratings_table([(1, 1, 5), (1, 2, 3)])
-    result = evaluate_predictor(ConstantModel(7), test)  # clipped to 5: errors 0 and 2
+    result = evaluate_predictor(ConstantModel(7), test, WHOLE_STARS)  # clipped to 5: errors 0 and 2
     assert result["rmse"] == pytest.approx(np.sqrt(2))
     assert result["mae"] == pytest.approx(1.0)
     assert result["predict_s"] >= 0
@@ -155,7 +168,7 @@ def test_surprise_svd_numpy_predictions_match_surprise():
         )
     )
     train = train.drop_duplicates(["user_id", "movie_id"])
-    model = SurpriseSVD(n_factors=5, n_epochs=5, seed=1).fit(train)
+    model = SurpriseSVD(WHOLE_STARS, n_factors=5, n_epochs=5, seed=1).fit(train)
     pairs = ratings_table(
         [
             (1, 100, 0),

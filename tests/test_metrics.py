@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys import metrics
+from recsys.rating_scale import RatingScale
 
 
 def csr(dense):
@@ -16,27 +17,44 @@ def csr(dense):
 # ---- rating metrics ---------------------------------------------------------------------------
 
 
+WHOLE_STARS = RatingScale(1.0, 5.0, 1.0)
+HALF_STARS = RatingScale(0.5, 5.0, 0.5)
+
+
 def test_rmse_and_mae_by_hand():
-    assert metrics.rmse([1, 2, 3], [1, 2, 5]) == pytest.approx(math.sqrt(4 / 3))
-    assert metrics.mae([1, 2, 3], [1, 2, 5]) == pytest.approx(2 / 3)
+    assert metrics.rmse([1, 2, 3], [1, 2, 5], WHOLE_STARS) == pytest.approx(math.sqrt(4 / 3))
+    assert metrics.mae([1, 2, 3], [1, 2, 5], WHOLE_STARS) == pytest.approx(2 / 3)
 
 
 def test_predictions_are_clipped_to_the_rating_scale():
     # 6 -> 5 and -1 -> 1: both become perfect once clipped
-    assert metrics.rmse([5, 1], [6.0, -1.0]) == 0.0
-    assert metrics.mae([5, 1], [6.0, -1.0]) == 0.0
+    assert metrics.rmse([5, 1], [6.0, -1.0], WHOLE_STARS) == 0.0
+    assert metrics.mae([5, 1], [6.0, -1.0], WHOLE_STARS) == 0.0
     # 5.5 -> 5 against a true 4: error 1, while 0.0 -> 1 against a true 2: error 1
-    assert metrics.rmse([4, 2], [5.5, 0.0]) == pytest.approx(1.0)
+    assert metrics.rmse([4, 2], [5.5, 0.0], WHOLE_STARS) == pytest.approx(1.0)
     assert metrics.rmse([5, 1], [6.0, -1.0], clip=None) == pytest.approx(math.sqrt((1 + 4) / 2))
+    # on a half-star scale a prediction of 0.7 against a true 0.5 is not clipped up to 1
+    assert metrics.mae([0.5], [0.7], HALF_STARS) == pytest.approx(0.2)
+    assert metrics.mae([0.5], [0.2], HALF_STARS) == 0.0
+
+
+def test_rating_scale_levels_and_checks():
+    np.testing.assert_allclose(HALF_STARS.levels(), np.arange(1, 11) / 2)
+    np.testing.assert_allclose(WHOLE_STARS.levels(), [1, 2, 3, 4, 5])
+    assert RatingScale.from_dict(HALF_STARS.to_dict()) == HALF_STARS
+    with pytest.raises(ValueError, match="whole steps"):
+        RatingScale(1.0, 5.0, 0.3)
+    with pytest.raises(ValueError, match="low < high"):
+        RatingScale(5.0, 1.0, 1.0)
 
 
 def test_rating_metrics_reject_bad_input():
     with pytest.raises(ValueError, match="y_true has 2"):
-        metrics.rmse([1, 2], [1, 2, 3])
+        metrics.rmse([1, 2], [1, 2, 3], WHOLE_STARS)
     with pytest.raises(ValueError, match="empty"):
-        metrics.mae([], [])
+        metrics.mae([], [], WHOLE_STARS)
     with pytest.raises(ValueError, match="NaN"):
-        metrics.rmse([1, 2], [1, np.nan])
+        metrics.rmse([1, 2], [1, np.nan], WHOLE_STARS)
 
 
 # ---- interaction matrix and ranking -------------------------------------------------------------

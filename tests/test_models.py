@@ -13,6 +13,7 @@ import pytest
 
 from recsys.encoding import FeatureEncoder, resolve_features
 from recsys.params import load_params
+from recsys.rating_scale import RatingScale
 from recsys.seeding import set_seed
 from tests.conftest import PROJECT_ROOT
 
@@ -152,7 +153,9 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_predictions(tmp_p
     result = training.train_ranking_model(
         small_config(), encoder.cardinalities(), inputs, y, seed=3, epochs=2, verbose=0
     )
-    folder = training.save_ranking_model(result.model, encoder, tmp_path / "ranking_model", fitted_on=("train",))
+    folder = training.save_ranking_model(
+        result.model, encoder, tmp_path / "ranking_model", fitted_on=("train",), scale=RatingScale(1.0, 5.0, 1.0)
+    )
     np.savez(tmp_path / "inputs.npz", **inputs)
     expected = training.predict_ratings(result.model, inputs)
     script = (

@@ -33,8 +33,9 @@ def setup():
     movie_vectors = model.movie_tower(store.movie_inputs(np.arange(len(store.movies)), encoder)).vector.numpy()
     retriever = NumpyRetriever(store.users.index, user_vectors, store.movies.index, movie_vectors)
     from recsys.ranking_stage import RatingRanker
+    from recsys.rating_scale import RatingScale
 
-    ranker = RatingRanker(store, model, encoder, CONTEXT)
+    ranker = RatingRanker(store, model, encoder, CONTEXT, scale=RatingScale(1.0, 5.0, 1.0))
     return {
         "store": store,
         "encoder": encoder,
@@ -199,7 +200,7 @@ def test_context_defaults_to_now_and_is_validated(setup):
     assert set(now) == {"hour", "weekday", "month"} and all(len(v) == 3 for v in now.values())
     from recsys.ranking_stage import RatingRanker
 
-    now_ranker = RatingRanker(setup["store"], setup["model"], setup["encoder"], None)
+    now_ranker = RatingRanker(setup["store"], setup["model"], setup["encoder"], None, scale=setup["ranker"].scale)
     assert len(call(setup, 3, ranker=now_ranker)) == 5
     with pytest.raises(ValueError, match="hour=24"):
         context_inputs(setup["encoder"], {"hour": 24, "weekday": 0, "month": 1}, 1)
