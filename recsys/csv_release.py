@@ -25,10 +25,15 @@ def _content(path: Path, kind: str) -> bytes:
     data = path.read_bytes().rstrip(b"\r\n").replace(b"\r\n", b"\n")
     if not data:
         raise DataError(f"{path} is empty. Replace it with the file from the original MovieLens zip.")
+    if b"\r" in data:  # a lone CR would end a line for the parser but not for the line count
+        fail_at_line(path, data.count(b"\n", 0, data.index(b"\r")), "stray carriage return inside a line")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as error:
-        fail_at_line(path, data.count(b"\n", 0, error.start), "is not UTF-8 text (the CSV releases are UTF-8)")
+        bad = data[error.start : error.start + 4]
+        fail_at_line(
+            path, data.count(b"\n", 0, error.start), f"bytes {bad!r} are not UTF-8 (the CSV releases are UTF-8)"
+        )
     header = data.split(b"\n", 1)[0].decode("utf-8")
     if header != CSV_HEADERS[kind]:
         fail_at_line(path, 0, f"header '{shorten(header)}' is not '{CSV_HEADERS[kind]}'", _FIX_HEADER)
@@ -50,7 +55,7 @@ def _read(path: Path, data: bytes, names: list[str], dtype: dict) -> pd.DataFram
     except pd.errors.ParserError as error:  # a line with too many fields
         match = re.search(r"line (\d+)", str(error))
         fail_at_line(path, int(match.group(1)) - 1 if match else 0, f"cannot be parsed ({str(error).strip()})")
-    except ValueError:  # a value that is not of its column's type: find it with the text columns
+    except (ValueError, OverflowError):  # a value that is not of its column's type: find it with the text columns
         return None
 
 
@@ -69,14 +74,15 @@ def _fields_per_line(path: Path, data: bytes, n_fields: int) -> None:
         )
 
 
-def _integers(path: Path, text: pd.Series, what: str, lo: int, hi: int) -> np.ndarray:
+def _integers(path: Path, text: pd.Series, what: str, lo: int, hi: int, expected: str | None = None) -> np.ndarray:
     values = pd.to_numeric(text, errors="coerce")
     bad = values.isna().to_numpy() | ~text.str.fullmatch(r"[+-]?\d+").to_numpy()
     values = values.to_numpy(np.float64)
     bad |= (values < lo) | (values > hi)
     if bad.any():
         row = int(np.argmax(bad))
-        fail_at_line(path, row + 1, f"{what} '{shorten(text.iloc[row])}' is not an integer {lo}..{hi}")
+        expected = expected or f"an integer {lo}..{hi}"
+        fail_at_line(path, row + 1, f"{what} '{shorten(text.iloc[row])}' is not {expected}")
     return values.astype(np.int64)
 
 
@@ -89,13 +95,16 @@ def read_csv_movies(path: Path) -> pd.DataFrame:
     text = _content(path, "movies").decode("utf-8")
     reader = csv.reader(io.StringIO(text), strict=True)
     next(reader)
-    rows = []
+    lines_read = reader.line_num
+    rows, lines = [], []  # lines: each record's first line, 0-based (a quoted title may span lines)
     try:
         for row in reader:
+            lines.append(lines_read)
+            lines_read = reader.line_num
             if len(row) != 3:
                 fail_at_line(
                     path,
-                    reader.line_num - 1,
+                    lines[-1],
                     f"expected 3 fields (movieId,title,genres), found {len(row)}: '{shorten(','.join(row))}'"
                     " (a title with a comma must be quoted)",
                 )
@@ -103,18 +112,22 @@ def read_csv_movies(path: Path) -> pd.DataFrame:
     except csv.Error as error:
         fail_at_line(path, reader.line_num - 1, f"cannot be parsed ({error})")
     frame = pd.DataFrame(rows, columns=["movie_id", "title", "genres"], dtype=str)
-    movie_id = _integers(path, frame["movie_id"], "movie id", 1, np.iinfo(np.int32).max).astype(np.int32)
+    for column in ("movie_id", "title", "genres"):  # so a bad value's line is its record's line
+        frame[column] = frame[column].set_axis(range(len(frame)))
+    try:
+        movie_id = _integers(path, frame["movie_id"], "movie id", 1, np.iinfo(np.int32).max).astype(np.int32)
+    except DataError:
+        bad = ~frame["movie_id"].str.fullmatch(r"[+-]?\d+") | (pd.to_numeric(frame["movie_id"], errors="coerce") < 1)
+        row = int(np.argmax(bad.to_numpy()))
+        fail_at_line(path, lines[row], f"movie id '{shorten(frame['movie_id'].iloc[row])}' is not an integer >= 1")
     repeated = pd.Series(movie_id).duplicated().to_numpy()
     if repeated.any():
         row = int(np.argmax(repeated))
-        fail_at_line(
-            path,
-            row + 1,
-            f"movie id '{movie_id[row]}' is repeated (first on line {np.argmax(movie_id == movie_id[row]) + 2})",
-        )
+        first = int(np.argmax(movie_id == movie_id[row]))
+        fail_at_line(path, lines[row], f"movie id '{movie_id[row]}' is repeated (first on line {lines[first] + 1})")
     empty = (frame["title"].str.strip() == "").to_numpy() | (frame["genres"] == "").to_numpy()
     if empty.any():
-        fail_at_line(path, int(np.argmax(empty)) + 1, "title or genres is empty")
+        fail_at_line(path, lines[int(np.argmax(empty))], "title or genres is empty")
     return pd.DataFrame(
         {"movie_id": movie_id, "title": frame["title"].to_numpy(), "genres": frame["genres"].to_numpy()}
     ).astype({"title": "str", "genres": "str"})
@@ -130,8 +143,9 @@ def read_csv_ratings(path: Path, spec: DatasetSpec, movies: pd.DataFrame, files:
     )
     if frame is None:  # some value is not a number: read the text to name it
         text = _read(path, data, names, dict.fromkeys(names, str))
-        for column, what in (("user_id", "user id"), ("movie_id", "movie id"), ("timestamp", "timestamp")):
-            _integers(path, text[column], what, 1 if column != "timestamp" else -(2**62), 2**62)
+        for column, what in (("user_id", "user id"), ("movie_id", "movie id")):
+            _integers(path, text[column], what, 1, np.iinfo(np.int32).max)
+        _integers(path, text["timestamp"], "timestamp", -(2**62), 2**62, "a number of seconds since 1970-01-01")
         ratings = pd.to_numeric(text["rating"], errors="coerce").to_numpy(np.float64)
         check_ratings(path, ratings, lambda: text["rating"], spec.rating_scale, spec.rating_step, first_line=1)
         fail_at_line(path, 0, "cannot be parsed")  # every column parsed as text: unreachable

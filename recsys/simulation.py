@@ -157,6 +157,7 @@ class PolicyLog:
             raise ValueError("train interactions name users or movies outside the simulation's users and catalogue")
         matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, columns)), shape=(len(user_ids), len(movie_ids)))
         matrix.data[:] = 1.0  # duplicates summed by the constructor stay binary
+        _read_only(matrix)
         base = train[["user_id", "movie_id", "rating"]].reset_index(drop=True)
         accepted = pd.DataFrame({"user_id": np.empty(0, np.int64), "movie_id": np.empty(0, np.int64), "round": 0})
         return cls(user_ids, movie_ids, np.asarray(active, np.int64), base, accepted, matrix)
@@ -166,6 +167,7 @@ class PolicyLog:
         added = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, columns)), shape=self.matrix.shape)
         matrix = (self.matrix + added).tocsr()
         matrix.data[:] = 1.0
+        _read_only(matrix)
         accepted = pd.concat(
             [
                 self.accepted,
@@ -184,6 +186,12 @@ class PolicyLog:
         accepted = self.accepted[["user_id", "movie_id"]].assign(rating=np.nan)
         table = pd.concat([self.base, accepted], ignore_index=True)
         return table.assign(split="train")
+
+
+def _read_only(matrix: sp.csr_matrix) -> None:
+    """Lock a log's arrays: every policy starts from the same log, so none may change it in place."""
+    for array in (matrix.data, matrix.indices, matrix.indptr):
+        array.flags.writeable = False
 
 
 class Policy(Protocol):
@@ -245,8 +253,8 @@ def simulate(
     """Run every policy for `rounds` rounds in its own world; measure each round.
 
     Args:
-        policies: name -> policy (each gets its own copy of `start` and a generator seeded by
-            (seed, its position, round)).
+        policies: name -> policy (each starts from `start`, whose matrix is read-only, and gets a
+            generator seeded by (seed, its position, round)).
         hidden: the acceptance model; only this function reads it.
         start: the log of round 0 (train).
         rounds, k: rounds and list length.

@@ -100,6 +100,10 @@ class EmbeddingNoise:
     sigma: float
     target: str = "user"
 
+    def __post_init__(self):
+        if self.target not in ("user", "movie"):
+            raise ValueError(f"noise target must be 'user' or 'movie', got {self.target!r}")
+
 
 @dataclass(frozen=True)
 class LeastViewed:

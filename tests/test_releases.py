@@ -106,10 +106,30 @@ def test_a_bad_line_of_a_csv_release_names_file_line_and_value(tmp_path, movies,
     assert message in str(error.value)
 
 
+def test_csv_edge_cases_still_name_file_line_and_value(tmp_path):
+    folder = write_csv_release(
+        tmp_path / "ml-25m", ratings=RATINGS_CSV.replace("2,2,0.5", "99999999999999999999,2,0.5")
+    )
+    with pytest.raises(
+        DataError, match=r"ratings.csv line 4: user id '99999999999999999999' is not an integer 1..2147483647"
+    ):
+        data.read_movielens("ml-25m", folder)
+    folder = write_csv_release(tmp_path / "cr", ratings=RATINGS_CSV.replace("1,3,3.5", "1,3\r,3.5"))
+    with pytest.raises(DataError, match="ratings.csv line 3: stray carriage return"):
+        data.read_movielens("ml-25m", folder)
+    # a quoted title over two lines: later lines keep their physical numbers
+    spanning = (
+        MOVIES_CSV.replace('"American President, The (1995)"', '"American President,\nThe (1995)"')
+        + "2,Again (2000),Drama\n"
+    )
+    with pytest.raises(DataError, match=r"movies.csv line 7: movie id '2' is repeated \(first on line 4\)"):
+        data.read_movielens("ml-25m", write_csv_release(tmp_path / "span", movies=spanning))
+
+
 def test_a_csv_release_that_is_not_utf8_is_refused_at_its_line(tmp_path):
     folder = write_csv_release(tmp_path / "ml-20m")
     (folder / "movies.csv").write_bytes(MOVIES_CSV.replace("Amélie", "Am\xe9lie", 1).encode("latin-1"))
-    with pytest.raises(DataError, match=r"movies.csv line 3: is not UTF-8"):
+    with pytest.raises(DataError, match=r"movies.csv line 3: bytes b'\\xe9lie' are not UTF-8"):
         data.read_movielens("ml-20m", folder)
 
 

@@ -157,3 +157,16 @@ def test_no_policy_can_reach_the_hidden_model():
     # the walk would find it if a log carried it (the test can fail)
     assert _holds_hidden(_reachable([{"leak": SimpleNamespace(preferences=hidden)}]), hidden)
     assert _holds_hidden(_reachable([[hidden.z[:3]]]), hidden)  # a view of its scores counts too
+
+
+def test_a_log_cannot_be_changed_in_place_and_a_noise_target_is_checked():
+    from recsys.simulation_policies import EmbeddingNoise
+
+    start, _ = tiny_world()
+    with pytest.raises(ValueError, match="read-only"):
+        start.matrix.data[0] = 5.0
+    grown = start.with_accepted(np.array([0]), np.array([int(np.flatnonzero(start.matrix[0].toarray()[0] == 0)[0])]), 1)
+    with pytest.raises(ValueError, match="read-only"):
+        grown.matrix.indices[0] = 0
+    with pytest.raises(ValueError, match="'user' or 'movie'"):
+        EmbeddingNoise(0.1, "users")
