@@ -74,7 +74,11 @@ def _fields_per_line(path: Path, data: bytes, n_fields: int) -> None:
         )
 
 
-def _integers(path: Path, text: pd.Series, what: str, lo: int, hi: int, expected: str | None = None) -> np.ndarray:
+def _integers(
+    path: Path, text: pd.Series, what: str, lo: int, hi: int, expected: str | None = None, lines=None
+) -> np.ndarray:
+    """The column as int64, or a DataError naming the first bad value and its line (`lines`: each row's 0-based
+    line; by default row + 1, the line after the header)."""
     values = pd.to_numeric(text, errors="coerce")
     bad = values.isna().to_numpy() | ~text.str.fullmatch(r"[+-]?\d+").to_numpy()
     values = values.to_numpy(np.float64)
@@ -82,7 +86,9 @@ def _integers(path: Path, text: pd.Series, what: str, lo: int, hi: int, expected
     if bad.any():
         row = int(np.argmax(bad))
         expected = expected or f"an integer {lo}..{hi}"
-        fail_at_line(path, row + 1, f"{what} '{shorten(text.iloc[row])}' is not {expected}")
+        fail_at_line(
+            path, row + 1 if lines is None else lines[row], f"{what} '{shorten(text.iloc[row])}' is not {expected}"
+        )
     return values.astype(np.int64)
 
 
@@ -112,14 +118,7 @@ def read_csv_movies(path: Path) -> pd.DataFrame:
     except csv.Error as error:
         fail_at_line(path, reader.line_num - 1, f"cannot be parsed ({error})")
     frame = pd.DataFrame(rows, columns=["movie_id", "title", "genres"], dtype=str)
-    for column in ("movie_id", "title", "genres"):  # so a bad value's line is its record's line
-        frame[column] = frame[column].set_axis(range(len(frame)))
-    try:
-        movie_id = _integers(path, frame["movie_id"], "movie id", 1, np.iinfo(np.int32).max).astype(np.int32)
-    except DataError:
-        bad = ~frame["movie_id"].str.fullmatch(r"[+-]?\d+") | (pd.to_numeric(frame["movie_id"], errors="coerce") < 1)
-        row = int(np.argmax(bad.to_numpy()))
-        fail_at_line(path, lines[row], f"movie id '{shorten(frame['movie_id'].iloc[row])}' is not an integer >= 1")
+    movie_id = _integers(path, frame["movie_id"], "movie id", 1, np.iinfo(np.int32).max, lines=lines).astype(np.int32)
     repeated = pd.Series(movie_id).duplicated().to_numpy()
     if repeated.any():
         row = int(np.argmax(repeated))

@@ -103,6 +103,10 @@ def strategy_table(run_dir: Path) -> list[dict]:
     return rows
 
 
+def _number_cell(value: float | None) -> str:
+    return '<td class="num">–</td>' if value is None else f'<td class="num">{value:.4f}</td>'
+
+
 SIMULATION_METRICS = ("accepted_per_user", "coverage_final", "gini_final", "accepted_popularity")
 SIMULATION_FIGURE = "coverage_over_rounds.png"  # written by the simulation notebook beside its metrics.json
 
@@ -136,11 +140,9 @@ def _simulation_html(run_dir: Path, reports_dir: Path) -> str:
     stage, rows = found
     columns = [*SIMULATION_METRICS, "accepted_per_user_spread", "coverage_final_spread"]
 
-    def cell(value):
-        return '<td class="num">–</td>' if value is None else f'<td class="num">{value:.4f}</td>'
-
     body = "".join(
-        f"<tr><td>{html.escape(r['policy'])}</td>" + "".join(cell(r[c]) for c in columns) + "</tr>" for r in rows
+        f"<tr><td>{html.escape(r['policy'])}</td>" + "".join(_number_cell(r[c]) for c in columns) + "</tr>"
+        for r in rows
     )
     part = (
         f"<h3>Closed-loop simulation ({html.escape(stage)}): every policy in its own world over the rounds; "
@@ -301,13 +303,9 @@ def _summary_html(run_dir: Path, reports_dir: Path) -> str:
             f"<table><tr><th>model</th><th>RMSE</th><th>MAE</th></tr>{body}</table>"
         )
     if strategies:
-
-        def cell(value):
-            return '<td class="num">–</td>' if value is None else f'<td class="num">{value:.4f}</td>'
-
         body = "".join(
             f"<tr><td>{html.escape(r['stage'])}</td><td>{html.escape(r['strategy'])}</td>"
-            + "".join(cell(r[m]) for m in LIST_METRICS)
+            + "".join(_number_cell(r[m]) for m in LIST_METRICS)
             + "</tr>"
             for r in strategies
         )

@@ -25,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy import optimize, special
 
+from recsys import metrics
 from recsys.splits import tie_break_key
 
 MEASURES = (
@@ -216,15 +217,6 @@ def acceptance_draws(seed: int, round_: int, user_ids: np.ndarray, movie_ids: np
     return (keys >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
-def gini(counts: np.ndarray) -> float:
-    """Gini index of exposure counts over the whole catalogue (0 even, near 1 a few movies take all)."""
-    counts = np.sort(np.asarray(counts, np.float64))
-    n, total = len(counts), counts.sum()
-    if total == 0:
-        return float("nan")
-    return float(np.sum((2 * np.arange(1, n + 1) - n - 1) * counts) / (n * total))
-
-
 def _check_lists(shown: np.ndarray, log: PolicyLog, k: int, name: str) -> np.ndarray:
     shown = np.asarray(shown)
     if shown.shape != (len(log.active), k) or shown.dtype.kind not in "iu":
@@ -292,8 +284,8 @@ def simulate(
                     "round": round_ + 1,
                     "accepted_per_user": float(accepted.sum() / len(shown)),
                     "cumulative_accepted_per_user": float(cumulative),
-                    "coverage": float((shown_counts > 0).mean()),
-                    "gini": gini(shown_counts),
+                    "coverage": metrics.coverage_at_k(shown, len(exposure), k),
+                    "gini": metrics.gini_index(shown, len(exposure), k),
                     "shown_popularity": float(popularity[shown].mean()),
                     "accepted_popularity": float(popularity[taken].mean()) if taken.size else float("nan"),
                     "never_shown": float((exposure == 0).mean()),

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy import special
 
+from recsys import metrics
 from recsys import simulation as sim
 from recsys.simulation_policies import PopularityPolicy, RandomPolicy
 
@@ -54,8 +55,9 @@ def test_acceptance_draws_are_common_to_policies_and_fixed_by_seed_and_round():
 
 
 def test_gini_of_exposure():
-    assert sim.gini(np.ones(10)) == pytest.approx(0.0)
-    assert sim.gini(np.eye(10)[0]) == pytest.approx(0.9)  # (n - 1) / n: one movie takes all
+    # the rounds measure exposure with the project's one Gini (metrics.gini_index) over the round's lists
+    assert metrics.gini_index(np.arange(10)[:, None], 10, k=1) == pytest.approx(0.0)
+    assert metrics.gini_index(np.zeros((4, 1), np.int64), 10, k=1) == pytest.approx(0.9)  # one movie takes all
 
 
 def test_rounds_rerun_identically_and_each_policy_keeps_its_own_log():
