@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -235,12 +236,15 @@ class Run:
     def write_metrics(self, stage: str, metrics: dict) -> Path:
         """Write a notebook's flat metrics.json (numbers and short strings) atomically.
 
-        A notebook run by hand records its manifest entry here (its last step).
+        It adds `kernel_peak_rss_gb`: the peak resident memory of this process so far (the
+        notebook's kernel, whose last step this is), in GB of 10^9 bytes. A notebook run by hand
+        records its manifest entry here (its last step).
         """
         for key, value in metrics.items():
             if isinstance(value, (dict, list, tuple)):
                 raise TypeError(f"metrics.json must be flat: {key!r} holds a {type(value).__name__}")
-        path = write_json(self.stage_dir(stage) / "metrics.json", metrics)
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
+        path = write_json(self.stage_dir(stage) / "metrics.json", {**metrics, "kernel_peak_rss_gb": peak_gb})
         if self._by_hand is not None and stage == self.stage:
             from recsys import provenance
 

@@ -14,9 +14,18 @@ from typing import Any, NoReturn
 import numpy as np
 import pandas as pd
 
+from recsys.artifacts import atomic_dir
 from recsys.download import fetch_dataset, locate_files
-from recsys.movielens import DATASETS, KNOWN_DATASETS, ML1M_AGE_CODES, ML100K_GENRES, DataError, DatasetSpec
-from recsys.synthetic import SYNTHETIC_VERSION, generate_synthetic
+from recsys.movielens import (
+    DATASETS,
+    KNOWN_DATASETS,
+    ML1M_AGE_CODES,
+    ML100K_GENRES,
+    SYNTHETIC_FORMATS,
+    DataError,
+    DatasetSpec,
+)
+from recsys.synthetic import SYNTHETIC_VERSION, generate_synthetic, generate_synthetic_csv
 
 _FIX_LINE = "Fix or remove that line, or replace the file with the one from the original MovieLens zip."
 _INT_RE = r"[+-]?\d+"
@@ -163,7 +172,7 @@ class _Table:
         """The rating column checked against the release's scale: int8 for whole stars, float32 for half stars."""
         if step == 1:
             lo, hi = int(scale[0]), int(scale[1])
-            return table_ints(self, column, lo, hi).astype(np.int8)
+            return self.ints(column, "rating", lo=lo, hi=hi, not_int=f"is not an integer {lo}..{hi}").astype(np.int8)
         values = pd.to_numeric(self.df[column], errors="coerce").to_numpy(np.float64)
         return check_ratings(self.path, values, lambda: self.raw(column), scale, step, first_line=0)
 
@@ -190,10 +199,6 @@ class _Table:
             row = int(np.argmax(duplicated))
             first = int(np.argmax(ids == ids[row]))
             fail_at_line(self.path, row, f"{what} '{ids[row]}' is repeated (first on line {first + 1})")
-
-
-def table_ints(table: _Table, column: str, lo: int, hi: int) -> np.ndarray:
-    return table.ints(column, "rating", lo=lo, hi=hi, not_int=f"is not an integer {lo}..{hi}")
 
 
 def check_ratings(
@@ -391,11 +396,13 @@ def load_dataset(
     must give the same schema and the same strict checks, so the notebooks never branch.
 
     Args:
-        dataset: "ml-1m", "ml-100k" or "synthetic".
+        dataset: one of movielens.KNOWN_DATASETS ("ml-1m", "ml-100k", "ml-10m", "ml-20m",
+            "ml-25m", "synthetic").
         data_dir: folder with the extracted files (relative to the current dir); if set, it is
             read and nothing is downloaded. None or "" downloads (or generates) into the cache.
         download: the params `download` group (sources, cache_dir, timeout_s).
-        synthetic: the params `synthetic` group (generate_synthetic's size arguments).
+        synthetic: the params `synthetic` group: `format` (ml-1m: generate_synthetic's files;
+            ml-25m: generate_synthetic_csv's, n_users x ratings_per_user ratings) and the sizes.
         seed: the run seed; it also seeds the synthetic generator.
         project_root: the folder `download["cache_dir"]` is relative to.
 
@@ -403,22 +410,40 @@ def load_dataset(
         The parsed MovieLensData.
 
     Raises:
-        DataError: unknown dataset, or missing/malformed files.
+        DataError: unknown dataset or synthetic format, or missing/malformed files.
         DownloadError: no download source worked.
     """
     if dataset not in KNOWN_DATASETS:
         raise DataError(
             f"unknown dataset {dataset!r}: choose one of {', '.join(KNOWN_DATASETS)} (e.g. `-p dataset=ml-1m`)."
         )
-    fmt = "ml-1m" if dataset == "synthetic" else dataset  # the synthetic files are ML-1M format
+    fmt = dataset
+    if dataset == "synthetic":
+        fmt = synthetic.get("format", "ml-1m")
+        if fmt not in SYNTHETIC_FORMATS:
+            raise DataError(
+                f"synthetic.format {fmt!r} is not one the generator writes: choose one of {', '.join(SYNTHETIC_FORMATS)}"
+            )
     if data_dir:
         return read_movielens(fmt, Path(data_dir).expanduser())
     cache_dir = Path(project_root) / download["cache_dir"]
     if dataset == "synthetic":
         key = json.dumps({"params": synthetic, "seed": seed, "generator": SYNTHETIC_VERSION}, sort_keys=True)
         folder = cache_dir / f"synthetic-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
-        if not all((folder / f).is_file() for f in DATASETS["ml-1m"].files.values()):
-            generate_synthetic(folder, seed=seed, **synthetic)
+        if not all((folder / f).is_file() for f in DATASETS[fmt].files.values()):
+            _generate(folder, fmt, synthetic, seed)
         return read_movielens(fmt, folder)
     folder = fetch_dataset(dataset, download["sources"], cache_dir, download["timeout_s"])
     return read_movielens(dataset, folder)
+
+
+def _generate(folder: Path, fmt: str, synthetic: dict, seed: int) -> None:
+    """Write the synthetic files of `synthetic` in the format `fmt` into `folder`, whole or not at all."""
+    sizes = {name: synthetic[name] for name in ("n_users", "n_movies", "n_factors", "noise")}
+    with atomic_dir(folder) as tmp:
+        if fmt == "ml-1m":
+            generate_synthetic(Path(tmp), ratings_per_user=synthetic["ratings_per_user"], seed=seed, **sizes)
+        else:
+            generate_synthetic_csv(
+                Path(tmp), n_ratings=sizes["n_users"] * synthetic["ratings_per_user"], seed=seed, **sizes
+            )

@@ -93,13 +93,15 @@ def feature_rating_association(interactions: pd.DataFrame) -> pd.DataFrame:
     """How strongly each feature goes with the rating.
 
     Numeric features get Pearson's r (signed), categorical ones the correlation ratio eta
-    (0..1, unsigned; comparable to |r|), and each genre flag its point-biserial r.
+    (0..1, unsigned; comparable to |r|), and each genre flag its point-biserial r. User
+    attributes enter only where the release has them (none without a users file).
     """
     rating = interactions["rating"].astype(float)
     rows = []
     for column in ("year", "hour", "rating_year"):
         rows.append((column, "pearson r", float(interactions[column].astype(float).corr(rating))))
-    for column in ("gender", "age_group", "occupation", "state", "weekday_name", "month", "hour"):
+    user_columns = [c for c in ("gender", "age_group", "occupation", "state") if c in interactions.columns]
+    for column in (*user_columns, "weekday_name", "month", "hour"):
         rows.append((column, "eta", correlation_ratio(interactions[column].astype(object), rating)))
     for column in genre_columns(interactions):
         rows.append((column, "point-biserial r", float(interactions[column].astype(float).corr(rating))))

@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from recsys import metrics
 from recsys.candidates import NO_MOVIE
 from recsys.features import genre_columns
+from recsys.score_blocks import RowScores, top_k_in_blocks
 from recsys.splits import SPLIT_NAMES
 
 RETRIEVAL_KS = metrics.DEFAULT_KS
@@ -85,19 +86,22 @@ def split_matrices(interactions: pd.DataFrame, user_ids: np.ndarray, movie_ids: 
 
 
 def evaluate_scores(
-    scores: np.ndarray, matrices: SplitMatrices, split: str, ks: Sequence[int] = RETRIEVAL_KS
+    scores: np.ndarray | RowScores, matrices: SplitMatrices, split: str, ks: Sequence[int] = RETRIEVAL_KS
 ) -> tuple[dict[str, float], np.ndarray]:
     """Full-ranking recall/NDCG/hit rate of a users x catalogue score matrix, seen items excluded.
 
+    The lists are built a block of users at a time (`score_blocks.top_k_in_blocks`), so a
+    `RowScores` never has all its rows in memory at once.
+
     Args:
-        scores: (n_users, n_movies), rows and columns as in `matrices`.
+        scores: (n_users, n_movies), rows and columns as in `matrices`: an array or a RowScores.
         split: "val" (train excluded) or "test" (train and val excluded).
         ks: list lengths.
 
     Returns:
         (metrics.retrieval_metrics's dict, the (n_users, max(ks)) top item columns).
     """
-    top_items = metrics.top_k_from_scores(scores, max(ks), exclude=matrices.seen(split))
+    top_items = top_k_in_blocks(scores, max(ks), exclude=matrices.seen(split))
     return metrics.retrieval_metrics(top_items, matrices.relevant(split), ks), top_items
 
 

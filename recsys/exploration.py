@@ -190,23 +190,33 @@ def least_viewed_movies(
 
 
 def least_viewed_pool(
-    retrieved: pd.DataFrame, least_viewed: Sequence[int], user_ids: Sequence[int], seen: pd.DataFrame
+    retrieved: pd.DataFrame,
+    least_viewed: Sequence[int],
+    user_ids: Sequence[int],
+    seen: pd.DataFrame,
+    per_user: int = 0,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Every user's candidates: the retrieved movies, then every least-viewed movie; seen pairs dropped.
+    """Every user's candidates: the retrieved movies, then the least-viewed movies; seen pairs dropped.
 
     A movie that is both retrieved and least viewed keeps the label "retrieval" (retrieval found it).
+    On a large catalogue thousands of movies are least viewed (users x them rows would not fit), so
+    `per_user` gives each user a seeded sample of them instead.
 
     Args:
         retrieved: (user_id, movie_id) rows, each user's in retrieval order.
-        least_viewed: the movies added to every user's candidates.
+        least_viewed: the movies added to the users' candidates.
         user_ids: the users who get them.
         seen: (user_id, movie_id) pairs to drop (the feature store's `seen_pairs()`).
+        per_user: least-viewed movies per user, a seeded sample for each; 0 = all of them.
+        seed: seeds the samples.
 
     Returns:
         DataFrame(user_id, movie_id, source), no repeated pair; per user, source "retrieval" (in
         retrieved order) then "least-viewed".
     """
     user_ids, extra = np.asarray(user_ids, dtype=np.int64), np.asarray(least_viewed, dtype=np.int64)
+    added = _sample_per_user(extra, len(user_ids), per_user, seed)
     pool = pd.concat(
         [
             pd.DataFrame(
@@ -218,8 +228,8 @@ def least_viewed_pool(
             ),
             pd.DataFrame(
                 {
-                    "user_id": np.repeat(user_ids, len(extra)),
-                    "movie_id": np.tile(extra, len(user_ids)),
+                    "user_id": np.repeat(user_ids, added.shape[1]),
+                    "movie_id": added.ravel(),
                     "source": SOURCE_LEAST_VIEWED,
                 }
             ),
@@ -229,18 +239,35 @@ def least_viewed_pool(
     return pool[pool["_seen"].isna()].drop(columns="_seen").reset_index(drop=True)
 
 
+def _sample_per_user(movies: np.ndarray, n_users: int, per_user: int, seed: int) -> np.ndarray:
+    """(n_users, m) movies per user: all of them in order (per_user 0 or >= len), else a seeded sample of per_user each."""
+    if per_user == 0 or per_user >= len(movies):
+        return np.broadcast_to(movies, (n_users, len(movies)))
+    rng = np.random.default_rng(seed)
+    block = max(1, 10_000_000 // len(movies))  # users drawn at once: about 10M random keys
+    rows = [
+        movies[
+            np.argpartition(rng.random((min(block, n_users - start), len(movies))), per_user - 1, axis=1)[:, :per_user]
+        ]
+        for start in range(0, n_users, block)
+    ]
+    return np.concatenate(rows) if rows else np.empty((0, per_user), movies.dtype)
+
+
 def add_least_viewed(
     candidates: pd.DataFrame,
     least_viewed: Sequence[int],
     user_ids: Sequence[int],
     seen: pd.DataFrame,
     ranks: pd.DataFrame | None = None,
+    per_user: int = 0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """A candidate table with every least-viewed movie added to each user's candidates (`least_viewed_pool`).
 
     Args:
         candidates: a candidate table (recsys.candidates.CANDIDATE_COLUMNS), each user's rows in order.
-        least_viewed, user_ids, seen: as for `least_viewed_pool`.
+        least_viewed, user_ids, seen, per_user, seed: as for `least_viewed_pool`.
         ranks: the candidate table whose per-source ranks and scores the rows take (default
             `candidates`; a larger one keeps the ranks of least-viewed movies some source proposed).
 
@@ -249,7 +276,7 @@ def add_least_viewed(
         labelled SOURCE_LEAST_VIEWED (ranks 0 unless `ranks` has them); seen pairs dropped.
     """
     ranks = candidates if ranks is None else ranks
-    pool = least_viewed_pool(candidates, least_viewed, user_ids, seen)
+    pool = least_viewed_pool(candidates, least_viewed, user_ids, seen, per_user, seed)
     pairs = pool[["user_id", "movie_id"]]
     table = pairs.merge(ranks.drop(columns="source"), on=["user_id", "movie_id"], how="left")
     table = table.fillna({"retrieval_rank": 0, "ease_rank": 0}).astype(

@@ -13,13 +13,11 @@ import scipy.sparse as sp
 
 from recsys.artifacts import atomic_dir
 from recsys.encoding import FeatureEncoder
-from recsys.features import genre_columns
+from recsys.features import genre_columns, user_attribute_columns
 from recsys.splits import SPLIT_NAMES
 from recsys.tables import IdIndex
 
 MOVIE_DISPLAY_COLUMNS = ("title", "genres", "year")
-# the users' features, as read (a model's encoder turns them into its inputs on first use)
-USER_FEATURE_COLUMNS = ("gender", "age_group", "occupation", "zip5", "city", "state")
 _FILES = ("movies.parquet", "users.parquet", "seen.parquet", "history.parquet", "store.json")
 _FORMAT_VERSION = 2
 
@@ -97,7 +95,8 @@ class FeatureStore:
         movies: index movie_id; title (clean), genres ('|'-joined), year, popularity (train
             interactions), popularity_rank (1 = most popular; ties by movie id), mean_rating
             (train; NaN if unrated), then the multi-hot genre_* columns.
-        users: index user_id; gender, age_group, occupation, zip5, city, state, n_train_ratings.
+        users: index user_id; gender, age_group, occupation, zip5, city, state (the attributes the
+            release has: none without a users file), n_train_ratings.
         seen_splits: the interaction splits whose movies count as seen.
         history_splits: the splits a user's history comes from (the input of history-based
             features such as EASE's scores and genre affinity), and the counts above.
@@ -187,7 +186,7 @@ class FeatureStore:
         movie_table = movie_table.join(movies.set_index("movie_id")[genre_columns(movies)])
 
         user_ids = users["user_id"].to_numpy()
-        user_table = users.set_index("user_id")[list(USER_FEATURE_COLUMNS)].copy()
+        user_table = users.set_index("user_id")[user_attribute_columns(users)].copy()
         user_table["n_train_ratings"] = (
             train["user_id"].value_counts().reindex(user_ids, fill_value=0).to_numpy(np.int64)
         )

@@ -30,8 +30,11 @@ _ARTICLE_RE = (
 _USER_COLUMNS = ("user_id", "gender", "age", "occupation", "zip_code")
 _MOVIE_COLUMNS = ("movie_id", "title", "genres")
 _RATING_COLUMNS = ("user_id", "movie_id", "rating", "timestamp")
-# User and movie columns copied onto every interaction (genre_list stays out: lists are slow in Parquet).
-_INTERACTION_USER_COLUMNS = ("gender", "age_group", "occupation", "zip5", "city", "state")
+# The user attributes of each feature group a release may offer (recsys.movielens.FEATURE_GROUPS):
+# releases without a users file (ML-10M on) have neither group, and their users table holds only user_id.
+DEMOGRAPHIC_COLUMNS = ("gender", "age_group", "occupation")
+LOCATION_COLUMNS = ("zip5", "city", "state")
+# Movie columns copied onto every interaction (genre_list stays out: lists are slow in Parquet).
 _INTERACTION_MOVIE_COLUMNS = ("title_clean", "year", "genres")
 
 
@@ -190,8 +193,11 @@ def user_features(
 ) -> tuple[pd.DataFrame, dict]:
     """Readable user attributes: age group, occupation name, 5-digit ZIP, city and state.
 
+    A release without a users file (ML-10M, ML-20M, ML-25M) gives a users table with user_id only:
+    then there is nothing to derive, the table is returned as it is and zip_stats is None.
+
     Args:
-        users: the parsed users table (user_id, gender, age, occupation, zip_code).
+        users: the parsed users table (user_id, gender, age, occupation, zip_code), or user_id only.
         geo_backend: ZIP database, one of geo.GEO_BACKENDS.
         uszipcode_db: path to uszipcode's simple_db.sqlite (uszipcode backend only).
 
@@ -199,12 +205,15 @@ def user_features(
         (features, zip_stats). features has columns user_id, gender, age, age_group, occupation,
         zip_code (raw), zip5, city, state, in users' row order and index. zip_stats holds n_users,
         n_zip_invalid (not a US ZIP, so no location), n_zip_unresolved (a 5-digit ZIP the backend
-        does not know), zip_state_resolved_share (users with a state / all users) and geo_backend.
+        does not know), zip_state_resolved_share (users with a state / all users) and geo_backend;
+        None when the table has user_id only.
 
     Raises:
         FeatureError: a required column is missing or an occupation code is undefined.
         geo.GeoError: the geo backend cannot be used.
     """
+    if list(users.columns) == ["user_id"]:
+        return users.copy(), None
     require_columns(users, _USER_COLUMNS, "users", FeatureError)
     zip5 = geo.standardize_zip(users["zip_code"])
     location = geo.lookup_city_state(zip5, backend=geo_backend, uszipcode_db=uszipcode_db)
@@ -305,13 +314,13 @@ def build_interactions(ratings: pd.DataFrame, users_feat: pd.DataFrame, movies_f
 
     Args:
         ratings: the parsed ratings (user_id, movie_id, rating, timestamp, and any further columns).
-        users_feat: the output of `user_features`.
+        users_feat: the output of `user_features` (its user attributes, where it has them).
         movies_feat: the output of `movie_features`.
 
     Returns:
         ratings' columns, then datetime, hour, weekday, weekday_name, month, rating_year (the
-        rating's year; `year` is the movie's), gender, age_group, occupation, zip5, city, state,
-        title_clean, year, genres and the genre_* multi-hot columns; same row order and index as
+        rating's year; `year` is the movie's), gender, age_group, occupation, zip5, city, state
+        (those users_feat has: none for a release without a users file), title_clean, year, genres and the genre_* multi-hot columns; same row order and index as
         ratings.
 
     Raises:
@@ -319,7 +328,8 @@ def build_interactions(ratings: pd.DataFrame, users_feat: pd.DataFrame, movies_f
             user or movie the feature tables lack, or ratings already has a feature column's name.
     """
     require_columns(ratings, _RATING_COLUMNS, "ratings", FeatureError)
-    require_columns(users_feat, ("user_id", *_INTERACTION_USER_COLUMNS), "users_feat", FeatureError)
+    user_columns = user_attribute_columns(users_feat)
+    require_columns(users_feat, ("user_id",), "users_feat", FeatureError)
     require_columns(movies_feat, ("movie_id", *_INTERACTION_MOVIE_COLUMNS), "movies_feat", FeatureError)
 
     times = time_features(ratings["timestamp"]).rename(columns={"year": "rating_year"})
@@ -329,7 +339,7 @@ def build_interactions(ratings: pd.DataFrame, users_feat: pd.DataFrame, movies_f
     parts = [
         ratings.reset_index(drop=True),
         times.reset_index(drop=True),
-        users_feat[list(_INTERACTION_USER_COLUMNS)].take(user_rows).reset_index(drop=True),
+        users_feat[user_columns].take(user_rows).reset_index(drop=True),
         movies_feat[movie_columns].take(movie_rows).reset_index(drop=True),
     ]
     clashes = sorted(set(ratings.columns) & set().union(*(part.columns for part in parts[1:])))
@@ -338,6 +348,28 @@ def build_interactions(ratings: pd.DataFrame, users_feat: pd.DataFrame, movies_f
             f"ratings already has the feature columns {clashes}; pass the parsed ratings, not an interactions table"
         )
     return pd.concat(parts, axis=1).set_axis(ratings.index)
+
+
+def user_attribute_columns(users_feat: pd.DataFrame) -> list[str]:
+    """The user attribute columns a users (or interactions) table carries, by whole feature group.
+
+    A group is all or nothing: a table with some of a group's columns but not all is refused, so
+    a half-built table cannot pass for a release without that group.
+
+    Raises:
+        FeatureError: a group is incomplete, naming the columns it lacks.
+    """
+    columns = []
+    for name, group in (("demographics", DEMOGRAPHIC_COLUMNS), ("location", LOCATION_COLUMNS)):
+        present = [c for c in group if c in users_feat.columns]
+        if present and len(present) < len(group):
+            missing = [c for c in group if c not in present]
+            raise FeatureError(
+                f"the {name} columns are incomplete: {present} present, {missing} missing; "
+                "build the users table with features.user_features"
+            )
+        columns += present
+    return columns
 
 
 def _positions(keys: pd.Series, values: pd.Series, column: str, table: str) -> np.ndarray:

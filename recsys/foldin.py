@@ -18,6 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recsys import metrics
+from recsys.score_blocks import RowScores, top_k_in_blocks
 from recsys.sequences import pad_left
 from recsys.tables import require_columns
 
@@ -45,16 +46,16 @@ class FoldIn:
         (column + 1, PAD = 0), oldest first, left-padded (the latest `length` if n_given > length)."""
         return pad_left((self.given_columns + 1).astype(np.int32), length)
 
-    def _top(self, scores: np.ndarray, ks: Sequence[int]) -> np.ndarray:
+    def _top(self, scores: np.ndarray | RowScores, ks: Sequence[int]) -> np.ndarray:
         if scores.shape != self.given.shape:
             raise ValueError(f"scores have shape {scores.shape}; the fold-in users x catalogue is {self.given.shape}")
-        return metrics.top_k_from_scores(scores, max(ks), exclude=self.given)
+        return top_k_in_blocks(scores, max(ks), exclude=self.given)
 
-    def evaluate(self, scores: np.ndarray, ks: Sequence[int] = (10,)) -> dict[str, float]:
+    def evaluate(self, scores: np.ndarray | RowScores, ks: Sequence[int] = (10,)) -> dict[str, float]:
         """Recall/NDCG/hit rate at `ks` of a (n_users, n_movies) score matrix, the given movies excluded."""
         return metrics.retrieval_metrics(self._top(scores, ks), self.rest, ks)
 
-    def per_user(self, scores: np.ndarray, ks: Sequence[int] = (10,)) -> pd.DataFrame:
+    def per_user(self, scores: np.ndarray | RowScores, ks: Sequence[int] = (10,)) -> pd.DataFrame:
         """`evaluate` before averaging: one row per fold-in user (indexed by user_id), for bootstrap spreads."""
         values = metrics.per_user_retrieval_metrics(self._top(scores, ks), self.rest, ks)
         rows = values.pop("user_rows")

@@ -56,7 +56,7 @@ class UserQueryModel(tf.keras.Model):
         inputs = encoder.user_inputs(user_table)
         self.user_features = {
             name: tf.Variable(np.concatenate([inputs[name], np.zeros(1, np.int32)]), trainable=False, name=name)
-            for name in model_inputs(model.config)[0]
+            for name in model_inputs(model.config, encoder.cardinalities())[0]
         }
 
     def call(self, user_ids: tf.Tensor) -> tf.Tensor:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KNOWN_DATASETS = ("ml-1m", "ml-100k", "synthetic")
+KNOWN_DATASETS = ("ml-1m", "ml-100k", "ml-10m", "ml-20m", "ml-25m", "synthetic")
+# The file formats the synthetic generator can write: a release whose layout it copies.
+SYNTHETIC_FORMATS = ("ml-1m", "ml-25m")
 
 
 class DataError(ValueError):

@@ -211,7 +211,7 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
     # imported here so the choices live once, in the module that implements them
     from recsys.configs import HEAD_INPUTS, OPTIMIZERS, RETRIEVAL_MODELS
     from recsys.geo import GEO_BACKENDS
-    from recsys.movielens import KNOWN_DATASETS
+    from recsys.movielens import KNOWN_DATASETS, SYNTHETIC_FORMATS
     from recsys.rankers import RANKER_NAMES
     from recsys.splits import SPLIT_STRATEGIES
 
@@ -221,6 +221,7 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "dataset": _one_of(*KNOWN_DATASETS),
         "download.sources": _non_empty,
         "download.timeout_s": _at_least(1),
+        "synthetic.format": _one_of(*SYNTHETIC_FORMATS),
         "synthetic.n_users": _at_least(10),
         "synthetic.n_movies": _at_least(25),
         "synthetic.ratings_per_user": _at_least(20),
@@ -278,6 +279,9 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "split.foldin_share": _share,
         "split.foldin_given": _grid(_at_least(1)),
         "ease.l2_grid": _grid(_positive),
+        "ease.max_items": _at_least(0),
+        "ranker.max_learning_users": _at_least(0),
+        "least_viewed.per_user": _at_least(0),
         "scann.num_leaves": _at_least(1),
         "scann.num_leaves_to_search": _at_least(1),
         "scann.num_reordering_candidates": _at_least(0),

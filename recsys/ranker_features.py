@@ -63,8 +63,12 @@ class FeatureSources:
 
     @property
     def features(self) -> tuple[str, ...]:
-        """The feature columns these sources give, in FEATURES order."""
-        skipped = set()
+        """The feature columns these sources give, in FEATURES order.
+
+        The demographic codes are left out when the store's users have none (a release without a
+        users file): a column of unknowns would be a constant the ranker cannot use.
+        """
+        skipped = {name for name in CATEGORICAL if name not in self.store.users.columns}
         if self.ease is None:
             skipped |= set(FEATURE_GROUPS["ease"])
         if self.predicted_rating is None:
@@ -138,7 +142,7 @@ def _store_columns(store: FeatureStore) -> tuple[dict[str, np.ndarray], dict[str
             },
             {
                 "log_activity": np.log1p(users["n_train_ratings"].to_numpy(np.float64)),
-                **{name: store.user_codes(name).astype(np.float64) for name in CATEGORICAL},
+                **{name: store.user_codes(name).astype(np.float64) for name in CATEGORICAL if name in users.columns},
             },
         )
     return cache["_ranker_columns"]

@@ -37,7 +37,7 @@ class TwoTowerRatingModel(tfrs.Model):
         super().__init__()
         self.config = config
         self.global_mean = float(global_mean)
-        use = resolve_features(config.features)
+        use = resolve_features(config.features, cardinalities)
         self.user_tower = UserTower(cardinalities, config.embedding_dim, config.side_dim, use, config.init_std)
         self.movie_tower = MovieTower(cardinalities, config.embedding_dim, config.side_dim, use, config.init_std)
         self.context = ContextEncoder(cardinalities, config.side_dim, use) if use & set(CONTEXT_FEATURES) else None

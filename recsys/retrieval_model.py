@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ import tensorflow_recommenders as tfrs
 from recsys.artifacts import read_model_folder, save_model_folder
 from recsys.configs import RetrievalConfig
 from recsys.encoding import CONTEXT_FEATURES, MOVIE_FEATURES, USER_FEATURES, FeatureEncoder, resolve_features
+from recsys.score_blocks import RowScores
 from recsys.towers import ContextEncoder, MovieTower, UserTower
 
 EMBED_BATCH = 8192
@@ -35,7 +36,7 @@ class QueryTower(tf.keras.layers.Layer):
 
     def __init__(self, cardinalities: dict[str, int], config: RetrievalConfig, **kwargs):
         super().__init__(**kwargs)
-        use = resolve_features(config.features)
+        use = resolve_features(config.features, cardinalities)
         self.l2_normalize = config.l2_normalize
         self.user_tower = UserTower(cardinalities, config.embedding_dim, config.side_dim, use, config.init_std)
         self.user_tower.bias.trainable = False  # a rating bias means nothing to a softmax over movies
@@ -66,7 +67,11 @@ class CandidateTower(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.l2_normalize = config.l2_normalize
         self.movie_tower = MovieTower(
-            cardinalities, config.embedding_dim, config.side_dim, resolve_features(config.features), config.init_std
+            cardinalities,
+            config.embedding_dim,
+            config.side_dim,
+            resolve_features(config.features, cardinalities),
+            config.init_std,
         )
         self.movie_tower.bias.trainable = False
 
@@ -119,9 +124,14 @@ class TwoTowerRetrievalModel(tfrs.Model):
         )
 
 
-def model_inputs(config: RetrievalConfig) -> tuple[list[str], list[str], list[str]]:
-    """The (user, movie, context) input names the model reads, so only those are fed to it."""
-    use = resolve_features(config.features)
+def model_inputs(config: RetrievalConfig, available: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+    """The (user, movie, context) input names the model reads, so only those are fed to it.
+
+    Args:
+        config: the model's hyper-parameters (its `features`).
+        available: the inputs the data has (FeatureEncoder.cardinalities()).
+    """
+    use = resolve_features(config.features, available)
     user = ["user_id", *[n for n in USER_FEATURES if n in use]]
     movie = ["movie_id", *[n for n in MOVIE_FEATURES if n in use]]
     context = [n for n in CONTEXT_FEATURES if n in use]
@@ -180,7 +190,7 @@ def user_embeddings(
     rows = user_table.index.get_indexer(np.asarray(users))
     if (rows < 0).any():
         raise KeyError(f"users {np.asarray(users)[rows < 0][:5].tolist()} are not in the user table")
-    names = model_inputs(model.config)[0]
+    names = model_inputs(model.config, encoder.cardinalities())[0]
     inputs = encoder.user_inputs(user_table.iloc[rows])
     return _embed(model.query_tower, {n: inputs[n] for n in names})
 
@@ -193,7 +203,7 @@ def movie_embeddings(
     Returns:
         (movie_ids in table order, (n_movies, embedding_dim) float32).
     """
-    names = model_inputs(model.config)[1]
+    names = model_inputs(model.config, encoder.cardinalities())[1]
     inputs = encoder.movie_inputs(movie_table)
     return movie_table.index.to_numpy(), _embed(model.candidate_tower, {n: inputs[n] for n in names})
 
@@ -205,11 +215,14 @@ def full_ranking_scores(
     movie_table: pd.DataFrame,
     user_ids: np.ndarray,
     movie_ids: np.ndarray,
-) -> np.ndarray:
-    """Every (user, movie) score: the dot product of the towers' vectors, rows `user_ids`, columns `movie_ids`."""
+) -> RowScores:
+    """Every (user, movie) score: the dot product of the towers' vectors, rows `user_ids`, columns `movie_ids`.
+
+    The vectors are computed now; the scores a block of users at a time when indexed.
+    """
     queries = user_embeddings(model, encoder, user_table, user_ids)
     _, candidates = movie_embeddings(model, encoder, movie_table.loc[movie_ids])
-    return queries @ candidates.T
+    return RowScores.dot(queries, candidates)
 
 
 # ---- persistence -----------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def training_inputs(
     """Model inputs of every training positive, with its movie's sampling probability for logQ."""
     train = positives(train_interactions, config.min_rating)
     probability = candidate_sampling_probability(train)
-    user_names, movie_names, context_names = model_inputs(config)
+    user_names, movie_names, context_names = model_inputs(config, encoder.cardinalities())
     all_inputs = encoder.interaction_inputs(train, user_table, movie_table, context=bool(context_names))
     inputs = {name: all_inputs[name] for name in (*user_names, *movie_names, *context_names)}
     inputs[SAMPLING_PROBABILITY] = probability.loc[train["movie_id"]].to_numpy(np.float32)

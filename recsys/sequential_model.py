@@ -29,6 +29,7 @@ from recsys.callbacks import EpochTimer, FullRankingMonitor, steady_throughput
 from recsys.configs import SequentialConfig
 from recsys.evaluation import SplitMatrices
 from recsys.feature_store import UnknownMovieError
+from recsys.score_blocks import RowScores
 from recsys.seeding import set_seed
 from recsys.sequences import PAD, causal_histories, latest_histories
 from recsys.tables import require_columns
@@ -203,9 +204,12 @@ def user_histories(
     )
 
 
-def full_ranking_scores(model: SequentialRetrievalModel, histories: np.ndarray) -> np.ndarray:
-    """(n_users, n_movies) scores of every catalogue movie for each history (vocabulary order)."""
-    return query_vectors(model, histories) @ movie_vectors(model).T
+def full_ranking_scores(model: SequentialRetrievalModel, histories: np.ndarray) -> RowScores:
+    """(n_users, n_movies) scores of every catalogue movie for each history (vocabulary order).
+
+    The query vectors are computed now; the scores a block of users at a time when indexed.
+    """
+    return RowScores.dot(query_vectors(model, histories), movie_vectors(model))
 
 
 # ---- training ------------------------------------------------------------------------------------

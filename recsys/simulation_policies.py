@@ -107,10 +107,12 @@ class EmbeddingNoise:
 
 @dataclass(frozen=True)
 class LeastViewed:
-    """Retrieval's top `retrieval_k` plus the movies with at most `max_views` users in the log, as one pool."""
+    """Retrieval's top `retrieval_k` plus the movies with at most `max_views` users in the log, as one pool
+    (`per_user` > 0: a seeded sample of that many of them per user and round, for a large catalogue)."""
 
     max_views: int
     retrieval_k: int
+    per_user: int = 0
 
 
 class TwoStagePolicy:
@@ -158,7 +160,15 @@ class TwoStagePolicy:
             counts = pd.Series(log.counts(), index=log.movie_ids)
             cold = exploration.least_viewed_movies(counts, log.movie_ids, self.exploration.max_views)
             retrieved = table[table["retrieval_rank"].between(1, self.exploration.retrieval_k)]
-            table = exploration.add_least_viewed(retrieved, cold, users, self._store.seen_pairs(), ranks=table)
+            table = exploration.add_least_viewed(
+                retrieved,
+                cold,
+                users,
+                self._store.seen_pairs(),
+                table,
+                self.exploration.per_user,
+                int(rng.integers(2**31)) if self.exploration.per_user else 0,
+            )
         return table
 
     def recommend(self, log: PolicyLog, k: int, rng: np.random.Generator) -> np.ndarray:

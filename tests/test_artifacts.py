@@ -85,3 +85,21 @@ def test_tensorflow_noise_is_filtered_and_real_errors_are_not(tmp_path):
         env={**env, "RECSYS_NATIVE_LOGS": "all"},
     )
     assert "cuInit" in shown.stderr
+
+
+def test_metrics_carry_the_peak_memory_of_the_process_that_wrote_them(tmp_path):
+    import json
+    import resource
+
+    import numpy as np
+
+    block = np.ones(40_000_000, np.uint8)  # 40 MB touched: the peak is at least that much
+    assert int(block.sum()) == 40_000_000
+    path = Run(tmp_path, "r").write_metrics("01_a", {"n": 1})
+    written = json.loads(path.read_text())
+    assert written["n"] == 1 and written["kernel_peak_rss_gb"] >= 0.04
+    assert written["kernel_peak_rss_gb"] == pytest.approx(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, rel=0.05
+    )
+    with pytest.raises(TypeError, match="must be flat"):
+        Run(tmp_path, "r").write_metrics("01_a", {"nested": {"a": 1}})

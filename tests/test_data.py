@@ -248,7 +248,7 @@ def test_data_dir_may_be_the_parent_of_the_release_folder(tmp_path):
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
     with pytest.raises(DataError) as error:
-        data.load_dataset("ml-20m", None, {}, {}, 0, tmp_path)
+        data.load_dataset("ml-30m", None, {}, {}, 0, tmp_path)
     for name in movielens.KNOWN_DATASETS:
         assert name in str(error.value)
 
@@ -535,6 +535,26 @@ def test_load_dataset_synthetic_generates_once_into_the_cache(tmp_path, monkeypa
     monkeypatch.undo()
     data.load_dataset("synthetic", None, download, small, 8, tmp_path)  # another seed, another folder
     assert len(list((tmp_path / "data").glob("synthetic-*"))) == 2
+
+
+def test_load_dataset_synthetic_in_ml25m_format_is_a_csv_release_without_users(tmp_path):
+    download = {"sources": [], "cache_dir": "data", "timeout_s": 1}
+    small = dict(SYNTHETIC, format="ml-25m", n_users=40, n_movies=60, ratings_per_user=25)
+    ml = data.load_dataset("synthetic", None, download, small, 7, tmp_path)
+    (folder,) = (tmp_path / "data").glob("synthetic-*")
+    assert sorted(p.name for p in folder.iterdir()) == ["movies.csv", "ratings.csv"]
+    assert ml.spec.name == "ml-25m" and "demographics" not in ml.spec.feature_groups
+    assert list(ml.users.columns) == ["user_id"] and len(ml.users) == 40
+    assert len(ml.ratings) == 40 * 25
+    assert ml.ratings["rating"].dtype == np.float32 and set(ml.ratings["rating"] * 2) <= set(range(1, 11))
+    assert (ml.ratings["rating"] % 1 == 0.5).any()  # half stars do occur
+
+
+def test_load_dataset_refuses_a_synthetic_format_it_cannot_write(tmp_path):
+    download = {"sources": [], "cache_dir": "data", "timeout_s": 1}
+    with pytest.raises(DataError, match=r"synthetic.format 'ml-100k' .*ml-1m, ml-25m"):
+        data.load_dataset("synthetic", None, download, dict(SYNTHETIC, format="ml-100k"), 7, tmp_path)
+    assert not (tmp_path / "data").exists()
 
 
 # ------------------------------------------------------------------------------------------

@@ -73,3 +73,49 @@ def test_tune_ease_reports_every_lambda_and_picks_the_best_val_recall():
         assert row.recall_at_3 == pytest.approx(expected["recall_at_3"])
         assert row.ndcg_at_3 == pytest.approx(expected["ndcg_at_3"])
         assert row.n_users_evaluated == expected["n_users_evaluated"]
+
+
+def test_an_item_cap_fits_b_on_the_most_watched_items_and_never_proposes_the_rest(tmp_path):
+    from recsys.candidates import EaseSource
+    from recsys.ease import load_ease, most_interacted_columns, save_ease
+
+    rng = np.random.default_rng(2)
+    X = sp.csr_matrix((rng.random((80, 20)) < np.linspace(0.05, 0.6, 20)).astype(np.float32))
+    counts = np.asarray(X.sum(axis=0)).ravel()
+    columns = most_interacted_columns(X, 8)
+    assert len(columns) == 8 and (np.diff(columns) > 0).all()
+    assert counts[columns].min() >= np.delete(counts, columns).max()
+    np.testing.assert_array_equal(most_interacted_columns(X, 0), np.arange(20))
+    np.testing.assert_array_equal(most_interacted_columns(X, 50), np.arange(20))
+
+    capped = EASE(l2=5.0, max_items=8).fit(X)
+    np.testing.assert_array_equal(capped.columns_, columns)
+    # B on the covered columns is EASE of the matrix cut to those columns
+    np.testing.assert_allclose(capped.weights_, EASE(l2=5.0).fit(X[:, columns]).weights_, atol=1e-6)
+    scores = capped.score(X)
+    assert scores.shape == (80, 20) and np.isneginf(np.delete(scores, columns, axis=1)).all()
+    np.testing.assert_allclose(scores[:, columns], X[:, columns].toarray() @ capped.weights_, rtol=1e-5)
+    np.testing.assert_array_equal(capped.row_scores(X)[10:30], scores[10:30])
+
+    movie_ids = np.arange(100, 120)
+    model, ids, fitted_on = load_ease(save_ease(capped, movie_ids, tmp_path / "ease", fitted_on=("train",)))
+    np.testing.assert_array_equal(ids, movie_ids[columns])
+    proposed, _ = EaseSource(model.weights_, ids).top([movie_ids[:5]], 12, [movie_ids[:5]])
+    assert set(proposed[0]) <= set(movie_ids[columns])
+    with pytest.raises(ValueError, match="19 movie ids for an EASE fitted on 20"):
+        save_ease(capped, movie_ids[:19], tmp_path / "bad", fitted_on=("train",))
+    with pytest.raises(ValueError, match="max_items"):
+        EASE(max_items=-1)
+
+
+def test_tune_ease_with_a_cap_counts_the_uncovered_held_out_items_as_misses():
+    rng = np.random.default_rng(3)
+    interactions = (rng.random((70, 16)) < np.linspace(0.05, 0.5, 16)).astype(np.float32)
+    held_out = interactions * (rng.random((70, 16)) < 0.25)
+    X_train, X_val = sp.csr_matrix(interactions - held_out), sp.csr_matrix(held_out)
+    _, table = tune_ease(X_train, X_val, [10.0], k=4, max_items=6)
+    model = EASE(10.0, max_items=6).fit(X_train)
+    top_items = metrics.top_k_from_scores(model.score(X_train), 4, exclude=X_train)
+    expected = metrics.retrieval_metrics(top_items, X_val, ks=(4,))  # every held-out item, covered or not
+    assert table.loc[0, "recall_at_4"] == pytest.approx(expected["recall_at_4"])
+    assert table.loc[0, "n_users_evaluated"] == expected["n_users_evaluated"]

@@ -188,6 +188,24 @@ def test_least_viewed_pool_labels_dedupes_and_excludes_seen():
     assert other["source"].tolist() == ["retrieval"] + ["least-viewed"] * 3
 
 
+def test_a_large_least_viewed_set_is_sampled_per_user_with_the_seed():
+    retrieved = pd.DataFrame({"user_id": [1, 2], "movie_id": [10, 10]})
+    cold = np.arange(100, 400)
+    seen = pd.DataFrame({"user_id": [1], "movie_id": [10]})
+    pool = exploration.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=25, seed=4)
+    added = pool[pool["source"] == "least-viewed"]
+    assert added.groupby("user_id").size().tolist() == [25, 25, 25] and not added.duplicated().any()
+    assert set(added["movie_id"]) <= set(cold)
+    by_user = [set(added.loc[added["user_id"] == u, "movie_id"]) for u in (1, 2, 3)]
+    assert by_user[0] != by_user[1]  # each user draws their own
+    again = exploration.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=25, seed=4)
+    pd.testing.assert_frame_equal(pool, again)
+    other_seed = exploration.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=25, seed=5)
+    assert not pool.equals(other_seed)
+    every = exploration.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=0)
+    assert (every["source"] == "least-viewed").sum() == 3 * len(cold)
+
+
 def test_add_least_viewed_keeps_the_candidates_labels_and_takes_ranks_from_the_larger_table():
     from recsys.candidates import CANDIDATE_COLUMNS, merge_sources
 

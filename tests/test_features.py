@@ -20,6 +20,7 @@ from recsys.features import (
     movie_features,
     split_title,
     time_features,
+    user_attribute_columns,
     user_features,
 )
 
@@ -310,6 +311,29 @@ def test_build_interactions_keeps_rows_and_order():
     assert interactions.loc[50, "occupation"] == "K-12 student"
     assert interactions.loc[50, "genre_Animation"] == 1 and interactions.loc[60, "genre_Animation"] == 0
     assert genre_columns(interactions) == genre_columns(movies_feat)
+
+
+def test_users_without_attributes_pass_through_and_interactions_carry_none():
+    """A release without a users file (ML-10M on): user_id only, no ZIP statistics, no user columns."""
+    ids_only = make_users()[["user_id"]]
+    users_feat, zip_stats = user_features(ids_only)
+    assert zip_stats is None and list(users_feat.columns) == ["user_id"]
+    interactions = build_interactions(make_ratings(), users_feat, movie_features(make_movies()))
+    assert not {"gender", "age_group", "occupation", "zip5", "city", "state"} & set(interactions.columns)
+    assert interactions.loc[60, "title_clean"] == "The Postman (Postino, Il)"
+    assert user_attribute_columns(users_feat) == []
+
+
+def test_a_half_built_feature_group_is_refused():
+    users_feat, _ = user_features(make_users())
+    assert user_attribute_columns(users_feat) == ["gender", "age_group", "occupation", "zip5", "city", "state"]
+    assert user_attribute_columns(users_feat.drop(columns=["zip5", "city", "state"])) == [
+        "gender",
+        "age_group",
+        "occupation",
+    ]
+    with pytest.raises(FeatureError, match=r"location columns are incomplete: \['zip5', 'state'\] present, \['city'\]"):
+        build_interactions(make_ratings(), users_feat.drop(columns=["city"]), movie_features(make_movies()))
 
 
 def test_build_interactions_rejects_unknown_ids():

@@ -143,6 +143,23 @@ def test_features_are_what_they_say(world):
     np.testing.assert_allclose(features["log_activity"], np.log1p(store.users["n_train_ratings"].to_numpy()[users]))
 
 
+def test_a_store_of_users_without_attributes_gives_no_demographic_features(world):
+    """ML-10M on: users are ids only; the ranker's features leave the demographic codes out, not zeros."""
+    from recsys.encoding import FeatureEncoder
+    from recsys.feature_store import FeatureStore
+
+    users, movies = world["tables"]
+    store = FeatureStore.build(users[["user_id"]], movies, world["interactions"])
+    assert list(store.users.columns) == ["n_train_ratings"]
+    store.with_vectors(world["store"].user_vectors, world["store"].movie_vectors)
+    sources = dataclasses.replace(world["sources"], store=store)
+    features = sources.build(candidates_of(world), "test")
+    assert not {"gender", "age_group", "occupation"} & set(features.columns)
+    assert "log_activity" in features.columns and list(features.columns) == list(sources.features)
+    encoder = FeatureEncoder.fit(users[["user_id"]], movies, world["interactions"])
+    assert set(store.user_inputs(np.arange(3), encoder)) == {"user_id"}
+
+
 def test_a_val_stage_feature_fitted_on_val_is_refused(world):
     sources, candidates = world["sources"], candidates_of(world, exclude="history")
     sources.build(candidates, "val")  # train-only sources: fine
@@ -230,6 +247,14 @@ def test_grouped_ndcg_and_top_k_lists_by_hand():
 
 
 def test_holdout_and_bootstrap_are_seeded():
+    from recsys.learned_ranking import learning_users
+
+    users = np.arange(1000, 0, -1)
+    np.testing.assert_array_equal(learning_users(users, 0, 1), np.arange(1, 1001))
+    np.testing.assert_array_equal(learning_users(users, 5000, 1), np.arange(1, 1001))
+    sample = learning_users(users, 100, 1)
+    assert len(np.unique(sample)) == 100 and (np.diff(sample) > 0).all() and set(sample) <= set(users)
+    np.testing.assert_array_equal(sample, learning_users(users, 100, 1))
     assert holdout_mask(100, 0.2, 7).sum() == 20
     np.testing.assert_array_equal(holdout_mask(100, 0.2, 7), holdout_mask(100, 0.2, 7))
     per_user = {

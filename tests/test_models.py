@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.configs import RetrievalConfig
 from recsys.encoding import FeatureEncoder, resolve_features
 from recsys.params import load_params
 from recsys.rating_scale import RatingScale
@@ -92,6 +93,49 @@ def test_resolve_features():
         resolve_features([])
     with pytest.raises(ValueError, match=r"unknown feature\(s\) \['colour'\]"):
         resolve_features(["colour"])
+
+
+def test_features_the_data_lacks_are_left_out_and_named():
+    from recsys.encoding import available_groups, unavailable
+
+    ids_only_users = {"user_id", "movie_id", "genres", "title", "release_year", "hour", "weekday", "month"}
+    assert resolve_features(["user", "movie"], ids_only_users) == {"genres", "title", "release_year"}
+    assert unavailable(["user", "genres"], ids_only_users) == [
+        "age_group",
+        "gender",
+        "occupation",
+        "zip5",
+        "city",
+        "state",
+    ]
+    assert unavailable(["user"], ids_only_users | {"gender", "age_group", "occupation"}) == ["zip5", "city", "state"]
+    assert available_groups(ids_only_users) == ["movie", "context"]
+    assert available_groups(ids_only_users | {"city"}) == ["user", "movie", "context"]
+
+
+def test_models_train_on_users_without_attributes(tables):
+    """ML-10M on: the users table holds user_id only; both models build and learn without user features."""
+    from recsys.ranking_model import build_ranking_model
+    from recsys.retrieval_model import build_retrieval_model, model_inputs, user_embeddings
+
+    users, movies, interactions = tables
+    encoder = FeatureEncoder.fit(users[["user_id"]], movies, interactions)
+    assert encoder.user_features == [] and "gender" not in encoder.cardinalities()
+    user_table = encoder.user_table(users[["user_id"]])
+    assert list(user_table.columns) == ["user_id_idx"]
+    inputs = encoder.interaction_inputs(interactions, user_table, encoder.movie_table(movies))
+    assert not {"gender", "city"} & set(inputs)
+    set_seed(0)
+    model = build_ranking_model(encoder.cardinalities(), small_config(features=["user", "movie", "context"]), 3.0)
+    history = model.fit(inputs, interactions["rating"].to_numpy(), epochs=3, batch_size=64, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert not any("city_embedding" in v.name for v in model.trainable_variables)
+    assert any("title_word_embedding" in v.name for v in model.trainable_variables)
+
+    config = RetrievalConfig.from_params({**load_params()["retrieval"], "embedding_dim": 8, "side_dim": 4})
+    assert model_inputs(config, encoder.cardinalities())[0] == ["user_id"]
+    retrieval = build_retrieval_model(encoder.cardinalities(), config)
+    assert user_embeddings(retrieval, encoder, user_table, [1, 2]).shape == (2, 8)
 
 
 def small_config(**overrides):

@@ -41,6 +41,8 @@ def test_smoke_run_writes_reports_and_manifest(smoke_run):
     names = [p.stem for p in run_all.discover_notebooks()]
     assert [n["name"] for n in manifest["notebooks"]] == names
     assert all(n["status"] == "ok" and n["wall_s"] > 0 for n in manifest["notebooks"])
+    for n in manifest["notebooks"]:  # every kernel's peak memory, written with its metrics
+        assert 0.1 < metrics(smoke_run, n["name"])["kernel_peak_rss_gb"] < 8
     assert manifest["params"]["dataset"] == "synthetic" and manifest["packages"]["tensorflow"] == "2.20.0"
     index = (smoke_run / "reports" / "index.html").read_text()
     for name in names:

@@ -163,8 +163,8 @@ def test_every_release_has_its_checksum_and_scale():
 def test_synthetic_csv_has_ml25m_format_and_shape_and_learnable_ratings(tmp_path):
     from recsys.synthetic import generate_synthetic_csv
 
-    folder = generate_synthetic_csv(tmp_path / "syn", 600, 400, 60_000, 6, 0.5, seed=3)
-    again = generate_synthetic_csv(tmp_path / "again", 600, 400, 60_000, 6, 0.5, seed=3)
+    folder = generate_synthetic_csv(tmp_path / "syn", 600, 1_000, 60_000, 6, 0.5, seed=3)
+    again = generate_synthetic_csv(tmp_path / "again", 600, 1_000, 60_000, 6, 0.5, seed=3)
     assert (folder / "ratings.csv").read_bytes() == (again / "ratings.csv").read_bytes()
     assert not (folder / "users.csv").exists()
     ml = data.read_movielens("ml-25m", folder)  # the strict CSV parser accepts it
@@ -172,6 +172,7 @@ def test_synthetic_csv_has_ml25m_format_and_shape_and_learnable_ratings(tmp_path
     assert len(ratings) == 60_000 and ratings["user_id"].nunique() == 600
     per_user = ratings.groupby("user_id").size()
     assert per_user.min() >= 20 and per_user.max() > 4 * per_user.median()  # a long tail of heavy raters
+    assert per_user.max() <= 600  # no one rates more than 60% of the catalogue (MovieLens's heaviest: about 50-62%)
     assert set(np.unique(ratings["rating"] * 2)) <= set(range(1, 11)) and abs(ratings["rating"].mean() - 3.53) < 0.05
     views = ratings["movie_id"].value_counts()
     assert views.iloc[: len(views) // 100 + 1].sum() > 3 * len(ratings) / 100  # Zipf-like: the top 1% well above 1%
@@ -192,3 +193,5 @@ def test_synthetic_csv_refuses_impossible_sizes(tmp_path):
 
     with pytest.raises(DataError, match="20 x n_users"):
         generate_synthetic_csv(tmp_path, 100, 50, 1_000, 4, 0.5, seed=0)
+    with pytest.raises(DataError, match=r"<= n_users x 30 \(at most 60% of the catalogue per user\)"):
+        generate_synthetic_csv(tmp_path, 100, 50, 3_001, 4, 0.5, seed=0)

@@ -1,0 +1,84 @@
+"""Users x catalogue scores one block of users at a time, and the top-k lists built from them.
+
+Full-ranking evaluation scores every movie for every user. At ML-1M's size the whole matrix is
+small (6k x 3.7k), but at ML-25M's it is 162k x 62k float32 = 40 GB, more than the machine has.
+Everything that ranks the whole catalogue therefore takes a score matrix it can index by a block
+of rows (`scores[start:stop]`): a numpy array, a read-only broadcast view (popularity), or a
+`RowScores` that computes only the rows asked for (a dot product of vectors, EASE on a block of
+histories). The lists are the same as from the whole matrix: each row is ranked on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys import metrics
+
+# Users scored at once: 1,024 x 62,423 movies is 256 MB of float32 (and twice that while ranking).
+BLOCK_USERS = 1024
+
+
+class RowScores:
+    """A users x movies score matrix that computes a block of rows when indexed (`scores[a:b]`).
+
+    Args:
+        shape: (n_users, n_movies).
+        score_rows: rows (a slice or an index array) -> their (n, n_movies) dense scores.
+    """
+
+    def __init__(self, shape: tuple[int, int], score_rows: Callable[[slice | np.ndarray], np.ndarray]):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._score_rows = score_rows
+
+    @classmethod
+    def dot(cls, queries: np.ndarray, candidates: np.ndarray) -> RowScores:
+        """Scores as dot products of query vectors (rows) and candidate vectors (columns)."""
+        return cls((len(queries), len(candidates)), lambda rows: queries[rows] @ candidates.T)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        block = np.asarray(self._score_rows(rows))
+        if block.ndim != 2 or block.shape[1] != self.shape[1]:
+            raise ValueError(f"the scores of a block must be (rows, {self.shape[1]}), got {block.shape}")
+        return block
+
+
+def top_k_in_blocks(
+    scores: np.ndarray | RowScores,
+    k: int,
+    exclude: sp.spmatrix | None = None,
+    block: int = BLOCK_USERS,
+    with_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """`metrics.top_k_from_scores` over the rows of `scores`, `block` rows at a time.
+
+    Args:
+        scores: (n_users, n_items), indexable by a slice of rows.
+        k: list length.
+        exclude: optional (n_users, n_items) sparse matrix of items a user must not get.
+        block: rows scored at once; the lists do not depend on it.
+        with_scores: also return the scores of the listed items.
+
+    Returns:
+        (n_users, k) int64 item indices, best first (ties to the lower index), as top_k_from_scores;
+        with `with_scores`, also their (n_users, k) float32 scores.
+    """
+    n_users, n_items = scores.shape
+    if exclude is not None:
+        if exclude.shape != (n_users, n_items):
+            raise ValueError(f"exclude has shape {exclude.shape}, the scores {scores.shape}")
+        exclude = sp.csr_matrix(exclude)
+    top = np.empty((n_users, k), np.int64)
+    top_scores = np.empty((n_users, k), np.float32) if with_scores else None
+    for start in range(0, n_users, block):
+        part = slice(start, min(start + block, n_users))
+        dense = scores[part]
+        top[part] = metrics.top_k_from_scores(dense, k, exclude=None if exclude is None else exclude[part])
+        if top_scores is not None:
+            top_scores[part] = np.take_along_axis(dense, top[part], axis=1)
+    return top if top_scores is None else (top, top_scores)
