@@ -12,6 +12,7 @@ import tensorflow as tf
 
 if TYPE_CHECKING:
     from recsys.evaluation import SplitMatrices
+    from recsys.score_blocks import RowScores
 
 
 class EpochTimer(tf.keras.callbacks.Callback):
@@ -86,7 +87,8 @@ class FullRankingMonitor(tf.keras.callbacks.Callback):
     ML-1M), so the number of epochs can be chosen on val with the metric that is reported.
 
     Args:
-        score_users: the model -> (n_users, n_movies) scores, rows and columns as in `matrices`.
+        score_users: the model -> (n_users, n_movies) scores (an array or a `score_blocks.RowScores`),
+            rows and columns as in `matrices`.
         matrices: the split matrices (rows = users, columns = the catalogue).
         split: the held-out split to score ("val" during selection).
         k: list length.
@@ -94,7 +96,7 @@ class FullRankingMonitor(tf.keras.callbacks.Callback):
 
     def __init__(
         self,
-        score_users: Callable[[tf.keras.Model], np.ndarray],
+        score_users: Callable[[tf.keras.Model], np.ndarray | RowScores],
         matrices: SplitMatrices,
         split: str = "val",
         k: int = 100,
@@ -109,7 +111,7 @@ class FullRankingMonitor(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from recsys.evaluation import evaluate_scores
 
-        result = evaluate_scores(self.score_users(self.model), self.matrices, self.split, ks=(self.k,))[0]
+        result = evaluate_scores(self.score_users(self.model), self.matrices, self.split, ks=(self.k,))
         if logs is not None:
             logs[self.key] = result[f"recall_at_{self.k}"]
 

@@ -25,7 +25,7 @@ from recsys.movielens import (
     DataError,
     DatasetSpec,
 )
-from recsys.synthetic import SYNTHETIC_VERSION, generate_synthetic, generate_synthetic_csv
+from recsys.synthetic import SYNTHETIC_VERSION, generate_synthetic, generate_synthetic_csv, max_ratings_per_user
 
 _FIX_LINE = "Fix or remove that line, or replace the file with the one from the original MovieLens zip."
 _INT_RE = r"[+-]?\d+"
@@ -343,10 +343,8 @@ def users_of(ratings: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_movielens(fmt: str, data_dir: Path) -> MovieLensData:
-    """Read and strictly check one MovieLens folder into the project's single schema.
-
-    Why: every later stage trusts these tables, so a malformed line is reported here with its
-    file, line number and value rather than surfacing as a wrong metric later.
+    """Read and strictly check one MovieLens folder into the project's single schema: every later
+    stage trusts these tables, so a malformed line is reported here, with its file, line and value.
 
     Args:
         fmt: a release of `movielens.DATASETS`: "ml-1m" (also the synthetic data), "ml-100k",
@@ -377,27 +375,17 @@ def read_movielens(fmt: str, data_dir: Path) -> MovieLensData:
         ratings = _parse_ratings(files["ratings"], spec, users, movies, files)
     if "users" not in files:
         users = users_of(ratings)
-    return MovieLensData(
-        users=users,
-        movies=movies,
-        ratings=ratings,
-        source=str(files["ratings"].parent.resolve()),
-        files=files,
-        spec=spec,
-    )
+    return MovieLensData(users, movies, ratings, str(files["ratings"].parent.resolve()), files, spec)
 
 
 def load_dataset(
     dataset: str, data_dir: str | None, download: dict, synthetic: dict, seed: int, project_root: Path
 ) -> MovieLensData:
-    """Load the dataset a run asks for: the one place notebooks get their data from.
-
-    Why: the three ways to get data (a local folder, a verified download, a generated set)
-    must give the same schema and the same strict checks, so the notebooks never branch.
+    """Load the dataset a run asks for: the one place notebooks get their data from, so a local
+    folder, a verified download and a generated set give the same schema and the same checks.
 
     Args:
-        dataset: one of movielens.KNOWN_DATASETS ("ml-1m", "ml-100k", "ml-10m", "ml-20m",
-            "ml-25m", "synthetic").
+        dataset: one of movielens.KNOWN_DATASETS.
         data_dir: folder with the extracted files (relative to the current dir); if set, it is
             read and nothing is downloaded. None or "" downloads (or generates) into the cache.
         download: the params `download` group (sources, cache_dir, timeout_s).
@@ -417,13 +405,7 @@ def load_dataset(
         raise DataError(
             f"unknown dataset {dataset!r}: choose one of {', '.join(KNOWN_DATASETS)} (e.g. `-p dataset=ml-1m`)."
         )
-    fmt = dataset
-    if dataset == "synthetic":
-        fmt = synthetic.get("format", "ml-1m")
-        if fmt not in SYNTHETIC_FORMATS:
-            raise DataError(
-                f"synthetic.format {fmt!r} is not one the generator writes: choose one of {', '.join(SYNTHETIC_FORMATS)}"
-            )
+    fmt = _synthetic_format(synthetic) if dataset == "synthetic" else dataset
     if data_dir:
         return read_movielens(fmt, Path(data_dir).expanduser())
     cache_dir = Path(project_root) / download["cache_dir"]
@@ -437,13 +419,26 @@ def load_dataset(
     return read_movielens(dataset, folder)
 
 
+def _synthetic_format(synthetic: dict) -> str:
+    """The release whose files `synthetic` asks for, checked before anything is written."""
+    fmt = synthetic.get("format", "ml-1m")
+    if fmt not in SYNTHETIC_FORMATS:
+        raise DataError(f"synthetic.format {fmt!r} is not one the generator writes: choose one of {SYNTHETIC_FORMATS}")
+    cap, per_user = max_ratings_per_user(synthetic.get("n_movies", 0)), synthetic.get("ratings_per_user", 0)
+    if fmt == "ml-25m" and per_user > cap:
+        raise DataError(
+            f"synthetic.ratings_per_user={per_user} is more than a user of the ML-25M format may rate: {cap} (60% "
+            f"of synthetic.n_movies={synthetic['n_movies']}); lower it or raise n_movies"
+        )
+    return fmt
+
+
 def _generate(folder: Path, fmt: str, synthetic: dict, seed: int) -> None:
     """Write the synthetic files of `synthetic` in the format `fmt` into `folder`, whole or not at all."""
     sizes = {name: synthetic[name] for name in ("n_users", "n_movies", "n_factors", "noise")}
+    per_user = synthetic["ratings_per_user"]
     with atomic_dir(folder) as tmp:
         if fmt == "ml-1m":
-            generate_synthetic(Path(tmp), ratings_per_user=synthetic["ratings_per_user"], seed=seed, **sizes)
+            generate_synthetic(Path(tmp), ratings_per_user=per_user, seed=seed, **sizes)
         else:
-            generate_synthetic_csv(
-                Path(tmp), n_ratings=sizes["n_users"] * synthetic["ratings_per_user"], seed=seed, **sizes
-            )
+            generate_synthetic_csv(Path(tmp), n_ratings=sizes["n_users"] * per_user, seed=seed, **sizes)

@@ -44,14 +44,17 @@ def _ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
     diagonal = np.diag(precision).copy()
     precision /= -diagonal
     np.fill_diagonal(precision, 0.0)
-    return precision.astype(np.float32)
+    # C order: scipy's sparse @ dense and the per-request row sums read B by rows (a Fortran-ordered
+    # B would be copied on every product)
+    return precision.astype(np.float32, order="C")
 
 
 def _spd_inverse(matrix: np.ndarray, block: int = 2048) -> np.ndarray:
-    """Inverse of a symmetric positive definite matrix via LAPACK potrf/potri, in `matrix`'s memory.
+    """Inverse of a symmetric positive definite matrix via LAPACK potrf/potri (overwrites `matrix`).
 
     The transpose of a C-ordered symmetric matrix is the same matrix in Fortran order, which LAPACK
-    overwrites without a copy; potri fills one triangle, mirrored here a block of columns at a time.
+    overwrites without a copy (a matrix in another layout is copied once); potri fills one
+    triangle, mirrored here a block of columns at a time. Returns a Fortran-ordered array.
     """
     work = matrix.T  # Fortran-ordered view: potrf and potri work in place
     factor, info = scipy.linalg.lapack.dpotrf(work, lower=True, overwrite_a=True)
@@ -148,6 +151,8 @@ def most_interacted_columns(X: sp.spmatrix, max_items: int) -> np.ndarray:
 
     Every column when `max_items` is 0 or at least the number of items.
     """
+    if isinstance(max_items, bool) or not isinstance(max_items, int | np.integer) or max_items < 0:
+        raise ValueError(f"max_items must be an integer >= 0 (0: every item), got {max_items!r}")
     counts = np.asarray(X.sum(axis=0)).ravel()
     if max_items == 0 or max_items >= len(counts):
         return np.arange(len(counts))

@@ -87,11 +87,12 @@ def split_matrices(interactions: pd.DataFrame, user_ids: np.ndarray, movie_ids: 
 
 def evaluate_scores(
     scores: np.ndarray | RowScores, matrices: SplitMatrices, split: str, ks: Sequence[int] = RETRIEVAL_KS
-) -> tuple[dict[str, float], np.ndarray]:
+) -> dict[str, float]:
     """Full-ranking recall/NDCG/hit rate of a users x catalogue score matrix, seen items excluded.
 
-    The lists are built a block of users at a time (`score_blocks.top_k_in_blocks`), so a
-    `RowScores` never has all its rows in memory at once.
+    Only the users with held-out items of `split` are ranked (the metrics skip the others), a
+    block of users at a time (`score_blocks.top_k_in_blocks`): a `RowScores` never has all its
+    rows in memory at once.
 
     Args:
         scores: (n_users, n_movies), rows and columns as in `matrices`: an array or a RowScores.
@@ -99,10 +100,12 @@ def evaluate_scores(
         ks: list lengths.
 
     Returns:
-        (metrics.retrieval_metrics's dict, the (n_users, max(ks)) top item columns).
+        metrics.retrieval_metrics's dict.
     """
-    top_items = top_k_in_blocks(scores, max(ks), exclude=matrices.seen(split))
-    return metrics.retrieval_metrics(top_items, matrices.relevant(split), ks), top_items
+    relevant = matrices.relevant(split)
+    rows = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    top_items = top_k_in_blocks(scores, max(ks), exclude=matrices.seen(split), rows=rows)
+    return metrics.retrieval_metrics(top_items, relevant[rows], ks)
 
 
 def popularity_scores(X_train: sp.spmatrix) -> np.ndarray:

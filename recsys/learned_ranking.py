@@ -85,18 +85,6 @@ def stage_data(candidates: pd.DataFrame, sources: FeatureSources, stage: str, he
     return StageData(candidates, features, labels.fillna(0.0).to_numpy(np.float32))
 
 
-def learning_users(users: np.ndarray, max_users: int, seed: int) -> np.ndarray:
-    """The val-stage users the rankers learn from: all of them, or a seeded sample of `max_users` (sorted).
-
-    A ranker's training cost grows with its rows (users x candidates): at ML-25M's 130k val-stage
-    users that is 26M rows, where a sample of 20k users' lists already holds 4M examples.
-    """
-    users = np.sort(np.asarray(users))
-    if max_users == 0 or max_users >= len(users):
-        return users
-    return np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-
-
 def holdout_mask(n_users: int, share: float, seed: int) -> np.ndarray:
     """A seeded per-user mask: True for the users held out from training to choose settings and stop early."""
     mask = np.zeros(n_users, bool)

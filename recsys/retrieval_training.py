@@ -20,6 +20,7 @@ from recsys.retrieval_model import (
     full_ranking_scores,
     model_inputs,
 )
+from recsys.score_blocks import RowScores
 from recsys.seeding import set_seed
 
 
@@ -67,7 +68,7 @@ def full_ranking_monitor(
 ) -> FullRankingMonitor:
     """A callback logging `<split>_recall_at_<k>` of the model being trained after each epoch (full ranking)."""
 
-    def score_users(model: TwoTowerRetrievalModel) -> np.ndarray:
+    def score_users(model: TwoTowerRetrievalModel) -> RowScores:
         return full_ranking_scores(model, encoder, user_table, movie_table, matrices.user_ids, matrices.movie_ids)
 
     return FullRankingMonitor(score_users, matrices, split, k)

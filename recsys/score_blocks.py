@@ -54,6 +54,7 @@ def top_k_in_blocks(
     exclude: sp.spmatrix | None = None,
     block: int = BLOCK_USERS,
     with_scores: bool = False,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """`metrics.top_k_from_scores` over the rows of `scores`, `block` rows at a time.
 
@@ -63,22 +64,42 @@ def top_k_in_blocks(
         exclude: optional (n_users, n_items) sparse matrix of items a user must not get.
         block: rows scored at once; the lists do not depend on it.
         with_scores: also return the scores of the listed items.
+        rows: rank only these rows (e.g. the users with held-out items), in this order.
 
     Returns:
-        (n_users, k) int64 item indices, best first (ties to the lower index), as top_k_from_scores;
-        with `with_scores`, also their (n_users, k) float32 scores.
+        (n_users, k) int64 item indices, best first (ties to the lower index), as top_k_from_scores
+        (one row per `rows` when given); with `with_scores`, also their float32 scores.
     """
     n_users, n_items = scores.shape
+    if block < 1:
+        raise ValueError(f"block must be at least 1 row, got {block}")
+    if rows is not None:
+        rows = np.asarray(rows)
+        if len(rows) and (rows.min() < 0 or rows.max() >= n_users):
+            raise ValueError(f"rows must be row numbers 0..{n_users - 1} of the scores, got {rows.min()}..{rows.max()}")
     if exclude is not None:
         if exclude.shape != (n_users, n_items):
             raise ValueError(f"exclude has shape {exclude.shape}, the scores {scores.shape}")
         exclude = sp.csr_matrix(exclude)
-    top = np.empty((n_users, k), np.int64)
-    top_scores = np.empty((n_users, k), np.float32) if with_scores else None
-    for start in range(0, n_users, block):
-        part = slice(start, min(start + block, n_users))
+    n_out = n_users if rows is None else len(rows)
+    top = np.empty((n_out, k), np.int64)
+    top_scores = np.empty((n_out, k), np.float32) if with_scores else None
+    for out in _blocks(n_out, block):
+        part = out if rows is None else np.asarray(rows[out])
         dense = scores[part]
-        top[part] = metrics.top_k_from_scores(dense, k, exclude=None if exclude is None else exclude[part])
+        top[out] = metrics.top_k_from_scores(dense, k, exclude=None if exclude is None else exclude[part])
         if top_scores is not None:
-            top_scores[part] = np.take_along_axis(dense, top[part], axis=1)
+            top_scores[out] = np.take_along_axis(dense, top[out], axis=1)
     return top if top_scores is None else (top, top_scores)
+
+
+def _blocks(n: int, block: int) -> list[slice]:
+    """Consecutive row slices of at most `block` rows; a last block of one row joins the one before.
+
+    A one-row product runs as a matrix-vector product in BLAS, whose sums can differ from the
+    matrix-matrix product's in the last bit and so flip a near tie: no block is a single row.
+    """
+    starts = list(range(0, n, block))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(start, starts[i + 1] if i + 1 < len(starts) else n) for i, start in enumerate(starts)]

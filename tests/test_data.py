@@ -552,7 +552,10 @@ def test_load_dataset_synthetic_in_ml25m_format_is_a_csv_release_without_users(t
 
 def test_load_dataset_refuses_a_synthetic_format_it_cannot_write(tmp_path):
     download = {"sources": [], "cache_dir": "data", "timeout_s": 1}
-    with pytest.raises(DataError, match=r"synthetic.format 'ml-100k' .*ml-1m, ml-25m"):
+    too_many = dict(SYNTHETIC, format="ml-25m", n_movies=50, ratings_per_user=31)
+    with pytest.raises(DataError, match=r"synthetic.ratings_per_user=31 .* 30 \(60% of synthetic.n_movies=50\)"):
+        data.load_dataset("synthetic", None, download, too_many, 7, tmp_path)
+    with pytest.raises(DataError, match=r"synthetic.format .ml-100k. .*ml-1m.*ml-25m"):
         data.load_dataset("synthetic", None, download, dict(SYNTHETIC, format="ml-100k"), 7, tmp_path)
     assert not (tmp_path / "data").exists()
 

@@ -119,3 +119,21 @@ def test_tune_ease_with_a_cap_counts_the_uncovered_held_out_items_as_misses():
     expected = metrics.retrieval_metrics(top_items, X_val, ks=(4,))  # every held-out item, covered or not
     assert table.loc[0, "recall_at_4"] == pytest.approx(expected["recall_at_4"])
     assert table.loc[0, "n_users_evaluated"] == expected["n_users_evaluated"]
+
+
+def test_the_in_place_inverse_mirrors_every_block_and_matches_numpy():
+    from recsys.ease import _ease_weights, _spd_inverse
+
+    rng = np.random.default_rng(4)
+    A = rng.random((11, 11))
+    A = A @ A.T + 11 * np.eye(11)
+    for block in (1, 3, 4, 11, 2048):  # mirrored block by block: blocks of 1, uneven, one
+        np.testing.assert_allclose(_spd_inverse(A.copy(), block=block), np.linalg.inv(A), rtol=1e-10)
+    gram = A.copy()
+    P = np.linalg.inv(gram + 2.0 * np.eye(11))
+    expected = P / -np.diag(P)
+    np.fill_diagonal(expected, 0.0)
+    weights = _ease_weights(gram, 2.0)
+    np.testing.assert_allclose(weights, expected, rtol=1e-5)
+    assert weights.flags.c_contiguous and weights.dtype == np.float32
+    np.testing.assert_array_equal(gram, A)  # the Gram matrix is left as it was (tune_ease reuses it)

@@ -247,14 +247,6 @@ def test_grouped_ndcg_and_top_k_lists_by_hand():
 
 
 def test_holdout_and_bootstrap_are_seeded():
-    from recsys.learned_ranking import learning_users
-
-    users = np.arange(1000, 0, -1)
-    np.testing.assert_array_equal(learning_users(users, 0, 1), np.arange(1, 1001))
-    np.testing.assert_array_equal(learning_users(users, 5000, 1), np.arange(1, 1001))
-    sample = learning_users(users, 100, 1)
-    assert len(np.unique(sample)) == 100 and (np.diff(sample) > 0).all() and set(sample) <= set(users)
-    np.testing.assert_array_equal(sample, learning_users(users, 100, 1))
     assert holdout_mask(100, 0.2, 7).sum() == 20
     np.testing.assert_array_equal(holdout_mask(100, 0.2, 7), holdout_mask(100, 0.2, 7))
     per_user = {

@@ -12,6 +12,7 @@ from recsys.splits import (
     assign_split,
     drop_sparse_users,
     foldin_users,
+    held_out_for_sample,
     tie_break_key,
     timeline_position,
 )
@@ -155,6 +156,32 @@ def test_timeline_position_orders_by_time_then_the_tie_rule():
         assert group["position"].tolist() == list(range(len(group)))
         assert group["timestamp"].is_monotonic_increasing
     assert timeline_position(ratings.iloc[::-1], 42).loc[position.index].equals(position)
+
+
+def test_held_out_ratings_can_be_kept_for_a_seeded_sample_of_users_only():
+    ratings = make_ratings(dict.fromkeys(range(1, 41), 30))
+    split = assign_split(ratings, "random", 0.1, 0.1, seed=3)
+    assert held_out_for_sample(split, ratings["user_id"], 0, 3) is split
+    assert held_out_for_sample(split, ratings["user_id"], 40, 3) is split
+    kept = held_out_for_sample(split, ratings["user_id"], 12, 3)
+    assert kept.index.equals(split.index) and list(kept.cat.categories) == ["train", "val", "test"]
+    per_user = counts_per_user(ratings, kept)
+    evaluated = per_user[(per_user["val"] > 0) | (per_user["test"] > 0)]
+    assert len(evaluated) == 12
+    before = counts_per_user(ratings, split)
+    pd.testing.assert_frame_equal(per_user.loc[evaluated.index], before.loc[evaluated.index])  # untouched
+    assert (per_user.drop(index=evaluated.index)["train"] == 30).all()  # the others: every rating in train
+    again = counts_per_user(ratings, held_out_for_sample(split, ratings["user_id"], 12, 3))
+    pd.testing.assert_frame_equal(again, per_user)
+    other = counts_per_user(ratings, held_out_for_sample(split, ratings["user_id"], 12, 4))
+    assert not other.equals(per_user)
+    # users excluded from the draw (the fold-in users) never keep held-out ratings
+    excluded = np.arange(1, 21)
+    sampled = counts_per_user(ratings, held_out_for_sample(split, ratings["user_id"], 12, 3, excluded=excluded))
+    drawn = sampled[(sampled["val"] > 0) | (sampled["test"] > 0)].index
+    assert len(drawn) == 12 and not set(drawn) & set(excluded)
+    with pytest.raises(SplitError, match="eval_users must be >= 0"):
+        held_out_for_sample(split, ratings["user_id"], -1, 3)
 
 
 def test_foldin_users_are_seeded_and_sized():
