@@ -50,15 +50,20 @@ def synthetic_folder(n_ratings: int, root: Path) -> Path:
     return folder
 
 
-def run_chain(folder: Path, params: Path, run_name: str, artifacts_dir: Path, until: str) -> dict:
-    """Run the chain on `folder` in a fresh process; return its size entry for scale.json."""
+def run_chain(folder: Path, params: Path, run_name: str, artifacts_dir: Path, until: str, reuse: bool) -> dict:
+    """Run the chain on `folder` in a fresh process; return its size entry for scale.json.
+
+    With `reuse`, a finished run of the same name on the same folder with the same params (every
+    notebook up to `until` ok) is read instead of run again.
+    """
+    run_dir = artifacts_dir / run_name
     command = [sys.executable, str(ROOT / "run_all.py"), "--params", str(params), "-p", "dataset=ml-25m"]
     command += ["-p", f"data_dir={folder}", "--run-name", run_name, "--until", until]
     command += ["--artifacts-dir", str(artifacts_dir)]
-    code = subprocess.call(command, cwd=ROOT)
-    run_dir = artifacts_dir / run_name
-    if code != 0:
-        raise SystemExit(f"run_all.py exited {code} on {folder}: see {run_dir / 'reports'}")
+    if not (reuse and _finished(run_dir, folder, params, until)):
+        code = subprocess.call(command, cwd=ROOT)
+        if code != 0:
+            raise SystemExit(f"run_all.py exited {code} on {folder}: see {run_dir / 'reports'}")
     manifest = json.loads((run_dir / "manifest.json").read_text())
     info = json.loads((run_dir / "01_preprocess" / "metrics.json").read_text())
     notebooks = {}
@@ -72,6 +77,19 @@ def run_chain(folder: Path, params: Path, run_name: str, artifacts_dir: Path, un
         "chain_wall_s": sum(n["wall_s"] for n in notebooks.values()),
         "notebooks": notebooks,
     }
+
+
+def _finished(run_dir: Path, folder: Path, params: Path, until: str) -> bool:
+    """Whether `run_dir` holds a finished chain up to `until` on `folder` with the params of `params`."""
+    from recsys.params import load_params, params_hash, resolve_paths
+
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return False
+    manifest = json.loads(path.read_text())
+    wanted = resolve_paths(load_params(params, ["dataset=ml-25m", f"data_dir={folder}", f"run_name={run_dir.name}"]))
+    names = [n["name"] for n in manifest["notebooks"] if n["status"] == "ok"]
+    return bool(names) and names[-1].startswith(until) and manifest["params_hash"] == params_hash(wanted)
 
 
 def growth_exponents(small: dict, large: dict) -> dict[str, float]:
@@ -116,11 +134,12 @@ def main() -> int:
     parser.add_argument("--artifacts-dir", type=Path, default=ROOT / "artifacts")
     parser.add_argument("--until", default="09")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    parser.add_argument("--reuse", action="store_true", help="read finished runs of a size instead of rerunning them")
     args = parser.parse_args()
     sizes = []
     for n_ratings in sorted(args.sizes):
         folder = synthetic_folder(n_ratings, args.data_root)
-        entry = run_chain(folder, args.params, f"scale-{n_ratings}", args.artifacts_dir, args.until)
+        entry = run_chain(folder, args.params, f"scale-{n_ratings}", args.artifacts_dir, args.until, args.reuse)
         sizes.append(entry)
         print(json.dumps({"n_ratings": n_ratings, "chain_wall_s": round(entry["chain_wall_s"], 1)}), flush=True)
     result = {
