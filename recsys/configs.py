@@ -168,9 +168,13 @@ class SequentialConfig(InBatchSoftmaxConfig):
             horizon asks the query for the user's coming movies, not only the next one, which is
             what the held-out movies of a temporal split and of a fold-in user are.
         embedding_dim: size of the movie embeddings and of the query (the GRU's output, projected).
+        max_windows_per_user: the most windows a user trains per epoch, their latest (0: all of
+            them). On ML-25M a heavy rater holds thousands of windows; an epoch over every window
+            of 20M ratings takes about 17 minutes on two cores.
     """
 
     history_length: int
     window_targets: int
     target_horizon: int
     embedding_dim: int
+    max_windows_per_user: int

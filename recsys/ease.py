@@ -191,7 +191,9 @@ def tune_ease(
             held-out item (one outside B is a miss).
 
     Returns:
-        (best λ, table with one row per λ: l2, recall/ndcg/hit_rate at k, n_users_evaluated, fit_s).
+        (EASE fitted on X_train with the best λ, as `EASE(best λ, max_items).fit(X_train)` would be
+        without a second inverse; table with one row per λ: l2, recall/ndcg/hit_rate at k,
+        n_users_evaluated, fit_s).
     """
     if metric not in ("recall", "ndcg", "hit_rate"):
         raise ValueError(f"metric must be 'recall', 'ndcg' or 'hit_rate', got {metric!r}")
@@ -210,7 +212,7 @@ def tune_ease(
     history = X_train[val_users]
     held_out = sp.csr_matrix(X_val_relevant)[val_users]
     n_items = X_train.shape[1]
-    rows = []
+    rows, best = [], None
     for l2 in l2_values:
         started = time.perf_counter()
         weights = _ease_weights(gram, l2)
@@ -218,9 +220,12 @@ def tune_ease(
         scores = RowScores(history.shape, lambda r, w=weights: _covered_scores(history[r], w, columns, n_items))
         top_items = top_k_in_blocks(scores, k, exclude=history)
         rows.append({"l2": l2, **metrics.retrieval_metrics(top_items, held_out, ks=(k,)), "fit_s": fit_s})
-    table = pd.DataFrame(rows)
-    best_l2 = float(table.loc[table[f"{metric}_at_{k}"].idxmax(), "l2"])
-    return best_l2, table
+        if best is None or rows[-1][f"{metric}_at_{k}"] > best[0]:  # strictly better: the smaller λ on a tie
+            best = (rows[-1][f"{metric}_at_{k}"], l2, weights, fit_s)
+        del weights, scores
+    model = EASE(best[1], max_items)
+    model.columns_, model.n_items_, model.weights_, model.fit_s = columns, n_items, best[2], best[3]
+    return model, pd.DataFrame(rows)
 
 
 def save_ease(model: EASE, movie_ids: np.ndarray, folder: str | os.PathLike, fitted_on: Sequence[str]) -> Path:

@@ -282,6 +282,7 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "ease.l2_grid": _grid(_positive),
         "ease.max_items": _at_least(0),
         "least_viewed.per_user": _at_least(0),
+        "sequential.max_windows_per_user": _at_least(0),
         "scann.num_leaves": _at_least(1),
         "scann.num_leaves_to_search": _at_least(1),
         "scann.num_reordering_candidates": _at_least(0),

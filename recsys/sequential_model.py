@@ -122,7 +122,8 @@ def training_windows(
     Window j of a user with n movies ends before their movie n - j*S and holds the N + S movies
     before that end (fewer at the start, left-padded), so consecutive windows overlap by N. The
     loss is on the last S slots of a window that have a real movie before them: with
-    target_horizon 1, every movie except each user's first is a target exactly once. No per-user
+    target_horizon 1, every movie except each user's first is a target exactly once (with
+    `max_windows_per_user`, only the user's latest windows are cut). No per-user
     Python loop: the window ends are computed with numpy and the windows cut by
     `sequences.causal_histories`.
 
@@ -140,6 +141,8 @@ def training_windows(
     first = np.r_[0, np.flatnonzero(np.diff(users)) + 1]
     counts = np.diff(np.r_[first, len(users)])
     n_windows = -(-(counts - 1) // s)  # a user's first movie is never a target: (n - 1) targets, S per window
+    if config.max_windows_per_user:
+        n_windows = np.minimum(n_windows, config.max_windows_per_user)  # j = 0, 1, ...: the latest first
     group = np.repeat(np.arange(len(first)), n_windows)
     j = np.arange(len(group)) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)
     end = counts[group] - j * s  # the window holds the user's movies [end - n - s, end)

@@ -61,7 +61,12 @@ def test_tune_ease_reports_every_lambda_and_picks_the_best_val_recall():
     held_out = interactions * (rng.random((60, 15)) < 0.2)
     X_train = sp.csr_matrix(interactions - held_out)
     X_val = sp.csr_matrix(held_out)
-    best_l2, table = tune_ease(X_train, X_val, [100.0, 1.0, 10.0], k=3)
+    best, table = tune_ease(X_train, X_val, [100.0, 1.0, 10.0], k=3)
+    best_l2 = best.l2
+    refit = EASE(best_l2).fit(X_train)  # the returned model is the refit, without a second inverse
+    np.testing.assert_array_equal(best.weights_, refit.weights_)
+    np.testing.assert_array_equal(best.columns_, refit.columns_)
+    assert best.n_items_ == refit.n_items_
 
     assert list(table["l2"]) == [1.0, 10.0, 100.0]
     assert best_l2 == table.loc[table["recall_at_3"].idxmax(), "l2"]

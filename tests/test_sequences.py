@@ -98,6 +98,22 @@ def test_training_windows_train_every_movie_but_the_first_once_from_earlier_movi
         assert all(position_of[i] > position_of[context[-1]] for i in later)
 
 
+def test_a_window_cap_keeps_each_users_latest_targets():
+    users, positions, items = random_timeline(4, n_users=12, max_len=25)
+    items = np.arange(1, len(users) + 1)
+    capped = training_windows(users, positions, items, dataclasses.replace(config(3, 2), max_windows_per_user=1))
+    every = training_windows(users, positions, items, config(3, 2))
+    counts = pd.Series(users).value_counts()
+    assert len(capped["window"]) == int((counts > 1).sum())  # one window per user with a target
+    targets = capped["window"][:, 1:][capped["loss_mask"]]
+    position_of = dict(zip(items, positions, strict=True))
+    user_of = dict(zip(items, users, strict=True))
+    latest = {u: counts[u] - 1 for u in counts.index}
+    # each user's targets are their last (up to 2) movies: the cap drops the earlier windows
+    assert all(position_of[t] >= latest[user_of[t]] - 1 for t in targets.tolist())
+    assert set(targets.tolist()) <= set(every["window"][:, 1:][every["loss_mask"]].tolist())
+
+
 def test_foldin_split_gives_the_earliest_ratings_and_holds_out_the_rest():
     frame = pd.DataFrame(
         {
