@@ -137,6 +137,8 @@ class RetrievalConfig(InBatchSoftmaxConfig):
             long vectors and win every list; with it, `temperature` sets how peaked the softmax is.
         min_rating: ratings below it are not positives (1 keeps every rating: for retrieval a
             watched movie is a positive whatever the rating).
+        lazy_adam: update only the embedding rows a batch looks up (`recsys.lazy_adam.LazyAdam`)
+            instead of Adam's decay of every row at every step, whose cost grows with the tables.
     """
 
     model: str
@@ -146,6 +148,7 @@ class RetrievalConfig(InBatchSoftmaxConfig):
     init_std: float
     l2_normalize: bool
     min_rating: int
+    lazy_adam: bool
 
 
 @dataclass

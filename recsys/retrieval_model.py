@@ -14,6 +14,7 @@ import tensorflow_recommenders as tfrs
 from recsys.artifacts import read_model_folder, save_model_folder
 from recsys.configs import RetrievalConfig
 from recsys.encoding import CONTEXT_FEATURES, MOVIE_FEATURES, USER_FEATURES, FeatureEncoder, resolve_features
+from recsys.lazy_adam import LazyAdam
 from recsys.score_blocks import RowScores
 from recsys.towers import ContextEncoder, MovieTower, UserTower
 
@@ -163,7 +164,8 @@ def build_retrieval_model(cardinalities: dict[str, int], config: RetrievalConfig
         model.candidate_tower.movie_tower.id_embedding.embeddings,
     ):
         table.scatter_update(tf.IndexedSlices(tf.zeros([1, table.shape[1]]), tf.constant([0])))
-    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    optimizer = LazyAdam if config.lazy_adam else tf.keras.optimizers.Adam
+    model.compile(optimizer=optimizer(config.learning_rate))
     return model
 
 
