@@ -38,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 
 import recsys  # noqa: E402,F401  (TF_USE_LEGACY_KERAS, quiet TF logs)
 from recsys.artifacts import write_json  # noqa: E402
-from recsys.retrieval import overlap_at_k  # noqa: E402
+from recsys.evaluation import overlap_at_k  # noqa: E402
 
 K = 10
 RECALL_TARGET = 0.95

@@ -184,7 +184,7 @@ def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
     np.testing.assert_array_equal(batch_ids[1], retriever.retrieve(2, 6, store.seen_movies(2))[0])
     with pytest.raises(UnknownUserError):
         adapter.retrieve(987654, 6, seen)
-    # by default the query is the MovieLens user id itself (recsys.retrieval's UserQueryModel)
+    # by default the query is the MovieLens user id itself (recsys.indexes's UserQueryModel)
     by_id = IndexRetriever(layer, user_index=None)
     assert by_id._queries([4]) == [4] and adapter.max_k == len(retriever.movie_ids)
     # a user the retriever cannot serve falls back to popular movies

@@ -37,3 +37,22 @@ def test_design_doc_lists_every_module():
     design = (PROJECT_ROOT / "DESIGN.md").read_text()
     missing = [m.stem for m in MODULES if m.stem != "__init__" and f"`{m.stem}`" not in design]
     assert not missing, f"DESIGN.md does not say what these modules hold: {missing}"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (PROJECT_ROOT / "benchmarks").glob("*.py")))
+def test_benchmarks_import_only_what_recsys_has(script):
+    """`make bench` runs these scripts rarely: a renamed module or function must fail here, not there."""
+    import ast
+    import importlib
+    import importlib.util
+
+    tree = ast.parse((PROJECT_ROOT / "benchmarks" / script).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "recsys":
+            module = importlib.import_module(node.module)
+            missing = [
+                alias.name
+                for alias in node.names
+                if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None
+            ]
+            assert not missing, f"benchmarks/{script} imports {missing} from {node.module}, which has no such name"
