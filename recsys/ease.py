@@ -96,8 +96,7 @@ class EASE:
     def __init__(self, l2: float = 500.0, max_items: int = 0):
         if l2 <= 0:
             raise ValueError(f"l2 must be > 0, got {l2}")
-        if max_items < 0:
-            raise ValueError(f"max_items must be >= 0 (0: every item), got {max_items}")
+        _check_max_items(max_items)
         self.l2 = l2
         self.max_items = max_items
 
@@ -151,12 +150,16 @@ def most_interacted_columns(X: sp.spmatrix, max_items: int) -> np.ndarray:
 
     Every column when `max_items` is 0 or at least the number of items.
     """
-    if isinstance(max_items, bool) or not isinstance(max_items, int | np.integer) or max_items < 0:
-        raise ValueError(f"max_items must be an integer >= 0 (0: every item), got {max_items!r}")
+    _check_max_items(max_items)
     counts = np.asarray(X.sum(axis=0)).ravel()
     if max_items == 0 or max_items >= len(counts):
         return np.arange(len(counts))
     return np.sort(np.lexsort((np.arange(len(counts)), -counts))[:max_items])
+
+
+def _check_max_items(max_items: int) -> None:
+    if isinstance(max_items, bool) or not isinstance(max_items, int | np.integer) or max_items < 0:
+        raise ValueError(f"max_items must be an integer >= 0 (0: every item), got {max_items!r}")
 
 
 def _covered_scores(X_users: sp.spmatrix, weights: np.ndarray, columns: np.ndarray, n_items: int) -> np.ndarray:
@@ -212,20 +215,18 @@ def tune_ease(
     history = X_train[val_users]
     held_out = sp.csr_matrix(X_val_relevant)[val_users]
     n_items = X_train.shape[1]
-    rows, best = [], None
+    rows, best, best_score = [], None, None
     for l2 in l2_values:
         started = time.perf_counter()
-        weights = _ease_weights(gram, l2)
-        fit_s = time.perf_counter() - started
-        scores = RowScores(history.shape, lambda r, w=weights: _covered_scores(history[r], w, columns, n_items))
-        top_items = top_k_in_blocks(scores, k, exclude=history)
-        rows.append({"l2": l2, **metrics.retrieval_metrics(top_items, held_out, ks=(k,)), "fit_s": fit_s})
-        if best is None or rows[-1][f"{metric}_at_{k}"] > best[0]:  # strictly better: the smaller λ on a tie
-            best = (rows[-1][f"{metric}_at_{k}"], l2, weights, fit_s)
-        del weights, scores
-    model = EASE(best[1], max_items)
-    model.columns_, model.n_items_, model.weights_, model.fit_s = columns, n_items, best[2], best[3]
-    return model, pd.DataFrame(rows)
+        model = EASE(l2, max_items)
+        model.columns_, model.n_items_, model.weights_ = columns, n_items, _ease_weights(gram, l2)
+        model.fit_s = time.perf_counter() - started
+        top_items = top_k_in_blocks(model.row_scores(history), k, exclude=history)
+        rows.append({"l2": l2, **metrics.retrieval_metrics(top_items, held_out, ks=(k,)), "fit_s": model.fit_s})
+        if best is None or rows[-1][f"{metric}_at_{k}"] > best_score:  # strictly better: the smaller λ on a tie
+            best, best_score = model, rows[-1][f"{metric}_at_{k}"]
+        del model
+    return best, pd.DataFrame(rows)
 
 
 def save_ease(model: EASE, movie_ids: np.ndarray, folder: str | os.PathLike, fitted_on: Sequence[str]) -> Path:
