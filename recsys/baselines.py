@@ -329,7 +329,8 @@ def tune_on_val(
     val: pd.DataFrame,
     scale: RatingScale,
     n_jobs: int = 1,
-) -> tuple[dict, pd.DataFrame]:
+    keep_best: bool = False,
+) -> tuple[dict, pd.DataFrame] | tuple[dict, pd.DataFrame, RatingPredictor]:
     """Choose hyper-parameters by validation RMSE; the test split is never looked at.
 
     Each grid point is fitted on `train` and scored on `val`. Refit the winner on train + val and
@@ -343,14 +344,26 @@ def tune_on_val(
         scale: the dataset's rating scale (predictions are clipped to it).
         n_jobs: grid points fitted in parallel processes (joblib); 1 runs in this process. Each process
             gets its own copy of train, so memory grows with n_jobs.
+        keep_best: also return the best point's model, fitted on train (the points are then fitted
+            in this process, one model held at a time besides the best).
 
     Returns:
         (best parameter dict, table with one row per grid point: its parameters, rmse_val, fit_s),
-        the table in grid order. On equal RMSE the earlier grid point wins.
+        the table in grid order, and with `keep_best` the fitted best model. On equal RMSE the
+        earlier grid point wins.
     """
     points = expand_grid(grid)
     require_columns(val, _REQUIRED_COLUMNS, "val")
-    if n_jobs == 1 or len(points) == 1:
+    if keep_best:
+        scores, best_model = [], None
+        for params in points:
+            model = make_model(params)
+            rmse_val, fit_s = _fit_and_score(lambda _, built=model: built, params, train, val, scale)
+            if not scores or rmse_val < min(earlier for earlier, _ in scores):
+                best_model = model
+            scores.append((rmse_val, fit_s))
+            del model  # only the best so far stays alive
+    elif n_jobs == 1 or len(points) == 1:
         scores = [_fit_and_score(make_model, params, train, val, scale) for params in points]
     else:
         from joblib import Parallel, delayed  # installed with scikit-surprise
@@ -362,7 +375,7 @@ def tune_on_val(
     table["rmse_val"] = [rmse_val for rmse_val, _ in scores]
     table["fit_s"] = [fit_s for _, fit_s in scores]
     best_params = points[int(np.argmin(table["rmse_val"].to_numpy()))]
-    return best_params, table
+    return (best_params, table, best_model) if keep_best else (best_params, table)
 
 
 def evaluate_predictor(model: RatingPredictor, test: pd.DataFrame, scale: RatingScale) -> dict[str, float]:

@@ -15,7 +15,7 @@ from recsys import metrics
 from recsys.artifacts import read_model_folder, save_model_folder
 from recsys.callbacks import EpochTimer, ValidationEarlyStopping, steady_throughput
 from recsys.configs import RankingConfig
-from recsys.encoding import FeatureEncoder
+from recsys.encoding import MOVIE_ROW, ExampleInputs, FeatureEncoder, as_arrays
 from recsys.predict import predict
 from recsys.ranking_model import TwoTowerRatingModel, build_ranking_model
 from recsys.rating_scale import RatingScale
@@ -47,7 +47,10 @@ class TrainingResult:
     epoch_s: list[float]
 
 
-def training_dataset(inputs: dict[str, np.ndarray], ratings: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
+Inputs = dict[str, np.ndarray] | ExampleInputs  # per-example arrays, or movie features kept once per movie
+
+
+def training_dataset(inputs: Inputs, ratings: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
     """Batches of examples, reshuffled every epoch, gathered from tensors held in memory.
 
     Only the example indices are shuffled (one shuffle of an index vector per epoch); each batch
@@ -69,12 +72,18 @@ def training_dataset(inputs: dict[str, np.ndarray], ratings: np.ndarray, batch_s
       thread: 8 epochs took 10.6-11.4 s with it and 8.8 s without, the same epoch times.
 
     Args:
-        inputs: model inputs, one array per feature, rows aligned with `ratings`.
+        inputs: model inputs, one array per feature, rows aligned with `ratings` (or ExampleInputs,
+            whose movie features each batch gathers through its movie rows).
         ratings: the labels.
         batch_size: examples per batch (the last batch of an epoch holds the remainder).
         seed: drives every epoch's permutation.
     """
-    features = {name: tf.constant(value) for name, value in inputs.items()}
+    per_example = inputs.examples if isinstance(inputs, ExampleInputs) else inputs
+    features = {name: tf.constant(value) for name, value in per_example.items()}
+    # movie inputs kept once per movie (ExampleInputs) are gathered per batch through the movie rows
+    movies = (
+        {name: tf.constant(value) for name, value in inputs.movies.items()} if isinstance(inputs, ExampleInputs) else {}
+    )
     labels = tf.constant(np.asarray(ratings, dtype=np.float32))
     n = len(labels)
     n_batches = -(-n // batch_size)
@@ -89,7 +98,11 @@ def training_dataset(inputs: dict[str, np.ndarray], ratings: np.ndarray, batch_s
         )
 
     def gather(index):
-        return {name: tf.gather(value, index) for name, value in features.items()}, tf.gather(labels, index)
+        batch = {name: tf.gather(value, index) for name, value in features.items()}
+        if movies:
+            rows = batch.pop(MOVIE_ROW)
+            batch.update({name: tf.gather(value, rows) for name, value in movies.items()})
+        return batch, tf.gather(labels, index)
 
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -100,10 +113,10 @@ def training_dataset(inputs: dict[str, np.ndarray], ratings: np.ndarray, batch_s
 def train_ranking_model(
     config: RankingConfig,
     cardinalities: dict[str, int],
-    x_train: dict[str, np.ndarray],
+    x_train: Inputs,
     y_train: np.ndarray,
     seed: int,
-    x_val: dict[str, np.ndarray] | None = None,
+    x_val: Inputs | None = None,
     y_val: np.ndarray | None = None,
     epochs: int | None = None,
     verbose: int = 0,
@@ -127,7 +140,7 @@ def train_ranking_model(
     timer = EpochTimer()
     callbacks: list = [timer]
     if x_val is not None:
-        callbacks.append(ValidationEarlyStopping(x_val, y_val, config.patience))
+        callbacks.append(ValidationEarlyStopping(as_arrays(x_val), y_val, config.patience))
         epochs = config.max_epochs
     elif epochs is None:
         raise ValueError("train_ranking_model: give validation data (early stopping) or a number of epochs")
@@ -149,22 +162,23 @@ def train_ranking_model(
     )
 
 
-def predict_ratings(model: TwoTowerRatingModel, inputs: dict[str, np.ndarray]) -> np.ndarray:
+def predict_ratings(model: TwoTowerRatingModel, inputs: Inputs) -> np.ndarray:
     """Predicted ratings (unclipped; the metrics clip to the rating scale)."""
-    return predict(model, inputs, batch_size=PREDICT_BATCH)
+    return predict(model, as_arrays(inputs), batch_size=PREDICT_BATCH)
 
 
-def evaluate_ratings(
-    model: TwoTowerRatingModel, inputs: dict[str, np.ndarray], ratings: np.ndarray, scale: RatingScale
-) -> dict:
+def evaluate_ratings(model: TwoTowerRatingModel, inputs: Inputs, ratings: np.ndarray, scale: RatingScale) -> dict:
     """RMSE and MAE of a model's predictions (clipped to the dataset's scale, as every rating metric here)."""
     predictions = predict_ratings(model, inputs)
     return {"rmse": metrics.rmse(ratings, predictions, scale), "mae": metrics.mae(ratings, predictions, scale)}
 
 
-def concat_inputs(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Stack the model inputs of several splits (train + val for the refit)."""
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+def concat_inputs(*parts: Inputs) -> Inputs:
+    """Stack the model inputs of several splits (train + val for the refit), in the form they come in."""
+    if all(isinstance(p, ExampleInputs) for p in parts):
+        return ExampleInputs.concat(*parts)
+    arrays = [as_arrays(p) for p in parts]
+    return {name: np.concatenate([p[name] for p in arrays]) for name in arrays[0]}
 
 
 def early_stopping_refit_test(

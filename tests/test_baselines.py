@@ -151,6 +151,38 @@ def test_tune_on_val_picks_the_lowest_val_rmse(n_jobs):
     np.testing.assert_allclose(table["rmse_val"], [np.sqrt((1 + 9) / 2), 1.0, np.sqrt((9 + 1) / 2)])
 
 
+class ShiftedMean:
+    """Predicts the training mean plus `shift`: what it was fitted on shows in its predictions."""
+
+    name = "shifted_mean"
+
+    def __init__(self, shift):
+        self.shift = shift
+
+    def fit(self, train):
+        self.mean_ = float(train["rating"].mean())
+        return self
+
+    def predict(self, df):
+        return np.full(len(df), self.mean_ + self.shift)
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_select_refit_evaluate_refits_on_train_and_val_or_keeps_the_train_fit(refit):
+    from recsys.protocol import select_refit_evaluate
+
+    train = ratings_table([(1, 1, 1), (1, 2, 1)])  # mean 1
+    val = ratings_table([(2, 1, 3), (2, 2, 3)])  # shift 2 wins on val (1 + 2 = 3)
+    test = ratings_table([(3, 1, 4)])
+    row, tuning = select_refit_evaluate(
+        "m", lambda p: ShiftedMean(**p), {"shift": [0.0, 2.0, 4.0]}, train, val, test, WHOLE_STARS, refit=refit
+    )
+    assert row["params"] == {"shift": 2.0} and row["rmse_val"] == pytest.approx(0.0)
+    # refit: mean of train + val is 2, predicts 4 (exact); the train fit predicts 3
+    assert row["rmse_test"] == pytest.approx(0.0 if refit else 1.0)
+    assert len(tuning) == 3
+
+
 def test_evaluate_predictor_uses_clipped_rmse_and_mae():
     test = ratings_table([(1, 1, 5), (1, 2, 3)])
     result = evaluate_predictor(ConstantModel(7), test, WHOLE_STARS)  # clipped to 5: errors 0 and 2

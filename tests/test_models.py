@@ -248,6 +248,34 @@ def test_training_dataset_visits_every_example_once_per_epoch_in_a_new_order():
     assert not np.array_equal(one_epoch(training.training_dataset(inputs, labels, batch, seed=8)), first)
 
 
+def test_movie_features_kept_once_per_movie_give_the_same_batches_and_model(tables):
+    from recsys import ranking_training as training
+    from recsys.encoding import ExampleInputs
+
+    users, movies, interactions = tables
+    encoder = FeatureEncoder.fit(users, movies, interactions)
+    user_table, movie_table = encoder.user_table(users), encoder.movie_table(movies)
+    compact = encoder.example_inputs(interactions, user_table, movie_table)
+    flat = encoder.interaction_inputs(interactions, user_table, movie_table)
+    assert len(compact.movies["title"]) == len(movie_table) and len(compact) == len(interactions)
+    labels = interactions["rating"].to_numpy("float32")
+    for (a, ya), (b, yb) in zip(
+        training.training_dataset(compact, labels, 3, seed=1).as_numpy_iterator(),
+        training.training_dataset(flat, labels, 3, seed=1).as_numpy_iterator(),
+        strict=True,
+    ):
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+        np.testing.assert_array_equal(ya, yb)
+    both = training.concat_inputs(compact, compact)
+    assert isinstance(both, ExampleInputs) and len(both) == 2 * len(interactions)
+    np.testing.assert_array_equal(both.flat()["genres"], np.concatenate([flat["genres"]] * 2))
+    other = encoder.example_inputs(interactions, user_table, movie_table.iloc[::-1])
+    with pytest.raises(ValueError, match="different movie tables"):
+        training.concat_inputs(compact, other)
+
+
 def test_configs_take_exactly_their_params_group():
     from recsys.configs import RankingConfig, RetrievalConfig
 
