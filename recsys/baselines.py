@@ -333,8 +333,8 @@ def tune_on_val(
 ) -> tuple[dict, pd.DataFrame] | tuple[dict, pd.DataFrame, RatingPredictor]:
     """Choose hyper-parameters by validation RMSE; the test split is never looked at.
 
-    Each grid point is fitted on `train` and scored on `val`. Refit the winner on train + val and
-    score it once on test (`protocol.select_refit_evaluate`).
+    Each grid point is fitted on `train` and scored on `val`; `protocol.select_refit_evaluate`
+    refits the winner on train + val (or keeps its train fit) and scores it once on test.
 
     Args:
         make_model: builds an unfitted model from one parameter dict, e.g. `lambda p: SurpriseSVD(**p)`.
@@ -359,9 +359,9 @@ def tune_on_val(
         for params in points:
             model = make_model(params)
             rmse_val, fit_s = _fit_and_score(lambda _, built=model: built, params, train, val, scale)
-            if not scores or rmse_val < min(earlier for earlier, _ in scores):
-                best_model = model
             scores.append((rmse_val, fit_s))
+            if best_row(pd.DataFrame(scores, columns=["rmse_val", "fit_s"])) == len(scores) - 1:
+                best_model = model
             del model  # only the best so far stays alive
     elif n_jobs == 1 or len(points) == 1:
         scores = [_fit_and_score(make_model, params, train, val, scale) for params in points]
@@ -374,8 +374,16 @@ def tune_on_val(
     table = pd.DataFrame(points)
     table["rmse_val"] = [rmse_val for rmse_val, _ in scores]
     table["fit_s"] = [fit_s for _, fit_s in scores]
-    best_params = points[int(np.argmin(table["rmse_val"].to_numpy()))]
+    best_params = points[best_row(table)]
     return (best_params, table, best_model) if keep_best else (best_params, table)
+
+
+def best_row(tuning: pd.DataFrame) -> int:
+    """Position of the lowest `rmse_val` (the earliest on ties; a NaN score, e.g. a diverged fit, never wins)."""
+    scores = tuning["rmse_val"].to_numpy(dtype=float)
+    if np.isnan(scores).all():
+        raise ValueError("every grid point scored NaN on val: no setting to choose (did every fit diverge?)")
+    return int(np.nanargmin(scores))
 
 
 def evaluate_predictor(model: RatingPredictor, test: pd.DataFrame, scale: RatingScale) -> dict[str, float]:

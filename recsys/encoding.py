@@ -26,7 +26,7 @@ IDS_ONLY = "ids"  # the user and movie ids are always used; naming only them giv
 MOVIE_ROW = "movie_row"  # in ExampleInputs.examples: the row of each example's movie in ExampleInputs.movies
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value: identity is equality
 class ExampleInputs:
     """Model inputs with the movie features stored once per movie rather than once per example.
 
@@ -62,6 +62,11 @@ class ExampleInputs:
         """The examples of several splits one after the other (they must share one movie table)."""
         first = parts[0]
         for part in parts[1:]:
+            if part.examples.keys() != first.examples.keys():
+                raise ValueError(
+                    f"ExampleInputs.concat: the parts hold different inputs ({sorted(first.examples)} vs "
+                    f"{sorted(part.examples)}); build them with the same context setting"
+                )
             if part.movies.keys() != first.movies.keys() or not all(
                 np.array_equal(part.movies[name], value) for name, value in first.movies.items()
             ):

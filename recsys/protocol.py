@@ -1,4 +1,4 @@
-"""The baselines' rating protocol: choose on val, refit on train + val, score once on test."""
+"""The baselines' rating protocol: choose on val, refit on train + val (unless told not to), score once on test."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recsys.baselines import RatingPredictor, evaluate_predictor, tune_on_val
+from recsys.baselines import RatingPredictor, best_row, evaluate_predictor, tune_on_val
 from recsys.rating_scale import RatingScale
 
 
@@ -24,7 +24,7 @@ def select_refit_evaluate(
     n_jobs: int = 1,
     refit: bool = True,
 ) -> tuple[dict, pd.DataFrame]:
-    """Tune on val, refit the winner on train + val, score it once on test.
+    """Tune on val, refit the winner on train + val (or keep its train fit), score it once on test.
 
     Args:
         name: the model's name in the results table.
@@ -32,9 +32,10 @@ def select_refit_evaluate(
         grid: list of parameter dicts or dict of value lists (see baselines.expand_grid).
         scale: the dataset's rating scale (predictions are clipped to it).
         n_jobs: grid points fitted in parallel.
-        refit: False scores the winner as fitted on train (no second fit): for large releases, where
-            val is a small share of the ratings (`split.eval_users`) and a fit takes minutes.
-            `fit_s` is then the winner's fit on train.
+        refit: False scores the winner as fitted on train (no second fit): for a model whose fit
+            takes minutes on a large release, where val is a small share of the ratings
+            (`split.eval_users`). The grid is then fitted in this process, one point at a time
+            (`n_jobs` is not used), and `fit_s` is the winner's fit on train.
 
     Returns:
         (a results row: model, params, rmse_val, rmse_test, mae_test, fit_s, predict_s; the tuning table)
@@ -47,7 +48,7 @@ def select_refit_evaluate(
         fit_s = time.perf_counter() - start
     else:
         best, tuning, model = tune_on_val(make_model, grid, train, val, scale, keep_best=True)
-        fit_s = float(tuning.loc[tuning["rmse_val"].idxmin(), "fit_s"])
+        fit_s = float(tuning["fit_s"].iloc[best_row(tuning)])
     scores = evaluate_predictor(model, test, scale)
     row = {
         "model": name,

@@ -183,6 +183,14 @@ def test_select_refit_evaluate_refits_on_train_and_val_or_keeps_the_train_fit(re
     assert len(tuning) == 3
 
 
+def test_a_nan_val_score_never_wins_and_all_nan_is_an_error():
+    from recsys.baselines import best_row
+
+    assert best_row(pd.DataFrame({"rmse_val": [np.nan, 1.2, 0.9, 0.9]})) == 2  # NaN skipped, earliest tie
+    with pytest.raises(ValueError, match="every grid point scored NaN"):
+        best_row(pd.DataFrame({"rmse_val": [np.nan, np.nan]}))
+
+
 def test_evaluate_predictor_uses_clipped_rmse_and_mae():
     test = ratings_table([(1, 1, 5), (1, 2, 3)])
     result = evaluate_predictor(ConstantModel(7), test, WHOLE_STARS)  # clipped to 5: errors 0 and 2

@@ -248,7 +248,7 @@ def test_training_dataset_visits_every_example_once_per_epoch_in_a_new_order():
     assert not np.array_equal(one_epoch(training.training_dataset(inputs, labels, batch, seed=8)), first)
 
 
-def test_movie_features_kept_once_per_movie_give_the_same_batches_and_model(tables):
+def test_movie_features_kept_once_per_movie_give_the_same_batches(tables):
     from recsys import ranking_training as training
     from recsys.encoding import ExampleInputs
 
@@ -274,6 +274,9 @@ def test_movie_features_kept_once_per_movie_give_the_same_batches_and_model(tabl
     other = encoder.example_inputs(interactions, user_table, movie_table.iloc[::-1])
     with pytest.raises(ValueError, match="different movie tables"):
         training.concat_inputs(compact, other)
+    no_context = encoder.example_inputs(interactions, user_table, movie_table, context=False)
+    with pytest.raises(ValueError, match="different inputs"):
+        training.concat_inputs(compact, no_context)
 
 
 def test_configs_take_exactly_their_params_group():
