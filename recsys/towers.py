@@ -107,7 +107,7 @@ class MovieTower(tf.keras.layers.Layer):
         if self.features:
             side = []
             if "genres" in self.features:
-                side.append(self.genre_projection(features["genres"]))
+                side.append(self.genre_projection(tf.cast(features["genres"], self.compute_dtype)))  # int8 0/1 flags
             if "title" in self.features:
                 tokens = features["title"]
                 mask = tf.cast(tokens > 0, tf.float32)[..., None]

@@ -70,6 +70,7 @@ def test_encoder_reserves_zero_for_missing_and_unseen(tables):
     assert movie_table.loc[20, ["title_0", "title_1", "title_2"]].tolist()[:2] == [2, 1]
     inputs = encoder.interaction_inputs(interactions, user_table, movie_table)
     assert inputs["genres"].shape == (len(interactions), 2) and inputs["title"].shape[1] == encoder.title_length
+    assert inputs["genres"].dtype == np.int8  # 0/1 flags, cast to float inside the movie tower
     assert inputs["hour"].min() >= 1 and inputs["month"].max() <= 12
     no_context = encoder.interaction_inputs(
         interactions.drop(columns=["hour", "weekday", "month"]), user_table, movie_table, context=False

@@ -125,6 +125,13 @@ def test_model_builds_from_config(data, features):
     assert any("city_embedding" in n for n in names) == ("user" in features)
 
 
+def test_positives_keep_ratings_at_or_above_the_threshold_without_copying_a_table_that_all_pass():
+    table = pd.DataFrame({"user_id": [1, 1, 2], "movie_id": [5, 6, 5], "rating": [1.0, 4.5, 3.0]})
+    assert retrieval_training.positives(table, 1) is table
+    assert retrieval_training.positives(table, 3)["movie_id"].tolist() == [6, 5]
+    assert retrieval_training.positives(table, 5).empty
+
+
 def test_logq_probabilities_sum_to_one_and_match_counts(data):
 
     train = data["train"]
