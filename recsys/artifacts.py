@@ -145,10 +145,12 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "baseline_results": ("03_baselines", "results.parquet"),
     "ranking_model": ("04_two_tower_ranking", "ranking_model"),  # refitted on train + val
     "ranking_model_train": ("04_two_tower_ranking", "ranking_model_train"),  # fitted on train only
+    "ranking_jobs": ("04_two_tower_ranking", "distributed_jobs"),  # distribute.strategy multi_worker: jobs, logs
     "feature_store": ("06_retrieval_ranking", "feature_store"),
     "two_stage_candidates": ("06_retrieval_ranking", "candidates.parquet"),
     # the retrieval model folder holds its own encoder.json (a refit on train + val has its own vocabularies)
     "retrieval_model": ("05_retrieval", "retrieval_model"),
+    "retrieval_jobs": ("05_retrieval", "distributed_jobs"),  # distribute.strategy multi_worker: jobs, logs
     "movie_embeddings": ("05_retrieval", "movie_embeddings.npy"),
     "movie_embedding_ids": ("05_retrieval", "movie_embedding_ids.npy"),
     "bruteforce_index": ("05_retrieval", "bruteforce_index"),

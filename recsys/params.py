@@ -199,6 +199,11 @@ def _features(v: list) -> str | None:
     return None
 
 
+def _hosts(v: list) -> str | None:
+    bad = [h for h in v if not isinstance(h, str) or not h.rpartition(":")[0] or not h.rpartition(":")[2].isdigit()]
+    return f"{bad} are not host:port addresses (e.g. 10.0.0.2:12345)" if bad else None
+
+
 def _run_name(v: str) -> str | None:
     return (
         None
@@ -210,6 +215,7 @@ def _run_name(v: str) -> str | None:
 def _value_checks() -> dict[str, Callable[[Any], str | None]]:
     # imported here so the choices live once, in the module that implements them
     from recsys.configs import HEAD_INPUTS, OPTIMIZERS, RETRIEVAL_MODELS
+    from recsys.distributed import STRATEGIES
     from recsys.geo import GEO_BACKENDS
     from recsys.movielens import KNOWN_DATASETS, SYNTHETIC_FORMATS
     from recsys.rankers import RANKER_NAMES
@@ -326,6 +332,11 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "simulation.users": _at_least(0),
         "simulation.repeats": _at_least(1),
         "simulation.background_sample": _at_least(10),
+        "distribute.strategy": _one_of(*STRATEGIES),
+        "distribute.workers": _at_least(1),
+        "distribute.hosts": _hosts,
+        "distribute.timeout_s": _positive,
+        "distribute.max_restarts": _at_least(0),
     }
 
 

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from recsys.configs import RankingConfig
+from recsys.distributed import EXAMPLE_WEIGHT
 from recsys.encoding import CONTEXT_FEATURES, resolve_features
 from recsys.towers import ContextEncoder, MovieTower, TowerOutput, UserTower
 
@@ -54,8 +55,11 @@ class TwoTowerRatingModel(tfrs.Model):
             if config.id_learning_rate > 0
             else None
         )
+        # Reduction NONE: the batch mean of 1-D labels and predictions all the same (the loss averages
+        # the last axis), and allowed under a tf.distribute strategy, where the default raises
         self.task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.MeanSquaredError(), metrics=[tf.keras.metrics.RootMeanSquaredError()]
+            loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.NONE),
+            metrics=[tf.keras.metrics.RootMeanSquaredError()],
         )
 
     def _head_inputs(self, user: TowerOutput, movie: TowerOutput, features: dict[str, tf.Tensor]) -> list[tf.Tensor]:
@@ -112,9 +116,19 @@ class TwoTowerRatingModel(tfrs.Model):
         return self._forward(features, training)[0]
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        """Mean squared error plus the L2 penalty, both means over the batch.
+
+        On one worker of several (`distributed.sharded_batches`), the batch is that worker's share
+        of a global batch and each example carries `EXAMPLE_WEIGHT` = 1 / the global batch's size:
+        the local means are scaled by the share (sum of the weights), so the sum the all-reduce
+        makes is the global batch's mean loss, the loss one process would have computed.
+        """
         features, ratings = inputs
         prediction, penalty = self._forward(features, training)
-        return self.task(labels=ratings, predictions=prediction) + penalty
+        loss = self.task(labels=ratings, predictions=prediction) + penalty
+        if EXAMPLE_WEIGHT in features:
+            loss *= tf.reduce_sum(features[EXAMPLE_WEIGHT])
+        return loss
 
 
 def build_ranking_model(
@@ -124,3 +138,19 @@ def build_ranking_model(
     model = TwoTowerRatingModel(cardinalities, config, global_mean)
     model.compile(optimizer=OPTIMIZER_CLASSES[config.optimizer](config.learning_rate))
     return model
+
+
+def build_optimizer_state(model: TwoTowerRatingModel, sample: dict) -> None:
+    """Create the model's variables and both optimizers' slots now, from one example.
+
+    Keras's BackupAndRestore restores a checkpoint when `fit` starts; variables that do not exist
+    yet (an unbuilt subclassed model, optimizer slots made at the first step) are restored later
+    or not at all. Building everything first makes a resumed job start from exactly the saved state.
+    """
+    model(sample, training=False)
+    id_refs = {variable.ref() for variable in model.id_variables()}
+    if model.id_optimizer is None:
+        model.optimizer.build(model.trainable_variables)
+        return
+    model.id_optimizer.build(model.id_variables())
+    model.optimizer.build([v for v in model.trainable_variables if v.ref() not in id_refs])

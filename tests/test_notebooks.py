@@ -130,6 +130,9 @@ def test_smoke_two_tower_beats_the_global_mean(smoke_run):
     assert {f"rmse_ablation_{s}" for s in ("ids", "user", "movie", "context")} <= set(m)
     assert m["best_epoch"] >= 1 and m["train_wall_s"] > 0 and m["train_examples_per_s"] > 0
     assert (smoke_run / "04_two_tower_ranking" / "ranking_model" / "model.json").exists()
+    # the unchanged single-process path: no strategy, no job folder
+    assert m["trained_by"].startswith("one process") and m["train_workers"] == 1
+    assert not (smoke_run / "04_two_tower_ranking" / "distributed_jobs").exists()
 
 
 def test_smoke_retrieval_metrics(smoke_run):
@@ -239,14 +242,43 @@ def test_simulation_runs_every_policy_over_the_rounds_and_two_seeds(smoke_run):
     assert (smoke_run / "reports" / "summary_coverage_over_rounds.png").stat().st_size > 10_000
 
 
+def run_beside(smoke_run: Path, run_name: str, *args: str) -> Path:
+    """Another run on params/smoke.yaml (same data and seed) beside the smoke run, with these overrides."""
+    params = str(PROJECT_ROOT / "params" / "smoke.yaml")
+    common = ["--artifacts-dir", str(smoke_run.parent), "--params", params, "--run-name", run_name]
+    assert run_all.main([*common, *args]) == 0
+    return smoke_run.parent / run_name
+
+
 @pytest.fixture(scope="module")
 def temporal_run(smoke_run) -> Path:
-    """01-06 on a temporal split serving the sequential retriever, beside the smoke run (same data and seed)."""
-    params = str(PROJECT_ROOT / "params" / "smoke.yaml")
-    args = ["--artifacts-dir", str(smoke_run.parent), "--params", params, "--run-name", "smoke-temporal"]
-    overrides = ["-p", "split.strategy=temporal", "-p", "retrieval.model=sequential", "--until", "06"]
-    assert run_all.main([*args, *overrides]) == 0
-    return smoke_run.parent / "smoke-temporal"
+    """01-06 on a temporal split serving the sequential retriever."""
+    overrides = ["-p", "split.strategy=temporal", "-p", "retrieval.model=sequential"]
+    return run_beside(smoke_run, "smoke-temporal", *overrides, "--until", "06")
+
+
+@pytest.fixture(scope="module")
+def distributed_run(smoke_run) -> Path:
+    """01-05 with both two-tower models trained on 2 local workers (MultiWorkerMirroredStrategy)."""
+    overrides = ["-p", "distribute.strategy=multi_worker", "-p", "distribute.workers=2"]
+    return run_beside(smoke_run, "smoke-distributed", *overrides, "--until", "05")
+
+
+def test_notebooks_train_on_two_workers_as_well_as_in_one_process(distributed_run, smoke_run):
+    """Notebooks 04 and 05 with `distribute.strategy: multi_worker`: same protocol, same quality, said in the reports."""
+    m4, one4 = metrics(distributed_run, "04_two_tower_ranking"), metrics(smoke_run, "04_two_tower_ranking")
+    m5, one5 = metrics(distributed_run, "05_retrieval"), metrics(smoke_run, "05_retrieval")
+    assert m4["trained_by"].startswith("MultiWorkerMirroredStrategy, 2 workers") and m4["train_workers"] == 2
+    assert m5["two_tower_trained_by"] == m4["trained_by"] and m5["two_tower_train_workers"] == 2
+    assert abs(m4["rmse_two_tower"] - one4["rmse_two_tower"]) < 0.02, (m4["rmse_two_tower"], one4["rmse_two_tower"])
+    assert abs(m5["recall_at_100_two_tower"] - one5["recall_at_100_two_tower"]) < 0.02
+    for stage, jobs in (("04_two_tower_ranking", ("selected", "refit")), ("05_retrieval", ("two_tower",))):
+        for job in jobs:
+            folder = distributed_run / stage / "distributed_jobs" / job
+            assert (folder / "result.json").exists() and (folder / "logs" / "attempt-0" / "worker-1.log").exists()
+            assert not (folder / "backup").exists()  # the epoch backups go once the job has ended
+    report = (distributed_run / "reports" / "04_two_tower_ranking.html").read_text()
+    assert "trained by: MultiWorkerMirroredStrategy, 2 workers" in report
 
 
 def test_temporal_run_serves_the_sequential_retriever_and_compares_with_the_random_run(temporal_run, smoke_run):

@@ -1,0 +1,270 @@
+"""Multi-worker training (tf.distribute MultiWorkerMirroredStrategy): clusters, sharded batches, loss scaling, workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsys import distributed
+from recsys.distributed_worker import check_job
+
+# ---- cluster and jobs (no TensorFlow) ------------------------------------------------------------
+
+
+def test_cluster_tf_config_names_the_cluster_and_the_task():
+    cluster = distributed.Cluster(("10.0.0.1:2222", "10.0.0.2:2222"))
+    config = json.loads(cluster.tf_config(1))
+    assert config == {"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}, "task": {"type": "worker", "index": 1}}
+    assert distributed.task_from_env({"TF_CONFIG": cluster.tf_config(1)}) == (1, 2)
+    with pytest.raises(IndexError, match="outside the cluster of 2"):
+        cluster.tf_config(2)
+    with pytest.raises(ValueError, match="not host:port"):
+        distributed.Cluster(("10.0.0.1",))
+    with pytest.raises(ValueError, match="TF_CONFIG is not set"):
+        distributed.task_from_env({})
+    with pytest.raises(ValueError, match="TF_CONFIG is not"):
+        distributed.task_from_env({"TF_CONFIG": "{oops"})
+
+
+def test_local_cluster_takes_distinct_free_ports():
+    cluster = distributed.Cluster.local(3)
+    ports = [int(address.rsplit(":", 1)[1]) for address in cluster.workers]
+    assert len(set(ports)) == 3 and all(address.startswith("127.0.0.1:") for address in cluster.workers)
+
+
+def test_a_bad_job_is_refused_before_any_worker_starts(tmp_path):
+    data = {name: tmp_path / f"{name}.parquet" for name in ("interactions", "users", "movies")}
+    for path in data.values():
+        path.write_bytes(b"")
+    job = {
+        "model": "ranking",
+        **{k: str(v) for k, v in data.items()},
+        "config": {},
+        "seed": 1,
+        "fit_on": ["train"],
+        "epochs": None,
+        "out": str(tmp_path / "out"),
+        "backup_dir": None,
+        "rating_scale": {},
+    }
+    check_job(job)
+    with pytest.raises(ValueError, match="lacks \\['seed'\\]"):
+        check_job({k: v for k, v in job.items() if k != "seed"})
+    with pytest.raises(ValueError, match="is not one of"):
+        check_job({**job, "model": "gbdt"})
+    with pytest.raises(ValueError, match="cannot stop early on val"):
+        check_job({**job, "fit_on": ["train", "val"]})
+    with pytest.raises(ValueError, match="does not exist"):
+        check_job({**job, "users": str(tmp_path / "missing.parquet")})
+
+
+def test_distribute_params_say_where_models_train_and_what_real_hosts_run(tmp_path):
+    from recsys.distributed_training import Distribute, cluster_instructions, wait_for_result
+    from recsys.params import load_params
+
+    assert Distribute.from_params(load_params()["distribute"]).label == "one process (no strategy)"
+    local = Distribute.from_params({**load_params()["distribute"], "strategy": "multi_worker", "workers": 3})
+    assert local.n_workers == 3 and local.label.startswith("MultiWorkerMirroredStrategy, 3 workers (local")
+    group = {**load_params()["distribute"], "strategy": "multi_worker", "hosts": ["10.0.0.1:2222", "10.0.0.2:2222"]}
+    hosts = Distribute.from_params(group)
+    assert hosts.n_workers == 2 and "hosts 10.0.0.1:2222, 10.0.0.2:2222" in hosts.label
+    with pytest.raises(ValueError, match="not host:port"):
+        Distribute.from_params({**group, "hosts": ["10.0.0.1"]})
+    text = cluster_instructions(tmp_path / "job.json", distributed.Cluster(hosts.hosts))
+    for index, line in enumerate(text.splitlines()[1:]):  # one command per host, its own TF_CONFIG
+        config = json.loads(line.split("TF_CONFIG='")[1].split("'")[0])
+        assert config["task"] == {"type": "worker", "index": index} and line.endswith(f"{tmp_path / 'job.json'}")
+    with pytest.raises(TimeoutError, match="are the hosts running the job"):
+        wait_for_result(tmp_path / "result.json", timeout_s=0.3, poll_s=0.1)
+    (tmp_path / "result.json").write_text("{}")
+    wait_for_result(tmp_path / "result.json", timeout_s=1)
+
+
+# ---- sharded batches and the loss (TensorFlow, one process) --------------------------------------
+
+
+def _epochs(dataset_fn, part: int, parts: int, n_batches: int):
+    import tensorflow as tf
+
+    context = tf.distribute.InputContext(num_input_pipelines=parts, input_pipeline_id=part, num_replicas_in_sync=parts)
+    return list(dataset_fn(context).take(n_batches).as_numpy_iterator())
+
+
+def test_workers_split_every_global_batch_and_weigh_examples_by_its_size():
+    n, batch = 103, 20
+    features = {"row": np.arange(n, dtype=np.int64)}
+    labels = np.arange(n, dtype=np.float32)
+    dataset_fn = distributed.sharded_batches(features, labels, batch, seed=3)
+    assert dataset_fn.steps_per_epoch == 6
+    whole = _epochs(dataset_fn, 0, 1, 12)  # two epochs on one worker
+    halves = [_epochs(dataset_fn, part, 2, 12) for part in (0, 1)]
+    for step, (features_1, labels_1) in enumerate(whole):
+        np.testing.assert_array_equal(labels_1, features_1["row"])  # labels stay with their examples
+        joined = np.concatenate([halves[0][step][0]["row"], halves[1][step][0]["row"]])
+        np.testing.assert_array_equal(joined, features_1["row"])  # the two shares are the global batch
+        size = len(features_1["row"])
+        for part in (0, 1):
+            np.testing.assert_allclose(halves[part][step][0][distributed.EXAMPLE_WEIGHT], 1 / size)
+    epoch_0 = np.concatenate([f["row"] for f, _ in whole[:6]])
+    epoch_1 = np.concatenate([f["row"] for f, _ in whole[6:]])
+    assert sorted(epoch_0) == list(range(n)) and sorted(epoch_1) == list(range(n))
+    assert not np.array_equal(epoch_0, epoch_1)
+    resumed = _epochs(distributed.sharded_batches(features, labels, batch, seed=3, first_epoch=1), 0, 1, 6)
+    np.testing.assert_array_equal(np.concatenate([f["row"] for f, _ in resumed]), epoch_1)
+
+
+def test_weighted_shares_of_a_batch_sum_to_the_batch_loss():
+    """Each worker's loss times its share, summed (what the all-reduce adds up), is the one-process loss."""
+    import tensorflow as tf
+
+    from recsys.configs import RankingConfig
+    from recsys.params import load_params
+    from recsys.ranking_model import build_ranking_model
+
+    config = dataclasses.replace(RankingConfig.from_params(load_params()["ranking"]), features=["ids"], embedding_dim=4)
+    model = build_ranking_model({"user_id": 5, "movie_id": 7, "genres": 2, "title": 3}, config, 3.5)
+    rng = np.random.default_rng(0)
+    n = 10
+    features = {"user_id": rng.integers(1, 5, n).astype(np.int32), "movie_id": rng.integers(1, 7, n).astype(np.int32)}
+    ratings = rng.integers(1, 6, n).astype(np.float32)
+    whole = float(model.compute_loss(({k: tf.constant(v) for k, v in features.items()}, tf.constant(ratings))))
+    shares = 0.0
+    for rows in (slice(0, 3), slice(3, n)):
+        part = {k: tf.constant(v[rows]) for k, v in features.items()}
+        part[distributed.EXAMPLE_WEIGHT] = tf.fill([len(ratings[rows])], 1.0 / n)
+        shares += float(model.compute_loss((part, tf.constant(ratings[rows]))))
+    assert shares == pytest.approx(whole, rel=1e-6)
+
+
+# ---- two workers over loopback -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    """Notebook 01's tables on params/smoke.yaml (generated data) and the run's params."""
+    import run_all
+    from recsys.params import load_params
+    from tests.conftest import PROJECT_ROOT
+
+    artifacts = tmp_path_factory.mktemp("distributed")
+    assert (
+        run_all.main(
+            [
+                "--artifacts-dir",
+                str(artifacts),
+                "--params",
+                str(PROJECT_ROOT / "params" / "smoke.yaml"),
+                "--until",
+                "01",
+            ]
+        )
+        == 0
+    )
+    (run_dir,) = [p for p in artifacts.iterdir() if p.is_dir()]
+    stage = run_dir / "01_preprocess"
+    from recsys.distributed_training import DataFiles
+
+    files = DataFiles(stage / "interactions.parquet", stage / "users.parquet", stage / "movies.parquet")
+    return files, load_params(PROJECT_ROOT / "params" / "smoke.yaml"), run_dir
+
+
+@pytest.mark.slow
+def test_two_workers_reach_the_single_process_rating_model_and_resume_after_a_kill(smoke_data, tmp_path):
+    import pandas as pd
+
+    from recsys import ranking_training
+    from recsys.configs import RankingConfig
+    from recsys.distributed_training import Distribute, run, train_ranking
+    from recsys.encoding import FeatureEncoder
+    from recsys.rating_scale import RatingScale
+
+    files, params, run_dir = smoke_data
+    config = dataclasses.replace(RankingConfig.from_params(params["ranking"]), max_epochs=6)
+    scale = RatingScale.from_dict(json.loads((run_dir / "01_preprocess" / "dataset.json").read_text()))
+    interactions = pd.read_parquet(files.interactions)
+    users, movies = pd.read_parquet(files.users), pd.read_parquet(files.movies)
+    frames = {s: interactions[interactions["split"] == s] for s in ("train", "val")}
+    encoder = FeatureEncoder.fit(users, movies, frames["train"])
+    tables = encoder.user_table(users), encoder.movie_table(movies)
+    data = {s: (encoder.example_inputs(f, *tables), f["rating"].to_numpy("float32")) for s, f in frames.items()}
+    epochs = 6
+    single = ranking_training.train_ranking_model(
+        config, encoder.cardinalities(), *data["train"], params["seed"], epochs=epochs
+    )
+    rmse_single = ranking_training.evaluate_ratings(single.model, *data["val"], scale)["rmse"]
+
+    settings = Distribute("multi_worker", 2, 600, 2, ())
+    two = train_ranking(config, files, params["seed"], scale, settings, tmp_path / "two", epochs=epochs)
+    rmse_two = ranking_training.evaluate_ratings(two.model, *data["val"], scale)["rmse"]
+    assert abs(rmse_two - rmse_single) < 0.005, (rmse_two, rmse_single)
+
+    def kill_after_epoch_2(workers, attempt):
+        if attempt > 0:
+            return
+        progress = tmp_path / "killed" / "progress.jsonl"
+        deadline = time.monotonic() + 300
+        while not (progress.exists() and len(progress.read_text().splitlines()) >= 2):
+            assert time.monotonic() < deadline and all(code is None for code in workers.poll())
+            time.sleep(0.1)
+        workers.kill(1)
+
+    job = {
+        "model": "ranking",
+        **{name: str(getattr(files, name)) for name in ("interactions", "users", "movies")},
+        "config": config.to_dict(),
+        "seed": params["seed"],
+        "fit_on": ["train"],
+        "epochs": epochs,
+        "rating_scale": scale.to_dict(),
+    }
+    result, folder, restarts = run(job, tmp_path / "killed", settings, on_start=kill_after_epoch_2)
+    assert restarts == 1 and result["first_epoch"] >= 2  # resumed after the epochs saved, not from scratch
+    assert not (tmp_path / "killed" / "backup").exists()
+    resumed, _ = ranking_training.load_ranking_model(folder)
+    rmse_resumed = ranking_training.evaluate_ratings(resumed, *data["val"], scale)["rmse"]
+    assert abs(rmse_resumed - rmse_single) < 0.005, (rmse_resumed, rmse_single)
+    assert Path(folder, "model.json").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_reach_the_single_process_retrieval_recall(smoke_data, tmp_path):
+    import pandas as pd
+
+    from recsys import evaluation, retrieval_model, retrieval_training
+    from recsys.configs import RetrievalConfig
+    from recsys.distributed_training import Distribute, train_retrieval
+    from recsys.encoding import FeatureEncoder
+
+    files, params, _ = smoke_data
+    config = RetrievalConfig.from_params(params["retrieval"])
+    interactions = pd.read_parquet(files.interactions)
+    users, movies = pd.read_parquet(files.users), pd.read_parquet(files.movies)
+    train = interactions[interactions["split"] == "train"]
+    encoder = FeatureEncoder.fit(users, movies, train)
+    user_table, movie_table = encoder.user_table(users), encoder.movie_table(movies)
+    matrices = evaluation.split_matrices(
+        retrieval_training.positives(interactions, config.min_rating),
+        np.sort(interactions["user_id"].unique()),
+        movie_table.index.to_numpy(),
+    )
+
+    def recall_at_100(model) -> float:
+        scores = retrieval_model.full_ranking_scores(
+            model, encoder, user_table, movie_table, matrices.user_ids, matrices.movie_ids
+        )
+        return evaluation.evaluate_scores(scores, matrices, "val", ks=(100,))["recall_at_100"]
+
+    single = retrieval_training.train_retrieval_model(
+        config, encoder, train, user_table, movie_table, params["seed"], epochs=config.epochs
+    )
+    two = train_retrieval(
+        config, files, params["seed"], Distribute("multi_worker", 2, 600, 0, ()), tmp_path, epochs=config.epochs
+    )
+    recall_single, recall_two = recall_at_100(single.model), recall_at_100(two.model)
+    assert recall_two > 0.6  # the workers learnt: 100 of the 250 movies drawn at random find about 0.4
+    assert abs(recall_two - recall_single) < 0.01, (recall_two, recall_single)
