@@ -72,8 +72,8 @@ Methods:
 - scann: `scann_ops_pybind` (the C++ searcher; TFRS's ScaNN layer wraps it in TF ops and adds
   per-call overhead): a tree of round(2 sqrt(n)) leaves (2,000 at 1M, 6,325 at 10M) trained on
   min(n, 500k) points, asymmetric hashing with 2 dimensions per block (lut16) and anisotropic
-  threshold 0.2 (ScaNN's advice for dot products), exact re-scoring of up to 1,000 candidates;
-  grid: leaves searched = 0.5 % to 16 % of the leaves x candidates re-scored {100, 250, 500, 1000}.
+  threshold 0.2 (ScaNN's advice for dot products), exact re-scoring of up to 2,000 candidates;
+  grid: leaves searched = 0.5 % to 16 % of the leaves x candidates re-scored {100, 250, 500, 1000, 2000}.
   `search_batched_parallel` (2 threads) batched, `search` for one query.
 - faiss_hnsw: `IndexHNSWFlat` with inner product (ip-NSW, searched directly rather than through a
   MIPS -> L2 reduction), M=`--hnsw-m`, efConstruction=`--hnsw-ef-construction`, built with 2
@@ -175,7 +175,7 @@ SCANN_TRAINING_SAMPLE = 500_000
 SCANN_DIMS_PER_BLOCK = 2
 SCANN_ANISOTROPIC_THRESHOLD = 0.2
 SCANN_LEAVES_FRACTIONS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.12, 0.16)
-SCANN_REORDER_GRID = (100, 250, 500, 1000)
+SCANN_REORDER_GRID = (100, 250, 500, 1000, 2000)
 HNSW_EF_SEARCH_GRID = (16, 32, 64, 128, 256, 512, 1024, 2048)
 IVF_POINTS_PER_LIST = 39  # FAISS's min_points_per_centroid: fewer training points draw its warning
 IVF_MIN_TRAINING = 100_000
