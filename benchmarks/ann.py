@@ -79,7 +79,8 @@ Methods:
   `search_batched_parallel` (2 threads) batched, `search` for one query.
 - faiss_hnsw: `IndexHNSWFlat` with inner product (ip-NSW, searched directly rather than through a
   MIPS -> L2 reduction), M=`--hnsw-m`, efConstruction=`--hnsw-ef-construction`, built with 2
-  threads in 1M chunks. At 10M the build takes an estimated 40-90 minutes, so the index is cached
+  threads in 1M chunks. At 10M the build took 25 minutes here (M=32, efConstruction 40; the
+  reference run used `--hnsw-ef-construction 40`), so the index is cached
   in the cache folder, keyed by M and efConstruction, with its original build time beside it
   (reported as build_s, with build_cached); grid: efSearch 16 ... 2048.
 - faiss_ivfpq: `IVF{nlist}_HNSW32,PQ{dim}x4fs,RFlat`: 4-bit fast-scan codes, one per dimension
@@ -103,8 +104,8 @@ recall@10 >= 0.95, settings and tuning = ScaNN's), plus dataset_kind, hardness, 
 `<method>_qps`, `_recall_at_10`, `_build_s`, `_single_query_ms`, `_single_query_p95_ms`,
 `_peak_rss_gb`, `_settings`, `_tuning` (every grid point, the chosen one flagged),
 `_speedup_qps` and the worker's other records; and a figure, benchmarks/results/ann.png: recall@10
-against batched queries/s of every grid point. Estimated time at 10M: data and exact lists 5
-minutes, BruteForce 5, ScaNN and IVF-PQ about 10 each, HNSW 40-90 the first time. Run it alone:
+against batched queries/s of every grid point. Time at 10M here: data and exact lists 2 minutes,
+BruteForce 8, ScaNN 6, IVF-PQ 16, HNSW 28 (25 of them building) the first time. Run it alone:
 another job on the two cores makes the timings meaningless; the load averages are recorded.
 """
 
