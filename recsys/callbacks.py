@@ -116,6 +116,14 @@ class FullRankingMonitor(tf.keras.callbacks.Callback):
             logs[self.key] = result[f"recall_at_{self.k}"]
 
 
+def stop_at_best_recall(monitor: FullRankingMonitor, patience: int) -> list[tf.keras.callbacks.Callback]:
+    """The monitor and early stopping on its recall, keeping the best epoch's weights."""
+    return [
+        monitor,
+        tf.keras.callbacks.EarlyStopping(monitor=monitor.key, mode="max", patience=patience, restore_best_weights=True),
+    ]
+
+
 def history_table(history: dict[str, list[float]], rename: dict[str, str] | None = None) -> pd.DataFrame:
     """A training run's per-epoch logs as one compact table (epoch from 1), instead of Keras's epoch lines."""
     table = pd.DataFrame(history).rename(columns=rename or {})

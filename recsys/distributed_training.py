@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from recsys import distributed
 from recsys.callbacks import steady_throughput
 from recsys.configs import RankingConfig, RetrievalConfig
@@ -139,6 +137,12 @@ def wait_for_result(path: Path, timeout_s: float, poll_s: float = 1.0) -> None:
         time.sleep(poll_s)
 
 
+def _job(model: str, config, files: DataFiles, seed: int, fit_on: tuple[str, ...], epochs: int | None) -> dict:
+    """A job's keys every model has (`run` adds its folders)."""
+    paths = {name: str(getattr(files, name)) for name in ("interactions", "users", "movies")}
+    return {"model": model, **paths, "config": config.to_dict(), "seed": seed, "fit_on": list(fit_on), "epochs": epochs}
+
+
 def train_ranking(
     config: RankingConfig,
     files: DataFiles,
@@ -152,15 +156,7 @@ def train_ranking(
     """`ranking_training.train_ranking_model` on the workers: early stopping on val, or `epochs` epochs."""
     from recsys.ranking_training import TrainingResult, load_ranking_model
 
-    job = {
-        "model": "ranking",
-        **{name: str(getattr(files, name)) for name in ("interactions", "users", "movies")},
-        "config": config.to_dict(),
-        "seed": seed,
-        "fit_on": list(fit_on),
-        "epochs": epochs,
-        "rating_scale": scale.to_dict(),
-    }
+    job = {**_job("ranking", config, files, seed, fit_on, epochs), "rating_scale": scale.to_dict()}
     result, folder, _ = run(job, job_dir, settings)
     model, _ = load_ranking_model(folder)
     return TrainingResult(
@@ -188,24 +184,13 @@ def early_stopping_refit_test(
     Args:
         data: {"test": (inputs, ratings)}: the test split, scored in this process.
     """
-    from recsys.ranking_training import evaluate_ratings
+    from recsys.ranking_training import protocol_result
 
     selected = train_ranking(config, files, seed, scale, settings, Path(job_dir) / "selected")
     refit = train_ranking(
         config, files, seed, scale, settings, Path(job_dir) / "refit", ("train", "val"), selected.best_epoch
     )
-    scores = evaluate_ratings(refit.model, *data["test"], scale)
-    return {
-        "selected": selected,
-        "refit": refit,
-        "best_epoch": selected.best_epoch,
-        "rmse_val": float(np.min(selected.history["val_root_mean_squared_error"])),
-        "rmse_test": scores["rmse"],
-        "mae_test": scores["mae"],
-        "train_wall_s": selected.wall_s + refit.wall_s,
-        "examples_per_s": refit.examples_per_s,
-        "trained_by": settings.label,
-    }
+    return protocol_result(selected, refit, *data["test"], scale)
 
 
 def train_retrieval(
@@ -221,14 +206,7 @@ def train_retrieval(
     from recsys.retrieval_model import load_retrieval_model
     from recsys.retrieval_training import RetrievalTrainingResult
 
-    job = {
-        "model": "retrieval",
-        **{name: str(getattr(files, name)) for name in ("interactions", "users", "movies")},
-        "config": config.to_dict(),
-        "seed": seed,
-        "fit_on": list(fit_on),
-        "epochs": epochs,
-    }
+    job = _job("retrieval", config, files, seed, fit_on, epochs)
     result, folder, _ = run(job, job_dir, settings)
     model, _ = load_retrieval_model(folder)
     return RetrievalTrainingResult(

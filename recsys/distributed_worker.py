@@ -177,7 +177,7 @@ def _train_retrieval(job: dict, strategy) -> dict:
     import tensorflow as tf
 
     from recsys import distributed
-    from recsys.callbacks import EpochTimer
+    from recsys.callbacks import EpochTimer, stop_at_best_recall
     from recsys.configs import RetrievalConfig
     from recsys.encoding import FeatureEncoder
     from recsys.evaluation import split_matrices
@@ -208,12 +208,7 @@ def _train_retrieval(job: dict, strategy) -> dict:
             positives(interactions, config.min_rating), active_users, movie_table.index.to_numpy()
         )
         monitor = full_ranking_monitor(encoder, user_table, movie_table, matrices, "val", 100)
-        callbacks += [
-            monitor,
-            tf.keras.callbacks.EarlyStopping(
-                monitor=monitor.key, mode="max", patience=config.patience, restore_best_weights=True
-            ),
-        ]
+        callbacks += stop_at_best_recall(monitor, config.patience)
     start = time.perf_counter()
     history = model.fit(
         batches,

@@ -210,6 +210,13 @@ def early_stopping_refit_test(
         epochs=selected.best_epoch,
         verbose=verbose,
     )
+    return protocol_result(selected, refit, x_test, y_test, scale)
+
+
+def protocol_result(
+    selected: TrainingResult, refit: TrainingResult, x_test: Inputs, y_test: np.ndarray, scale: RatingScale
+) -> dict:
+    """`early_stopping_refit_test`'s record: both fits, val RMSE of the chosen epoch, the refit's test scores."""
     scores = evaluate_ratings(refit.model, x_test, y_test, scale)
     return {
         "selected": selected,

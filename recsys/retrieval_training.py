@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from recsys.callbacks import EpochTimer, FullRankingMonitor, steady_throughput
+from recsys.callbacks import EpochTimer, FullRankingMonitor, steady_throughput, stop_at_best_recall
 from recsys.configs import RetrievalConfig
 from recsys.encoding import FeatureEncoder
 from recsys.evaluation import SplitMatrices
@@ -133,13 +133,7 @@ def train_retrieval_model(
     inputs = {name: tf.convert_to_tensor(arrays.pop(name)) for name in list(arrays)}
     model = build_retrieval_model(encoder.cardinalities(), config)
     timer = EpochTimer()
-    callbacks: list = [timer] + ([monitor] if monitor is not None else [])
-    if monitor is not None:
-        callbacks.append(
-            tf.keras.callbacks.EarlyStopping(
-                monitor=monitor.key, mode="max", patience=config.patience, restore_best_weights=True
-            )
-        )
+    callbacks: list = [timer] + (stop_at_best_recall(monitor, config.patience) if monitor is not None else [])
     start = time.perf_counter()
     history = model.fit(
         inputs,

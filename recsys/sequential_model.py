@@ -25,7 +25,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from recsys.artifacts import atomic_dir
-from recsys.callbacks import EpochTimer, FullRankingMonitor, steady_throughput
+from recsys.callbacks import EpochTimer, FullRankingMonitor, steady_throughput, stop_at_best_recall
 from recsys.configs import SequentialConfig
 from recsys.evaluation import SplitMatrices
 from recsys.feature_store import UnknownMovieError
@@ -267,12 +267,7 @@ def train_sequential_model(
         )
         k = min(100, len(vocabulary))
         monitor = FullRankingMonitor(lambda m: full_ranking_scores(m, val_histories), matrices, "val", k)
-        callbacks += [
-            monitor,
-            tf.keras.callbacks.EarlyStopping(
-                monitor=monitor.key, mode="max", patience=config.patience, restore_best_weights=True
-            ),
-        ]
+        callbacks += stop_at_best_recall(monitor, config.patience)
     start = time.perf_counter()
     history = model.fit(
         inputs, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, callbacks=callbacks, verbose=verbose
