@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import recsys  # noqa: F401  (sets the TensorFlow/Keras environment for the kernels we start)
-from recsys.artifacts import ARTIFACTS, PROJECT_ROOT, write_json
-from recsys.params import ParamsError, load_params, params_hash, resolve_paths
-from recsys.provenance import (
+from recsys.core.io import PROJECT_ROOT, write_json
+from recsys.runs.params import ParamsError, load_params, params_hash, resolve_paths
+from recsys.runs.provenance import (
     NOT_PARAMS,
     RUNNER_ENV,
     ProvenanceError,
@@ -41,7 +41,8 @@ from recsys.provenance import (
     producer,
     run_lock,
 )
-from recsys.report import build_index, render_notebook_html
+from recsys.runs.registry import ARTIFACTS
+from recsys.runs.report import build_index, render_notebook_html
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 DEFAULT_ARTIFACTS_DIR = PROJECT_ROOT / "artifacts"

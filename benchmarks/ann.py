@@ -131,8 +131,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # recsys first: it sets TF_USE_LEGACY_KERAS and quiets TF's logs before any worker imports TF
-from recsys.artifacts import atomic_path, save_figure, write_json  # noqa: E402
-from recsys.evaluation import overlap_at_k  # noqa: E402
+from recsys.core.io import atomic_path, save_figure, write_json
+from recsys.evaluation.full_ranking import overlap_at_k
 
 K = 10
 RECALL_TARGET = 0.95

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import run_all  # noqa: E402
-from recsys.artifacts import write_json  # noqa: E402
+from recsys.core.io import write_json
 
 
 def default_data_dir() -> Path:
@@ -54,12 +54,14 @@ def main() -> int:
     if run_all.main([*overrides, "--until", "01"]) != 0:
         return 1
 
-    from recsys import evaluation, ranking_training, retrieval_model, retrieval_training
-    from recsys.configs import RankingConfig, RetrievalConfig
-    from recsys.distributed_training import DataFiles, Distribute, run, train_ranking, train_retrieval
-    from recsys.encoding import FeatureEncoder
-    from recsys.params import load_params
-    from recsys.rating_scale import RatingScale
+    from recsys.data.rating_scale import RatingScale
+    from recsys.evaluation import full_ranking
+    from recsys.features.encoding import FeatureEncoder
+    from recsys.models import retrieval_model
+    from recsys.models.configs import RankingConfig, RetrievalConfig
+    from recsys.runs.params import load_params
+    from recsys.training import rating_training, retrieval_training
+    from recsys.training.distributed.jobs import DataFiles, Distribute, run, train_ranking, train_retrieval
 
     params = load_params(overrides=[f"dataset={args.dataset}", f"data_dir={args.data_dir}"])
     seed = params["seed"]
@@ -81,17 +83,17 @@ def main() -> int:
 
     # the rating model: the epochs notebook 04 would choose, then that many epochs everywhere
     ranking = RankingConfig.from_params(params["ranking"])
-    chosen = ranking_training.train_ranking_model(
+    chosen = rating_training.train_ranking_model(
         ranking, encoder.cardinalities(), *data["train"], seed, *data["val"]
     ).best_epoch
-    single = ranking_training.train_ranking_model(ranking, encoder.cardinalities(), *data["train"], seed, epochs=chosen)
+    single = rating_training.train_ranking_model(ranking, encoder.cardinalities(), *data["train"], seed, epochs=chosen)
     two = train_ranking(ranking, files, seed, scale, settings, jobs / "ranking-2", epochs=chosen)
     result.update(
         {
             "ranking_epochs": chosen,
             "global_batch": ranking.batch_size,
-            "val_rmse_1_worker": ranking_training.evaluate_ratings(single.model, *data["val"], scale)["rmse"],
-            "val_rmse_2_workers": ranking_training.evaluate_ratings(two.model, *data["val"], scale)["rmse"],
+            "val_rmse_1_worker": rating_training.evaluate_ratings(single.model, *data["val"], scale)["rmse"],
+            "val_rmse_2_workers": rating_training.evaluate_ratings(two.model, *data["val"], scale)["rmse"],
             "examples_per_s_1_worker": single.examples_per_s,
             "examples_per_s_2_workers": two.examples_per_s,
         }
@@ -100,7 +102,7 @@ def main() -> int:
     # the retrieval model: retrieval.epochs epochs, val Recall@100 over the whole catalogue
     retrieval = RetrievalConfig.from_params(params["retrieval"])
     active_users = np.sort(interactions["user_id"].unique())
-    matrices = evaluation.split_matrices(
+    matrices = full_ranking.split_matrices(
         retrieval_training.positives(interactions, retrieval.min_rating), active_users, movie_table.index.to_numpy()
     )
 
@@ -108,7 +110,7 @@ def main() -> int:
         scores = retrieval_model.full_ranking_scores(
             model, encoder, user_table, movie_table, matrices.user_ids, matrices.movie_ids
         )
-        return evaluation.evaluate_scores(scores, matrices, "val", ks=(100,))["recall_at_100"]
+        return full_ranking.evaluate_scores(scores, matrices, "val", ks=(100,))["recall_at_100"]
 
     single_r = retrieval_training.train_retrieval_model(
         retrieval, encoder, frames["train"], user_table, movie_table, seed, epochs=retrieval.epochs
@@ -147,12 +149,12 @@ def main() -> int:
         "rating_scale": scale.to_dict(),
     }
     resumed, folder, restarts = run(job, killed_dir, settings, on_start=kill_after_epoch_2)
-    model, _ = ranking_training.load_ranking_model(folder)
+    model, _ = rating_training.load_ranking_model(folder)
     result.update(
         {
             "resumed_after_kill": restarts == 1 and resumed["first_epoch"] > 0,
             "resumed_at_epoch": resumed["first_epoch"] + 1,
-            "val_rmse_resumed": ranking_training.evaluate_ratings(model, *data["val"], scale)["rmse"],
+            "val_rmse_resumed": rating_training.evaluate_ratings(model, *data["val"], scale)["rmse"],
         }
     )
     write_json(args.out, result)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import run_all  # noqa: E402
-from recsys.artifacts import write_json  # noqa: E402
+from recsys.core.io import write_json
 
 
 def default_data_dir() -> Path:

@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from recsys.artifacts import write_json  # noqa: E402
-from recsys.movielens import DATASETS  # noqa: E402
+from recsys.core.io import write_json
+from recsys.data.movielens import DATASETS
 
 ML25M = DATASETS["ml-25m"]
 RATINGS_PER_USER = ML25M.n_ratings / ML25M.n_users  # 153.8
@@ -39,7 +39,7 @@ SEED = 42
 
 def synthetic_folder(n_ratings: int, root: Path) -> Path:
     """The cached synthetic set of `n_ratings` ratings in ML-25M's format and shape (written if absent)."""
-    from recsys.synthetic import generate_synthetic_csv
+    from recsys.data.synthetic import generate_synthetic_csv
 
     folder = root / f"ml-25m-shape-{n_ratings}"
     if not all((folder / name).is_file() for name in ML25M.files.values()):
@@ -81,7 +81,7 @@ def run_chain(folder: Path, params: Path, run_name: str, artifacts_dir: Path, un
 
 def _finished(run_dir: Path, folder: Path, params: Path, until: str) -> bool:
     """Whether `run_dir` holds a finished chain up to `until` on `folder` with the params of `params`."""
-    from recsys.params import load_params, params_hash, resolve_paths
+    from recsys.runs.params import load_params, params_hash, resolve_paths
 
     path = run_dir / "manifest.json"
     if not path.exists():
@@ -108,7 +108,7 @@ def plot(sizes: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from recsys.artifacts import save_figure
+    from recsys.core.io import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     n = [s["n_ratings"] for s in sizes]

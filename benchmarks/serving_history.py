@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Latency of `serving.recommend_for_history` and of `recommend` served by the sequential retriever.
+"""Latency of `recommender.recommend_for_history` and of `recommend` served by the sequential retriever.
 
     python benchmarks/serving_history.py [--run artifacts/temporal] [--requests 1000] [--seed 42]
 
@@ -26,11 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import recsys  # noqa: E402,F401  (TF_USE_LEGACY_KERAS, quiet TF logs)
-from recsys import indexes, serving  # noqa: E402
-from recsys.artifacts import ARTIFACTS, write_json  # noqa: E402
-from recsys.feature_store import FeatureStore  # noqa: E402
-from recsys.history_queries import HistoryQueries  # noqa: E402
-from recsys.sequential_model import load_sequential_model  # noqa: E402
+from recsys.core.io import write_json
+from recsys.features.feature_store import FeatureStore
+from recsys.models.sequential_model import load_sequential_model
+from recsys.retrieval import indexes
+from recsys.retrieval.history_queries import HistoryQueries
+from recsys.runs.registry import ARTIFACTS
+from recsys.serving import recommender
 
 
 def artifact(run: Path, name: str) -> Path:
@@ -65,7 +67,7 @@ def main() -> None:
     latencies = []
     for i, history in enumerate(histories):
         start = time.perf_counter()
-        serving.recommend_for_history(history, 10, **kwargs)
+        recommender.recommend_for_history(history, 10, **kwargs)
         if i >= 50:
             latencies.append((time.perf_counter() - start) * 1e3)
     p50, p90, p99 = np.percentile(latencies, [50, 90, 99])

@@ -56,8 +56,8 @@ def tiny_tables(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
 
 
 def tiny_store_and_encoder(seed: int = 0):
-    from recsys.encoding import FeatureEncoder
-    from recsys.feature_store import FeatureStore
+    from recsys.features.encoding import FeatureEncoder
+    from recsys.features.feature_store import FeatureStore
 
     users, movies, interactions = tiny_tables(seed)
     encoder = FeatureEncoder.fit(users, movies, interactions[interactions["split"] == "train"], min_title_token_count=1)

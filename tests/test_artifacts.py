@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from recsys.artifacts import Run, atomic_dir, atomic_path, write_json
-from recsys.report import _format_value
+from recsys.core.io import atomic_dir, atomic_path, write_json
+from recsys.runs.artifacts import Run
+from recsys.runs.report import _format_value
 from tests.conftest import PROJECT_ROOT
 
 

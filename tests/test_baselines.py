@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.baselines import (
+from recsys.data.rating_scale import RatingScale
+from recsys.models.baselines import (
     BiasBaseline,
     GlobalMean,
     MajorityClass,
@@ -17,7 +18,6 @@ from recsys.baselines import (
     expand_grid,
     tune_on_val,
 )
-from recsys.rating_scale import RatingScale
 
 
 def ratings_table(rows):
@@ -169,7 +169,7 @@ class ShiftedMean:
 
 @pytest.mark.parametrize("refit", [True, False])
 def test_select_refit_evaluate_refits_on_train_and_val_or_keeps_the_train_fit(refit):
-    from recsys.protocol import select_refit_evaluate
+    from recsys.training.protocol import select_refit_evaluate
 
     train = ratings_table([(1, 1, 1), (1, 2, 1)])  # mean 1
     val = ratings_table([(2, 1, 3), (2, 2, 3)])  # shift 2 wins on val (1 + 2 = 3)
@@ -184,7 +184,7 @@ def test_select_refit_evaluate_refits_on_train_and_val_or_keeps_the_train_fit(re
 
 
 def test_a_nan_val_score_never_wins_and_all_nan_is_an_error():
-    from recsys.baselines import best_row
+    from recsys.models.baselines import best_row
 
     assert best_row(pd.DataFrame({"rmse_val": [np.nan, 1.2, 0.9, 0.9]})) == 2  # NaN skipped, earliest tie
     with pytest.raises(ValueError, match="every grid point scored NaN"):

@@ -1,4 +1,4 @@
-"""Tests of recsys.data: strict parsing, verified downloads (no network), safe extraction, synthetic data."""
+"""Tests of recsys.data.loader: strict parsing, verified downloads (no network), safe extraction, synthetic data."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import requests
 
-from recsys import data, download, movielens, synthetic
-from recsys.download import DownloadError
-from recsys.movielens import DataError, DatasetSpec
+from recsys.data import download, loader, movielens, synthetic
+from recsys.data.download import DownloadError
+from recsys.data.movielens import DataError, DatasetSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -66,7 +66,7 @@ def write_ml100k(folder: Path, users=None, movies=None, ratings=None) -> Path:
     return folder
 
 
-def assert_schema(ml: data.MovieLensData) -> None:
+def assert_schema(ml: loader.MovieLensData) -> None:
     assert list(ml.users.columns) == ["user_id", "gender", "age", "occupation", "zip_code"]
     assert list(ml.movies.columns) == ["movie_id", "title", "genres"]
     assert list(ml.ratings.columns) == ["user_id", "movie_id", "rating", "timestamp"]
@@ -92,7 +92,7 @@ def assert_schema(ml: data.MovieLensData) -> None:
 
 
 def test_ml1m_parses_to_schema(tmp_path):
-    ml = data.read_movielens("ml-1m", write_ml1m(tmp_path / "ml"))
+    ml = loader.read_movielens("ml-1m", write_ml1m(tmp_path / "ml"))
     assert_schema(ml)
     assert ml.users.to_dict("list") == {
         "user_id": [1, 2, 3],
@@ -108,12 +108,12 @@ def test_ml1m_parses_to_schema(tmp_path):
 
 
 def test_ml1m_latin1_title_decodes(tmp_path):
-    ml = data.read_movielens("ml-1m", write_ml1m(tmp_path))
+    ml = loader.read_movielens("ml-1m", write_ml1m(tmp_path))
     assert ml.movies.set_index("movie_id").loc[73, "title"] == "Misérables, Les (1995)"
 
 
 def test_ml100k_parses_to_schema_with_genre_names(tmp_path):
-    ml = data.read_movielens("ml-100k", write_ml100k(tmp_path))
+    ml = loader.read_movielens("ml-100k", write_ml100k(tmp_path))
     assert_schema(ml)
     assert ml.users.to_dict("list") == {
         "user_id": [1, 2],
@@ -129,7 +129,7 @@ def test_ml100k_parses_to_schema_with_genre_names(tmp_path):
 def test_trailing_blank_lines_and_crlf_are_fine(tmp_path):
     folder = write_ml1m(tmp_path)
     _write_lines(folder / "ratings.dat", ML1M_RATINGS + ["", ""], ending="\r\n")
-    assert len(data.read_movielens("ml-1m", folder).ratings) == len(ML1M_RATINGS)
+    assert len(loader.read_movielens("ml-1m", folder).ratings) == len(ML1M_RATINGS)
 
 
 def _replace(lines: list[str], index: int, line: str) -> list[str]:
@@ -182,7 +182,7 @@ def test_ml1m_bad_input_names_file_line_and_value(tmp_path, kind, index, line, e
     lines = {"users": ML1M_USERS, "movies": ML1M_MOVIES, "ratings": ML1M_RATINGS}
     folder = write_ml1m(tmp_path, **{kind: _replace(lines[kind], index, line)})
     with pytest.raises(DataError, match=re.escape(expected)) as error:
-        data.read_movielens("ml-1m", folder)
+        loader.read_movielens("ml-1m", folder)
     assert str(folder) in str(error.value)  # the full path, so the file can be found
     assert "Fix" in str(error.value) or "Use the" in str(error.value)  # and how to fix it
 
@@ -208,14 +208,14 @@ def test_ml100k_bad_input_names_file_line_and_value(tmp_path, kind, index, line,
     lines = {"users": ML100K_USERS, "movies": ML100K_MOVIES, "ratings": ML100K_RATINGS}
     folder = write_ml100k(tmp_path, **{kind: _replace(lines[kind], index, line)})
     with pytest.raises(DataError, match=re.escape(expected)):
-        data.read_movielens("ml-100k", folder)
+        loader.read_movielens("ml-100k", folder)
 
 
 def test_empty_ratings_file_is_an_error(tmp_path):
     folder = write_ml1m(tmp_path)
     (folder / "ratings.dat").write_bytes(b"")
     with pytest.raises(DataError, match=r"ratings\.dat is empty"):
-        data.read_movielens("ml-1m", folder)
+        loader.read_movielens("ml-1m", folder)
 
 
 # ------------------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def test_empty_ratings_file_is_an_error(tmp_path):
 
 def test_missing_data_dir_says_where_and_how_to_fix(tmp_path):
     with pytest.raises(DataError) as error:
-        data.read_movielens("ml-1m", tmp_path / "nowhere")
+        loader.read_movielens("ml-1m", tmp_path / "nowhere")
     message = str(error.value)
     assert "nowhere" in message and "does not exist" in message
     assert "data_dir" in message and "ratings.dat" in message
@@ -234,7 +234,7 @@ def test_missing_file_is_named_with_the_folders_searched(tmp_path):
     folder = write_ml1m(tmp_path / "ml")
     (folder / "movies.dat").unlink()
     with pytest.raises(DataError) as error:
-        data.read_movielens("ml-1m", folder)
+        loader.read_movielens("ml-1m", folder)
     message = str(error.value)
     assert "movies.dat" in message and str(folder.resolve()) in message
     assert "users.dat" not in message.split("missing:")[1].split(")")[0]
@@ -248,16 +248,16 @@ def test_data_dir_may_be_the_parent_of_the_release_folder(tmp_path):
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
     with pytest.raises(DataError) as error:
-        data.load_dataset("ml-30m", None, {}, {}, 0, tmp_path)
+        loader.load_dataset("ml-30m", None, {}, {}, 0, tmp_path)
     for name in movielens.KNOWN_DATASETS:
         assert name in str(error.value)
 
 
 def test_load_dataset_with_data_dir_reads_it_and_never_downloads(tmp_path, monkeypatch):
     write_ml1m(tmp_path / "local")
-    monkeypatch.setattr(data, "fetch_dataset", _must_not_be_called)
+    monkeypatch.setattr(loader, "fetch_dataset", _must_not_be_called)
     monkeypatch.chdir(tmp_path)  # a relative data_dir is relative to the current dir
-    ml = data.load_dataset(
+    ml = loader.load_dataset(
         "ml-1m", "local", {"sources": [], "cache_dir": "data", "timeout_s": 1}, {}, 0, tmp_path / "project"
     )
     assert len(ml.ratings) == len(ML1M_RATINGS)
@@ -271,9 +271,9 @@ def test_load_dataset_without_data_dir_fetches_into_the_project_cache(tmp_path, 
         calls.append((name, sources, cache_dir, timeout_s))
         return folder
 
-    monkeypatch.setattr(data, "fetch_dataset", fake_fetch)
+    monkeypatch.setattr(loader, "fetch_dataset", fake_fetch)
     download = {"sources": ["https://example.org/{name}.zip"], "cache_dir": "data", "timeout_s": 5}
-    ml = data.load_dataset("ml-100k", None, download, {}, 0, tmp_path / "project")
+    ml = loader.load_dataset("ml-100k", None, download, {}, 0, tmp_path / "project")
     assert calls == [("ml-100k", download["sources"], tmp_path / "project" / "data", 5)]
     assert len(ml.users) == 2
 
@@ -356,14 +356,14 @@ PRIMARY, MIRROR = (s.replace("{name}", "ml-1m") for s in SOURCES)
 def test_checksum_mismatch_removes_download_and_tries_next_source(tmp_path, tiny_ml1m_zip, caplog):
     session = FakeSession({PRIMARY: b"not the GroupLens zip", MIRROR: tiny_ml1m_zip})
     cache = tmp_path / "cache"
-    with caplog.at_level(logging.WARNING, logger="recsys.data"):
+    with caplog.at_level(logging.WARNING, logger="recsys.data.loader"):
         folder = download.fetch_dataset("ml-1m", SOURCES, cache, timeout_s=7, session=session)
     assert [url for url, _ in session.calls] == [PRIMARY, MIRROR]
     assert PRIMARY in caplog.text and "MD5" in caplog.text
     assert folder == cache / "ml-1m"
     assert (cache / "ml-1m.zip").read_bytes() == tiny_ml1m_zip
     assert sorted(p.name for p in cache.iterdir()) == ["ml-1m", "ml-1m.zip"]  # no temp left over
-    assert len(data.read_movielens("ml-1m", folder).ratings) == len(ML1M_RATINGS)
+    assert len(loader.read_movielens("ml-1m", folder).ratings) == len(ML1M_RATINGS)
     for _, kwargs in session.calls:
         assert kwargs["verify"] is True and kwargs["stream"] is True and kwargs["timeout"] == 7
 
@@ -407,7 +407,7 @@ def test_unverified_folder_is_not_trusted_as_cache(tmp_path, tiny_ml1m_zip):
     session = FakeSession({PRIMARY: tiny_ml1m_zip})
     folder = download.fetch_dataset("ml-1m", SOURCES, tmp_path, session=session)
     assert len(session.calls) == 1
-    assert len(data.read_movielens("ml-1m", folder).ratings) == len(ML1M_RATINGS)
+    assert len(loader.read_movielens("ml-1m", folder).ratings) == len(ML1M_RATINGS)
 
 
 # ------------------------------------------------------------------------------------------
@@ -478,7 +478,7 @@ def test_synthetic_is_fast_and_deterministic_for_a_seed(tmp_path, synthetic_dir)
 
 
 def test_synthetic_parses_back_with_movielens_shape(synthetic_dir):
-    ml = data.read_movielens("ml-1m", synthetic_dir)
+    ml = loader.read_movielens("ml-1m", synthetic_dir)
     assert_schema(ml)
     per_user = ml.ratings.groupby("user_id").size()
     assert len(ml.users) == 600 and len(ml.movies) == 400
@@ -505,7 +505,7 @@ def test_synthetic_parses_back_with_movielens_shape(synthetic_dir):
 
 
 def test_synthetic_ratings_are_learnable(synthetic_dir):
-    ratings = data.read_movielens("ml-1m", synthetic_dir).ratings
+    ratings = loader.read_movielens("ml-1m", synthetic_dir).ratings
     held_out = np.random.default_rng(0).random(len(ratings)) < 0.1
     train, test = ratings[~held_out], ratings[held_out]
     mean = train["rating"].mean()
@@ -526,21 +526,21 @@ def test_synthetic_ratings_are_learnable(synthetic_dir):
 def test_load_dataset_synthetic_generates_once_into_the_cache(tmp_path, monkeypatch):
     download = {"sources": [], "cache_dir": "data", "timeout_s": 1}
     small = dict(SYNTHETIC, n_users=50, n_movies=60, ratings_per_user=25)
-    first = data.load_dataset("synthetic", None, download, small, 7, tmp_path)
+    first = loader.load_dataset("synthetic", None, download, small, 7, tmp_path)
     folders = list((tmp_path / "data").glob("synthetic-*"))
     assert len(folders) == 1 and first.source == str(folders[0].resolve())
-    monkeypatch.setattr(data, "generate_synthetic", _must_not_be_called)
-    again = data.load_dataset("synthetic", None, download, small, 7, tmp_path)
+    monkeypatch.setattr(loader, "generate_synthetic", _must_not_be_called)
+    again = loader.load_dataset("synthetic", None, download, small, 7, tmp_path)
     pd.testing.assert_frame_equal(first.ratings, again.ratings)
     monkeypatch.undo()
-    data.load_dataset("synthetic", None, download, small, 8, tmp_path)  # another seed, another folder
+    loader.load_dataset("synthetic", None, download, small, 8, tmp_path)  # another seed, another folder
     assert len(list((tmp_path / "data").glob("synthetic-*"))) == 2
 
 
 def test_load_dataset_synthetic_in_ml25m_format_is_a_csv_release_without_users(tmp_path):
     download = {"sources": [], "cache_dir": "data", "timeout_s": 1}
     small = dict(SYNTHETIC, format="ml-25m", n_users=40, n_movies=60, ratings_per_user=25)
-    ml = data.load_dataset("synthetic", None, download, small, 7, tmp_path)
+    ml = loader.load_dataset("synthetic", None, download, small, 7, tmp_path)
     (folder,) = (tmp_path / "data").glob("synthetic-*")
     assert sorted(p.name for p in folder.iterdir()) == ["movies.csv", "ratings.csv"]
     assert ml.spec.name == "ml-25m" and "demographics" not in ml.spec.feature_groups
@@ -554,9 +554,9 @@ def test_load_dataset_refuses_a_synthetic_format_it_cannot_write(tmp_path):
     download = {"sources": [], "cache_dir": "data", "timeout_s": 1}
     too_many = dict(SYNTHETIC, format="ml-25m", n_movies=50, ratings_per_user=31)
     with pytest.raises(DataError, match=r"synthetic.ratings_per_user=31 .* 30 \(60% of synthetic.n_movies=50\)"):
-        data.load_dataset("synthetic", None, download, too_many, 7, tmp_path)
+        loader.load_dataset("synthetic", None, download, too_many, 7, tmp_path)
     with pytest.raises(DataError, match=r"synthetic.format .ml-100k. .*ml-1m.*ml-25m"):
-        data.load_dataset("synthetic", None, download, dict(SYNTHETIC, format="ml-100k"), 7, tmp_path)
+        loader.load_dataset("synthetic", None, download, dict(SYNTHETIC, format="ml-100k"), 7, tmp_path)
     assert not (tmp_path / "data").exists()
 
 
@@ -576,7 +576,7 @@ def _shared(name: str) -> Path:
 
 @pytest.mark.shared_data
 def test_real_ml100k():
-    ml = data.read_movielens("ml-100k", _shared("ml-100k"))
+    ml = loader.read_movielens("ml-100k", _shared("ml-100k"))
     assert_schema(ml)
     assert (len(ml.users), len(ml.movies), len(ml.ratings)) == (943, 1682, 100000)
     assert ml.ratings["rating"].mean() == pytest.approx(3.52986, abs=1e-5)
@@ -586,7 +586,7 @@ def test_real_ml100k():
 @pytest.mark.shared_data
 def test_real_ml1m_half():
     folder = _shared("ml-1m-half")
-    ml = data.load_dataset("ml-1m", str(folder), {}, {}, 0, REPO_ROOT)
+    ml = loader.load_dataset("ml-1m", str(folder), {}, {}, 0, REPO_ROOT)
     assert_schema(ml)
     assert (len(ml.users), len(ml.movies), len(ml.ratings)) == (6040, 3883, 487650)
     # Users 3000..6040 are listed but have no ratings in this copy: that must be fine.

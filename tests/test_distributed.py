@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys import distributed
-from recsys.distributed_worker import check_job
+from recsys.training.distributed import cluster as distributed
+from recsys.training.distributed.worker import check_job
 
 # ---- cluster and jobs (no TensorFlow) ------------------------------------------------------------
 
@@ -64,8 +64,8 @@ def test_a_bad_job_is_refused_before_any_worker_starts(tmp_path):
 
 
 def test_distribute_params_say_where_models_train_and_what_real_hosts_run(tmp_path):
-    from recsys.distributed_training import Distribute, cluster_instructions, wait_for_result
-    from recsys.params import load_params
+    from recsys.runs.params import load_params
+    from recsys.training.distributed.jobs import Distribute, cluster_instructions, wait_for_result
 
     assert Distribute.from_params(load_params()["distribute"]).label == "one process (no strategy)"
     local = Distribute.from_params({**load_params()["distribute"], "strategy": "multi_worker", "workers": 3})
@@ -122,9 +122,9 @@ def test_weighted_shares_of_a_batch_sum_to_the_batch_loss():
     """Each worker's loss times its share, summed (what the all-reduce adds up), is the one-process loss."""
     import tensorflow as tf
 
-    from recsys.configs import RankingConfig
-    from recsys.params import load_params
-    from recsys.ranking_model import build_ranking_model
+    from recsys.models.configs import RankingConfig
+    from recsys.models.rating_model import build_ranking_model
+    from recsys.runs.params import load_params
 
     config = dataclasses.replace(RankingConfig.from_params(load_params()["ranking"]), features=["ids"], embedding_dim=4)
     model = build_ranking_model({"user_id": 5, "movie_id": 7, "genres": 2, "title": 3}, config, 3.5)
@@ -148,7 +148,7 @@ def test_weighted_shares_of_a_batch_sum_to_the_batch_loss():
 def smoke_data(tmp_path_factory):
     """Notebook 01's tables on params/smoke.yaml (generated data) and the run's params."""
     import run_all
-    from recsys.params import load_params
+    from recsys.runs.params import load_params
     from tests.conftest import PROJECT_ROOT
 
     artifacts = tmp_path_factory.mktemp("distributed")
@@ -167,7 +167,7 @@ def smoke_data(tmp_path_factory):
     )
     (run_dir,) = [p for p in artifacts.iterdir() if p.is_dir()]
     stage = run_dir / "01_preprocess"
-    from recsys.distributed_training import DataFiles
+    from recsys.training.distributed.jobs import DataFiles
 
     files = DataFiles(stage / "interactions.parquet", stage / "users.parquet", stage / "movies.parquet")
     return files, load_params(PROJECT_ROOT / "params" / "smoke.yaml"), run_dir
@@ -177,11 +177,11 @@ def smoke_data(tmp_path_factory):
 def test_two_workers_reach_the_single_process_rating_model_and_resume_after_a_kill(smoke_data, tmp_path):
     import pandas as pd
 
-    from recsys import ranking_training
-    from recsys.configs import RankingConfig
-    from recsys.distributed_training import Distribute, run, train_ranking
-    from recsys.encoding import FeatureEncoder
-    from recsys.rating_scale import RatingScale
+    from recsys.data.rating_scale import RatingScale
+    from recsys.features.encoding import FeatureEncoder
+    from recsys.models.configs import RankingConfig
+    from recsys.training import rating_training
+    from recsys.training.distributed.jobs import Distribute, run, train_ranking
 
     files, params, run_dir = smoke_data
     config = dataclasses.replace(RankingConfig.from_params(params["ranking"]), max_epochs=6)
@@ -193,14 +193,14 @@ def test_two_workers_reach_the_single_process_rating_model_and_resume_after_a_ki
     tables = encoder.user_table(users), encoder.movie_table(movies)
     data = {s: (encoder.example_inputs(f, *tables), f["rating"].to_numpy("float32")) for s, f in frames.items()}
     epochs = 6
-    single = ranking_training.train_ranking_model(
+    single = rating_training.train_ranking_model(
         config, encoder.cardinalities(), *data["train"], params["seed"], epochs=epochs
     )
-    rmse_single = ranking_training.evaluate_ratings(single.model, *data["val"], scale)["rmse"]
+    rmse_single = rating_training.evaluate_ratings(single.model, *data["val"], scale)["rmse"]
 
     settings = Distribute("multi_worker", 2, 600, 2, ())
     two = train_ranking(config, files, params["seed"], scale, settings, tmp_path / "two", epochs=epochs)
-    rmse_two = ranking_training.evaluate_ratings(two.model, *data["val"], scale)["rmse"]
+    rmse_two = rating_training.evaluate_ratings(two.model, *data["val"], scale)["rmse"]
     assert abs(rmse_two - rmse_single) < 0.005, (rmse_two, rmse_single)
 
     def kill_after_epoch_2(workers, attempt):
@@ -225,8 +225,8 @@ def test_two_workers_reach_the_single_process_rating_model_and_resume_after_a_ki
     result, folder, restarts = run(job, tmp_path / "killed", settings, on_start=kill_after_epoch_2)
     assert restarts == 1 and result["first_epoch"] >= 2  # resumed after the epochs saved, not from scratch
     assert not (tmp_path / "killed" / "backup").exists()
-    resumed, _ = ranking_training.load_ranking_model(folder)
-    rmse_resumed = ranking_training.evaluate_ratings(resumed, *data["val"], scale)["rmse"]
+    resumed, _ = rating_training.load_ranking_model(folder)
+    rmse_resumed = rating_training.evaluate_ratings(resumed, *data["val"], scale)["rmse"]
     assert abs(rmse_resumed - rmse_single) < 0.005, (rmse_resumed, rmse_single)
     assert Path(folder, "model.json").exists()
 
@@ -235,10 +235,12 @@ def test_two_workers_reach_the_single_process_rating_model_and_resume_after_a_ki
 def test_two_workers_reach_the_single_process_retrieval_recall(smoke_data, tmp_path):
     import pandas as pd
 
-    from recsys import evaluation, retrieval_model, retrieval_training
-    from recsys.configs import RetrievalConfig
-    from recsys.distributed_training import Distribute, train_retrieval
-    from recsys.encoding import FeatureEncoder
+    from recsys.evaluation import full_ranking
+    from recsys.features.encoding import FeatureEncoder
+    from recsys.models import retrieval_model
+    from recsys.models.configs import RetrievalConfig
+    from recsys.training import retrieval_training
+    from recsys.training.distributed.jobs import Distribute, train_retrieval
 
     files, params, _ = smoke_data
     config = RetrievalConfig.from_params(params["retrieval"])
@@ -247,7 +249,7 @@ def test_two_workers_reach_the_single_process_retrieval_recall(smoke_data, tmp_p
     train = interactions[interactions["split"] == "train"]
     encoder = FeatureEncoder.fit(users, movies, train)
     user_table, movie_table = encoder.user_table(users), encoder.movie_table(movies)
-    matrices = evaluation.split_matrices(
+    matrices = full_ranking.split_matrices(
         retrieval_training.positives(interactions, config.min_rating),
         np.sort(interactions["user_id"].unique()),
         movie_table.index.to_numpy(),
@@ -257,7 +259,7 @@ def test_two_workers_reach_the_single_process_retrieval_recall(smoke_data, tmp_p
         scores = retrieval_model.full_ranking_scores(
             model, encoder, user_table, movie_table, matrices.user_ids, matrices.movie_ids
         )
-        return evaluation.evaluate_scores(scores, matrices, "val", ks=(100,))["recall_at_100"]
+        return full_ranking.evaluate_scores(scores, matrices, "val", ks=(100,))["recall_at_100"]
 
     single = retrieval_training.train_retrieval_model(
         config, encoder, train, user_table, movie_table, params["seed"], epochs=config.epochs

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys import metrics
-from recsys.ease import EASE, tune_ease
+from recsys.evaluation import metrics
+from recsys.models.ease import EASE, tune_ease
 
 
 def per_column_ridge(X, l2):
@@ -81,8 +81,8 @@ def test_tune_ease_reports_every_lambda_and_picks_the_best_val_recall():
 
 
 def test_an_item_cap_fits_b_on_the_most_watched_items_and_never_proposes_the_rest(tmp_path):
-    from recsys.candidates import EaseSource
-    from recsys.ease import load_ease, most_interacted_columns, save_ease
+    from recsys.models.ease import load_ease, most_interacted_columns, save_ease
+    from recsys.retrieval.candidates import EaseSource
 
     rng = np.random.default_rng(2)
     X = sp.csr_matrix((rng.random((80, 20)) < np.linspace(0.05, 0.6, 20)).astype(np.float32))
@@ -127,7 +127,7 @@ def test_tune_ease_with_a_cap_counts_the_uncovered_held_out_items_as_misses():
 
 
 def test_the_in_place_inverse_mirrors_every_block_and_matches_numpy():
-    from recsys.ease import _ease_weights, _spd_inverse
+    from recsys.models.ease import _ease_weights, _spd_inverse
 
     rng = np.random.default_rng(4)
     A = rng.random((11, 11))

@@ -8,7 +8,8 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
-from recsys import evaluation, exploration, metrics
+from recsys.evaluation import full_ranking, metrics
+from recsys.exploration import reranking
 
 PREDICTED = np.array([4.5, 4.0, 3.5, 3.0, 2.0])
 ITEMS = np.array([101, 102, 103, 104, 105])
@@ -19,13 +20,13 @@ ITEMS = np.array([101, 102, 103, 104, 105])
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 def test_first_position_frequencies_follow_the_weights(temperature):
-    draws = exploration.weighted_rerank_many(
+    draws = reranking.weighted_rerank_many(
         ITEMS[None, :], PREDICTED[None, :], n_repeats=20_000, seed=1, temperature=temperature
     )
     assert draws.shape == (20_000, 1, 5)
     first = draws[:, 0, 0]
     observed = np.array([(first == item).sum() for item in ITEMS])
-    expected = exploration.first_position_probabilities(PREDICTED, temperature) * len(first)
+    expected = reranking.first_position_probabilities(PREDICTED, temperature) * len(first)
     weights = np.exp(PREDICTED / temperature)
     np.testing.assert_allclose(expected / len(first), weights / weights.sum())
     assert stats.chisquare(observed, expected).pvalue > 0.001
@@ -33,8 +34,8 @@ def test_first_position_frequencies_follow_the_weights(temperature):
 
 def test_second_position_follows_sampling_without_replacement():
     # P(second = j) = sum_i p_i * p_j / (1 - p_i): the sequential definition the Gumbel trick must match
-    draws = exploration.weighted_rerank_many(ITEMS[None, :], PREDICTED[None, :], 20_000, seed=2)[:, 0, :]
-    p = exploration.first_position_probabilities(PREDICTED)
+    draws = reranking.weighted_rerank_many(ITEMS[None, :], PREDICTED[None, :], 20_000, seed=2)[:, 0, :]
+    p = reranking.first_position_probabilities(PREDICTED)
     second = np.array([sum(p[i] * p[j] / (1 - p[i]) for i in range(5) if i != j) for j in range(5)])
     observed = np.array([(draws[:, 1] == item).sum() for item in ITEMS])
     assert stats.chisquare(observed, second * len(draws)).pvalue > 0.001
@@ -43,20 +44,20 @@ def test_second_position_follows_sampling_without_replacement():
 
 def test_single_list_sampler_follows_the_weights():
     rng = np.random.default_rng(3)
-    first = np.array([exploration.weighted_rerank(ITEMS, PREDICTED, rng)[0] for _ in range(20_000)])
+    first = np.array([reranking.weighted_rerank(ITEMS, PREDICTED, rng)[0] for _ in range(20_000)])
     observed = np.array([(first == item).sum() for item in ITEMS])
-    assert stats.chisquare(observed, exploration.first_position_probabilities(PREDICTED) * 20_000).pvalue > 0.001
+    assert stats.chisquare(observed, reranking.first_position_probabilities(PREDICTED) * 20_000).pvalue > 0.001
 
 
 def test_seeded_reproducibility():
     lists = np.tile(ITEMS, (50, 1))
     scores = np.tile(PREDICTED, (50, 1))
-    a = exploration.weighted_rerank_many(lists, scores, 3, seed=11)
-    np.testing.assert_array_equal(a, exploration.weighted_rerank_many(lists, scores, 3, seed=11))
-    assert not np.array_equal(a, exploration.weighted_rerank_many(lists, scores, 3, seed=12))
-    one = exploration.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(5))
-    np.testing.assert_array_equal(one, exploration.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(5)))
-    orders = {tuple(exploration.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(s))) for s in range(20)}
+    a = reranking.weighted_rerank_many(lists, scores, 3, seed=11)
+    np.testing.assert_array_equal(a, reranking.weighted_rerank_many(lists, scores, 3, seed=11))
+    assert not np.array_equal(a, reranking.weighted_rerank_many(lists, scores, 3, seed=12))
+    one = reranking.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(5))
+    np.testing.assert_array_equal(one, reranking.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(5)))
+    orders = {tuple(reranking.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(s))) for s in range(20)}
     assert orders != {tuple(one)}
 
 
@@ -65,9 +66,9 @@ def test_low_temperature_gives_the_deterministic_order():
     items, scores = ITEMS[shuffled], PREDICTED[shuffled]
     for temperature in (0.0, 1e-4):
         np.testing.assert_array_equal(
-            exploration.weighted_rerank(items, scores, np.random.default_rng(0), temperature), ITEMS
+            reranking.weighted_rerank(items, scores, np.random.default_rng(0), temperature), ITEMS
         )
-        many = exploration.weighted_rerank_many(
+        many = reranking.weighted_rerank_many(
             np.tile(items, (4, 1)), np.tile(scores, (4, 1)), 10, seed=0, temperature=temperature
         )
         assert (many == ITEMS).all()
@@ -75,32 +76,32 @@ def test_low_temperature_gives_the_deterministic_order():
 
 def test_rerank_rejects_bad_input():
     with pytest.raises(ValueError, match="NaN"):
-        exploration.weighted_rerank(ITEMS, [1.0, np.nan, 2, 3, 4], np.random.default_rng(0))
+        reranking.weighted_rerank(ITEMS, [1.0, np.nan, 2, 3, 4], np.random.default_rng(0))
     with pytest.raises(ValueError, match="temperature"):
-        exploration.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(0), temperature=-1)
+        reranking.weighted_rerank(ITEMS, PREDICTED, np.random.default_rng(0), temperature=-1)
     with pytest.raises(ValueError, match="same"):
-        exploration.weighted_rerank_many(ITEMS[None, :], PREDICTED[None, :3], 2, seed=0)
+        reranking.weighted_rerank_many(ITEMS[None, :], PREDICTED[None, :3], 2, seed=0)
 
 
 # ---- Kendall tau ----------------------------------------------------------------------------------------
 
 
 def test_kendall_tau_identical_reversed_and_one_swap():
-    assert exploration.kendall_tau(ITEMS, ITEMS) == pytest.approx(1.0)
-    assert exploration.kendall_tau(ITEMS, ITEMS[::-1]) == pytest.approx(-1.0)
+    assert reranking.kendall_tau(ITEMS, ITEMS) == pytest.approx(1.0)
+    assert reranking.kendall_tau(ITEMS, ITEMS[::-1]) == pytest.approx(-1.0)
     swapped = ITEMS[[1, 0, 2, 3, 4]]
-    assert exploration.kendall_tau(ITEMS, swapped) == pytest.approx(1 - 2 * 1 / 10)
+    assert reranking.kendall_tau(ITEMS, swapped) == pytest.approx(1 - 2 * 1 / 10)
     with pytest.raises(ValueError, match="same distinct items"):
-        exploration.kendall_tau(ITEMS, np.array([101, 102, 103, 104, 999]))
+        reranking.kendall_tau(ITEMS, np.array([101, 102, 103, 104, 999]))
 
 
 def test_kendall_tau_many_matches_scipy_per_list():
     rng = np.random.default_rng(0)
     original = np.array([rng.permutation(50)[:10] for _ in range(30)])
-    sampled = exploration.weighted_rerank_many(original, rng.normal(3.5, 1, original.shape), 4, seed=0)
-    taus = exploration.kendall_tau_many(original, sampled)
+    sampled = reranking.weighted_rerank_many(original, rng.normal(3.5, 1, original.shape), 4, seed=0)
+    taus = reranking.kendall_tau_many(original, sampled)
     assert taus.shape == (4, 30)
-    expected = [[exploration.kendall_tau(original[u], sampled[r, u]) for u in range(30)] for r in range(4)]
+    expected = [[reranking.kendall_tau(original[u], sampled[r, u]) for u in range(30)] for r in range(4)]
     np.testing.assert_allclose(taus, expected)
 
 
@@ -110,7 +111,7 @@ def test_kendall_tau_many_matches_scipy_per_list():
 def test_noise_is_identity_in_training_and_at_sigma_zero():
     import tensorflow as tf
 
-    from recsys.noise import PredictionNoise
+    from recsys.exploration.noise import PredictionNoise
 
     x = tf.random.stateless_normal((64, 8), seed=(1, 2))
     np.testing.assert_array_equal(PredictionNoise(0.5, seed=1)(x, training=True), x)
@@ -123,7 +124,7 @@ def test_noise_is_identity_in_training_and_at_sigma_zero():
 def test_noise_varies_between_calls_and_is_reproducible_under_a_seed():
     import tensorflow as tf
 
-    from recsys.noise import PredictionNoise
+    from recsys.exploration.noise import PredictionNoise
 
     x = tf.zeros((2_000, 16))
     layer, twin, other = PredictionNoise(0.3, seed=7), PredictionNoise(0.3, seed=7), PredictionNoise(0.3, seed=8)
@@ -140,7 +141,7 @@ def test_noise_varies_between_calls_and_is_reproducible_under_a_seed():
 def test_noise_inside_a_keras_model_is_off_in_fit_and_on_in_predict():
     import tensorflow as tf
 
-    from recsys.noise import PredictionNoise
+    from recsys.exploration.noise import PredictionNoise
 
     x = np.ones((32, 4), np.float32)
     model = tf.keras.Sequential([tf.keras.Input((4,)), PredictionNoise(1.0, seed=3)])
@@ -168,17 +169,17 @@ def interactions():
 def test_least_viewed_counts_train_only_and_includes_unseen(interactions):
     catalogue = [1, 2, 3, 4, 5, 6]
     # train views: 1 -> 2, 2 -> 2, 3 -> 1, 4 -> 0 (test only), 5 -> 1, 6 -> 0 (never rated)
-    np.testing.assert_array_equal(exploration.least_viewed_movies(interactions, catalogue, max_views=0), [4, 6])
-    np.testing.assert_array_equal(exploration.least_viewed_movies(interactions, catalogue, max_views=1), [4, 6, 3, 5])
-    assert set(exploration.least_viewed_movies(interactions, catalogue, max_views=2)) == set(catalogue)
+    np.testing.assert_array_equal(reranking.least_viewed_movies(interactions, catalogue, max_views=0), [4, 6])
+    np.testing.assert_array_equal(reranking.least_viewed_movies(interactions, catalogue, max_views=1), [4, 6, 3, 5])
+    assert set(reranking.least_viewed_movies(interactions, catalogue, max_views=2)) == set(catalogue)
     counts = interactions.loc[interactions["split"] == "train", "movie_id"].value_counts()
-    np.testing.assert_array_equal(exploration.least_viewed_movies(counts, catalogue, max_views=1), [4, 6, 3, 5])
+    np.testing.assert_array_equal(reranking.least_viewed_movies(counts, catalogue, max_views=1), [4, 6, 3, 5])
 
 
 def test_least_viewed_pool_labels_dedupes_and_excludes_seen():
     retrieved = pd.DataFrame({"user_id": [1, 1, 1, 1, 2], "movie_id": [10, 20, 30, 20, 10]})
     seen = pd.DataFrame({"user_id": [1, 1, 2], "movie_id": [20, 50, 40]})
-    pool = exploration.least_viewed_pool(retrieved, least_viewed=[30, 40, 50, 40, 60], user_ids=[1, 2], seen=seen)
+    pool = reranking.least_viewed_pool(retrieved, least_viewed=[30, 40, 50, 40, 60], user_ids=[1, 2], seen=seen)
     merged = pool[pool["user_id"] == 1]
     assert merged["movie_id"].tolist() == [10, 30, 40, 60]
     assert merged["source"].tolist() == ["retrieval", "retrieval", "least-viewed", "least-viewed"]
@@ -192,28 +193,28 @@ def test_a_large_least_viewed_set_is_sampled_per_user_with_the_seed():
     retrieved = pd.DataFrame({"user_id": [1, 2], "movie_id": [10, 10]})
     cold = np.arange(100, 400)
     seen = pd.DataFrame({"user_id": [1], "movie_id": [10]})
-    pool = exploration.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=25, seed=4)
+    pool = reranking.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=25, seed=4)
     added = pool[pool["source"] == "least-viewed"]
     assert added.groupby("user_id").size().tolist() == [25, 25, 25] and not added.duplicated().any()
     assert set(added["movie_id"]) <= set(cold)
     by_user = [set(added.loc[added["user_id"] == u, "movie_id"]) for u in (1, 2, 3)]
     assert by_user[0] != by_user[1]  # each user draws their own
-    again = exploration.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=25, seed=4)
+    again = reranking.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=25, seed=4)
     pd.testing.assert_frame_equal(pool, again)
-    other_seed = exploration.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=25, seed=5)
+    other_seed = reranking.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=25, seed=5)
     assert not pool.equals(other_seed)
-    every = exploration.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=0)
+    every = reranking.least_viewed_pool(retrieved, cold, [1, 2, 3], seen, per_user=0)
     assert (every["source"] == "least-viewed").sum() == 3 * len(cold)
 
 
 def test_add_least_viewed_keeps_the_candidates_labels_and_takes_ranks_from_the_larger_table():
-    from recsys.candidates import CANDIDATE_COLUMNS, merge_sources
+    from recsys.retrieval.candidates import CANDIDATE_COLUMNS, merge_sources
 
     retrieved = pd.DataFrame({"user_id": [1, 1, 2], "movie_id": [10, 20, 10], "retrieval_score": [0.9, 0.8, 0.7]})
     full = merge_sources(retrieved, np.array([[20, 60], [40, 30]]), np.array([[2.0, 1.0], [3.0, 2.5]]))
     top = full[full["retrieval_rank"] == 1]  # each user's first retrieved movie, as 09 cuts to retrieval_k
     seen = pd.DataFrame({"user_id": [2], "movie_id": [30]})
-    table = exploration.add_least_viewed(top, [60, 30], [1, 2], seen, ranks=full)
+    table = reranking.add_least_viewed(top, [60, 30], [1, 2], seen, ranks=full)
     assert list(table.columns) == CANDIDATE_COLUMNS
     # the candidates' rows, then the added ones; user 2 has seen movie 30
     assert list(zip(table["user_id"], table["movie_id"])) == [(1, 10), (2, 10), (1, 60), (1, 30), (2, 60)]
@@ -227,13 +228,13 @@ def test_choose_setting_takes_the_widest_coverage_within_the_accuracy_loss():
         {"ndcg_at_10": [0.30, 0.299, 0.290, 0.20], "coverage_at_10": [0.20, 0.21, 0.25, 0.40]},
         index=["none", "a", "b", "c"],
     )
-    assert exploration.choose_setting(results, "none", 0.05) == "b"  # c loses a third of NDCG
-    assert exploration.choose_setting(results, "none", 0.001) == "none"  # only the reference qualifies
-    assert exploration.choose_setting(results, "none", 0.5) == "c"
+    assert reranking.choose_setting(results, "none", 0.05) == "b"  # c loses a third of NDCG
+    assert reranking.choose_setting(results, "none", 0.001) == "none"  # only the reference qualifies
+    assert reranking.choose_setting(results, "none", 0.5) == "c"
     with pytest.raises(KeyError, match="reference setting 'x'"):
-        exploration.choose_setting(results, "x", 0.05)
+        reranking.choose_setting(results, "x", 0.05)
     with pytest.raises(ValueError, match="max_loss"):
-        exploration.choose_setting(results, "none", 1.0)
+        reranking.choose_setting(results, "none", 1.0)
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
@@ -250,7 +251,7 @@ def test_evaluate_lists_reuses_the_project_metrics():
     train = sp.csr_matrix((rng.random((n_users, n_items)) < 0.3).astype(np.float32))
     share = metrics.item_popularity_share(train)
     genres = (rng.random((n_items, 5)) < 0.4).astype(np.int8)
-    result = evaluation.evaluate_lists(top, relevant, n_items, share, genres)
+    result = full_ranking.evaluate_lists(top, relevant, n_items, share, genres)
     assert set(result) == {"recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini"}
     accuracy = metrics.retrieval_metrics(top, relevant, ks=(10,))
     assert result["recall_at_10"] == accuracy["recall_at_10"] and result["ndcg_at_10"] == accuracy["ndcg_at_10"]

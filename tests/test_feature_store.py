@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.feature_store import FeatureStore, UnknownMovieError
+from recsys.core.errors import UnknownMovieError
+from recsys.features.feature_store import FeatureStore
 from tests.online_fixtures import NEVER_RATED_MOVIE, tiny_store_and_encoder
 
 

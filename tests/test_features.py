@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.features import (
+from recsys.features.preprocessing import (
     AGE_GROUP_LABELS,
     GENRES,
     ML1M_OCCUPATIONS,
@@ -349,7 +349,7 @@ def test_build_interactions_rejects_unknown_ids():
 
 
 def read_ml1m(folder) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """A minimal ML-1M reader in the schema of recsys.data (kept here so this test needs only the files)."""
+    """A minimal ML-1M reader in the schema of recsys.data.loader (kept here so this test needs only the files)."""
     # "::" read as ":" with the empty fields between skipped keeps the fast C parser for the two
     # files whose values never contain ":"; titles can, so movies.dat goes through the python engine.
     users = pd.read_csv(

@@ -7,7 +7,7 @@ import warnings
 import pandas as pd
 import pytest
 
-from recsys.geo import GEO_BACKENDS, GeoError, lookup_city_state, standardize_zip
+from recsys.data.geo import GEO_BACKENDS, GeoError, lookup_city_state, standardize_zip
 
 
 def test_standardize_zip_keeps_only_us_zips():

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from recsys.lazy_adam import LazyAdam
+from recsys.models.lazy_adam import LazyAdam
 
 
 def _adam_rows(weights, grads, lr, steps):

@@ -8,9 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.candidates import (
+from recsys.core.ids import NO_MOVIE
+from recsys.evaluation.full_ranking import bootstrap_spread, grouped_ndcg
+from recsys.models.ease import EASE
+from recsys.ranking.learned_ranking import StageData, holdout_mask, stage_data, top_k_lists
+from recsys.ranking.ranker_features import FEATURE_GROUPS, FeatureSources, LeakageError
+from recsys.retrieval.candidates import (
     CANDIDATE_COLUMNS,
-    NO_MOVIE,
     SOURCE_BOTH,
     SOURCE_EASE,
     SOURCE_RETRIEVAL,
@@ -18,11 +22,7 @@ from recsys.candidates import (
     candidate_recall,
     merge_sources,
 )
-from recsys.ease import EASE
-from recsys.evaluation import bootstrap_spread, grouped_ndcg
-from recsys.learned_ranking import StageData, holdout_mask, stage_data, top_k_lists
-from recsys.params import load_params
-from recsys.ranker_features import FEATURE_GROUPS, FeatureSources, LeakageError
+from recsys.runs.params import load_params
 from tests.online_fixtures import tiny_store_and_encoder
 
 DEFAULTS = load_params()
@@ -71,12 +71,12 @@ def test_candidate_recall_per_source_and_merged():
 @pytest.fixture(scope="module")
 def world():
     """The tiny store with retrieval vectors, EASE fitted on train, and a (random) rating model fitted 'on train'."""
-    from recsys.configs import RankingConfig
-    from recsys.evaluation import split_matrices
-    from recsys.ranking_model import build_ranking_model
-    from recsys.ranking_stage import RatingRanker
-    from recsys.retrievers import NumpyRetriever
-    from recsys.seeding import set_seed
+    from recsys.core.seeding import set_seed
+    from recsys.evaluation.full_ranking import split_matrices
+    from recsys.models.configs import RankingConfig
+    from recsys.models.rating_model import build_ranking_model
+    from recsys.ranking.stage import RatingRanker
+    from recsys.retrieval.retrievers import NumpyRetriever
 
     set_seed(3)
     store, encoder, (users, movies, interactions) = tiny_store_and_encoder()
@@ -112,7 +112,7 @@ def world():
 
 
 def candidates_of(world, exclude="seen"):
-    from recsys.serving import retrieve_candidates
+    from recsys.serving.recommender import retrieve_candidates
 
     users = world["store"].users.index.to_numpy()
     return retrieve_candidates(
@@ -145,8 +145,8 @@ def test_features_are_what_they_say(world):
 
 def test_a_store_of_users_without_attributes_gives_no_demographic_features(world):
     """ML-10M on: users are ids only; the ranker's features leave the demographic codes out, not zeros."""
-    from recsys.encoding import FeatureEncoder
-    from recsys.feature_store import FeatureStore
+    from recsys.features.encoding import FeatureEncoder
+    from recsys.features.feature_store import FeatureStore
 
     users, movies = world["tables"]
     store = FeatureStore.build(users[["user_id"]], movies, world["interactions"])
@@ -173,7 +173,7 @@ def test_a_val_stage_feature_fitted_on_val_is_refused(world):
 
 def test_a_store_reading_val_histories_serves_the_test_stage_only(world):
     """The test stage reads each user's train + val movies as their past; the val stage must not."""
-    from recsys.feature_store import FeatureStore
+    from recsys.features.feature_store import FeatureStore
 
     store, interactions = world["store"], world["interactions"]
     users, movies = world["tables"]
@@ -216,8 +216,8 @@ def planted(n_users=300, width=20, seed=0):
 
 @pytest.mark.parametrize("name", ["lambdarank", "dcn"])
 def test_rankers_learn_a_planted_signal_and_reload_with_identical_scores(tmp_path, name):
-    from recsys.learned_ranking import train_dcn, train_lambdarank
-    from recsys.rankers import load_ranker
+    from recsys.ranking.learned_ranking import train_dcn, train_lambdarank
+    from recsys.ranking.rankers import load_ranker
 
     data, features = planted(), ["retrieval_score", "retrieval_rank", "gender"]
     if name == "lambdarank":
@@ -260,9 +260,9 @@ def test_holdout_and_bootstrap_are_seeded():
 
 
 def test_the_learned_ranker_serves_like_the_batch_and_handles_unknown_users_and_empty_lists(world, tmp_path):
-    from recsys.learned_ranking import train_lambdarank
-    from recsys.ranking_stage import LearnedRanker, load_served_ranker, save_served_ranker
-    from recsys.serving import rank_candidates, recommend, recommend_batch
+    from recsys.ranking.learned_ranking import train_lambdarank
+    from recsys.ranking.stage import LearnedRanker, load_served_ranker, save_served_ranker
+    from recsys.serving.recommender import rank_candidates, recommend, recommend_batch
 
     data = stage(world)
     ranker, _ = train_lambdarank(

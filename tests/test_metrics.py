@@ -1,4 +1,4 @@
-"""Hand-checked cases for every metric in recsys.metrics."""
+"""Hand-checked cases for every metric in recsys.evaluation.metrics."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys import metrics
-from recsys.rating_scale import RatingScale
+from recsys.data.rating_scale import RatingScale
+from recsys.evaluation import metrics
 
 
 def csr(dense):

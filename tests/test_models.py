@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.configs import RetrievalConfig
-from recsys.encoding import FeatureEncoder, resolve_features
-from recsys.params import load_params
-from recsys.rating_scale import RatingScale
-from recsys.seeding import set_seed
+from recsys.core.seeding import set_seed
+from recsys.data.rating_scale import RatingScale
+from recsys.features.encoding import FeatureEncoder, resolve_features
+from recsys.models.configs import RetrievalConfig
+from recsys.runs.params import load_params
 from tests.conftest import PROJECT_ROOT
 
 
@@ -97,7 +97,7 @@ def test_resolve_features():
 
 
 def test_features_the_data_lacks_are_left_out_and_named():
-    from recsys.encoding import available_groups, unavailable
+    from recsys.features.encoding import available_groups, unavailable
 
     ids_only_users = {"user_id", "movie_id", "genres", "title", "release_year", "hour", "weekday", "month"}
     assert resolve_features(["user", "movie"], ids_only_users) == {"genres", "title", "release_year"}
@@ -116,8 +116,8 @@ def test_features_the_data_lacks_are_left_out_and_named():
 
 def test_models_train_on_users_without_attributes(tables):
     """ML-10M on: the users table holds user_id only; both models build and learn without user features."""
-    from recsys.ranking_model import build_ranking_model
-    from recsys.retrieval_model import build_retrieval_model, model_inputs, user_embeddings
+    from recsys.models.rating_model import build_ranking_model
+    from recsys.models.retrieval_model import build_retrieval_model, model_inputs, user_embeddings
 
     users, movies, interactions = tables
     encoder = FeatureEncoder.fit(users[["user_id"]], movies, interactions)
@@ -141,7 +141,7 @@ def test_models_train_on_users_without_attributes(tables):
 
 def small_config(**overrides):
     """The default rating-model config (params/default.yaml), made small for the tiny data."""
-    from recsys.configs import RankingConfig
+    from recsys.models.configs import RankingConfig
 
     default = RankingConfig.from_params(load_params()["ranking"])
     return dataclasses.replace(default, **{"embedding_dim": 8, "side_dim": 4, "batch_size": 64, **overrides})
@@ -149,7 +149,7 @@ def small_config(**overrides):
 
 @pytest.mark.parametrize("features", [["ids"], ["user"], ["user", "movie"], ["user", "movie", "context"], ["title"]])
 def test_model_builds_from_params_for_each_feature_set(tables, features):
-    from recsys.ranking_model import build_ranking_model
+    from recsys.models.rating_model import build_ranking_model
 
     users, movies, interactions = tables
     encoder = FeatureEncoder.fit(users, movies, interactions)
@@ -169,7 +169,7 @@ def test_model_builds_from_params_for_each_feature_set(tables, features):
 
 
 def test_training_learns_and_early_stopping_restores_best(tables):
-    from recsys import ranking_training as training
+    from recsys.training import rating_training as training
 
     users, movies, interactions = tables
     encoder = FeatureEncoder.fit(users, movies, interactions)
@@ -189,7 +189,7 @@ def test_training_learns_and_early_stopping_restores_best(tables):
 
 
 def test_saved_model_reloads_in_a_fresh_process_with_identical_predictions(tmp_path, tables):
-    from recsys import ranking_training as training
+    from recsys.training import rating_training as training
 
     users, movies, interactions = tables
     encoder = FeatureEncoder.fit(users, movies, interactions)
@@ -205,7 +205,7 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_predictions(tmp_p
     expected = training.predict_ratings(result.model, inputs)
     script = (
         "import json, sys, numpy as np\n"
-        "from recsys import ranking_training as training\n"
+        "from recsys.training import rating_training as training\n"
         f"model, _ = training.load_ranking_model({str(folder)!r})\n"
         f"inputs = dict(np.load({str(tmp_path / 'inputs.npz')!r}))\n"
         "print(json.dumps(training.predict_ratings(model, inputs).tolist()))\n"
@@ -216,14 +216,14 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_predictions(tmp_p
 
 
 def test_load_without_a_saved_model_says_so(tmp_path):
-    from recsys import ranking_training as training
+    from recsys.training import rating_training as training
 
     with pytest.raises(FileNotFoundError, match="holds no saved model"):
         training.load_ranking_model(tmp_path)
 
 
 def test_training_dataset_visits_every_example_once_per_epoch_in_a_new_order():
-    from recsys import ranking_training as training
+    from recsys.training import rating_training as training
 
     n, batch = 1000, 96
     inputs = {"row": np.arange(n, dtype=np.int64), "pair": np.stack([np.arange(n), -np.arange(n)], axis=1)}
@@ -250,8 +250,8 @@ def test_training_dataset_visits_every_example_once_per_epoch_in_a_new_order():
 
 
 def test_movie_features_kept_once_per_movie_give_the_same_batches(tables):
-    from recsys import ranking_training as training
-    from recsys.encoding import ExampleInputs
+    from recsys.features.encoding import ExampleInputs
+    from recsys.training import rating_training as training
 
     users, movies, interactions = tables
     encoder = FeatureEncoder.fit(users, movies, interactions)
@@ -281,7 +281,7 @@ def test_movie_features_kept_once_per_movie_give_the_same_batches(tables):
 
 
 def test_configs_take_exactly_their_params_group():
-    from recsys.configs import RankingConfig, RetrievalConfig
+    from recsys.models.configs import RankingConfig, RetrievalConfig
 
     params = load_params()
     assert RankingConfig.from_params(params["ranking"]).to_dict() == params["ranking"]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.params import load_params
+from recsys.runs.params import load_params
 from tests.online_fixtures import tiny_store_and_encoder
 
 CONTEXT = {"hour": 20, "weekday": 4, "month": 12}
@@ -17,10 +17,10 @@ CONTEXT = {"hour": 20, "weekday": 4, "month": 12}
 
 @pytest.fixture(scope="module")
 def setup():
-    from recsys.configs import RankingConfig
-    from recsys.ranking_model import build_ranking_model
-    from recsys.retrievers import NumpyRetriever
-    from recsys.seeding import set_seed
+    from recsys.core.seeding import set_seed
+    from recsys.models.configs import RankingConfig
+    from recsys.models.rating_model import build_ranking_model
+    from recsys.retrieval.retrievers import NumpyRetriever
 
     set_seed(7)
     store, encoder, tables = tiny_store_and_encoder()
@@ -32,8 +32,8 @@ def setup():
     user_vectors = model.user_tower(store.user_inputs(everyone, encoder)).vector.numpy()
     movie_vectors = model.movie_tower(store.movie_inputs(np.arange(len(store.movies)), encoder)).vector.numpy()
     retriever = NumpyRetriever(store.users.index, user_vectors, store.movies.index, movie_vectors)
-    from recsys.ranking_stage import RatingRanker
-    from recsys.rating_scale import RatingScale
+    from recsys.data.rating_scale import RatingScale
+    from recsys.ranking.stage import RatingRanker
 
     ranker = RatingRanker(store, model, encoder, CONTEXT, scale=RatingScale(1.0, 5.0, 1.0))
     return {
@@ -47,15 +47,15 @@ def setup():
 
 
 def call(setup, user_id, **kwargs):
-    from recsys.serving import recommend
+    from recsys.serving.recommender import recommend
 
     kwargs = {"k": 5, "n_candidates": 8, "ranker": setup["ranker"], "retrieval_index": setup["retriever"], **kwargs}
     return recommend(user_id, store=setup["store"], **kwargs)
 
 
 def test_known_user_gets_k_unseen_movies_ranked_by_predicted_rating(setup):
-    from recsys.candidates import SOURCE_RETRIEVAL
-    from recsys.serving import RESULT_COLUMNS
+    from recsys.retrieval.candidates import SOURCE_RETRIEVAL
+    from recsys.serving.recommender import RESULT_COLUMNS
 
     table = call(setup, 3)
     assert list(table.columns) == RESULT_COLUMNS
@@ -106,8 +106,8 @@ def test_seen_movies_are_dropped_even_if_the_retriever_returns_them(setup):
 
 
 def test_unknown_user_gets_popular_movies_labelled(setup):
-    from recsys.candidates import SOURCE_POPULAR
-    from recsys.serving import RESULT_COLUMNS
+    from recsys.retrieval.candidates import SOURCE_POPULAR
+    from recsys.serving.recommender import RESULT_COLUMNS
 
     table = call(setup, 987654)
     assert list(table.columns) == RESULT_COLUMNS
@@ -117,7 +117,7 @@ def test_unknown_user_gets_popular_movies_labelled(setup):
 
 
 def test_recommend_batch_equals_recommend_per_user(setup):
-    from recsys.serving import recommend_batch
+    from recsys.serving.recommender import recommend_batch
 
     user_ids = [3, 987654, 1, 5, 3, 8]
     batch = recommend_batch(
@@ -135,7 +135,7 @@ def test_recommend_batch_equals_recommend_per_user(setup):
 
 
 def test_recommend_batch_without_retrieve_batch_matches(setup):
-    from recsys.serving import recommend_batch
+    from recsys.serving.recommender import recommend_batch
 
     retriever = setup["retriever"]
     batch = recommend_batch(
@@ -154,7 +154,7 @@ def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
     import tensorflow as tf
     import tensorflow_recommenders as tfrs
 
-    from recsys.retrievers import IndexRetriever, UnknownUserError
+    from recsys.retrieval.retrievers import IndexRetriever, UnknownUserError
 
     store, retriever = setup["store"], setup["retriever"]
     # a query model from user index (the store's encoded user id) to the same user vectors
@@ -184,7 +184,7 @@ def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
     np.testing.assert_array_equal(batch_ids[1], retriever.retrieve(2, 6, store.seen_movies(2))[0])
     with pytest.raises(UnknownUserError):
         adapter.retrieve(987654, 6, seen)
-    # by default the query is the MovieLens user id itself (recsys.indexes's UserQueryModel)
+    # by default the query is the MovieLens user id itself (recsys.retrieval.indexes's UserQueryModel)
     by_id = IndexRetriever(layer, user_index=None)
     assert by_id._queries([4]) == [4] and adapter.max_k == len(retriever.movie_ids)
     # a user the retriever cannot serve falls back to popular movies
@@ -194,11 +194,11 @@ def test_factorized_top_k_adapter_matches_the_numpy_retriever(setup):
 
 
 def test_context_defaults_to_now_and_is_validated(setup):
-    from recsys.serving import context_inputs
+    from recsys.features.request_context import context_inputs
 
     now = context_inputs(setup["encoder"], None, 3)
     assert set(now) == {"hour", "weekday", "month"} and all(len(v) == 3 for v in now.values())
-    from recsys.ranking_stage import RatingRanker
+    from recsys.ranking.stage import RatingRanker
 
     now_ranker = RatingRanker(setup["store"], setup["model"], setup["encoder"], None, scale=setup["ranker"].scale)
     assert len(call(setup, 3, ranker=now_ranker)) == 5
@@ -209,8 +209,8 @@ def test_context_defaults_to_now_and_is_validated(setup):
 def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
     from datetime import datetime, timedelta
 
-    import recsys.ranking_stage as online
-    import recsys.serving as serving
+    import recsys.ranking.stage as online
+    import recsys.features.request_context as request_context
 
     start = datetime(2026, 1, 5, 10, 59, tzinfo=UTC)
     calls = []
@@ -221,7 +221,7 @@ def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
             calls.append(tz)
             return start + timedelta(hours=len(calls) - 1)
 
-    monkeypatch.setattr(serving, "datetime", Clock)  # where "now" is read
+    monkeypatch.setattr(request_context, "datetime", Clock)  # where "now" is read
     store = setup["store"]
     users = np.array([2, 3, 4, 2, 3, 4])
     movies = store.movies.index.to_numpy()[:6]
@@ -233,8 +233,8 @@ def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
 
 
 def test_the_two_steps_give_the_served_lists_and_retrieve_once(setup):
-    from recsys.candidates import CANDIDATE_COLUMNS
-    from recsys.serving import rank_candidates, recommend_batch, retrieve_candidates
+    from recsys.retrieval.candidates import CANDIDATE_COLUMNS
+    from recsys.serving.recommender import rank_candidates, recommend_batch, retrieve_candidates
 
     calls = []
 

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 import yaml
 
-from recsys.params import DEFAULT_PARAMS_FILE, ParamsError, load_params, params_hash, parse_override
+from recsys.runs.params import DEFAULT_PARAMS_FILE, ParamsError, load_params, params_hash, parse_override
 from tests.conftest import PROJECT_ROOT
 
 

@@ -12,8 +12,9 @@ import time
 import pytest
 
 import run_all
-from recsys import provenance
-from recsys.artifacts import ARTIFACTS, Run
+from recsys.runs import provenance
+from recsys.runs.artifacts import Run
+from recsys.runs.registry import ARTIFACTS
 from tests.conftest import PROJECT_ROOT
 from tests.notebook_fixtures import make_notebook
 
@@ -128,7 +129,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(chain, capsys):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom recsys.provenance import run_lock\n"
+            "import sys, time\nfrom recsys.runs.provenance import run_lock\n"
             f"with run_lock({str(run_dir)!r}, 'doomed'):\n    print('locked', flush=True)\n    time.sleep(60)\n",
         ],
         cwd=PROJECT_ROOT,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys import data, download, movielens
-from recsys.movielens import DataError
+from recsys.data import download, loader, movielens
+from recsys.data.movielens import DataError
 
 MOVIES_CSV = (
     "movieId,title,genres\n"
@@ -37,7 +37,7 @@ def write_ml10m(folder, ratings="1::1::4.5::838985046\n1::3::2::838983525\n5::2:
 
 @pytest.mark.parametrize("release", ["ml-20m", "ml-25m"])
 def test_csv_release_reads_quoted_titles_half_stars_and_new_genres(tmp_path, release):
-    ml = data.read_movielens(release, write_csv_release(tmp_path / release))
+    ml = loader.read_movielens(release, write_csv_release(tmp_path / release))
     assert ml.movies["title"].tolist()[:2] == [
         "American President, The (1995)",
         "Amélie (Fabuleux destin d'Amélie Poulain; Le) (2001)",
@@ -51,7 +51,7 @@ def test_csv_release_reads_quoted_titles_half_stars_and_new_genres(tmp_path, rel
 
 
 def test_ml10m_reads_double_colon_files_with_half_stars(tmp_path):
-    ml = data.read_movielens("ml-10m", write_ml10m(tmp_path / "ml-10M100K"))
+    ml = loader.read_movielens("ml-10m", write_ml10m(tmp_path / "ml-10M100K"))
     assert ml.ratings["rating"].tolist() == [4.5, 2.0, 0.5] and ml.ratings["rating"].dtype == np.float32
     assert ml.movies["title"].tolist()[1] == "Café (2001)" and ml.users["user_id"].tolist() == [1, 5]
     # data_dir may be the parent of the release's folder, as for the other releases
@@ -102,7 +102,7 @@ def test_ml10m_reads_double_colon_files_with_half_stars(tmp_path):
 def test_a_bad_line_of_a_csv_release_names_file_line_and_value(tmp_path, movies, ratings, message):
     folder = write_csv_release(tmp_path / "ml-25m", movies, ratings)
     with pytest.raises(DataError) as error:
-        data.read_movielens("ml-25m", folder)
+        loader.read_movielens("ml-25m", folder)
     assert message in str(error.value)
 
 
@@ -113,24 +113,24 @@ def test_csv_edge_cases_still_name_file_line_and_value(tmp_path):
     with pytest.raises(
         DataError, match=r"ratings.csv line 4: user id '99999999999999999999' is not an integer 1..2147483647"
     ):
-        data.read_movielens("ml-25m", folder)
+        loader.read_movielens("ml-25m", folder)
     folder = write_csv_release(tmp_path / "cr", ratings=RATINGS_CSV.replace("1,3,3.5", "1,3\r,3.5"))
     with pytest.raises(DataError, match="ratings.csv line 3: stray carriage return"):
-        data.read_movielens("ml-25m", folder)
+        loader.read_movielens("ml-25m", folder)
     # a quoted title over two lines: later lines keep their physical numbers
     spanning = (
         MOVIES_CSV.replace('"American President, The (1995)"', '"American President,\nThe (1995)"')
         + "2,Again (2000),Drama\n"
     )
     with pytest.raises(DataError, match=r"movies.csv line 7: movie id '2' is repeated \(first on line 4\)"):
-        data.read_movielens("ml-25m", write_csv_release(tmp_path / "span", movies=spanning))
+        loader.read_movielens("ml-25m", write_csv_release(tmp_path / "span", movies=spanning))
 
 
 def test_a_csv_release_that_is_not_utf8_is_refused_at_its_line(tmp_path):
     folder = write_csv_release(tmp_path / "ml-20m")
     (folder / "movies.csv").write_bytes(MOVIES_CSV.replace("Amélie", "Am\xe9lie", 1).encode("latin-1"))
     with pytest.raises(DataError, match=r"movies.csv line 3: bytes b'\\xe9lie' are not UTF-8"):
-        data.read_movielens("ml-20m", folder)
+        loader.read_movielens("ml-20m", folder)
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,7 @@ def test_a_csv_release_that_is_not_utf8_is_refused_at_its_line(tmp_path):
 )
 def test_a_bad_line_of_ml10m_names_file_line_and_value(tmp_path, ratings, message):
     with pytest.raises(DataError) as error:
-        data.read_movielens("ml-10m", write_ml10m(tmp_path / "ml-10m", ratings))
+        loader.read_movielens("ml-10m", write_ml10m(tmp_path / "ml-10m", ratings))
     assert message in str(error.value)
 
 
@@ -161,13 +161,13 @@ def test_every_release_has_its_checksum_and_scale():
 
 
 def test_synthetic_csv_has_ml25m_format_and_shape_and_learnable_ratings(tmp_path):
-    from recsys.synthetic import generate_synthetic_csv
+    from recsys.data.synthetic import generate_synthetic_csv
 
     folder = generate_synthetic_csv(tmp_path / "syn", 600, 1_000, 60_000, 6, 0.5, seed=3)
     again = generate_synthetic_csv(tmp_path / "again", 600, 1_000, 60_000, 6, 0.5, seed=3)
     assert (folder / "ratings.csv").read_bytes() == (again / "ratings.csv").read_bytes()
     assert not (folder / "users.csv").exists()
-    ml = data.read_movielens("ml-25m", folder)  # the strict CSV parser accepts it
+    ml = loader.read_movielens("ml-25m", folder)  # the strict CSV parser accepts it
     ratings = ml.ratings
     assert len(ratings) == 60_000 and ratings["user_id"].nunique() == 600
     per_user = ratings.groupby("user_id").size()
@@ -189,7 +189,7 @@ def test_synthetic_csv_has_ml25m_format_and_shape_and_learnable_ratings(tmp_path
 
 
 def test_synthetic_csv_refuses_impossible_sizes(tmp_path):
-    from recsys.synthetic import generate_synthetic_csv
+    from recsys.data.synthetic import generate_synthetic_csv
 
     with pytest.raises(DataError, match="20 x n_users"):
         generate_synthetic_csv(tmp_path, 100, 50, 1_000, 4, 0.5, seed=0)

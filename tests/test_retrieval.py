@@ -12,11 +12,14 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from recsys import candidates, evaluation, indexes, metrics, retrieval_model, retrieval_training
-from recsys.configs import RetrievalConfig
-from recsys.encoding import FeatureEncoder
-from recsys.params import load_params
-from recsys.retrievers import IndexRetriever
+from recsys.evaluation import full_ranking, metrics
+from recsys.features.encoding import FeatureEncoder
+from recsys.models import retrieval_model
+from recsys.models.configs import RetrievalConfig
+from recsys.retrieval import candidates, indexes
+from recsys.retrieval.retrievers import IndexRetriever
+from recsys.runs.params import load_params
+from recsys.training import retrieval_training
 from tests.conftest import PROJECT_ROOT
 
 N_TASTES, MOVIES_PER_TASTE, N_USERS = 4, 15, 200
@@ -89,7 +92,7 @@ def trained(data):
     result = retrieval_training.train_retrieval_model(
         small_config(), data["encoder"], data["train"], data["user_table"], data["movie_table"], seed=1, verbose=0
     )
-    matrices = evaluation.split_matrices(
+    matrices = full_ranking.split_matrices(
         data["interactions"], data["users"]["user_id"].to_numpy(), data["movie_table"].index.to_numpy()
     )
     movie_ids, movie_vectors = retrieval_model.movie_embeddings(result.model, data["encoder"], data["movie_table"])
@@ -160,11 +163,11 @@ def test_training_beats_popularity_and_random(data, trained):
     model = trained["result"].model  # the unknown-id rows are never trained away from zero
     assert not model.query_tower.user_tower.id_embedding.embeddings.numpy()[0].any()
     assert not model.candidate_tower.movie_tower.id_embedding.embeddings.numpy()[0].any()
-    model_metrics = evaluation.evaluate_scores(
+    model_metrics = full_ranking.evaluate_scores(
         trained["user_vectors"] @ trained["movie_vectors"].T, matrices, "test", ks=(10, 50)
     )
-    popularity_metrics = evaluation.evaluate_scores(
-        evaluation.popularity_scores(matrices.train), matrices, "test", ks=(10, 50)
+    popularity_metrics = full_ranking.evaluate_scores(
+        full_ranking.popularity_scores(matrices.train), matrices, "test", ks=(10, 50)
     )
     random_recall_at_10 = 10 / (matrices.train.shape[1] - 7)  # about 7 movies excluded per user
     assert model_metrics["recall_at_10"] > popularity_metrics["recall_at_10"] + 0.2
@@ -174,7 +177,7 @@ def test_training_beats_popularity_and_random(data, trained):
 
 def test_full_ranking_monitor_logs_val_recall(data):
 
-    matrices = evaluation.split_matrices(
+    matrices = full_ranking.split_matrices(
         data["interactions"], data["users"]["user_id"].to_numpy(), data["movie_table"].index.to_numpy()
     )
     monitor = retrieval_training.full_ranking_monitor(
@@ -217,7 +220,7 @@ def test_factorized_top_k_matches_tfrs_metric(data, trained):
     model, encoder = trained["result"].model, data["encoder"]
     test_pairs = data["interactions"][data["interactions"]["split"] == "test"]
     users = np.unique(test_pairs["user_id"])
-    ours = evaluation.factorized_top_k_accuracy(
+    ours = full_ranking.factorized_top_k_accuracy(
         test_pairs,
         users,
         retrieval_model.user_embeddings(model, encoder, data["user_table"], users),
@@ -265,9 +268,9 @@ def test_bruteforce_top_k_equals_numpy_with_seen_items_excluded(data, trained):
     _, tfrs_ids = index.query_with_exclusions(tf.constant(matrices.user_ids, tf.int32), tf.constant(exclusions), k=10)
     np.testing.assert_array_equal(tfrs_ids.numpy(), expected)
     # and the columns feed the DESIGN §5 metrics like top_k_from_scores's output
-    columns = evaluation.catalogue_columns(matrices.movie_ids, top_ids)
+    columns = full_ranking.catalogue_columns(matrices.movie_ids, top_ids)
     from_index = metrics.retrieval_metrics(columns, matrices.test, ks=(10,))
-    from_scores = evaluation.evaluate_scores(
+    from_scores = full_ranking.evaluate_scores(
         trained["user_vectors"] @ trained["movie_vectors"].T, matrices, "test", ks=(10,)
     )
     assert from_index == pytest.approx(from_scores)
@@ -286,7 +289,7 @@ def test_scann_agrees_with_bruteforce_on_a_small_catalogue():
     )
     _, exact_ids = exact(tf.constant(queries))
     _, approx_ids = approx(tf.constant(queries))
-    assert evaluation.overlap_at_k(approx_ids.numpy(), exact_ids.numpy()) >= 0.95
+    assert full_ranking.overlap_at_k(approx_ids.numpy(), exact_ids.numpy()) >= 0.95
 
 
 def test_scann_short_lists_are_padded_at_the_end_not_ranked_first(data, trained):
@@ -314,7 +317,7 @@ def test_scann_short_lists_are_padded_at_the_end_not_ranked_first(data, trained)
     assert (np.diff(np.where(padded, -1e9, scores), axis=1) <= 1e-6).all()  # best first
     assert not any(np.isin(ids[ids >= 0], s).any() for ids, s in zip(top_ids, seen))
     with pytest.raises(ValueError, match="search more leaves"):
-        evaluation.catalogue_columns(matrices.movie_ids, top_ids)
+        full_ranking.catalogue_columns(matrices.movie_ids, top_ids)
     # an exact fallback answers the users whose lists came back short
     exact = indexes.build_bruteforce(query_model, trained["movie_ids"], trained["movie_vectors"], k=10)
     refilled = IndexRetriever(index, fallback=exact).query(matrices.user_ids, 10, seen)
@@ -348,7 +351,7 @@ def test_index_reloads_in_a_fresh_process_with_the_same_top_k(tmp_path, data, tr
     assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no temporary or old folder left behind
     script = (
         "import json, numpy as np, tensorflow as tf\n"
-        "from recsys import indexes\n"
+        "from recsys.retrieval import indexes\n"
         f"index = indexes.load_index({str(path)!r})\n"
         f"scores, ids = index(tf.constant({user_ids.tolist()!r}, tf.int32))\n"
         "print(json.dumps({'ids': ids.numpy().tolist(), 'scores': scores.numpy().tolist()}))\n"
@@ -385,9 +388,9 @@ def test_overlap_at_k_hand_checked():
 
     a = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     b = np.array([[4, 3, 9, 10], [5, 6, 7, -1]])
-    assert evaluation.overlap_at_k(a, b) == pytest.approx((2 / 4 + 3 / 4) / 2)
-    assert evaluation.overlap_at_k(a, b, k=2) == pytest.approx((0 / 2 + 2 / 2) / 2)
-    assert evaluation.overlap_at_k(np.array([[-1, -1]]), np.array([[-1, -1]])) == 0.0  # padding is not an item
+    assert full_ranking.overlap_at_k(a, b) == pytest.approx((2 / 4 + 3 / 4) / 2)
+    assert full_ranking.overlap_at_k(a, b, k=2) == pytest.approx((0 / 2 + 2 / 2) / 2)
+    assert full_ranking.overlap_at_k(np.array([[-1, -1]]), np.array([[-1, -1]])) == 0.0  # padding is not an item
 
 
 def test_time_queries_reports_latencies(data, trained):
@@ -450,7 +453,7 @@ def test_scann_index_is_the_same_for_the_same_seed_in_another_process(tmp_path):
     np.save(tmp_path / "queries.npy", queries)
     script = (
         "import sys, numpy as np, tensorflow as tf\n"
-        "from recsys import indexes\n"
+        "from recsys.retrieval import indexes\n"
         f"vectors, queries = np.load({str(tmp_path / 'vectors.npy')!r}), np.load({str(tmp_path / 'queries.npy')!r})\n"
         "index = indexes.build_scann(None, np.arange(len(vectors)), vectors, k=20, num_leaves=50,\n"
         "                            num_leaves_to_search=5, num_reordering_candidates=None, seed=int(sys.argv[1]))\n"

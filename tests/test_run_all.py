@@ -95,8 +95,8 @@ def test_partial_run_keeps_the_other_notebooks_in_the_index(tmp_path, notebooks_
 def test_list_metrics_are_read_back_by_the_run_summary(tmp_path):
     import pandas as pd
 
-    from recsys.artifacts import Run
-    from recsys.report import list_metrics, strategy_table
+    from recsys.runs.artifacts import Run
+    from recsys.runs.report import list_metrics, strategy_table
 
     results = pd.DataFrame(
         {
@@ -123,7 +123,7 @@ def test_list_metrics_are_read_back_by_the_run_summary(tmp_path):
 def test_split_comparison_lists_runs_on_the_same_data_with_another_strategy(tmp_path):
     import json
 
-    from recsys.report import split_comparison
+    from recsys.runs.report import split_comparison
 
     def fake_run(name, strategy, seed=42, dataset="ml-1m"):
         folder = tmp_path / name

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys import metrics
-from recsys.score_blocks import RowScores, top_k_in_blocks
+from recsys.evaluation import metrics
+from recsys.evaluation.score_blocks import RowScores, top_k_in_blocks
 
 
 def test_lists_in_blocks_equal_the_whole_matrix_with_ties_and_exclusions():
@@ -59,7 +59,7 @@ def test_only_the_rows_asked_for_are_ranked():
 
 
 def test_evaluation_ranks_only_the_users_with_held_out_items():
-    from recsys.evaluation import SplitMatrices, evaluate_scores
+    from recsys.evaluation.full_ranking import SplitMatrices, evaluate_scores
 
     rng = np.random.default_rng(3)
     whole = rng.normal(size=(12, 9))
@@ -85,7 +85,7 @@ def test_evaluation_ranks_only_the_users_with_held_out_items():
 
 
 def test_a_one_row_tail_joins_the_block_before():
-    from recsys.score_blocks import _blocks
+    from recsys.evaluation.score_blocks import _blocks
 
     assert _blocks(9, 4) == [slice(0, 4), slice(4, 9)]
     assert _blocks(8, 4) == [slice(0, 4), slice(4, 8)]

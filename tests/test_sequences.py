@@ -1,4 +1,4 @@
-"""Histories (recsys.sequences), training windows, fold-in splits: causal, vectorised, exact."""
+"""Histories (recsys.features.sequences), training windows, fold-in splits: causal, vectorised, exact."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.configs import SequentialConfig
-from recsys.foldin import foldin_split
-from recsys.params import load_params
-from recsys.sequences import PAD, causal_histories, history_lengths, latest_histories
-from recsys.sequential_model import training_windows
+from recsys.evaluation.foldin import foldin_split
+from recsys.features.sequences import PAD, causal_histories, history_lengths, latest_histories
+from recsys.models.configs import SequentialConfig
+from recsys.models.sequential_model import training_windows
+from recsys.runs.params import load_params
 
 
 def random_timeline(seed: int = 0, n_users: int = 30, max_len: int = 40):

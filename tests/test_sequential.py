@@ -8,23 +8,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from recsys import indexes, metrics, serving
-from recsys.configs import SequentialConfig
-from recsys.evaluation import split_matrices
-from recsys.feature_store import FeatureStore, UnknownMovieError, UnknownUserError
-from recsys.history_queries import HistoryQueries
-from recsys.params import load_params
-from recsys.retrievers import IndexRetriever
-from recsys.sequential_model import (
+from recsys.core.errors import UnknownMovieError, UnknownUserError
+from recsys.evaluation import metrics
+from recsys.evaluation.full_ranking import split_matrices
+from recsys.features.feature_store import FeatureStore
+from recsys.models.configs import SequentialConfig
+from recsys.models.sequential_model import (
     MovieVocabulary,
     full_ranking_scores,
     load_sequential_model,
     movie_vectors,
     query_vectors,
     save_sequential_model,
-    train_sequential_model,
     user_histories,
 )
+from recsys.retrieval import indexes
+from recsys.retrieval.history_queries import HistoryQueries
+from recsys.retrieval.retrievers import IndexRetriever
+from recsys.runs.params import load_params
+from recsys.serving import recommender
+from recsys.training.sequential_training import train_sequential_model
 from tests.online_fixtures import tiny_tables
 
 CONFIG = dataclasses.replace(
@@ -81,7 +84,7 @@ def test_history_queries_read_the_latest_movies_and_follow_new_ones(trained):
     result, vocabulary, interactions, _, _ = trained
     queries = HistoryQueries(result.model, vocabulary, interactions[interactions["split"] == "train"])
     user = int(interactions["user_id"].iloc[0])
-    from recsys.sequences import latest_histories
+    from recsys.features.sequences import latest_histories
 
     train = interactions[interactions["split"] == "train"]
     some = np.unique(train["user_id"])[:5]
@@ -140,8 +143,8 @@ def test_recommend_for_history_errors_fallback_and_exclusions(trained):
     index = indexes.build_bruteforce(None, vocabulary.movie_ids, movie_vectors(result.model), 5)
     args = {"store": store, "history_queries": queries, "retrieval_index": index}
     history = vocabulary.movie_ids[[3, 1, 4]]
-    answer = serving.recommend_for_history(history, 4, **args)
-    assert list(answer.columns) == serving.RESULT_COLUMNS and len(answer) == 4
+    answer = recommender.recommend_for_history(history, 4, **args)
+    assert list(answer.columns) == recommender.RESULT_COLUMNS and len(answer) == 4
     assert not answer["movie_id"].isin(history).any() and answer["rank"].tolist() == [1, 2, 3, 4]
     assert (answer["source"] == "history (sequential)").all()
     assert answer["retrieval_score"].is_monotonic_decreasing
@@ -149,8 +152,8 @@ def test_recommend_for_history_errors_fallback_and_exclusions(trained):
     expected_scores[np.isin(vocabulary.movie_ids, history)] = -np.inf
     assert answer["movie_id"].tolist() == vocabulary.movie_ids[np.argsort(-expected_scores)[:4]].tolist()
     with pytest.raises(UnknownMovieError, match="999999"):
-        serving.recommend_for_history([history[0], 999_999], 4, **args)
-    empty = serving.recommend_for_history([], 3, **args)
+        recommender.recommend_for_history([history[0], 999_999], 4, **args)
+    empty = recommender.recommend_for_history([], 3, **args)
     assert len(empty) == 3 and (empty["source"] == "popular (empty history)").all()
     assert empty["movie_id"].tolist() == store.popular_movies(3).index.tolist()
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from scipy import special
 
-from recsys import metrics
-from recsys import simulation as sim
-from recsys.simulation_policies import PopularityPolicy, RandomPolicy
+from recsys.evaluation import metrics
+from recsys.exploration import simulation as sim
+from recsys.exploration.simulation_policies import PopularityPolicy, RandomPolicy
 
 
 def tiny_world(n_users: int = 40, n_movies: int = 60, seed: int = 0):
@@ -162,7 +162,7 @@ def test_no_policy_can_reach_the_hidden_model():
 
 
 def test_a_log_cannot_be_changed_in_place_and_a_noise_target_is_checked():
-    from recsys.simulation_policies import EmbeddingNoise
+    from recsys.exploration.simulation_policies import EmbeddingNoise
 
     start, _ = tiny_world()
     with pytest.raises(ValueError, match="read-only"):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.splits import (
+from recsys.features.splits import (
     SPLIT_STRATEGIES,
     SplitError,
     assign_split,

@@ -1,0 +1,1 @@
+"""Features built from the parsed tables: splits, sequences, model inputs, the feature store, a request's context."""

@@ -1,0 +1,1 @@
+"""The models: towers, the two-tower rating and retrieval models, the sequential retriever, EASE, baselines, configs."""

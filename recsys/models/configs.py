@@ -1,0 +1,183 @@
+"""The models' hyper-parameters as typed records, built from their params groups (no TensorFlow here).
+
+params/default.yaml is the one place where a value and its default live, and `recsys.runs.params`
+validates every value once; these records only give the groups names and types. They have no
+defaults of their own: build them with `from_params(params["ranking"])`, and a test that wants a
+smaller model replaces fields of the default one (`dataclasses.replace`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+HEAD_INPUTS = ("features", "towers")
+OPTIMIZERS = ("adam", "adagrad", "sgd")
+RETRIEVAL_MODELS = ("two_tower", "sequential")  # what the serving stage retrieves with
+
+_Config = TypeVar("_Config", bound="_FromParams")
+
+
+class _FromParams:
+    @classmethod
+    def from_params(cls: type[_Config], group: dict[str, Any]) -> _Config:
+        """The record of one params group (already validated by `recsys.runs.params.load_params`).
+
+        Raises:
+            KeyError: the group lacks a field or has one the record does not know (an out-of-date
+                params file or a record that was not updated with params/default.yaml).
+        """
+        fields = [f.name for f in dataclasses.fields(cls)]
+        missing, unknown = sorted(set(fields) - set(group)), sorted(set(group) - set(fields))
+        if missing or unknown:
+            raise KeyError(
+                f"{cls.__name__} needs exactly the keys of its params group: missing {missing}, unknown {unknown}"
+            )
+        return cls(**{name: group[name] for name in fields})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RankingConfig(_FromParams):
+    """Hyper-parameters of the two-tower rating model (params group `ranking`).
+
+    Attributes:
+        features: what is used beside the ids: groups ("user", "movie", "context"), single features
+            (e.g. "genres", "hour"), or just ["ids"] for the ids-only model.
+        embedding_dim: size of the user and movie vectors that meet in the dot product.
+        side_dim: embedding size of each side feature (age group, city, genre, title word, ...).
+        head_on: what the head reads beside the context: "features", the side-feature parts of
+            the two tower outputs and their product, or "towers", the whole tower outputs (ids
+            included) and their product. A head that sees the id part fits the residual with the
+            random initial id vectors and keeps the dot product from learning.
+        mlp_layers: hidden sizes of the head; [] is a linear head.
+        dropout: dropout after each hidden layer of the head.
+        l2: weight of the L2 penalty on the user and movie vectors of a batch (the looked-up rows,
+            not the whole table, so rare users and movies are not shrunk by every batch they are
+            absent from; the side-feature part of a vector is penalised with its id part).
+        bias_l2: the same for the user and movie bias terms.
+        init_std: standard deviation of the initial id embedding rows.
+        id_learning_rate: per-example step of plain SGD for the user and movie id embeddings and
+            biases (scaled by the batch size, so a batch moves a row as much as the per-example
+            updates of classic matrix factorisation would); 0 trains them with `optimizer` too.
+            Adam gives every row, however rare, the same step size, which lets rare users' rows
+            overfit.
+        optimizer, learning_rate: for everything else (side features, head), and for the ids
+            when id_learning_rate is 0.
+        batch_size: examples per training step.
+        max_epochs: the most epochs; early stopping on val RMSE ends sooner.
+        patience: epochs without a better val RMSE before stopping.
+        ablation: also fit the ids-only, + user and + movie variants (the feature ablation).
+    """
+
+    features: list[str]
+    embedding_dim: int
+    side_dim: int
+    head_on: str
+    mlp_layers: list[int]
+    dropout: float
+    l2: float
+    bias_l2: float
+    init_std: float
+    id_learning_rate: float
+    optimizer: str
+    learning_rate: float
+    batch_size: int
+    max_epochs: int
+    patience: int
+    ablation: bool
+
+
+@dataclass
+class InBatchSoftmaxConfig(_FromParams):
+    """The training both retrievers share: an in-batch softmax, early-stopped on val Recall@100.
+
+    Attributes:
+        temperature: divides the logits of the in-batch softmax (lower = sharper).
+        logq_correction: subtract log(sampling probability) of each in-batch candidate from its
+            logit. In-batch negatives are drawn in proportion to popularity, so without the
+            correction popular movies are over-penalised as negatives (Yi et al., RecSys 2019).
+        remove_accidental_hits: do not count as a negative a candidate that is the same movie as
+            the row's positive (two users in one batch who watched the same movie).
+        learning_rate: Adam's step size.
+        batch_size: training examples per step; their positives are the in-batch candidates.
+        epochs: the most training epochs; early stopping on val Recall@100 picks the epoch.
+        patience: epochs without a better val Recall@100 before stopping.
+    """
+
+    temperature: float
+    logq_correction: bool
+    remove_accidental_hits: bool
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    patience: int
+
+
+@dataclass
+class RetrievalConfig(InBatchSoftmaxConfig):
+    """Hyper-parameters of the two-tower retrieval model (params group `retrieval`), beside `InBatchSoftmaxConfig`'s.
+
+    Attributes:
+        model: the retriever the serving stage uses: "two_tower" (this model) or "sequential"
+            (`SequentialConfig`); both are trained and evaluated side by side.
+        features: what the towers use beside the ids: groups ("user", "movie", "context"), single
+            features (e.g. "genres"), or ["ids"]. User and movie features learn faster than ids
+            alone and give a vector to a movie without training ratings (cold start). Context
+            (hour, weekday, month) only enters the query tower during training: the full-ranking
+            protocol asks for one list per user, not per moment, so evaluation and the indexes
+            query without it.
+        embedding_dim: size of the query and candidate vectors.
+        side_dim: embedding size of each side feature.
+        init_std: standard deviation of the initial id embedding rows.
+        l2_normalize: score by cosine instead of raw dot product. Without it, popular movies grow
+            long vectors and win every list; with it, `temperature` sets how peaked the softmax is.
+        min_rating: ratings below it are not positives (1 keeps every rating: for retrieval a
+            watched movie is a positive whatever the rating).
+        lazy_adam: update only the embedding rows a batch looks up (`recsys.models.lazy_adam.LazyAdam`)
+            instead of Adam's decay of every row at every step, whose cost grows with the tables.
+    """
+
+    model: str
+    features: list[str]
+    embedding_dim: int
+    side_dim: int
+    init_std: float
+    l2_normalize: bool
+    min_rating: int
+    lazy_adam: bool
+
+
+@dataclass
+class SequentialConfig(InBatchSoftmaxConfig):
+    """Hyper-parameters of the sequential retriever (params group `sequential`), beside `InBatchSoftmaxConfig`'s.
+
+    Its batch is a number of windows (each holds up to S targets: the in-batch candidates), and
+    its queries and movies are always L2-normalised.
+
+    Attributes:
+        history_length: N, the user's most recent movies a query reads (served and evaluated).
+        window_targets: S, next-movie targets per training window. A user's training sequence
+            is cut, from its end, into windows of N + S movies that overlap by N: every movie but
+            the user's first is a trained slot once, read with the movies before it (at least N
+            of them, or all the user has; up to N + S - 1 within a window, while a served query
+            reads N). One GRU pass over a window trains S slots (the per-target alternative was
+            about 5 times slower).
+        target_horizon: H, how far ahead a training target may lie: each trained slot's target is
+            drawn (anew every step) from the H movies that follow it; 1 is the next movie. A
+            horizon asks the query for the user's coming movies, not only the next one, which is
+            what the held-out movies of a temporal split and of a fold-in user are.
+        embedding_dim: size of the movie embeddings and of the query (the GRU's output, projected).
+        max_windows_per_user: the most windows a user trains per epoch, their latest (0: all of
+            them). On ML-25M a heavy rater holds thousands of windows; an epoch over every window
+            of 20M ratings takes about 17 minutes on two cores.
+    """
+
+    history_length: int
+    window_targets: int
+    target_horizon: int
+    embedding_dim: int
+    max_windows_per_user: int

@@ -1,0 +1,246 @@
+"""The two-tower retrieval model: query and candidate towers meeting in a dot product, trained by in-batch softmax."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from recsys.evaluation.score_blocks import RowScores
+from recsys.features.encoding import CONTEXT_FEATURES, MOVIE_FEATURES, USER_FEATURES, FeatureEncoder, resolve_features
+from recsys.models.configs import RetrievalConfig
+from recsys.models.lazy_adam import LazyAdam
+from recsys.models.persistence import read_model_folder, save_model_folder
+from recsys.models.towers import ContextEncoder, MovieTower, UserTower
+
+EMBED_BATCH = 8192
+SAMPLING_PROBABILITY = "candidate_sampling_probability"  # the per-example input that carries logQ
+
+
+def _normalize(vectors: tf.Tensor, enabled: bool) -> tf.Tensor:
+    # l2_normalize maps a zero vector to zero (no NaN), which the unknown id rows rely on
+    return tf.math.l2_normalize(vectors, axis=-1) if enabled else vectors
+
+
+class QueryTower(tf.keras.layers.Layer):
+    """A user (and, in training, the moment of the rating) as one query vector.
+
+    Args:
+        cardinalities: embedding table sizes (FeatureEncoder.cardinalities()).
+        config: the retrieval hyper-parameters.
+    """
+
+    def __init__(self, cardinalities: dict[str, int], config: RetrievalConfig, **kwargs):
+        super().__init__(**kwargs)
+        use = resolve_features(config.features, cardinalities)
+        self.l2_normalize = config.l2_normalize
+        self.user_tower = UserTower(cardinalities, config.embedding_dim, config.side_dim, use, config.init_std)
+        self.user_tower.bias.trainable = False  # a rating bias means nothing to a softmax over movies
+        self.context = None
+        if use & set(CONTEXT_FEATURES):
+            self.context = ContextEncoder(cardinalities, config.side_dim, use)
+            self.context_projection = tf.keras.layers.Dense(
+                config.embedding_dim, use_bias=False, name="context_projection"
+            )
+
+    def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Query vectors; the context term is added only when the context inputs are given."""
+        vector = self.user_tower(features).vector
+        if self.context is not None and all(name in features for name in self.context.embeddings):
+            vector = vector + self.context_projection(self.context(features))
+        return _normalize(vector, self.l2_normalize)
+
+
+class CandidateTower(tf.keras.layers.Layer):
+    """A movie as one candidate vector, comparable with the query vectors by dot product.
+
+    Args:
+        cardinalities: embedding table sizes (FeatureEncoder.cardinalities()).
+        config: the retrieval hyper-parameters.
+    """
+
+    def __init__(self, cardinalities: dict[str, int], config: RetrievalConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.l2_normalize = config.l2_normalize
+        self.movie_tower = MovieTower(
+            cardinalities,
+            config.embedding_dim,
+            config.side_dim,
+            resolve_features(config.features, cardinalities),
+            config.init_std,
+        )
+        self.movie_tower.bias.trainable = False
+
+    def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        return _normalize(self.movie_tower(features).vector, self.l2_normalize)
+
+
+class TwoTowerRetrievalModel(tfrs.Model):
+    """Finds, among thousands of movies, the few hundred a user may watch next.
+
+    Retrieval comes before ranking: it must score the whole catalogue for every request, so user
+    and movie are encoded separately (two towers) and meet only in a dot product, which an index
+    (BruteForce, ScaNN) can search without running the model per movie. Training is an in-batch
+    softmax (TFRS's Retrieval task): each user's watched movie is the positive, the other movies
+    of the batch the negatives, with logQ correction for their popularity-proportional sampling.
+
+    FactorizedTopK metrics are not attached to the task: scoring the whole catalogue at every step
+    would cost more than the training itself; see `evaluation.factorized_top_k_accuracy`.
+
+    Args:
+        cardinalities: embedding table sizes (FeatureEncoder.cardinalities()).
+        config: hyper-parameters and feature switches.
+    """
+
+    def __init__(self, cardinalities: dict[str, int], config: RetrievalConfig):
+        super().__init__()
+        self.config = config
+        self.query_tower = QueryTower(cardinalities, config)
+        self.candidate_tower = CandidateTower(cardinalities, config)
+        self.task = tfrs.tasks.Retrieval(
+            temperature=config.temperature, remove_accidental_hits=config.remove_accidental_hits
+        )
+
+    def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """In-batch softmax loss of a batch of (user, watched movie) pairs.
+
+        Args:
+            features: user, movie (and context) inputs of each pair, plus, with logQ correction,
+                `candidate_sampling_probability`: each movie's share of the training positives.
+        """
+        query_embeddings = self.query_tower(features)
+        candidate_embeddings = self.candidate_tower(features)
+        probability = features[SAMPLING_PROBABILITY] if self.config.logq_correction else None
+        return self.task(
+            query_embeddings,
+            candidate_embeddings,
+            candidate_sampling_probability=probability,
+            candidate_ids=features["movie_id"],
+            compute_metrics=False,
+        )
+
+
+def model_inputs(config: RetrievalConfig, available: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+    """The (user, movie, context) input names the model reads, so only those are fed to it.
+
+    Args:
+        config: the model's hyper-parameters (its `features`).
+        available: the inputs the data has (FeatureEncoder.cardinalities()).
+    """
+    use = resolve_features(config.features, available)
+    user = ["user_id", *[n for n in USER_FEATURES if n in use]]
+    movie = ["movie_id", *[n for n in MOVIE_FEATURES if n in use]]
+    context = [n for n in CONTEXT_FEATURES if n in use]
+    return user, movie, context
+
+
+def build_retrieval_model(cardinalities: dict[str, int], config: RetrievalConfig) -> TwoTowerRetrievalModel:
+    """Build and compile the retrieval model (Adam), with the unknown-id rows set to zero.
+
+    Index 0 of the id embeddings stands for an id without training interactions (a movie never
+    watched in train, a new user). Training never looks it up, so left random it would give every
+    such movie the same random direction, which can flood a user's top-k with hundreds of tied
+    unknown movies. Zero (kept zero: Adam moves only rows with gradients) means such a movie is
+    scored by its side features alone (cold start) or, for the ids-only model, scores 0.
+    """
+    model = TwoTowerRetrievalModel(cardinalities, config)
+    dummy = {
+        "user_id": tf.zeros([1], tf.int32),
+        "movie_id": tf.zeros([1], tf.int32),
+        "genres": tf.zeros([1, cardinalities["genres"]], tf.float32),
+        "title": tf.zeros([1, 1], tf.int32),
+    }
+    for name in (*USER_FEATURES, "release_year", *CONTEXT_FEATURES):
+        dummy[name] = tf.zeros([1], tf.int32)
+    model.query_tower(dummy)
+    model.candidate_tower(dummy)
+    for table in (
+        model.query_tower.user_tower.id_embedding.embeddings,
+        model.candidate_tower.movie_tower.id_embedding.embeddings,
+    ):
+        table.scatter_update(tf.IndexedSlices(tf.zeros([1, table.shape[1]]), tf.constant([0])))
+    optimizer = LazyAdam if config.lazy_adam else tf.keras.optimizers.Adam
+    model.compile(optimizer=optimizer(config.learning_rate))
+    return model
+
+
+# ---- embeddings ---------------------------------------------------------------------------------
+
+
+def _embed(tower: tf.keras.layers.Layer, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    n = len(next(iter(inputs.values())))
+    parts = [
+        tower({k: tf.constant(v[i : i + EMBED_BATCH]) for k, v in inputs.items()}).numpy()
+        for i in range(0, n, EMBED_BATCH)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def user_embeddings(
+    model: TwoTowerRetrievalModel, encoder: FeatureEncoder, user_table: pd.DataFrame, users: Sequence[int] | np.ndarray
+) -> np.ndarray:
+    """Query vectors of `users` (MovieLens user ids), in that order, without context.
+
+    Returns:
+        (len(users), embedding_dim) float32.
+    """
+    rows = user_table.index.get_indexer(np.asarray(users))
+    if (rows < 0).any():
+        raise KeyError(f"users {np.asarray(users)[rows < 0][:5].tolist()} are not in the user table")
+    names = model_inputs(model.config, encoder.cardinalities())[0]
+    inputs = encoder.user_inputs(user_table.iloc[rows])
+    return _embed(model.query_tower, {n: inputs[n] for n in names})
+
+
+def movie_embeddings(
+    model: TwoTowerRetrievalModel, encoder: FeatureEncoder, movie_table: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate vectors of every movie of `movie_table` (the catalogue).
+
+    Returns:
+        (movie_ids in table order, (n_movies, embedding_dim) float32).
+    """
+    names = model_inputs(model.config, encoder.cardinalities())[1]
+    inputs = encoder.movie_inputs(movie_table)
+    return movie_table.index.to_numpy(), _embed(model.candidate_tower, {n: inputs[n] for n in names})
+
+
+def full_ranking_scores(
+    model: TwoTowerRetrievalModel,
+    encoder: FeatureEncoder,
+    user_table: pd.DataFrame,
+    movie_table: pd.DataFrame,
+    user_ids: np.ndarray,
+    movie_ids: np.ndarray,
+) -> RowScores:
+    """Every (user, movie) score: the dot product of the towers' vectors, rows `user_ids`, columns `movie_ids`.
+
+    The vectors are computed now; the scores a block of users at a time when indexed.
+    """
+    queries = user_embeddings(model, encoder, user_table, user_ids)
+    _, candidates = movie_embeddings(model, encoder, movie_table.loc[movie_ids])
+    return RowScores.dot(queries, candidates)
+
+
+# ---- persistence -----------------------------------------------------------------------------------
+
+
+def save_retrieval_model(model: TwoTowerRetrievalModel, encoder: FeatureEncoder, folder: str | os.PathLike) -> Path:
+    """Save weights, config, cardinalities and the encoder so `load_retrieval_model` rebuilds the same model.
+
+    The encoder lives inside the folder: a refit on train + val has its own vocabularies.
+    """
+    return save_model_folder(model, encoder, folder, {"config": model.config.to_dict()})
+
+
+def load_retrieval_model(folder: str | os.PathLike) -> tuple[TwoTowerRetrievalModel, FeatureEncoder]:
+    """Rebuild a model saved by `save_retrieval_model` and load its weights."""
+    state, encoder, weights = read_model_folder(folder)
+    model = build_retrieval_model(state["cardinalities"], RetrievalConfig.from_params(state["config"]))
+    model.load_weights(weights).expect_partial()
+    return model, encoder

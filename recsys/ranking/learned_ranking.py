@@ -1,0 +1,177 @@
+"""The learned ranking stage end to end: labelled stage candidates, rankers trained on val users, lists for test.
+
+Protocol (DESIGN.md, "Learned ranking"): at the val stage each user's candidates exclude their
+train movies and a candidate is relevant when it is among the user's val movies; the rankers
+learn there, a seeded share of the users held out to choose settings and stop training. At the
+test stage the candidates exclude train and val movies, the rankers reorder them, and the lists
+are scored once on test. Every feature comes from models and counts fitted on train
+(`recsys.ranking.ranker_features`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from recsys.features.feature_store import FeatureStore
+from recsys.models.ease import load_ease
+from recsys.ranking.lambdarank import group_sizes
+from recsys.ranking.ranker_features import FeatureSources
+from recsys.ranking.ranker_state import Ranker
+from recsys.ranking.rankers import make_ranker
+from recsys.retrieval.candidates import EaseSource
+
+
+def feature_sources(
+    store: FeatureStore, ease_folder: str, train_rating_folder: str, n_candidates: int, context: dict
+) -> FeatureSources:
+    """The features' sources from saved models: EASE and the rating model fitted on train, the store's vectors.
+
+    Args:
+        store: the feature store, with the retrieval model's vectors attached.
+        ease_folder: EASE saved by `ease.save_ease` (fitted on train).
+        train_rating_folder: the rating model fitted on train only (`ranking_training.save_ranking_model`).
+        n_candidates: candidates per source (a missing rank is n_candidates + 1).
+        context: the requests' {hour, weekday, month} for the predicted rating.
+    """
+    from recsys.ranking.stage import RatingRanker
+    from recsys.training.rating_training import load_ranking_model
+
+    ease_model, ease_movie_ids, ease_fitted_on = load_ease(ease_folder)
+    model, encoder = load_ranking_model(train_rating_folder)
+    return FeatureSources(
+        store,
+        n_candidates,
+        EaseSource(ease_model.weights_, ease_movie_ids),
+        RatingRanker(store, model, encoder, context).predicted_ratings,
+        {"retrieval": ("train",), "ease": ease_fitted_on, "rating_model": model.fitted_on},
+    )
+
+
+@dataclass
+class StageData:
+    """One stage's candidates (grouped by user), their features and labels.
+
+    Attributes:
+        candidates: the candidate table (recsys.retrieval.candidates.CANDIDATE_COLUMNS).
+        features: one row per candidate (recsys.ranking.ranker_features).
+        labels: 1 where the candidate is among the user's held-out movies of the stage.
+    """
+
+    candidates: pd.DataFrame
+    features: pd.DataFrame
+    labels: np.ndarray
+
+    @property
+    def groups(self) -> np.ndarray:
+        return group_sizes(self.candidates["user_id"].to_numpy())
+
+    def users(self, mask: np.ndarray) -> StageData:
+        """The rows of the users chosen by a per-user mask (in user order); stays grouped by user."""
+        rows = np.repeat(mask, self.groups)
+        return StageData(
+            self.candidates[rows].reset_index(drop=True), self.features[rows].reset_index(drop=True), self.labels[rows]
+        )
+
+
+def stage_data(candidates: pd.DataFrame, sources: FeatureSources, stage: str, held_out: pd.DataFrame) -> StageData:
+    """Features of a stage's candidates (checked for leakage) and their labels from the held-out pairs."""
+    features = sources.build(candidates, stage)
+    pairs = held_out[["user_id", "movie_id"]].drop_duplicates().assign(_label=1.0)
+    labels = candidates[["user_id", "movie_id"]].merge(pairs, on=["user_id", "movie_id"], how="left")["_label"]
+    return StageData(candidates, features, labels.fillna(0.0).to_numpy(np.float32))
+
+
+def holdout_mask(n_users: int, share: float, seed: int) -> np.ndarray:
+    """A seeded per-user mask: True for the users held out from training to choose settings and stop early."""
+    mask = np.zeros(n_users, bool)
+    mask[np.random.default_rng(seed).permutation(n_users)[: max(1, round(share * n_users))]] = True
+    return mask
+
+
+def train_lambdarank(
+    data: StageData, features: list[str], params: dict, holdout_share: float, seed: int
+) -> tuple[Ranker, pd.DataFrame]:
+    """LambdaRank: each grid point fitted on the training users and early-stopped on the held-out ones; the
+    best (held-out NDCG@10) refitted on every user of the stage with its number of trees.
+
+    Returns:
+        (the refitted ranker, one row per grid point: its settings, trees, held-out NDCG@10, fit_s).
+    """
+    held = holdout_mask(len(data.groups), holdout_share, seed)
+    fit, valid = data.users(~held), data.users(held)
+    grid = list(itertools.product(params["num_leaves"], params["min_child_samples"]))
+    rows, best = [], None
+    for num_leaves, min_child_samples in grid:
+        setting = {
+            "num_leaves": num_leaves,
+            "min_child_samples": min_child_samples,
+            "learning_rate": params["learning_rate"],
+            "lambdarank_truncation_level": params["truncation_level"],
+        }
+        ranker = make_ranker("lambdarank", features, setting, seed).fit(
+            fit.features,
+            fit.labels,
+            fit.groups,
+            valid.features,
+            valid.labels,
+            valid.groups,
+            num_boost_round=params["max_rounds"],
+            early_stopping_rounds=params["early_stopping_rounds"],
+        )
+        rows.append(
+            {
+                **setting,
+                "trees": ranker.best_iteration,
+                "holdout_ndcg_at_10": ranker.valid_ndcg_at_10,
+                "fit_s": ranker.fit_s,
+            }
+        )
+        if best is None or ranker.valid_ndcg_at_10 > best[1].valid_ndcg_at_10:
+            best = (setting, ranker)
+    setting, chosen = best
+    started = time.perf_counter()
+    refit = make_ranker("lambdarank", features, setting, seed).fit(
+        data.features, data.labels, data.groups, rounds=chosen.best_iteration
+    )
+    refit.valid_ndcg_at_10 = chosen.valid_ndcg_at_10
+    rows.append(
+        {
+            **setting,
+            "trees": refit.best_iteration,
+            "holdout_ndcg_at_10": np.nan,
+            "fit_s": time.perf_counter() - started,
+            "refit_on_all_users": True,
+        }
+    )
+    return refit, pd.DataFrame(rows)
+
+
+def train_dcn(data: StageData, features: list[str], params: dict, holdout_share: float, seed: int) -> Ranker:
+    """DCN-v2, trained on the training users with early stopping on the held-out users' NDCG@10."""
+    held = holdout_mask(len(data.groups), holdout_share, seed)
+    fit, valid = data.users(~held), data.users(held)
+    return make_ranker("dcn", features, params, seed).fit(
+        fit.features, fit.labels, fit.groups, valid.features, valid.labels, valid.groups
+    )
+
+
+def top_k_lists(candidates: pd.DataFrame, scores: np.ndarray, users: np.ndarray, k: int) -> np.ndarray:
+    """(len(users), k) movie ids: each user's k best candidates by score (ties by candidate order).
+
+    Raises:
+        ValueError: a user has fewer than k candidates.
+    """
+    table = candidates[["user_id", "movie_id"]].assign(
+        _score=np.asarray(scores, np.float64), _row=np.arange(len(scores))
+    )
+    table = table.sort_values(["user_id", "_score", "_row"], ascending=[True, False, True], kind="stable")
+    table = table[table.groupby("user_id").cumcount() < k]
+    counts = table.groupby("user_id").size().reindex(users, fill_value=0)
+    if (counts < k).any():
+        raise ValueError(f"{int((counts < k).sum())} users have fewer than {k} candidates")
+    return table.set_index("user_id").loc[users, "movie_id"].to_numpy().reshape(len(users), k)

@@ -1,0 +1,1 @@
+"""Candidate retrieval: indexes (BruteForce, ScaNN), retrievers, history queries, merged candidate sources."""

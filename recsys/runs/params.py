@@ -1,0 +1,397 @@
+"""Load, merge and validate the pipeline's parameters; params/default.yaml is both defaults and schema."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recsys.core.io import PROJECT_ROOT
+
+DEFAULT_PARAMS_FILE = PROJECT_ROOT / "params" / "default.yaml"
+
+
+class ParamsError(ValueError):
+    """A parameter file or override that cannot be used; the message names the key and how to fix it."""
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Read a parameter file with the safe loader (no Python objects can be constructed from YAML).
+
+    Raises:
+        ParamsError: the file is missing, is not valid YAML (with line and column), or is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"parameter file {path} does not exist (pass an existing YAML file to --params)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of keys to values at the top, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split a `-p group.key=value` override into its key path and a YAML-typed value.
+
+    The value is read as YAML, so `-p seed=7` gives an int, `-p data_dir=null` gives None and
+    `-p download.sources=[a, b]` gives a list; quote a string that looks like a number.
+    """
+    key, sep, raw_value = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {text!r} is not of the form key.sub=value (e.g. -p split.strategy=temporal)")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError as err:
+        raise ParamsError(f"override {text!r}: value is not valid YAML ({err})") from None
+    return key.strip().split("."), value
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_type(key: str, default: Any, value: Any) -> Any:
+    """Return `value` if it has the type of `default` (ints pass for floats; null defaults take strings)."""
+    if default is None:
+        if value is None or isinstance(value, str):
+            return value
+        raise ParamsError(f"{key}: expected a string or null, got {_type_name(value)} {value!r}")
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+        if ok and default:
+            value = [_check_type(f"{key}[{i}]", default[0], item) for i, item in enumerate(value)]
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ParamsError(
+            f"{key}: expected {_type_name(default)} (like the default {default!r}), got {_type_name(value)} {value!r}"
+        )
+    return value
+
+
+def _merge(schema: dict, base: dict, overlay: dict, prefix: str, source: str) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        full_key = f"{prefix}{key}"
+        if key not in schema:
+            valid = ", ".join(f"{prefix}{k}" for k in schema)
+            hint = _close_match(str(key), schema)
+            raise ParamsError(f"unknown parameter {full_key!r} in {source}{hint}; valid keys here: {valid}")
+        if isinstance(schema[key], dict):
+            if not isinstance(value, dict):
+                raise ParamsError(
+                    f"{full_key} in {source}: expected a group of keys "
+                    f"({', '.join(schema[key])}), got {_type_name(value)} {value!r}"
+                )
+            merged[key] = _merge(schema[key], merged[key], value, f"{full_key}.", source)
+        else:
+            merged[key] = _check_type(full_key, schema[key], value)
+    return merged
+
+
+def _close_match(key: str, schema: dict) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(key, list(schema), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    nested: Any = value
+    for part in reversed(path):
+        nested = {part: nested}
+    return nested
+
+
+def load_params(
+    params_file: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    defaults_file: str | os.PathLike = DEFAULT_PARAMS_FILE,
+) -> dict:
+    """Merge defaults, an optional parameter file and `-p` overrides, then validate the result.
+
+    Args:
+        params_file: a YAML file holding only the keys it changes (e.g. params/smoke.yaml).
+        overrides: strings of the form `group.key=value`, applied last, in order.
+        defaults_file: the schema and defaults; params/default.yaml unless a test says otherwise.
+
+    Returns:
+        The merged parameters as nested dicts.
+
+    Raises:
+        ParamsError: unknown key (with the valid ones), wrong type, or a value out of range.
+    """
+    schema = read_yaml(defaults_file)
+    params = copy.deepcopy(schema)
+    if params_file is not None:
+        params = _merge(schema, params, read_yaml(params_file), "", str(params_file))
+    for text in overrides:
+        path, value = parse_override(text)
+        params = _merge(schema, params, _nest(path, value), "", f"override -p {text}")
+    validate(params)
+    return params
+
+
+# ---- value checks beyond types: each returns an error text or None ---------------------------
+
+
+def _one_of(*choices: Any) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(map(str, choices))}"
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _share(v: float) -> str | None:
+    return None if 0.0 <= v < 1.0 else "must be a share in [0, 1)"
+
+
+def _non_empty(v: list) -> str | None:
+    return None if v else "must not be empty"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _grid(item_check: Callable[[Any], str | None]) -> Callable[[list], str | None]:
+    """A non-empty list whose every item passes `item_check`."""
+
+    def check(values: list) -> str | None:
+        if not values:
+            return "must not be empty"
+        problems = [f"item {i} ({v!r}) {item_check(v)}" for i, v in enumerate(values) if item_check(v)]
+        return "; ".join(problems) or None
+
+    return check
+
+
+def _features(v: list) -> str | None:
+    from recsys.features.encoding import resolve_features
+
+    try:
+        resolve_features(v)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _hosts(v: list) -> str | None:
+    bad = [h for h in v if not isinstance(h, str) or not h.rpartition(":")[0] or not h.rpartition(":")[2].isdigit()]
+    return f"{bad} are not host:port addresses (e.g. 10.0.0.2:12345)" if bad else None
+
+
+def _run_name(v: str) -> str | None:
+    return (
+        None
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v)
+        else "must be a folder name of letters, digits, '.', '_' or '-'"
+    )
+
+
+def _value_checks() -> dict[str, Callable[[Any], str | None]]:
+    # imported here so the choices live once, in the module that implements them
+    from recsys.data.geo import GEO_BACKENDS
+    from recsys.data.movielens import KNOWN_DATASETS, SYNTHETIC_FORMATS
+    from recsys.features.splits import SPLIT_STRATEGIES
+    from recsys.models.configs import HEAD_INPUTS, OPTIMIZERS, RETRIEVAL_MODELS
+    from recsys.ranking.ranker_state import RANKER_NAMES
+    from recsys.training.distributed.cluster import STRATEGIES
+
+    return {
+        "run_name": _run_name,
+        "seed": _at_least(0),
+        "dataset": _one_of(*KNOWN_DATASETS),
+        "download.sources": _non_empty,
+        "download.timeout_s": _at_least(1),
+        "synthetic.format": _one_of(*SYNTHETIC_FORMATS),
+        "synthetic.n_users": _at_least(10),
+        "synthetic.n_movies": _at_least(25),
+        "synthetic.ratings_per_user": _at_least(20),
+        "synthetic.n_factors": _at_least(1),
+        "synthetic.noise": _at_least(0),
+        "geo.backend": _one_of(*GEO_BACKENDS),
+        "split.strategy": _one_of(*SPLIT_STRATEGIES),
+        "split.val_share": _share,
+        "split.test_share": _share,
+        "split.min_ratings_per_user": _at_least(1),
+        "split.eval_users": _at_least(0),
+        "baselines.random_draws": _at_least(1),
+        "baselines.bias_iters": _at_least(1),
+        "baselines.n_jobs": _at_least(1),
+        "baselines.bias_grid.reg_user": _grid(_at_least(0)),
+        "baselines.bias_grid.reg_item": _grid(_at_least(0)),
+        "baselines.svd_grid.n_factors": _grid(_positive),
+        "baselines.svd_grid.n_epochs": _grid(_positive),
+        "baselines.svd_grid.lr_all": _grid(_positive),
+        "baselines.svd_grid.reg_all": _grid(_at_least(0)),
+        "ranking.features": _features,
+        "ranking.embedding_dim": _at_least(1),
+        "ranking.side_dim": _at_least(1),
+        "ranking.mlp_layers": lambda v: next((f"item {i} ({u}) must be >= 1" for i, u in enumerate(v) if u < 1), None),
+        "ranking.dropout": _share,
+        "ranking.l2": _at_least(0),
+        "ranking.bias_l2": _at_least(0),
+        "ranking.init_std": _positive,
+        "ranking.head_on": _one_of(*HEAD_INPUTS),
+        "ranking.id_learning_rate": _at_least(0),
+        "ranking.optimizer": _one_of(*OPTIMIZERS),
+        "ranking.learning_rate": _positive,
+        "ranking.batch_size": _at_least(1),
+        "ranking.max_epochs": _at_least(1),
+        "ranking.patience": _at_least(0),
+        "retrieval.features": _features,
+        "retrieval.embedding_dim": _at_least(1),
+        "retrieval.side_dim": _at_least(1),
+        "retrieval.init_std": _positive,
+        "retrieval.temperature": _positive,
+        "retrieval.learning_rate": _positive,
+        "retrieval.batch_size": _at_least(2),
+        "retrieval.epochs": _at_least(1),
+        "retrieval.patience": _at_least(0),
+        "retrieval.min_rating": _one_of(1, 2, 3, 4, 5),
+        "retrieval.model": _one_of(*RETRIEVAL_MODELS),
+        "sequential.history_length": _at_least(1),
+        "sequential.window_targets": _at_least(1),
+        "sequential.target_horizon": _at_least(1),
+        "sequential.embedding_dim": _at_least(1),
+        "sequential.temperature": _positive,
+        "sequential.learning_rate": _positive,
+        "sequential.batch_size": _at_least(1),
+        "sequential.epochs": _at_least(1),
+        "sequential.patience": _at_least(0),
+        "split.foldin_share": _share,
+        "split.foldin_given": _grid(_at_least(1)),
+        "ease.l2_grid": _grid(_positive),
+        "ease.max_items": _at_least(0),
+        "least_viewed.per_user": _at_least(0),
+        "sequential.max_windows_per_user": _at_least(0),
+        "scann.num_leaves": _at_least(1),
+        "scann.num_leaves_to_search": _at_least(1),
+        "scann.num_reordering_candidates": _at_least(0),
+        "scann.k": _at_least(1),
+        "online.n_candidates": _at_least(1),
+        "online.k": _at_least(1),
+        "online.example_users": _at_least(0),
+        "online.latency_requests": _at_least(1),
+        "online.ranker": _one_of("learned", "rating"),
+        "ranker.served": _one_of(*RANKER_NAMES),
+        "ranker.holdout_share": lambda v: None if 0.0 < v < 1.0 else "must be a share in (0, 1)",
+        "ranker.bootstrap": _at_least(0),
+        "ranker.lambdarank.num_leaves": _grid(_at_least(2)),
+        "ranker.lambdarank.min_child_samples": _grid(_at_least(1)),
+        "ranker.lambdarank.learning_rate": _positive,
+        "ranker.lambdarank.truncation_level": _at_least(1),
+        "ranker.lambdarank.max_rounds": _at_least(1),
+        "ranker.lambdarank.early_stopping_rounds": _at_least(1),
+        "ranker.dcn.embedding_dim": _at_least(1),
+        "ranker.dcn.cross_layers": _at_least(0),
+        "ranker.dcn.deep_layers": lambda v: next(
+            (f"item {i} ({u}) must be >= 1" for i, u in enumerate(v) if u < 1), None
+        ),
+        "ranker.dcn.learning_rate": _positive,
+        "ranker.dcn.batch_users": _at_least(1),
+        "ranker.dcn.max_epochs": _at_least(1),
+        "ranker.dcn.patience": _at_least(0),
+        "weighted_sampling.depth": _at_least(10),
+        "weighted_sampling.repeats": _at_least(1),
+        "weighted_sampling.temperatures": _grid(_positive),
+        "weighted_sampling.example_users": _at_least(0),
+        "noise.target": _one_of("user", "movie"),
+        "noise.sigmas": _grid(_at_least(0)),
+        "least_viewed.max_views": _at_least(0),
+        "least_viewed.retrieval_k": _at_least(1),
+        "least_viewed.example_users": _at_least(0),
+        "weighted_sampling.max_ndcg_loss": lambda v: None if 0.0 <= v < 1.0 else "must be a share in [0, 1)",
+        "noise.max_ndcg_loss": lambda v: None if 0.0 <= v < 1.0 else "must be a share in [0, 1)",
+        "simulation.rounds": _at_least(1),
+        "simulation.k": _at_least(1),
+        "simulation.users": _at_least(0),
+        "simulation.repeats": _at_least(1),
+        "simulation.background_sample": _at_least(10),
+        "distribute.strategy": _one_of(*STRATEGIES),
+        "distribute.workers": _at_least(1),
+        "distribute.hosts": _hosts,
+        "distribute.timeout_s": _positive,
+        "distribute.max_restarts": _at_least(0),
+    }
+
+
+def get(params: dict, key: str) -> Any:
+    """Look up a dotted key (`split.strategy`) in nested params."""
+    value: Any = params
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def validate(params: dict) -> None:
+    """Check values beyond their types (choices, ranges, combinations); raise ParamsError naming the key."""
+    for key, check in _value_checks().items():
+        try:
+            value = get(params, key)
+        except KeyError:
+            continue  # a test's reduced schema may not have every group
+        problem = check(value)
+        if problem:
+            raise ParamsError(f"{key}={value!r}: {problem}")
+    scann = params.get("scann", {})
+    if scann and scann["num_leaves_to_search"] > scann["num_leaves"]:
+        raise ParamsError(
+            f"scann.num_leaves_to_search={scann['num_leaves_to_search']}: must be <= scann.num_leaves "
+            f"({scann['num_leaves']})"
+        )
+    split = params.get("split", {})
+    if split and split["val_share"] + split["test_share"] >= 1.0:
+        raise ParamsError(
+            f"split.val_share + split.test_share = {split['val_share'] + split['test_share']}: "
+            "must leave a share for train (sum < 1)"
+        )
+
+
+def params_hash(params: dict) -> str:
+    """A short stable hash of the merged params, to tell runs with the same settings apart from others."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# parameter keys holding paths: relative ones are taken from the current directory
+PATH_KEYS = (("data_dir",), ("geo", "uszipcode_db"))
+
+
+def resolve_paths(params: dict) -> dict:
+    """Make the relative paths among `params` absolute from the current directory (in place, and returned).
+
+    run_all.py resolves them where it is started (the kernels run inside notebooks/); a notebook
+    run by hand resolves its own from notebooks/, so both record the folder they really used.
+    """
+    for key_path in PATH_KEYS:
+        holder = params
+        for part in key_path[:-1]:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and holder.get(key_path[-1]):
+            holder[key_path[-1]] = str(Path(holder[key_path[-1]]).expanduser().resolve())
+    return params

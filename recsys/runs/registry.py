@@ -1,0 +1,60 @@
+"""The artifact registry: which notebook writes which artifact of a run, under which file name; the manifest file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+
+
+class MissingArtifactError(FileNotFoundError):
+    """An input of this notebook does not exist yet: an earlier notebook has to run first."""
+
+
+# Every artifact a notebook hands to a later one: name -> (the notebook that writes it, file name).
+# Notebooks read and write them through `Run.path` / `Run.require`, never by spelling out paths.
+ARTIFACTS: dict[str, tuple[str, str]] = {
+    "users": ("01_preprocess", "users.parquet"),
+    "movies": ("01_preprocess", "movies.parquet"),
+    "interactions": ("01_preprocess", "interactions.parquet"),  # every user but the fold-in ones
+    "foldin_interactions": ("01_preprocess", "foldin_interactions.parquet"),  # kept out of every model
+    "data_quality": ("01_preprocess", "data_quality.parquet"),
+    "dataset_info": ("01_preprocess", "dataset.json"),  # the release: rating scale, feature groups
+    "baseline_results": ("03_baselines", "results.parquet"),
+    "ranking_model": ("04_two_tower_ranking", "ranking_model"),  # refitted on train + val
+    "ranking_model_train": ("04_two_tower_ranking", "ranking_model_train"),  # fitted on train only
+    "ranking_jobs": ("04_two_tower_ranking", "distributed_jobs"),  # distribute.strategy multi_worker: jobs, logs
+    "feature_store": ("06_retrieval_ranking", "feature_store"),
+    "two_stage_candidates": ("06_retrieval_ranking", "candidates.parquet"),
+    # the retrieval model folder holds its own encoder.json (a refit on train + val has its own vocabularies)
+    "retrieval_model": ("05_retrieval", "retrieval_model"),
+    "retrieval_jobs": ("05_retrieval", "distributed_jobs"),  # distribute.strategy multi_worker: jobs, logs
+    "movie_embeddings": ("05_retrieval", "movie_embeddings.npy"),
+    "movie_embedding_ids": ("05_retrieval", "movie_embedding_ids.npy"),
+    "bruteforce_index": ("05_retrieval", "bruteforce_index"),
+    "scann_index": ("05_retrieval", "scann_index"),
+    "ease_model": ("05_retrieval", "ease_model"),
+    "sequential_model": ("05_retrieval", "sequential_model"),
+    "sequential_movie_embeddings": ("05_retrieval", "sequential_movie_embeddings.npy"),
+    "sequential_bruteforce_index": ("05_retrieval", "sequential_bruteforce_index"),
+    "sequential_scann_index": ("05_retrieval", "sequential_scann_index"),
+    "ranker": ("06_retrieval_ranking", "ranker"),  # the learned ranker recommend() serves
+    # the exploration settings the simulation (notebook 10) serves, chosen by notebooks 07 and 08
+    "weighted_sampling_setting": ("07_explore_weighted_sampling", "setting.json"),
+    "noise_setting": ("08_explore_gaussian_noise", "setting.json"),
+}
+
+
+def _registered(artifact: str) -> tuple[str, str]:
+    """(writing notebook, file name) of an artifact, or a KeyError listing the known ones."""
+    if artifact not in ARTIFACTS:
+        raise KeyError(f"unknown artifact {artifact!r}; known: {', '.join(ARTIFACTS)}")
+    return ARTIFACTS[artifact]
+
+
+def read_metrics(run_dir: str | os.PathLike, stage: str) -> dict:
+    """A notebook's metrics.json in a run folder ({} if it has not run)."""
+    path = Path(run_dir) / stage / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
