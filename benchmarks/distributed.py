@@ -58,10 +58,10 @@ def main() -> int:
     from recsys.evaluation import full_ranking
     from recsys.features.encoding import FeatureEncoder
     from recsys.models import retrieval_model
-    from recsys.models.configs import RankingConfig, RetrievalConfig
+    from recsys.models.configs import RatingConfig, RetrievalConfig
     from recsys.runs.params import load_params
     from recsys.training import rating_training, retrieval_training
-    from recsys.training.distributed.jobs import DataFiles, Distribute, run, train_ranking, train_retrieval
+    from recsys.training.distributed.jobs import DataFiles, Distribute, run, train_rating, train_retrieval
 
     params = load_params(overrides=[f"dataset={args.dataset}", f"data_dir={args.data_dir}"])
     seed = params["seed"]
@@ -82,16 +82,16 @@ def main() -> int:
     result: dict = {"dataset": args.dataset, "data_dir": str(args.data_dir), "cpu_count": os.cpu_count()}
 
     # the rating model: the epochs notebook 04 would choose, then that many epochs everywhere
-    ranking = RankingConfig.from_params(params["ranking"])
-    chosen = rating_training.train_ranking_model(
-        ranking, encoder.cardinalities(), *data["train"], seed, *data["val"]
+    rating = RatingConfig.from_params(params["rating"])
+    chosen = rating_training.train_rating_model(
+        rating, encoder.cardinalities(), *data["train"], seed, *data["val"]
     ).best_epoch
-    single = rating_training.train_ranking_model(ranking, encoder.cardinalities(), *data["train"], seed, epochs=chosen)
-    two = train_ranking(ranking, files, seed, scale, settings, jobs / "ranking-2", epochs=chosen)
+    single = rating_training.train_rating_model(rating, encoder.cardinalities(), *data["train"], seed, epochs=chosen)
+    two = train_rating(rating, files, seed, scale, settings, jobs / "rating-2", epochs=chosen)
     result.update(
         {
-            "ranking_epochs": chosen,
-            "global_batch": ranking.batch_size,
+            "rating_epochs": chosen,
+            "global_batch": rating.batch_size,
             "val_rmse_1_worker": rating_training.evaluate_ratings(single.model, *data["val"], scale)["rmse"],
             "val_rmse_2_workers": rating_training.evaluate_ratings(two.model, *data["val"], scale)["rmse"],
             "examples_per_s_1_worker": single.examples_per_s,
@@ -127,7 +127,7 @@ def main() -> int:
     )
 
     # a worker killed after its second epoch: restart, resume from the last saved epoch
-    killed_dir = jobs / "ranking-killed"
+    killed_dir = jobs / "rating-killed"
 
     def kill_after_epoch_2(workers, attempt):
         if attempt > 0:
@@ -140,16 +140,16 @@ def main() -> int:
         workers.kill(1)
 
     job = {
-        "model": "ranking",
+        "model": "rating",
         **{name: str(getattr(files, name)) for name in ("interactions", "users", "movies")},
-        "config": dataclasses.asdict(ranking),
+        "config": dataclasses.asdict(rating),
         "seed": seed,
         "fit_on": ["train"],
         "epochs": chosen,
         "rating_scale": scale.to_dict(),
     }
     resumed, folder, restarts = run(job, killed_dir, settings, on_start=kill_after_epoch_2)
-    model, _ = rating_training.load_ranking_model(folder)
+    model, _ = rating_training.load_rating_model(folder)
     result.update(
         {
             "resumed_after_kill": restarts == 1 and resumed["first_epoch"] > 0,

@@ -53,7 +53,7 @@ def main() -> int:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     wall = {n["name"]: n["wall_s"] for n in manifest["notebooks"]}
     baselines = json.loads((run_dir / "03_baselines" / "metrics.json").read_text())
-    ranking = json.loads((run_dir / "04_two_tower_ranking" / "metrics.json").read_text())
+    ranking = json.loads((run_dir / "04_two_tower_rating" / "metrics.json").read_text())
     result = {
         "dataset": args.dataset,
         "data_dir": str(args.data_dir),
@@ -67,8 +67,8 @@ def main() -> int:
         "two_tower_examples_per_s": ranking["train_examples_per_s"],
         "two_tower_best_epoch": ranking["best_epoch"],
         "notebook_03_wall_s": wall["03_baselines"],
-        "notebook_04_wall_s": wall["04_two_tower_ranking"],
-        "notebooks_03_04_wall_s": wall["03_baselines"] + wall["04_two_tower_ranking"],
+        "notebook_04_wall_s": wall["04_two_tower_rating"],
+        "notebooks_03_04_wall_s": wall["03_baselines"] + wall["04_two_tower_rating"],
         "notebook_04_peak_rss_gb": ranking["kernel_peak_rss_gb"],
         "notebook_01_wall_s": wall["01_preprocess"],
         "notebook_02_wall_s": wall["02_eda"],

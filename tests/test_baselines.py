@@ -12,8 +12,8 @@ from recsys.models.baselines import (
     NotFittedError,
     RandomGuess,
     RatingPredictor,
+    RatingShareSampler,
     SurpriseSVD,
-    WeightedSampling,
     evaluate_predictor,
     expand_grid,
     tune_on_val,
@@ -30,7 +30,7 @@ WHOLE_STARS, HALF_STARS = RatingScale(1.0, 5.0, 1.0), RatingScale(0.5, 5.0, 0.5)
 
 
 def test_every_baseline_follows_the_protocol():
-    models = (RandomGuess(WHOLE_STARS), WeightedSampling(), MajorityClass(), GlobalMean(), BiasBaseline())
+    models = (RandomGuess(WHOLE_STARS), RatingShareSampler(), MajorityClass(), GlobalMean(), BiasBaseline())
     for model in (*models, SurpriseSVD(WHOLE_STARS)):
         assert isinstance(model, RatingPredictor)
         assert isinstance(model.name, str) and model.name
@@ -96,8 +96,8 @@ def test_random_guess_is_seeded_uniform_over_whole_stars():
 def test_weighted_sampling_follows_the_train_distribution():
     train = ratings_table([(1, 1, 1)] * 10 + [(1, 1, 4)] * 60 + [(1, 1, 5)] * 30)
     big = ratings_table([(1, 1, 0)] * 100_000)
-    draws = WeightedSampling(seed=3).fit(train).predict(big)
-    np.testing.assert_array_equal(draws, WeightedSampling(seed=3).fit(train).predict(big))
+    draws = RatingShareSampler(seed=3).fit(train).predict(big)
+    np.testing.assert_array_equal(draws, RatingShareSampler(seed=3).fit(train).predict(big))
     levels, counts = np.unique(draws, return_counts=True)
     np.testing.assert_array_equal(levels, [1, 4, 5])
     np.testing.assert_allclose(counts / counts.sum(), [0.1, 0.6, 0.3], atol=0.01)

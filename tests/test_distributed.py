@@ -42,7 +42,7 @@ def test_a_bad_job_is_refused_before_any_worker_starts(tmp_path):
     for path in data.values():
         path.write_bytes(b"")
     job = {
-        "model": "ranking",
+        "model": "rating",
         **{k: str(v) for k, v in data.items()},
         "config": {},
         "seed": 1,
@@ -122,12 +122,12 @@ def test_weighted_shares_of_a_batch_sum_to_the_batch_loss():
     """Each worker's loss times its share, summed (what the all-reduce adds up), is the one-process loss."""
     import tensorflow as tf
 
-    from recsys.models.configs import RankingConfig
-    from recsys.models.rating_model import build_ranking_model
+    from recsys.models.configs import RatingConfig
+    from recsys.models.rating_model import build_rating_model
     from recsys.runs.params import load_params
 
-    config = dataclasses.replace(RankingConfig.from_params(load_params()["ranking"]), features=["ids"], embedding_dim=4)
-    model = build_ranking_model({"user_id": 5, "movie_id": 7, "genres": 2, "title": 3}, config, 3.5)
+    config = dataclasses.replace(RatingConfig.from_params(load_params()["rating"]), features=["ids"], embedding_dim=4)
+    model = build_rating_model({"user_id": 5, "movie_id": 7, "genres": 2, "title": 3}, config, 3.5)
     rng = np.random.default_rng(0)
     n = 10
     features = {"user_id": rng.integers(1, 5, n).astype(np.int32), "movie_id": rng.integers(1, 7, n).astype(np.int32)}
@@ -179,12 +179,12 @@ def test_two_workers_reach_the_single_process_rating_model_and_resume_after_a_ki
 
     from recsys.data.rating_scale import RatingScale
     from recsys.features.encoding import FeatureEncoder
-    from recsys.models.configs import RankingConfig
+    from recsys.models.configs import RatingConfig
     from recsys.training import rating_training
-    from recsys.training.distributed.jobs import Distribute, run, train_ranking
+    from recsys.training.distributed.jobs import Distribute, run, train_rating
 
     files, params, run_dir = smoke_data
-    config = dataclasses.replace(RankingConfig.from_params(params["ranking"]), max_epochs=6)
+    config = dataclasses.replace(RatingConfig.from_params(params["rating"]), max_epochs=6)
     scale = RatingScale.from_dict(json.loads((run_dir / "01_preprocess" / "dataset.json").read_text()))
     interactions = pd.read_parquet(files.interactions)
     users, movies = pd.read_parquet(files.users), pd.read_parquet(files.movies)
@@ -193,13 +193,13 @@ def test_two_workers_reach_the_single_process_rating_model_and_resume_after_a_ki
     tables = encoder.user_table(users), encoder.movie_table(movies)
     data = {s: (encoder.example_inputs(f, *tables), f["rating"].to_numpy("float32")) for s, f in frames.items()}
     epochs = 6
-    single = rating_training.train_ranking_model(
+    single = rating_training.train_rating_model(
         config, encoder.cardinalities(), *data["train"], params["seed"], epochs=epochs
     )
     rmse_single = rating_training.evaluate_ratings(single.model, *data["val"], scale)["rmse"]
 
     settings = Distribute("multi_worker", 2, 600, 2, ())
-    two = train_ranking(config, files, params["seed"], scale, settings, tmp_path / "two", epochs=epochs)
+    two = train_rating(config, files, params["seed"], scale, settings, tmp_path / "two", epochs=epochs)
     rmse_two = rating_training.evaluate_ratings(two.model, *data["val"], scale)["rmse"]
     assert abs(rmse_two - rmse_single) < 0.005, (rmse_two, rmse_single)
 
@@ -214,7 +214,7 @@ def test_two_workers_reach_the_single_process_rating_model_and_resume_after_a_ki
         workers.kill(1)
 
     job = {
-        "model": "ranking",
+        "model": "rating",
         **{name: str(getattr(files, name)) for name in ("interactions", "users", "movies")},
         "config": config.to_dict(),
         "seed": params["seed"],
@@ -225,7 +225,7 @@ def test_two_workers_reach_the_single_process_rating_model_and_resume_after_a_ki
     result, folder, restarts = run(job, tmp_path / "killed", settings, on_start=kill_after_epoch_2)
     assert restarts == 1 and result["first_epoch"] >= 2  # resumed after the epochs saved, not from scratch
     assert not (tmp_path / "killed" / "backup").exists()
-    resumed, _ = rating_training.load_ranking_model(folder)
+    resumed, _ = rating_training.load_rating_model(folder)
     rmse_resumed = rating_training.evaluate_ratings(resumed, *data["val"], scale)["rmse"]
     assert abs(rmse_resumed - rmse_single) < 0.005, (rmse_resumed, rmse_single)
     assert Path(folder, "model.json").exists()

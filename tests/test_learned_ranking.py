@@ -73,8 +73,8 @@ def world():
     """The tiny store with retrieval vectors, EASE fitted on train, and a (random) rating model fitted 'on train'."""
     from recsys.core.seeding import set_seed
     from recsys.evaluation.full_ranking import split_matrices
-    from recsys.models.configs import RankingConfig
-    from recsys.models.rating_model import build_ranking_model
+    from recsys.models.configs import RatingConfig
+    from recsys.models.rating_model import build_rating_model
     from recsys.ranking.stage import RatingRanker
     from recsys.retrieval.retrievers import NumpyRetriever
 
@@ -85,8 +85,8 @@ def world():
     catalogue = store.movies.index.to_numpy()
     matrices = split_matrices(interactions, store.users.index.to_numpy(), catalogue)
     ease = EaseSource(EASE(10.0).fit(matrices.train).weights_, catalogue)
-    config = dataclasses.replace(RankingConfig.from_params(DEFAULTS["ranking"]), embedding_dim=4, side_dim=2)
-    model = build_ranking_model(encoder.cardinalities(), config, global_mean=3.5)
+    config = dataclasses.replace(RatingConfig.from_params(DEFAULTS["rating"]), embedding_dim=4, side_dim=2)
+    model = build_rating_model(encoder.cardinalities(), config, global_mean=3.5)
     context = {"hour": 20, "weekday": 4, "month": 12}
     ratings = RatingRanker(store, model, encoder, context)
     sources = FeatureSources(

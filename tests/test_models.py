@@ -116,7 +116,7 @@ def test_features_the_data_lacks_are_left_out_and_named():
 
 def test_models_train_on_users_without_attributes(tables):
     """ML-10M on: the users table holds user_id only; both models build and learn without user features."""
-    from recsys.models.rating_model import build_ranking_model
+    from recsys.models.rating_model import build_rating_model
     from recsys.models.retrieval_model import build_retrieval_model, model_inputs, user_embeddings
 
     users, movies, interactions = tables
@@ -127,7 +127,7 @@ def test_models_train_on_users_without_attributes(tables):
     inputs = encoder.interaction_inputs(interactions, user_table, encoder.movie_table(movies))
     assert not {"gender", "city"} & set(inputs)
     set_seed(0)
-    model = build_ranking_model(encoder.cardinalities(), small_config(features=["user", "movie", "context"]), 3.0)
+    model = build_rating_model(encoder.cardinalities(), small_config(features=["user", "movie", "context"]), 3.0)
     history = model.fit(inputs, interactions["rating"].to_numpy(), epochs=3, batch_size=64, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert not any("city_embedding" in v.name for v in model.trainable_variables)
@@ -141,21 +141,21 @@ def test_models_train_on_users_without_attributes(tables):
 
 def small_config(**overrides):
     """The default rating-model config (params/default.yaml), made small for the tiny data."""
-    from recsys.models.configs import RankingConfig
+    from recsys.models.configs import RatingConfig
 
-    default = RankingConfig.from_params(load_params()["ranking"])
+    default = RatingConfig.from_params(load_params()["rating"])
     return dataclasses.replace(default, **{"embedding_dim": 8, "side_dim": 4, "batch_size": 64, **overrides})
 
 
 @pytest.mark.parametrize("features", [["ids"], ["user"], ["user", "movie"], ["user", "movie", "context"], ["title"]])
 def test_model_builds_from_params_for_each_feature_set(tables, features):
-    from recsys.models.rating_model import build_ranking_model
+    from recsys.models.rating_model import build_rating_model
 
     users, movies, interactions = tables
     encoder = FeatureEncoder.fit(users, movies, interactions)
     inputs = encoder.interaction_inputs(interactions, encoder.user_table(users), encoder.movie_table(movies))
     set_seed(0)
-    model = build_ranking_model(encoder.cardinalities(), small_config(features=features), 3.0)
+    model = build_rating_model(encoder.cardinalities(), small_config(features=features), 3.0)
     predictions = model.predict(inputs, verbose=0)
     assert predictions.shape == (len(interactions),)
     # starts near the global mean: the head starts at zero, the biases at zero, the dot product of
@@ -176,13 +176,13 @@ def test_training_learns_and_early_stopping_restores_best(tables):
     inputs = encoder.interaction_inputs(interactions, encoder.user_table(users), encoder.movie_table(movies))
     y = interactions["rating"].to_numpy(np.float32)
     config = small_config(learning_rate=0.05, max_epochs=15, l2=0.0)
-    result = training.train_ranking_model(
+    result = training.train_rating_model(
         config, encoder.cardinalities(), inputs, y, seed=1, x_val=inputs, y_val=y, verbose=0
     )
     val = result.history["val_root_mean_squared_error"]
     assert min(val) < 0.5 * val[0]
     assert result.best_epoch == int(np.argmin(val)) + 1
-    again = training.train_ranking_model(
+    again = training.train_rating_model(
         config, encoder.cardinalities(), inputs, y, seed=1, x_val=inputs, y_val=y, verbose=0
     )
     assert again.history["val_root_mean_squared_error"] == val  # one seed, same run
@@ -195,18 +195,18 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_predictions(tmp_p
     encoder = FeatureEncoder.fit(users, movies, interactions)
     inputs = encoder.interaction_inputs(interactions, encoder.user_table(users), encoder.movie_table(movies))
     y = interactions["rating"].to_numpy(np.float32)
-    result = training.train_ranking_model(
+    result = training.train_rating_model(
         small_config(), encoder.cardinalities(), inputs, y, seed=3, epochs=2, verbose=0
     )
-    folder = training.save_ranking_model(
-        result.model, encoder, tmp_path / "ranking_model", fitted_on=("train",), scale=RatingScale(1.0, 5.0, 1.0)
+    folder = training.save_rating_model(
+        result.model, encoder, tmp_path / "rating_model", fitted_on=("train",), scale=RatingScale(1.0, 5.0, 1.0)
     )
     np.savez(tmp_path / "inputs.npz", **inputs)
     expected = training.predict_ratings(result.model, inputs)
     script = (
         "import json, sys, numpy as np\n"
         "from recsys.training import rating_training as training\n"
-        f"model, _ = training.load_ranking_model({str(folder)!r})\n"
+        f"model, _ = training.load_rating_model({str(folder)!r})\n"
         f"inputs = dict(np.load({str(tmp_path / 'inputs.npz')!r}))\n"
         "print(json.dumps(training.predict_ratings(model, inputs).tolist()))\n"
     )
@@ -219,7 +219,7 @@ def test_load_without_a_saved_model_says_so(tmp_path):
     from recsys.training import rating_training as training
 
     with pytest.raises(FileNotFoundError, match="holds no saved model"):
-        training.load_ranking_model(tmp_path)
+        training.load_rating_model(tmp_path)
 
 
 def test_training_dataset_visits_every_example_once_per_epoch_in_a_new_order():
@@ -281,10 +281,10 @@ def test_movie_features_kept_once_per_movie_give_the_same_batches(tables):
 
 
 def test_configs_take_exactly_their_params_group():
-    from recsys.models.configs import RankingConfig, RetrievalConfig
+    from recsys.models.configs import RatingConfig, RetrievalConfig
 
     params = load_params()
-    assert RankingConfig.from_params(params["ranking"]).to_dict() == params["ranking"]
+    assert RatingConfig.from_params(params["rating"]).to_dict() == params["rating"]
     assert RetrievalConfig.from_params(params["retrieval"]).to_dict() == params["retrieval"]
     with pytest.raises(KeyError, match=r"missing \['ablation'\], unknown \['extra'\]"):
-        RankingConfig.from_params({**{k: v for k, v in params["ranking"].items() if k != "ablation"}, "extra": 1})
+        RatingConfig.from_params({**{k: v for k, v in params["rating"].items() if k != "ablation"}, "extra": 1})

@@ -123,16 +123,16 @@ def test_smoke_baselines_metrics(smoke_run):
 
 
 def test_smoke_two_tower_beats_the_global_mean(smoke_run):
-    m = metrics(smoke_run, "04_two_tower_ranking")
+    m = metrics(smoke_run, "04_two_tower_rating")
     baselines = metrics(smoke_run, "03_baselines")
     assert m["rmse_two_tower"] < 0.9 * baselines["rmse_global_mean"]
     assert m["rmse_two_tower"] < baselines["rmse_bias"]
     assert {f"rmse_ablation_{s}" for s in ("ids", "user", "movie", "context")} <= set(m)
     assert m["best_epoch"] >= 1 and m["train_wall_s"] > 0 and m["train_examples_per_s"] > 0
-    assert (smoke_run / "04_two_tower_ranking" / "ranking_model" / "model.json").exists()
+    assert (smoke_run / "04_two_tower_rating" / "rating_model" / "model.json").exists()
     # the unchanged single-process path: no strategy, no job folder
     assert m["trained_by"].startswith("one process") and m["train_workers"] == 1
-    assert not (smoke_run / "04_two_tower_ranking" / "distributed_jobs").exists()
+    assert not (smoke_run / "04_two_tower_rating" / "distributed_jobs").exists()
 
 
 def test_smoke_retrieval_metrics(smoke_run):
@@ -266,18 +266,18 @@ def distributed_run(smoke_run) -> Path:
 
 def test_notebooks_train_on_two_workers_as_well_as_in_one_process(distributed_run, smoke_run):
     """Notebooks 04 and 05 with `distribute.strategy: multi_worker`: same protocol, same quality, said in the reports."""
-    m4, one4 = metrics(distributed_run, "04_two_tower_ranking"), metrics(smoke_run, "04_two_tower_ranking")
+    m4, one4 = metrics(distributed_run, "04_two_tower_rating"), metrics(smoke_run, "04_two_tower_rating")
     m5, one5 = metrics(distributed_run, "05_retrieval"), metrics(smoke_run, "05_retrieval")
     assert m4["trained_by"].startswith("MultiWorkerMirroredStrategy, 2 workers") and m4["train_workers"] == 2
     assert m5["two_tower_trained_by"] == m4["trained_by"] and m5["two_tower_train_workers"] == 2
     assert abs(m4["rmse_two_tower"] - one4["rmse_two_tower"]) < 0.02, (m4["rmse_two_tower"], one4["rmse_two_tower"])
     assert abs(m5["recall_at_100_two_tower"] - one5["recall_at_100_two_tower"]) < 0.02
-    for stage, jobs in (("04_two_tower_ranking", ("selected", "refit")), ("05_retrieval", ("two_tower",))):
+    for stage, jobs in (("04_two_tower_rating", ("selected", "refit")), ("05_retrieval", ("two_tower",))):
         for job in jobs:
             folder = distributed_run / stage / "distributed_jobs" / job
             assert (folder / "result.json").exists() and (folder / "logs" / "attempt-0" / "worker-1.log").exists()
             assert not (folder / "backup").exists()  # the epoch backups go once the job has ended
-    report = (distributed_run / "reports" / "04_two_tower_ranking.html").read_text()
+    report = (distributed_run / "reports" / "04_two_tower_rating.html").read_text()
     assert "trained by: MultiWorkerMirroredStrategy, 2 workers" in report
 
 
@@ -328,7 +328,7 @@ def test_reports_render_in_a_real_browser(smoke_run):
     if browser is None:
         pytest.skip("Chromium is not installed: `make chromium` installs Debian's package for this check")
     reports = smoke_run / "reports"
-    for page in (reports / "index.html", reports / "04_two_tower_ranking.html"):
+    for page in (reports / "index.html", reports / "04_two_tower_rating.html"):
         flags = [
             "--headless",
             "--no-sandbox",

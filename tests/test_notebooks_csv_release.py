@@ -79,13 +79,13 @@ def test_eda_skips_demographics_and_geography_without_empty_plots(csv_run):
 
 
 def test_rating_models_learn_half_stars_and_ablate_only_existing_groups(csv_run):
-    baselines, m = metrics(csv_run, "03_baselines"), metrics(csv_run, "04_two_tower_ranking")
+    baselines, m = metrics(csv_run, "03_baselines"), metrics(csv_run, "04_two_tower_rating")
     assert baselines["rmse_svd"] < baselines["rmse_global_mean"]
     assert m["rmse_two_tower"] < 0.9 * baselines["rmse_global_mean"]
     assert {k for k in m if k.startswith("rmse_ablation_")} == {
         f"rmse_ablation_{s}" for s in ("ids", "movie", "context")
     }
-    assert "which this release does not have" in _printed(csv_run, "04_two_tower_ranking")
+    assert "which this release does not have" in _printed(csv_run, "04_two_tower_rating")
 
 
 def test_retrieval_and_ranking_go_without_user_attributes(csv_run):

@@ -18,15 +18,15 @@ CONTEXT = {"hour": 20, "weekday": 4, "month": 12}
 @pytest.fixture(scope="module")
 def setup():
     from recsys.core.seeding import set_seed
-    from recsys.models.configs import RankingConfig
-    from recsys.models.rating_model import build_ranking_model
+    from recsys.models.configs import RatingConfig
+    from recsys.models.rating_model import build_rating_model
     from recsys.retrieval.retrievers import NumpyRetriever
 
     set_seed(7)
     store, encoder, tables = tiny_store_and_encoder()
-    default = RankingConfig.from_params(load_params()["ranking"])
+    default = RatingConfig.from_params(load_params()["rating"])
     config = dataclasses.replace(default, embedding_dim=8, side_dim=4, mlp_layers=[8])
-    model = build_ranking_model(encoder.cardinalities(), config, global_mean=3.5)
+    model = build_rating_model(encoder.cardinalities(), config, global_mean=3.5)
     # retrieval by the rating model's own tower vectors (their dot product is its matrix-factorisation path)
     everyone = np.arange(len(store.users))
     user_vectors = model.user_tower(store.user_inputs(everyone, encoder)).vector.numpy()
@@ -209,8 +209,8 @@ def test_context_defaults_to_now_and_is_validated(setup):
 def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
     from datetime import datetime, timedelta
 
-    import recsys.ranking.stage as online
     import recsys.features.request_context as request_context
+    import recsys.ranking.stage as online
 
     start = datetime(2026, 1, 5, 10, 59, tzinfo=UTC)
     calls = []
@@ -225,7 +225,7 @@ def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
     store = setup["store"]
     users = np.array([2, 3, 4, 2, 3, 4])
     movies = store.movies.index.to_numpy()[:6]
-    kwargs = {"store": store, "ranking_model": setup["model"], "encoder": setup["encoder"]}
+    kwargs = {"store": store, "rating_model": setup["model"], "encoder": setup["encoder"]}
     chunked = online.score_pairs(users, movies, context=None, chunk=2, **kwargs)
     fixed = online.score_pairs(users, movies, context={"hour": 10, "weekday": 0, "month": 1}, **kwargs)
     assert len(calls) == 1

@@ -61,15 +61,15 @@ def test_override_values_are_yaml_typed():
         ("download.sources=[]", "download.sources=[]: must not be empty"),
         ("nokey", "not of the form key.sub=value"),
         # model parameters that make no sense (issue: rejected before training, naming the key)
-        ("ranking.max_epochs=-1", "ranking.max_epochs=-1: must be >= 1"),
-        ("ranking.batch_size=0", "ranking.batch_size=0: must be >= 1"),
-        ("ranking.features=[]", "ranking.features=[]: the feature list is empty"),
-        ("ranking.features=[user, colour]", "unknown feature(s) ['colour']"),
-        ("ranking.learning_rate=0", "ranking.learning_rate=0.0: must be > 0"),
-        ("ranking.mlp_layers=[32, 0]", "item 1 (0) must be >= 1"),
-        ("ranking.optimizer=rmsprop", "must be one of adam, adagrad, sgd"),
-        ("ranking.head_on=ids", "ranking.head_on='ids': must be one of features, towers"),
-        ("ranking.id_learning_rate=-0.1", "ranking.id_learning_rate=-0.1: must be >= 0"),
+        ("rating.max_epochs=-1", "rating.max_epochs=-1: must be >= 1"),
+        ("rating.batch_size=0", "rating.batch_size=0: must be >= 1"),
+        ("rating.features=[]", "rating.features=[]: the feature list is empty"),
+        ("rating.features=[user, colour]", "unknown feature(s) ['colour']"),
+        ("rating.learning_rate=0", "rating.learning_rate=0.0: must be > 0"),
+        ("rating.mlp_layers=[32, 0]", "item 1 (0) must be >= 1"),
+        ("rating.optimizer=rmsprop", "must be one of adam, adagrad, sgd"),
+        ("rating.head_on=ids", "rating.head_on='ids': must be one of features, towers"),
+        ("rating.id_learning_rate=-0.1", "rating.id_learning_rate=-0.1: must be >= 0"),
         ("baselines.svd_grid.n_epochs=[]", "must not be empty"),
         ("baselines.svd_grid.lr_all=[0.005, -1]", "item 1 (-1.0) must be > 0"),
         ("baselines.svd_grid.biased=[true]", "unknown parameter 'baselines.svd_grid.biased'"),
@@ -87,6 +87,16 @@ def test_unknown_key_lists_valid_keys(tmp_path):
         load_params(path)
     message = str(err.value)
     assert "geo.backnd" in message and "geo.backend" in message and "geo.uszipcode_db" in message
+
+
+def test_the_old_ranking_group_names_its_new_key(tmp_path):
+    """The rating model's group was `ranking:`; an old parameter file gets the new name, not a bare "unknown key"."""
+    path = write(tmp_path, "ranking:\n  max_epochs: 3\n")
+    with pytest.raises(ParamsError, match=r"'ranking' in .*p.yaml is now 'rating'"):
+        load_params(path)
+    with pytest.raises(ParamsError, match="is now 'rating'"):
+        load_params(overrides=["ranking.max_epochs=3"])
+    assert load_params(write(tmp_path, "rating:\n  max_epochs: 3\n"))["rating"]["max_epochs"] == 3
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path):
@@ -159,5 +169,5 @@ def test_each_notebook_opens_its_run_with_exactly_its_parameters():
 
 
 def test_features_accept_groups_single_features_and_ids():
-    assert load_params(overrides=["ranking.features=[ids]"])["ranking"]["features"] == ["ids"]
-    assert load_params(overrides=["ranking.features=[genres, hour]"])["ranking"]["features"] == ["genres", "hour"]
+    assert load_params(overrides=["rating.features=[ids]"])["rating"]["features"] == ["ids"]
+    assert load_params(overrides=["rating.features=[genres, hour]"])["rating"]["features"] == ["genres", "hour"]

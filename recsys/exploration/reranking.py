@@ -13,62 +13,63 @@ from recsys.retrieval.candidates import CANDIDATE_COLUMNS, SOURCE_DTYPE, SOURCE_
 # ---- weighted re-ranking ------------------------------------------------------------------------------
 
 
-def _check_scores(predicted: np.ndarray, temperature: float) -> None:
-    if np.isnan(predicted).any():
-        raise ValueError("predicted ratings contain NaN; every item needs a score to be sampled")
+def _check_scores(scores: np.ndarray, temperature: float) -> None:
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN; every item needs a score to be sampled")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = no randomness), got {temperature}")
 
 
 def weighted_rerank(
-    items: Sequence, predicted: Sequence[float], rng: np.random.Generator, temperature: float = 1.0
+    items: Sequence, scores: Sequence[float], rng: np.random.Generator, temperature: float = 1.0
 ) -> np.ndarray:
-    """Shuffle a ranked list so that items with higher predicted ratings tend to come first.
+    """Shuffle a ranked list so that items with higher scores tend to come first.
 
     A deterministic ranking shows every user the same few items first, so the model never learns
     what users think of the rest. Sampling the order instead keeps the top mostly on top while
     letting lower-ranked items surface now and then.
 
-    The order is a weighted sample without replacement with weights w_i = exp(predicted_i / T):
+    The order is a weighted sample without replacement with weights w_i = exp(score_i / T):
     the first item is i with probability w_i / sum(w), the second is drawn the same way from the
-    rest, and so on (the Plackett-Luce model). Exponential weights stay positive for any predicted
-    value (unclipped predictions can be <= 0, where powers break) and the temperature T moves
-    smoothly between greedy (T -> 0: the order by predicted rating) and uniform (T -> inf).
+    rest, and so on (the Plackett-Luce model). Exponential weights stay positive for any scores
+    value (scores can be <= 0, where powers break) and the temperature T moves
+    smoothly between greedy (T -> 0: the order by score) and uniform (T -> inf).
 
     It is computed with the Gumbel-top-k trick: add independent Gumbel(0, 1) noise to
-    log w_i = predicted_i / T and sort by the result. The argmax of log-weights plus Gumbel noise
+    log w_i = score_i / T and sort by the result. The argmax of log-weights plus Gumbel noise
     is i with probability w_i / sum(w) (the Gumbel-max trick), and given that, the remaining keys
     are still independent Gumbel-perturbed log-weights, so the full sort is distributed exactly
     like sequential sampling without replacement, with no loop and for many lists at once.
 
     Args:
         items: the list to re-rank (any values: ids, positions).
-        predicted: one predicted rating per item.
+        scores: one score per item: the ranker's (callers pass the learned ranker's scores standardised per user, or a
+            predicted rating).
         rng: numpy Generator (seeded by the caller for reproducibility).
-        temperature: T above; 0 returns the items sorted by predicted rating (stable for ties).
+        temperature: T above; 0 returns the items sorted by score (stable for ties).
 
     Returns:
         The items in the sampled order.
     """
     items = np.asarray(items)
-    predicted = np.asarray(predicted, dtype=np.float64)
-    if items.shape != predicted.shape or items.ndim != 1:
-        raise ValueError(f"items {items.shape} and predicted {predicted.shape} must be 1-D and of the same length")
-    _check_scores(predicted, temperature)
+    scores = np.asarray(scores, dtype=np.float64)
+    if items.shape != scores.shape or items.ndim != 1:
+        raise ValueError(f"items {items.shape} and scores {scores.shape} must be 1-D and of the same length")
+    _check_scores(scores, temperature)
     if temperature == 0:
-        return items[np.argsort(-predicted, kind="stable")]
-    keys = predicted / temperature + rng.gumbel(size=predicted.shape)
+        return items[np.argsort(-scores, kind="stable")]
+    keys = scores / temperature + rng.gumbel(size=scores.shape)
     return items[np.argsort(-keys, kind="stable")]
 
 
 def weighted_rerank_many(
-    item_lists: np.ndarray, predicted: np.ndarray, n_repeats: int, seed: int, temperature: float = 1.0
+    item_lists: np.ndarray, scores: np.ndarray, n_repeats: int, seed: int, temperature: float = 1.0
 ) -> np.ndarray:
     """`weighted_rerank` for every user's list, repeated `n_repeats` times, in one vectorised draw.
 
     Args:
-        item_lists: (n_users, L) items, e.g. each user's top-L by predicted rating.
-        predicted: (n_users, L) predicted ratings of those items.
+        item_lists: (n_users, L) items, e.g. each user's top-L by score.
+        scores: (n_users, L) scores of those items (as in `weighted_rerank`).
         n_repeats: independent re-rankings per user (to average metrics over the randomness).
         seed: seeds the Gumbel noise; the same seed gives the same orders.
         temperature: as in `weighted_rerank`; 0 gives the deterministic order in every repeat.
@@ -77,24 +78,24 @@ def weighted_rerank_many(
         (n_repeats, n_users, L) items in sampled order.
     """
     item_lists = np.asarray(item_lists)
-    predicted = np.asarray(predicted, dtype=np.float64)
-    if item_lists.shape != predicted.shape or item_lists.ndim != 2:
-        raise ValueError(f"item_lists {item_lists.shape} and predicted {predicted.shape} must be the same 2-D shape")
+    scores = np.asarray(scores, dtype=np.float64)
+    if item_lists.shape != scores.shape or item_lists.ndim != 2:
+        raise ValueError(f"item_lists {item_lists.shape} and scores {scores.shape} must be the same 2-D shape")
     if n_repeats < 1:
         raise ValueError(f"n_repeats must be >= 1, got {n_repeats}")
-    _check_scores(predicted, temperature)
+    _check_scores(scores, temperature)
     if temperature == 0:
-        order = np.argsort(-predicted, axis=1, kind="stable")
+        order = np.argsort(-scores, axis=1, kind="stable")
         return np.broadcast_to(np.take_along_axis(item_lists, order, axis=1), (n_repeats, *item_lists.shape)).copy()
-    gumbel = np.random.default_rng(seed).gumbel(size=(n_repeats, *predicted.shape))
-    keys = predicted / temperature + gumbel
+    gumbel = np.random.default_rng(seed).gumbel(size=(n_repeats, *scores.shape))
+    keys = scores / temperature + gumbel
     order = np.argsort(-keys, axis=-1, kind="stable")
     return np.take_along_axis(np.broadcast_to(item_lists, keys.shape), order, axis=-1)
 
 
-def first_position_probabilities(predicted: Sequence[float], temperature: float = 1.0) -> np.ndarray:
-    """P(item i comes first) under `weighted_rerank`: softmax(predicted / T), computed stably."""
-    logits = np.asarray(predicted, dtype=np.float64) / temperature
+def first_position_probabilities(scores: Sequence[float], temperature: float = 1.0) -> np.ndarray:
+    """P(item i comes first) under `weighted_rerank`: softmax(scores / T), computed stably."""
+    logits = np.asarray(scores, dtype=np.float64) / temperature
     weights = np.exp(logits - logits.max())
     return weights / weights.sum()
 

@@ -88,7 +88,7 @@ class ServingParts:
 
 
 @dataclass(frozen=True)
-class WeightedSampling:
+class WeightedRerank:
     """The ranked list's top `depth` re-ordered by weighted sampling at `temperature` (`reranking.weighted_rerank`)."""
 
     temperature: float
@@ -120,9 +120,7 @@ class LeastViewed:
 class TwoStagePolicy:
     """The served list (retrieval + EASE candidates, learned ranker), optionally with an exploration."""
 
-    def __init__(
-        self, parts: ServingParts, exploration_: WeightedSampling | EmbeddingNoise | LeastViewed | None = None
-    ):
+    def __init__(self, parts: ServingParts, exploration_: WeightedRerank | EmbeddingNoise | LeastViewed | None = None):
         self.parts, self.exploration = parts, exploration_
         self._ease: EaseSource | None = None
         self._store: FeatureStore | None = None
@@ -189,7 +187,7 @@ class TwoStagePolicy:
             )
         else:
             scores = LearnedRanker(sources, parts.ranker).score(table)
-        if isinstance(self.exploration, WeightedSampling):
+        if isinstance(self.exploration, WeightedRerank):
             depth = self.exploration.depth
             ids, ranked = ranked_lists(table.assign(score=scores), users, "score", depth)
             spread = ranked.std(axis=1, keepdims=True)

@@ -14,7 +14,7 @@ import pandas as pd
 from recsys.core.io import atomic_path
 from recsys.features import preprocessing
 
-# The feature groups a model can switch on (`ranking.features`, `retrieval.features`), and the columns behind each.
+# The feature groups a model can switch on (`rating.features`, `retrieval.features`), and the columns behind each.
 USER_FEATURES = ("age_group", "gender", "occupation", "zip5", "city", "state")
 MOVIE_FEATURES = ("genres", "title", "release_year")
 CONTEXT_FEATURES = ("hour", "weekday", "month")
@@ -34,7 +34,7 @@ class ExampleInputs:
 
     The movie inputs (id, release year, title tokens, genre flags) are most of an example's bytes;
     repeated for 25M training ratings they were held twice (numpy and the tensors training gathers
-    from), and the rating model's kernel peaked at 13.04 GB (4.46 GB with this). `ranking_training.training_dataset`
+    from), and the rating model's kernel peaked at 13.04 GB (4.46 GB with this). `rating_training.training_dataset`
     gathers them per batch from `movies` instead; `flat()` gives the per-example arrays (for
     prediction on val and test).
 
@@ -84,7 +84,7 @@ def as_arrays(inputs: dict[str, np.ndarray] | ExampleInputs) -> dict[str, np.nda
 
 
 def resolve_features(names: list[str], available: Iterable[str] | None = None) -> set[str]:
-    """Expand a `ranking.features` list (groups, single features, or "ids") to single side features.
+    """Expand a `rating.features` list (groups, single features, or "ids") to single side features.
 
     Args:
         names: the list as the params give it.
@@ -107,7 +107,7 @@ def resolve_features(names: list[str], available: Iterable[str] | None = None) -
 
 
 def unavailable(names: list[str], available: Iterable[str]) -> list[str]:
-    """The features a `ranking.features` list asks for that the data lacks, in ALL_FEATURES order."""
+    """The features a `rating.features` list asks for that the data lacks, in ALL_FEATURES order."""
     missing = resolve_features(names) - set(available)
     return [name for name in ALL_FEATURES if name in missing]
 

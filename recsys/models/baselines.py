@@ -81,7 +81,7 @@ class RandomGuess(_Fitted):
         return rng.choice(self.scale.levels(), size=len(df)).astype(np.float64)
 
 
-class WeightedSampling(_Fitted):
+class RatingShareSampler(_Fitted):
     """A rating drawn from the train rating distribution: random, but knows that 4 stars is common and 1 is rare."""
 
     name = "weighted_sampling"
@@ -89,7 +89,7 @@ class WeightedSampling(_Fitted):
     def __init__(self, seed: int = 42):
         self.seed = seed
 
-    def fit(self, train: pd.DataFrame) -> WeightedSampling:
+    def fit(self, train: pd.DataFrame) -> RatingShareSampler:
         """Learn the share of each rating level in train."""
         ratings = _train_ratings(train)
         levels, counts = np.unique(ratings, return_counts=True)

@@ -2,7 +2,7 @@
 
 params/default.yaml is the one place where a value and its default live, and `recsys.runs.params`
 validates every value once; these records only give the groups names and types. They have no
-defaults of their own: build them with `from_params(params["ranking"])`, and a test that wants a
+defaults of their own: build them with `from_params(params["rating"])`, and a test that wants a
 smaller model replaces fields of the default one (`dataclasses.replace`).
 """
 
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 HEAD_INPUTS = ("features", "towers")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
-RETRIEVAL_MODELS = ("two_tower", "sequential")  # what the serving stage retrieves with
+SERVED_RETRIEVERS = ("two_tower", "sequential")  # what the serving stage retrieves with
 
 _Config = TypeVar("_Config", bound="_FromParams")
 
@@ -41,8 +41,8 @@ class _FromParams:
 
 
 @dataclass
-class RankingConfig(_FromParams):
-    """Hyper-parameters of the two-tower rating model (params group `ranking`).
+class RatingConfig(_FromParams):
+    """Hyper-parameters of the two-tower rating model (params group `rating`).
 
     Attributes:
         features: what is used beside the ids: groups ("user", "movie", "context"), single features

@@ -6,10 +6,10 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from recsys.features.encoding import CONTEXT_FEATURES, EXAMPLE_WEIGHT, resolve_features
-from recsys.models.configs import RankingConfig
+from recsys.models.configs import RatingConfig
 from recsys.models.towers import ContextEncoder, MovieTower, TowerOutput, UserTower
 
-# one Keras class per choice of `ranking.optimizer` (recsys.models.configs.OPTIMIZERS)
+# one Keras class per choice of `rating.optimizer` (recsys.models.configs.OPTIMIZERS)
 OPTIMIZER_CLASSES = {
     "adam": tf.keras.optimizers.Adam,
     "adagrad": tf.keras.optimizers.Adagrad,
@@ -24,7 +24,7 @@ class TwoTowerRatingModel(tfrs.Model):
     model orders the shortlist by predicted rating. The towers meet twice: in a dot product (the
     matrix-factorisation path, which carries most of the signal on MovieLens) and in an MLP head
     over the tower outputs, their product and the context, which can learn what a dot product
-    cannot (see RankingConfig.head_on for which part of the tower outputs it reads). Learned user
+    cannot (see RatingConfig.head_on for which part of the tower outputs it reads). Learned user
     and movie biases and the training mean complete the prediction.
 
     Args:
@@ -33,7 +33,7 @@ class TwoTowerRatingModel(tfrs.Model):
         global_mean: mean training rating, the starting point of every prediction.
     """
 
-    def __init__(self, cardinalities: dict[str, int], config: RankingConfig, global_mean: float):
+    def __init__(self, cardinalities: dict[str, int], config: RatingConfig, global_mean: float):
         super().__init__()
         self.config = config
         self.global_mean = float(global_mean)
@@ -130,9 +130,7 @@ class TwoTowerRatingModel(tfrs.Model):
         return loss
 
 
-def build_ranking_model(
-    cardinalities: dict[str, int], config: RankingConfig, global_mean: float
-) -> TwoTowerRatingModel:
+def build_rating_model(cardinalities: dict[str, int], config: RatingConfig, global_mean: float) -> TwoTowerRatingModel:
     """Build and compile the rating model with the configured optimizer and learning rate."""
     model = TwoTowerRatingModel(cardinalities, config, global_mean)
     model.compile(optimizer=OPTIMIZER_CLASSES[config.optimizer](config.learning_rate))

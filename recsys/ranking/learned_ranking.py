@@ -34,15 +34,15 @@ def feature_sources(
     Args:
         store: the feature store, with the retrieval model's vectors attached.
         ease_folder: EASE saved by `ease.save_ease` (fitted on train).
-        train_rating_folder: the rating model fitted on train only (`ranking_training.save_ranking_model`).
+        train_rating_folder: the rating model fitted on train only (`rating_training.save_rating_model`).
         n_candidates: candidates per source (a missing rank is n_candidates + 1).
         context: the requests' {hour, weekday, month} for the predicted rating.
     """
     from recsys.ranking.stage import RatingRanker
-    from recsys.training.rating_training import load_ranking_model
+    from recsys.training.rating_training import load_rating_model
 
     ease_model, ease_movie_ids, ease_fitted_on = load_ease(ease_folder)
-    model, encoder = load_ranking_model(train_rating_folder)
+    model, encoder = load_rating_model(train_rating_folder)
     return FeatureSources(
         store,
         n_candidates,

@@ -90,7 +90,7 @@ class FeatureSources:
         if leaking:
             raise LeakageError(
                 f"features for the {stage} stage would come from sources fitted on {sorted(_FORBIDDEN[stage])}: "
-                f"{leaking}; use sources fitted on train only (e.g. the rating model saved as ranking_model_train)"
+                f"{leaking}; use sources fitted on train only (e.g. the rating model saved as rating_model_train)"
             )
 
     def build(self, candidates: pd.DataFrame, stage: str) -> pd.DataFrame:

@@ -89,7 +89,7 @@ def score_pairs(
     movie_ids: np.ndarray,
     *,
     store: FeatureStore,
-    ranking_model: tf.keras.Model,
+    rating_model: tf.keras.Model,
     encoder: FeatureEncoder,
     context: Mapping[str, int] | None,
     chunk: int = SCORE_BATCH,
@@ -105,7 +105,7 @@ def score_pairs(
     """
     return _score_positions(
         store,
-        ranking_model,
+        rating_model,
         encoder,
         store.user_positions(user_ids),
         store.movie_positions(np.asarray(movie_ids)),
@@ -125,7 +125,7 @@ class RatingRanker:
         model, encoder: the rating model and its FeatureEncoder.
         context: {hour, weekday, month} of the requests; None means now (UTC).
         scale: the rating scale shown scores are clipped to; None takes the model's own
-            (`load_ranking_model` sets it from what the model was saved with).
+            (`load_rating_model` sets it from what the model was saved with).
     """
 
     name = "rating"
@@ -152,7 +152,7 @@ class RatingRanker:
         if self.scale is None:
             raise ValueError(
                 "the rating model carries no rating scale to clip shown scores to: load it with "
-                "ranking_training.load_ranking_model, or pass RatingRanker(..., scale=RatingScale(...))"
+                "rating_training.load_rating_model, or pass RatingRanker(..., scale=RatingScale(...))"
             )
         return np.clip(scores, *self.scale.bounds).astype(np.float64)
 
@@ -202,9 +202,9 @@ def load_served_ranker(folder, sources, rating_model_folder, context=None):
     """
     from recsys.ranking.ranker_state import read_state
     from recsys.ranking.rankers import load_ranker
-    from recsys.training.rating_training import load_ranking_model
+    from recsys.training.rating_training import load_rating_model
 
     if read_state(folder)["name"] == "rating":
-        model, encoder = load_ranking_model(rating_model_folder)
+        model, encoder = load_rating_model(rating_model_folder)
         return RatingRanker(sources.store, model, encoder, context)
     return LearnedRanker(sources, load_ranker(folder))

@@ -91,10 +91,19 @@ def _check_type(key: str, default: Any, value: Any) -> Any:
     return value
 
 
+# groups renamed since a parameter file may have been written: a clear error instead of "unknown key"
+RENAMED_GROUPS = {"ranking": "rating"}
+RENAMED_WHY = {"ranking": "the two-tower rating model's group; 'ranking' is the candidate rankers' word"}
+
+
 def _merge(schema: dict, base: dict, overlay: dict, prefix: str, source: str) -> dict:
     merged = copy.deepcopy(base)
     for key, value in overlay.items():
         full_key = f"{prefix}{key}"
+        if key in RENAMED_GROUPS and RENAMED_GROUPS[key] in schema:
+            raise ParamsError(
+                f"{full_key!r} in {source} is now {prefix}{RENAMED_GROUPS[key]!r} ({RENAMED_WHY[key]}): rename the key"
+            )
         if key not in schema:
             valid = ", ".join(f"{prefix}{k}" for k in schema)
             hint = _close_match(str(key), schema)
@@ -217,7 +226,7 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
     from recsys.data.geo import GEO_BACKENDS
     from recsys.data.movielens import KNOWN_DATASETS, SYNTHETIC_FORMATS
     from recsys.features.splits import SPLIT_STRATEGIES
-    from recsys.models.configs import HEAD_INPUTS, OPTIMIZERS, RETRIEVAL_MODELS
+    from recsys.models.configs import HEAD_INPUTS, OPTIMIZERS, SERVED_RETRIEVERS
     from recsys.ranking.ranker_state import RANKER_NAMES
     from recsys.training.distributed.cluster import STRATEGIES
 
@@ -248,21 +257,21 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "baselines.svd_grid.n_epochs": _grid(_positive),
         "baselines.svd_grid.lr_all": _grid(_positive),
         "baselines.svd_grid.reg_all": _grid(_at_least(0)),
-        "ranking.features": _features,
-        "ranking.embedding_dim": _at_least(1),
-        "ranking.side_dim": _at_least(1),
-        "ranking.mlp_layers": lambda v: next((f"item {i} ({u}) must be >= 1" for i, u in enumerate(v) if u < 1), None),
-        "ranking.dropout": _share,
-        "ranking.l2": _at_least(0),
-        "ranking.bias_l2": _at_least(0),
-        "ranking.init_std": _positive,
-        "ranking.head_on": _one_of(*HEAD_INPUTS),
-        "ranking.id_learning_rate": _at_least(0),
-        "ranking.optimizer": _one_of(*OPTIMIZERS),
-        "ranking.learning_rate": _positive,
-        "ranking.batch_size": _at_least(1),
-        "ranking.max_epochs": _at_least(1),
-        "ranking.patience": _at_least(0),
+        "rating.features": _features,
+        "rating.embedding_dim": _at_least(1),
+        "rating.side_dim": _at_least(1),
+        "rating.mlp_layers": lambda v: next((f"item {i} ({u}) must be >= 1" for i, u in enumerate(v) if u < 1), None),
+        "rating.dropout": _share,
+        "rating.l2": _at_least(0),
+        "rating.bias_l2": _at_least(0),
+        "rating.init_std": _positive,
+        "rating.head_on": _one_of(*HEAD_INPUTS),
+        "rating.id_learning_rate": _at_least(0),
+        "rating.optimizer": _one_of(*OPTIMIZERS),
+        "rating.learning_rate": _positive,
+        "rating.batch_size": _at_least(1),
+        "rating.max_epochs": _at_least(1),
+        "rating.patience": _at_least(0),
         "retrieval.features": _features,
         "retrieval.embedding_dim": _at_least(1),
         "retrieval.side_dim": _at_least(1),
@@ -273,7 +282,7 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "retrieval.epochs": _at_least(1),
         "retrieval.patience": _at_least(0),
         "retrieval.min_rating": _one_of(1, 2, 3, 4, 5),
-        "retrieval.model": _one_of(*RETRIEVAL_MODELS),
+        "retrieval.model": _one_of(*SERVED_RETRIEVERS),
         "sequential.history_length": _at_least(1),
         "sequential.window_targets": _at_least(1),
         "sequential.target_horizon": _at_least(1),

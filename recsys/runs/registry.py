@@ -23,9 +23,9 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "data_quality": ("01_preprocess", "data_quality.parquet"),
     "dataset_info": ("01_preprocess", "dataset.json"),  # the release: rating scale, feature groups
     "baseline_results": ("03_baselines", "results.parquet"),
-    "ranking_model": ("04_two_tower_ranking", "ranking_model"),  # refitted on train + val
-    "ranking_model_train": ("04_two_tower_ranking", "ranking_model_train"),  # fitted on train only
-    "ranking_jobs": ("04_two_tower_ranking", "distributed_jobs"),  # distribute.strategy multi_worker: jobs, logs
+    "rating_model": ("04_two_tower_rating", "rating_model"),  # refitted on train + val
+    "rating_model_train": ("04_two_tower_rating", "rating_model_train"),  # fitted on train only
+    "rating_jobs": ("04_two_tower_rating", "distributed_jobs"),  # distribute.strategy multi_worker: jobs, logs
     "feature_store": ("06_retrieval_ranking", "feature_store"),
     "two_stage_candidates": ("06_retrieval_ranking", "candidates.parquet"),
     # the retrieval model folder holds its own encoder.json (a refit on train + val has its own vocabularies)

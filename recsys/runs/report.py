@@ -218,7 +218,7 @@ def tradeoff_figure(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
-RETRIEVAL_MODELS = ("popularity", "ease", "two_tower", "sequential")
+SPLIT_COMPARISON_MODELS = ("popularity", "ease", "two_tower", "sequential")
 RETRIEVAL_METRICS = ("recall_at_10", "ndcg_at_10", "recall_at_100")
 
 
@@ -232,7 +232,7 @@ def split_comparison(run_dir: Path) -> list[dict]:
     strategies are present, so a lone run shows no comparison.
 
     Returns:
-        One dict per run (this one first): run, strategy, and `<metric>_<model>` for RETRIEVAL_METRICS x RETRIEVAL_MODELS.
+        One dict per run (this one first): run, strategy, and `<metric>_<model>` for RETRIEVAL_METRICS x SPLIT_COMPARISON_MODELS.
     """
 
     retrieval_stage = ARTIFACTS["retrieval_model"][0]
@@ -251,7 +251,9 @@ def split_comparison(run_dir: Path) -> list[dict]:
         split = {key: value for key, value in params.get("split", {}).items() if key != "strategy"}
         positives = params.get("retrieval", {}).get("min_rating")
         same_data = (params.get("dataset"), params.get("data_dir"), params.get("seed"), split, positives)
-        values = {f"{m}_{model}": metrics.get(f"{m}_{model}") for m in RETRIEVAL_METRICS for model in RETRIEVAL_MODELS}
+        values = {
+            f"{m}_{model}": metrics.get(f"{m}_{model}") for m in RETRIEVAL_METRICS for model in SPLIT_COMPARISON_MODELS
+        }
         return {"run": folder.name, "strategy": params.get("split", {}).get("strategy"), "data": same_data, **values}
 
     this = describe(Path(run_dir))
@@ -267,7 +269,9 @@ def _split_comparison_html(run_dir: Path) -> str:
     if not rows:
         return ""
     header = "".join(
-        f"<th>{html.escape(model)}<br>{html.escape(m)}</th>" for m in RETRIEVAL_METRICS for model in RETRIEVAL_MODELS
+        f"<th>{html.escape(model)}<br>{html.escape(m)}</th>"
+        for m in RETRIEVAL_METRICS
+        for model in SPLIT_COMPARISON_MODELS
     )
     body = "".join(
         f"<tr><td>{html.escape(row['run'])}</td><td>{html.escape(str(row['strategy']))}</td>"
@@ -276,7 +280,7 @@ def _split_comparison_html(run_dir: Path) -> str:
             if row[f"{m}_{model}"] is None
             else f'<td class="num">{row[f"{m}_{model}"]:.4f}</td>'
             for m in RETRIEVAL_METRICS
-            for model in RETRIEVAL_MODELS
+            for model in SPLIT_COMPARISON_MODELS
         )
         + "</tr>"
         for row in rows

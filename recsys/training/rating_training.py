@@ -15,10 +15,10 @@ from recsys.core.seeding import set_seed
 from recsys.data.rating_scale import RatingScale
 from recsys.evaluation import metrics
 from recsys.features.encoding import MOVIE_ROW, ExampleInputs, FeatureEncoder, as_arrays
-from recsys.models.configs import RankingConfig
+from recsys.models.configs import RatingConfig
 from recsys.models.persistence import read_model_folder, save_model_folder
 from recsys.models.predict import predict
-from recsys.models.rating_model import TwoTowerRatingModel, build_ranking_model
+from recsys.models.rating_model import TwoTowerRatingModel, build_rating_model
 from recsys.training.callbacks import EpochTimer, ValidationEarlyStopping, steady_throughput
 
 PREDICT_BATCH = 16_384
@@ -110,8 +110,8 @@ def training_dataset(inputs: Inputs, ratings: np.ndarray, batch_size: int, seed:
     return epoch_seeds.flat_map(epoch_batches).map(gather).prefetch(2).with_options(options)
 
 
-def train_ranking_model(
-    config: RankingConfig,
+def train_rating_model(
+    config: RatingConfig,
     cardinalities: dict[str, int],
     x_train: Inputs,
     y_train: np.ndarray,
@@ -136,14 +136,14 @@ def train_ranking_model(
         verbose: Keras's per-epoch lines (0: none; `callbacks.history_table` shows the run as a table).
     """
     set_seed(seed)
-    model = build_ranking_model(cardinalities, config, float(np.mean(y_train)))
+    model = build_rating_model(cardinalities, config, float(np.mean(y_train)))
     timer = EpochTimer()
     callbacks: list = [timer]
     if x_val is not None:
         callbacks.append(ValidationEarlyStopping(as_arrays(x_val), y_val, config.patience))
         epochs = config.max_epochs
     elif epochs is None:
-        raise ValueError("train_ranking_model: give validation data (early stopping) or a number of epochs")
+        raise ValueError("train_rating_model: give validation data (early stopping) or a number of epochs")
     start = time.perf_counter()
     history = model.fit(
         training_dataset(x_train, y_train, config.batch_size, seed), epochs=epochs, callbacks=callbacks, verbose=verbose
@@ -182,7 +182,7 @@ def concat_inputs(*parts: Inputs) -> Inputs:
 
 
 def early_stopping_refit_test(
-    config: RankingConfig,
+    config: RatingConfig,
     cardinalities: dict[str, int],
     data: dict[str, tuple],
     seed: int,
@@ -200,8 +200,8 @@ def early_stopping_refit_test(
         of the chosen epoch, test RMSE/MAE of the refit model, and total training wall time.
     """
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = data["train"], data["val"], data["test"]
-    selected = train_ranking_model(config, cardinalities, x_train, y_train, seed, x_val, y_val, verbose=verbose)
-    refit = train_ranking_model(
+    selected = train_rating_model(config, cardinalities, x_train, y_train, seed, x_val, y_val, verbose=verbose)
+    refit = train_rating_model(
         config,
         cardinalities,
         concat_inputs(x_train, x_val),
@@ -233,7 +233,7 @@ def protocol_result(
 # ---- persistence: weights + what is needed to rebuild the same model ------------------------------
 
 
-def save_ranking_model(
+def save_rating_model(
     model: TwoTowerRatingModel,
     encoder: FeatureEncoder,
     folder: str | os.PathLike,
@@ -250,15 +250,13 @@ def save_ranking_model(
     return save_model_folder(model, encoder, folder, state)
 
 
-def load_ranking_model(folder: str | os.PathLike) -> tuple[TwoTowerRatingModel, FeatureEncoder]:
-    """Rebuild a model saved by `save_ranking_model` and load its weights.
+def load_rating_model(folder: str | os.PathLike) -> tuple[TwoTowerRatingModel, FeatureEncoder]:
+    """Rebuild a model saved by `save_rating_model` and load its weights.
 
     The model carries `fitted_on` (its splits) and `rating_scale` (what its predictions are clipped to).
     """
     state, encoder, weights = read_model_folder(folder)
-    model = build_ranking_model(
-        state["cardinalities"], RankingConfig.from_params(state["config"]), state["global_mean"]
-    )
+    model = build_rating_model(state["cardinalities"], RatingConfig.from_params(state["config"]), state["global_mean"])
     model.load_weights(weights).expect_partial()
     model.fitted_on = tuple(state["fitted_on"])
     if "rating_scale" not in state:

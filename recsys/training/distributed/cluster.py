@@ -243,7 +243,7 @@ def sharded_batches(
     Every worker draws the same permutation of the examples for an epoch (seeded by the seed
     and the epoch number) and cuts each global batch of `global_batch` examples into equal
     parts, one per worker: one worker reads the same batches as the single-process
-    `ranking_training.training_dataset`, n workers read them split n ways. Each example carries
+    `rating_training.training_dataset`, n workers read them split n ways. Each example carries
     `EXAMPLE_WEIGHT` = 1 / its global batch's size, so a loss summed with those weights on each
     worker and summed again by the all-reduce is the global batch's mean.
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recsys.data.rating_scale import RatingScale
-from recsys.models.configs import RankingConfig, RetrievalConfig
+from recsys.models.configs import RatingConfig, RetrievalConfig
 from recsys.training.callbacks import steady_throughput
 from recsys.training.distributed.cluster import STRATEGIES, Cluster, run_job
 from recsys.training.distributed.worker import RESULT, write_job
@@ -143,8 +143,8 @@ def _job(model: str, config, files: DataFiles, seed: int, fit_on: tuple[str, ...
     return {"model": model, **paths, "config": config.to_dict(), "seed": seed, "fit_on": list(fit_on), "epochs": epochs}
 
 
-def train_ranking(
-    config: RankingConfig,
+def train_rating(
+    config: RatingConfig,
     files: DataFiles,
     seed: int,
     scale: RatingScale,
@@ -153,12 +153,12 @@ def train_ranking(
     fit_on: tuple[str, ...] = ("train",),
     epochs: int | None = None,
 ):
-    """`ranking_training.train_ranking_model` on the workers: early stopping on val, or `epochs` epochs."""
-    from recsys.training.rating_training import TrainingResult, load_ranking_model
+    """`rating_training.train_rating_model` on the workers: early stopping on val, or `epochs` epochs."""
+    from recsys.training.rating_training import TrainingResult, load_rating_model
 
-    job = {**_job("ranking", config, files, seed, fit_on, epochs), "rating_scale": scale.to_dict()}
+    job = {**_job("rating", config, files, seed, fit_on, epochs), "rating_scale": scale.to_dict()}
     result, folder, _ = run(job, job_dir, settings)
-    model, _ = load_ranking_model(folder)
+    model, _ = load_rating_model(folder)
     return TrainingResult(
         model,
         result["history"],
@@ -171,7 +171,7 @@ def train_ranking(
 
 
 def early_stopping_refit_test(
-    config: RankingConfig,
+    config: RatingConfig,
     files: DataFiles,
     data: dict[str, tuple],
     seed: int,
@@ -179,15 +179,15 @@ def early_stopping_refit_test(
     settings: Distribute,
     job_dir: Path,
 ) -> dict:
-    """The rating model's protocol (`ranking_training.early_stopping_refit_test`), each fit on the workers.
+    """The rating model's protocol (`rating_training.early_stopping_refit_test`), each fit on the workers.
 
     Args:
         data: {"test": (inputs, ratings)}: the test split, scored in this process.
     """
     from recsys.training.rating_training import protocol_result
 
-    selected = train_ranking(config, files, seed, scale, settings, Path(job_dir) / "selected")
-    refit = train_ranking(
+    selected = train_rating(config, files, seed, scale, settings, Path(job_dir) / "selected")
+    refit = train_rating(
         config, files, seed, scale, settings, Path(job_dir) / "refit", ("train", "val"), selected.best_epoch
     )
     return protocol_result(selected, refit, *data["test"], scale)

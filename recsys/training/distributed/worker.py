@@ -6,7 +6,7 @@ requires), reads the same data, builds the same model in the strategy's scope, t
 share of every global batch (`cluster.sharded_batches`) and saves. Worker 0, the chief,
 keeps the model folder and writes `result.json`; the others save to scratch folders they delete.
 
-A job is a JSON file (`write_job`): which model ("ranking" or "retrieval"), the interactions,
+A job is a JSON file (`write_job`): which model ("rating" or "retrieval"), the interactions,
 users and movies parquet files, the model's params group, the seed, the splits to fit on, a
 number of epochs (or null: early stopping on val, as the single-process trainers do), the output
 folder and an optional `backup_dir`. With a backup dir, Keras's BackupAndRestore saves the model
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-MODELS = ("ranking", "retrieval")
+MODELS = ("rating", "retrieval")
 JOB_KEYS = ("model", "interactions", "users", "movies", "config", "seed", "fit_on", "epochs", "out", "backup_dir")
 RESULT = "result.json"
 
@@ -50,8 +50,8 @@ def check_job(job: dict) -> None:
         raise ValueError(f"job fit_on {job['fit_on']} must be ['train'] or ['train', 'val']")
     if job["epochs"] is None and "val" in job["fit_on"]:
         raise ValueError("a job fitted on val cannot stop early on val: give it a number of epochs")
-    if job["model"] == "ranking" and "rating_scale" not in job:
-        raise ValueError("a ranking job needs the dataset's rating_scale (RatingScale.to_dict())")
+    if job["model"] == "rating" and "rating_scale" not in job:
+        raise ValueError("a rating job needs the dataset's rating_scale (RatingScale.to_dict())")
 
 
 def resume_epoch(backup_dir: str | os.PathLike | None) -> int:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # first: collectives are set up at program start
-    train = _train_ranking if job["model"] == "ranking" else _train_retrieval
+    train = _train_rating if job["model"] == "rating" else _train_retrieval
     result = train(job, strategy)
     from recsys.training.distributed.cluster import is_chief
 
@@ -109,7 +109,7 @@ def _callbacks(job: dict, strategy) -> list:
     return callbacks
 
 
-def _train_ranking(job: dict, strategy) -> dict:
+def _train_rating(job: dict, strategy) -> dict:
     import numpy as np
     import pandas as pd
     import tensorflow as tf
@@ -117,13 +117,13 @@ def _train_ranking(job: dict, strategy) -> dict:
     from recsys.core.seeding import set_seed
     from recsys.data.rating_scale import RatingScale
     from recsys.features.encoding import MOVIE_ROW, ExampleInputs, FeatureEncoder
-    from recsys.models.configs import RankingConfig
-    from recsys.models.rating_model import build_optimizer_state, build_ranking_model
+    from recsys.models.configs import RatingConfig
+    from recsys.models.rating_model import build_optimizer_state, build_rating_model
     from recsys.training.callbacks import EpochTimer, ValidationEarlyStopping
     from recsys.training.distributed import cluster
-    from recsys.training.rating_training import save_ranking_model
+    from recsys.training.rating_training import save_rating_model
 
-    config = RankingConfig.from_params(job["config"])
+    config = RatingConfig.from_params(job["config"])
     columns = ["user_id", "movie_id", "rating", "split", "hour", "weekday", "month"]
     interactions, users, movies = _read(job, columns)
     frames = {s: interactions[interactions["split"] == s] for s in ("train", "val")}
@@ -139,7 +139,7 @@ def _train_ranking(job: dict, strategy) -> dict:
     batches = strategy.distribute_datasets_from_function(dataset_fn)
     set_seed(job["seed"])
     with strategy.scope():
-        model = build_ranking_model(encoder.cardinalities(), config, float(np.mean(ratings)))
+        model = build_rating_model(encoder.cardinalities(), config, float(np.mean(ratings)))
         one_example = ExampleInputs({name: value[:1] for name, value in inputs.examples.items()}, inputs.movies)
         build_optimizer_state(model, one_example.flat())
     timer = EpochTimer()
@@ -157,7 +157,7 @@ def _train_ranking(job: dict, strategy) -> dict:
     )
     wall_s = time.perf_counter() - start
     folder = cluster.write_dir(Path(job["out"]) / "model", strategy)
-    save_ranking_model(model, encoder, folder, job["fit_on"], RatingScale.from_dict(job["rating_scale"]))
+    save_rating_model(model, encoder, folder, job["fit_on"], RatingScale.from_dict(job["rating_scale"]))
     cluster.discard(folder, strategy)
     val_rmse = history.history.get("val_root_mean_squared_error")
     return {
