@@ -252,16 +252,33 @@ def run_beside(smoke_run: Path, run_name: str, *args: str) -> Path:
 
 @pytest.fixture(scope="module")
 def temporal_run(smoke_run) -> Path:
-    """01-06 on a temporal split serving the sequential retriever."""
+    """01 and 03-06 on a temporal split serving the sequential retriever (02, the EDA, feeds no later notebook)."""
     overrides = ["-p", "split.strategy=temporal", "-p", "retrieval.model=sequential"]
-    return run_beside(smoke_run, "smoke-temporal", *overrides, "--until", "06")
+    selection = [arg for stage in ("01", "03", "04", "05", "06") for arg in ("--only", stage)]  # EDA is read by none
+    return run_beside(smoke_run, "smoke-temporal", *overrides, *selection)
+
+
+def reuse_from(smoke_run: Path, run_name: str, stages: tuple[str, ...]) -> Path:
+    """A new run folder beside the smoke run that starts with the smoke run's outputs (and records) of `stages`.
+
+    The runner then refuses to go on if anything it reruns reads these outputs under other parameter values
+    (provenance), so sharing upstream notebooks cannot hide a difference that matters.
+    """
+    folder = smoke_run.parent / run_name
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    for stage in stages:
+        shutil.copytree(smoke_run / stage, folder / stage)
+    manifest["notebooks"] = [entry for entry in manifest["notebooks"] if entry["name"] in stages]
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "run_name": run_name}))
+    return folder
 
 
 @pytest.fixture(scope="module")
 def distributed_run(smoke_run) -> Path:
-    """01-05 with both two-tower models trained on 2 local workers (MultiWorkerMirroredStrategy)."""
+    """04-05 with both two-tower models trained on 2 local workers (MultiWorkerMirroredStrategy), on the smoke run's 01-03."""
+    reuse_from(smoke_run, "smoke-distributed", ("01_preprocess", "02_eda", "03_baselines"))
     overrides = ["-p", "distribute.strategy=multi_worker", "-p", "distribute.workers=2"]
-    return run_beside(smoke_run, "smoke-distributed", *overrides, "--until", "05")
+    return run_beside(smoke_run, "smoke-distributed", *overrides, "--from", "04", "--until", "05")
 
 
 def test_notebooks_train_on_two_workers_as_well_as_in_one_process(distributed_run, smoke_run):
