@@ -40,9 +40,15 @@ def test_design_doc_lists_every_module():
     assert not missing, f"DESIGN.md does not say what these modules hold: {missing}"
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in (PROJECT_ROOT / "benchmarks").glob("*.py")))
+BENCHMARK_FILES = sorted(
+    p.relative_to(PROJECT_ROOT / "benchmarks").as_posix() for p in (PROJECT_ROOT / "benchmarks").rglob("*.py")
+)
+assert any("/" in f for f in BENCHMARK_FILES), "the benchmark list must see the packages (benchmarks/ann/)"
+
+
+@pytest.mark.parametrize("script", BENCHMARK_FILES)
 def test_benchmarks_import_only_what_recsys_has(script):
-    """`make bench` runs these scripts rarely: a renamed module or function must fail here, not there."""
+    """`make bench` runs these files rarely: a renamed module or function must fail here, not there."""
     import ast
     import importlib
     import importlib.util
@@ -57,3 +63,23 @@ def test_benchmarks_import_only_what_recsys_has(script):
                 if not hasattr(module, alias.name) and importlib.util.find_spec(f"{node.module}.{alias.name}") is None
             ]
             assert not missing, f"benchmarks/{script} imports {missing} from {node.module}, which has no such name"
+
+
+@pytest.mark.parametrize("script", BENCHMARK_FILES)
+def test_benchmark_files_stay_small(script):
+    lines = (PROJECT_ROOT / "benchmarks" / script).read_text().splitlines()
+    assert len(lines) <= MAX_LINES, f"benchmarks/{script} has {len(lines)} lines; split it (as benchmarks/ann/ is)"
+
+
+def test_faiss_workers_of_the_ann_benchmark_do_not_import_tensorflow():
+    """A FAISS worker measures FAISS alone: TensorFlow's threads and memory must not be in its process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import benchmarks.ann.worker, benchmarks.ann.searchers.faiss_hnsw, benchmarks.ann.searchers.faiss_ivfpq\n"
+        "print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
+    assert out.stdout.strip() == "False"

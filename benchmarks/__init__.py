@@ -1,0 +1,1 @@
+"""Speed, memory and scale measurements: scripts, and the `ann` package (`python -m benchmarks.ann`)."""
