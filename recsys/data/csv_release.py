@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.data.parsing import check_ratings, checked_ratings, fail_at_line, shorten
 from recsys.data.movielens import CSV_HEADERS, DataError, DatasetSpec
+from recsys.data.parsing import check_ratings, checked_ratings, fail_at_line, shorten
 
 _FIX_HEADER = "The file must start with GroupLens's header line; use the file from the original MovieLens zip."
 

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
-
-import numpy as np
-import pandas as pd
 
 from recsys.core.io import atomic_dir
 from recsys.data.download import fetch_dataset, locate_files
-from recsys.data.movielens import DATASETS, KNOWN_DATASETS, ML1M_AGE_CODES, ML100K_GENRES, SYNTHETIC_FORMATS, DataError, DatasetSpec
-from recsys.data.synthetic import SYNTHETIC_VERSION, generate_synthetic, generate_synthetic_csv, max_ratings_per_user
+from recsys.data.movielens import (
+    DATASETS,
+    KNOWN_DATASETS,
+    SYNTHETIC_FORMATS,
+    DataError,
+)
 from recsys.data.parsing import MovieLensData, _parse_movies, _parse_ratings, _parse_users, users_of
+from recsys.data.synthetic import SYNTHETIC_VERSION, generate_synthetic, generate_synthetic_csv, max_ratings_per_user
 
 
 def read_movielens(fmt: str, data_dir: Path) -> MovieLensData:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +12,12 @@ from typing import Any, NoReturn
 import numpy as np
 import pandas as pd
 
-from recsys.core.io import atomic_dir
-from recsys.data.download import fetch_dataset, locate_files
-from recsys.data.movielens import DATASETS, KNOWN_DATASETS, ML1M_AGE_CODES, ML100K_GENRES, SYNTHETIC_FORMATS, DataError, DatasetSpec
-from recsys.data.synthetic import SYNTHETIC_VERSION, generate_synthetic, generate_synthetic_csv, max_ratings_per_user
-
+from recsys.data.movielens import (
+    ML1M_AGE_CODES,
+    ML100K_GENRES,
+    DataError,
+    DatasetSpec,
+)
 
 _FIX_LINE = "Fix or remove that line, or replace the file with the one from the original MovieLens zip."
 
