@@ -8,7 +8,7 @@ PARAMS ?= params/default.yaml
 RECSYS_SHARED_DATA ?= $(abspath ../shared/data)
 export RECSYS_SHARED_DATA
 
-.PHONY: install run test test-fast lint format bench jupyter chromium clean
+.PHONY: install run serve test test-fast lint format bench jupyter chromium clean
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ $(STAMP): requirements.txt pyproject.toml
 ## the whole pipeline with the default parameters (PARAMS=params/ml-100k.yaml for another set)
 run: install
 	$(PY) run_all.py --params $(PARAMS)
+
+## serve a finished run over HTTP with its web page: make serve RUN=artifacts/default (then open http://127.0.0.1:8000/)
+RUN ?= artifacts/default
+serve: install
+	$(VENV)/bin/recsys-serve --run $(RUN)
 
 ## the test suite: style, unit tests, then the notebooks through papermill on small and local data
 test: lint

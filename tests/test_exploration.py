@@ -18,6 +18,21 @@ ITEMS = np.array([101, 102, 103, 104, 105])
 # ---- weighted re-ranking ----------------------------------------------------------------------------
 
 
+def test_standardise_rows_gives_each_row_mean_0_and_std_1_in_the_scores_dtype():
+    scores = np.array([[1.0, 2.0, 3.0, 6.0], [5.0, 5.0, 5.0, 5.0], [-2.0, 0.0, 0.0, 10.0]], np.float32)
+    z = reranking.standardise_rows(scores)
+    assert z.dtype == np.float32 and z.shape == scores.shape
+    np.testing.assert_allclose(z[0], (scores[0] - 3.0) / np.std([1.0, 2.0, 3.0, 6.0]), rtol=1e-6)
+    np.testing.assert_allclose(z.mean(axis=1), 0, atol=1e-6)
+    np.testing.assert_allclose(z[[0, 2]].std(axis=1), 1, rtol=1e-6)
+    np.testing.assert_array_equal(z[1], 0)  # a constant row: zeros, not NaN
+    # a user's scores shifted and scaled give the same standardised scores: a temperature means the same for all
+    np.testing.assert_allclose(reranking.standardise_rows(10 * scores[[0, 2]] - 7), z[[0, 2]], rtol=1e-5, atol=1e-6)
+    assert reranking.standardise_rows(np.array([[1, 3]])).dtype == np.float64
+    with pytest.raises(ValueError, match="2-D"):
+        reranking.standardise_rows(np.arange(3.0))
+
+
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
 def test_first_position_frequencies_follow_the_weights(temperature):
     draws = reranking.weighted_rerank_many(
@@ -151,6 +166,76 @@ def test_noise_inside_a_keras_model_is_off_in_fit_and_on_in_predict():
     assert model.history.history["loss"][0] == pytest.approx(0.0)  # training: identity
     config = PredictionNoise(0.2, seed=4).get_config()
     assert config["sigma"] == 0.2 and config["seed"] == 4
+
+
+def _vectors(seed: int = 0):
+    """40 users and 60 movies with 8-d vectors, and each user's seen movies (a 20% sample)."""
+    rng = np.random.default_rng(seed)
+    users, movies = np.arange(1, 41), np.arange(100, 160)
+    user_vectors, movie_vectors = (
+        rng.normal(size=(40, 8)).astype(np.float32),
+        rng.normal(size=(60, 8)).astype(np.float32),
+    )
+    seen = sp.csr_matrix((rng.random((40, 60)) < 0.2).astype(np.float32))
+    return users, movies, user_vectors, movie_vectors, seen, [movies[seen[u].indices] for u in range(40)]
+
+
+def test_noisy_retriever_moves_only_its_target_and_lists_the_noisy_top_k():
+    from recsys.evaluation.score_blocks import RowScores, top_k_in_blocks
+    from recsys.exploration.noise import EmbeddingNoise, noisy_retriever
+    from recsys.retrieval.retrievers import NumpyRetriever
+
+    users, movies, user_vectors, movie_vectors, seen, excludes = _vectors()
+    plain = NumpyRetriever(users, user_vectors, movies, movie_vectors).retrieve_batch(users, 10, excludes)
+    for quiet in (None, EmbeddingNoise(0.0)):  # no noise, or noise of scale 0: the plain retriever's lists
+        retriever = noisy_retriever(users, user_vectors, movies, movie_vectors, quiet, seed=3)
+        np.testing.assert_array_equal(retriever.retrieve_batch(users, 10, excludes)[0], plain[0])
+    for target, moved in (("user", 0), ("movie", 1)):
+        noise = EmbeddingNoise(0.5, target)
+        noisy = noise.apply(user_vectors, movie_vectors, seed=3)
+        assert not np.allclose(noisy[moved], (user_vectors, movie_vectors)[moved])
+        np.testing.assert_array_equal(noisy[1 - moved], (user_vectors, movie_vectors)[1 - moved])
+        ids, scores = noisy_retriever(users, user_vectors, movies, movie_vectors, noise, seed=3).retrieve_batch(
+            users, 10, excludes
+        )
+        # the noisy vectors' top 10 over the catalogue, each user's seen movies excluded
+        columns, expected = top_k_in_blocks(RowScores.dot(*noisy), 10, exclude=seen, with_scores=True)
+        np.testing.assert_array_equal(ids, movies[columns])
+        np.testing.assert_array_equal(scores, expected)
+        again = noisy_retriever(users, user_vectors, movies, movie_vectors, noise, seed=3)
+        np.testing.assert_array_equal(again.retrieve_batch(users, 10, excludes)[0], ids)
+        other = noisy_retriever(users, user_vectors, movies, movie_vectors, noise, seed=4)
+        assert not np.array_equal(other.retrieve_batch(users, 10, excludes)[0], ids)
+    with pytest.raises(ValueError, match="'user' or 'movie'"):
+        EmbeddingNoise(0.1, "users")
+
+
+def test_the_simulation_s_noise_policy_retrieves_with_the_same_noisy_retriever():
+    from recsys.exploration.noise import EmbeddingNoise, noisy_retriever
+    from recsys.exploration.simulation_policies import ServingParts, TwoStagePolicy
+
+    users, movies, user_vectors, movie_vectors, _, excludes = _vectors(1)
+    tables = {"users": pd.DataFrame({"user_id": users}), "movies": pd.DataFrame({"movie_id": movies})}
+    parts = ServingParts(
+        **tables,
+        user_vectors=user_vectors,
+        movie_vectors=movie_vectors,
+        ranker=None,
+        predicted_rating=None,
+        rating_fitted_on=(),
+        ease_l2=1.0,
+        n_candidates=10,
+    )
+    noise = EmbeddingNoise(0.3, "movie")
+    policy_lists = TwoStagePolicy(parts, noise)._retriever(np.random.default_rng(5)).retrieve_batch(users, 10, excludes)
+    seed = int(np.random.default_rng(5).integers(2**31 - 1))  # the policy draws its noise's seed from its generator
+    expected = noisy_retriever(users, user_vectors, movies, movie_vectors, noise, seed).retrieve_batch(
+        users, 10, excludes
+    )
+    np.testing.assert_array_equal(policy_lists[0], expected[0])
+    unexplored = TwoStagePolicy(parts)._retriever(np.random.default_rng(5)).retrieve_batch(users, 10, excludes)
+    plain = noisy_retriever(users, user_vectors, movies, movie_vectors).retrieve_batch(users, 10, excludes)
+    np.testing.assert_array_equal(unexplored[0], plain[0])
 
 
 # ---- least viewed ----------------------------------------------------------------------------------------

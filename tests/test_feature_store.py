@@ -122,3 +122,14 @@ def test_build_needs_the_split_column(built):
         FeatureStore.build(users, movies, interactions.drop(columns="split"))
     with pytest.raises(ValueError, match="holdout"):
         FeatureStore.build(users, movies, interactions, seen_splits=("train", "holdout"))
+
+
+def test_describe_user_names_the_attributes_the_release_has(built):
+    store, _, (users, movies, interactions) = built
+    row = store.users.loc[3]
+    line = store.describe_user(3)
+    assert line.startswith("user 3: ") and f"({row['n_train_ratings']} train ratings)" in line
+    assert all(str(row[name]) in line for name in ("gender", "age_group", "occupation", "city", "state"))
+    assert store.describe_user(987654) == "user 987654: not in the store"
+    bare = FeatureStore.build(users[["user_id"]], movies, interactions)
+    assert bare.describe_user(3) == f"user 3: no attributes in this release ({row['n_train_ratings']} train ratings)"

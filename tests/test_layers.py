@@ -28,6 +28,7 @@ LAYERS = (
     "serving",
     "exploration",
     "runs",
+    "service",
 )
 # layers whose modules import without TensorFlow (runs' parameter checks and reports, data, features, metrics)
 NO_TENSORFLOW = ("core", "data", "features", "evaluation", "runs")

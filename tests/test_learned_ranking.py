@@ -75,7 +75,7 @@ def world():
     from recsys.evaluation.full_ranking import split_matrices
     from recsys.models.configs import RatingConfig
     from recsys.models.rating_model import build_rating_model
-    from recsys.ranking.stage import RatingRanker
+    from recsys.ranking.served_rankers import RatingRanker
     from recsys.retrieval.retrievers import NumpyRetriever
 
     set_seed(3)
@@ -261,7 +261,7 @@ def test_holdout_and_bootstrap_are_seeded():
 
 def test_the_learned_ranker_serves_like_the_batch_and_handles_unknown_users_and_empty_lists(world, tmp_path):
     from recsys.ranking.learned_ranking import train_lambdarank
-    from recsys.ranking.stage import LearnedRanker, load_served_ranker, save_served_ranker
+    from recsys.ranking.served_rankers import LearnedRanker, load_served_ranker, save_served_ranker
     from recsys.serving.recommender import rank_candidates, recommend, recommend_batch
 
     data = stage(world)
@@ -311,3 +311,115 @@ def test_ease_never_proposes_an_excluded_movie_even_when_few_are_left():
             kept = ids[row][ids[row] != NO_MOVIE]
             assert not np.isin(kept, exclude).any() and len(kept) == 5 - len(exclude)
             assert np.isneginf(scores[row][ids[row] == NO_MOVIE]).all()
+
+
+def test_candidate_recall_table_has_a_row_per_set_and_candidates_per_user():
+    from recsys.retrieval.candidates import candidate_recall_table
+
+    retrieved = pd.DataFrame({"user_id": [1, 1, 2, 2], "movie_id": [10, 11, 20, 21], "retrieval_score": 1.0})
+    sets = {"val": merge_sources(retrieved), "test": merge_sources(retrieved.iloc[:3])}
+    held = {
+        "val": pd.DataFrame({"user_id": [1, 2], "movie_id": [10, 20]}),
+        "test": pd.DataFrame({"user_id": [2], "movie_id": [21]}),
+    }
+    table = candidate_recall_table(sets, held)
+    assert table.index.tolist() == ["val", "test"]
+    assert (
+        table.loc["val", "candidate_recall_retrieval"] == 1.0 and table.loc["test", "candidate_recall_retrieval"] == 0
+    )
+    assert table["candidates_per_user"].tolist() == [2.0, 1.5]
+
+
+def test_a_rating_model_fitted_on_val_makes_the_sources_refuse_the_val_stage(world, monkeypatch):
+    from recsys.ranking.learned_ranking import with_rating_model
+
+    monkeypatch.setattr(world["model"], "fitted_on", ("train", "val"), raising=False)  # as refitted on train + val
+    leaky = with_rating_model(world["sources"], world["model"], world["encoder"], world["context"])
+    assert leaky.fitted_on == {**world["sources"].fitted_on, "rating_model": ("train", "val")}
+    assert world["sources"].fitted_on["rating_model"] == ("train",)  # the original sources are unchanged
+    candidates = candidates_of(world, exclude="history")
+    with pytest.raises(LeakageError, match="rating_model"):
+        leaky.build(candidates, "val")
+    store = world["store"]
+    users, movies = store.user_positions(candidates["user_id"]), store.movie_positions(candidates["movie_id"])
+    np.testing.assert_allclose(
+        leaky.build(candidates, "test")["predicted_rating"], world["ratings"].predicted_ratings(users, movies)
+    )
+
+
+def test_train_rankers_fits_both_and_the_ablation_without_ease_at_the_chosen_setting():
+    from recsys.ranking.learned_ranking import train_rankers
+
+    data = planted(n_users=120, width=10)
+    data.features["ease_score"] = data.features["retrieval_score"].to_numpy()
+    features = ["retrieval_score", "retrieval_rank", "gender", "ease_score"]
+    params = {
+        **DEFAULTS["ranker"],
+        "ablation": True,
+        "lambdarank": {**DEFAULTS["ranker"]["lambdarank"], "num_leaves": [3, 7], "max_rounds": 20},
+        "dcn": {**DEFAULTS["ranker"]["dcn"], "max_epochs": 1},
+    }
+    trained = train_rankers(data, features, params, seed=1)
+    assert set(trained.rankers) == {"lambdarank", "dcn", "lambdarank_no_ease"}
+    assert list(trained.rankers["lambdarank"].features) == features
+    assert "ease_score" not in trained.rankers["lambdarank_no_ease"].features
+    chosen = trained.rankers["lambdarank"].params
+    assert trained.rankers["lambdarank_no_ease"].params["num_leaves"] == chosen["num_leaves"]
+    assert len(trained.tuning) == 3 and trained.train_s > 0
+    without = train_rankers(data, features, {**params, "ablation": False}, seed=1)
+    assert set(without.rankers) == {"lambdarank", "dcn"}
+
+
+def test_comparison_scores_order_each_list_as_its_source_would():
+    from recsys.ranking.learned_ranking import comparison_scores
+
+    candidates = pd.DataFrame(
+        {"user_id": [1, 1, 1], "movie_id": [10, 20, 30], "retrieval_rank": [1, 2, 0], "ease_rank": [0, 2, 1]}
+    )
+    data = StageData(candidates, pd.DataFrame({"x": [0.1, 0.2, 0.3]}), np.zeros(3, np.float32))
+    doubled = type("Doubled", (), {"predict": lambda self, features: 2 * features["x"].to_numpy()})()
+    scores = comparison_scores(data, {"doubled": doubled}, np.array([3.0, 4.0, 5.0]))
+    assert list(scores) == ["retrieval_only", "ease", "two_stage", "doubled"]
+    np.testing.assert_array_equal(scores["retrieval_only"], [-1, -2, -np.inf])
+    np.testing.assert_array_equal(scores["ease"], [-np.inf, -2, -1])
+    np.testing.assert_array_equal(scores["two_stage"], [3.0, 4.0, -np.inf])  # the retriever's candidates only
+    np.testing.assert_allclose(scores["doubled"], [0.2, 0.4, 0.6])
+
+
+def test_stage_metrics_read_the_test_stage_and_the_learned_row():
+    from recsys.ranking.learned_ranking import TrainedRankers, stage_metrics
+
+    table = pd.DataFrame({"ndcg_at_10_std": [0.1, 0.2], "recall_at_10_std": [0.3, 0.4]}, index=["dcn", "lambdarank"])
+    recall = pd.DataFrame(
+        {
+            "candidate_recall_retrieval": [0.5, 0.6],
+            "candidate_recall_merged": [0.7, 0.8],
+            "candidates_per_user": [9, 10],
+        },
+        index=["val", "test"],
+    )
+    rankers = {
+        name: type("R", (), {"valid_ndcg_at_10": value})() for name, value in (("lambdarank", 0.3), ("dcn", 0.2))
+    }
+    metrics = stage_metrics(table, recall, "lambdarank", TrainedRankers(rankers, pd.DataFrame(), 1.5))
+    assert metrics == {
+        "candidate_recall_retrieval_test": 0.6,
+        "candidate_recall_merged_test": 0.8,
+        "candidates_per_user_test": 10.0,
+        "candidate_recall_at_100": 0.6,
+        "ndcg_at_10_learned_std": 0.2,
+        "recall_at_10_learned_std": 0.4,
+        "lambdarank_holdout_ndcg_at_10": 0.3,
+        "dcn_holdout_ndcg_at_10": 0.2,
+        "rankers_train_s": 1.5,
+    }
+
+
+def test_stage_summary_counts_candidates_users_and_the_relevant_share():
+    data = planted(n_users=30, width=4)
+    assert data.summary() == {
+        "candidates": 120,
+        "users": 30,
+        "relevant_share": pytest.approx(float(data.labels.mean())),
+    }
+    assert data.users(np.arange(30) < 10).summary()["candidates"] == 40

@@ -14,26 +14,13 @@ import pandas as pd
 import pytest
 
 import run_all
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import CHROMIUM_FLAGS, PROJECT_ROOT, chromium_binary, run_pipeline
 
 pytestmark = pytest.mark.slow
 
 
-def run_pipeline(artifacts_dir: Path, *args: str) -> Path:
-    code = run_all.main(["--artifacts-dir", str(artifacts_dir), *args])
-    assert code == 0, f"run_all.py {' '.join(args)} exited {code}"
-    (run_dir,) = [p for p in artifacts_dir.iterdir() if p.is_dir()]
-    return run_dir
-
-
 def metrics(run_dir: Path, stage: str) -> dict:
     return json.loads((run_dir / stage / "metrics.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    """The whole chain on params/smoke.yaml (generated data), run once for this module."""
-    return run_pipeline(tmp_path_factory.mktemp("smoke"), "--params", str(PROJECT_ROOT / "params" / "smoke.yaml"))
 
 
 def test_smoke_run_writes_reports_and_manifest(smoke_run):
@@ -335,10 +322,6 @@ def test_rerun_with_the_same_seed_gives_the_same_metrics(smoke_run):
     assert {s: without_timings(metrics(smoke_run, s)) for s in stages} == before
 
 
-def chromium_binary() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 def test_reports_render_in_a_real_browser(smoke_run):
     """Headless Chromium loads the index and a notebook report; every image and link resolves."""
     browser = chromium_binary()
@@ -346,17 +329,7 @@ def test_reports_render_in_a_real_browser(smoke_run):
         pytest.skip("Chromium is not installed: `make chromium` installs Debian's package for this check")
     reports = smoke_run / "reports"
     for page in (reports / "index.html", reports / "04_two_tower_rating.html"):
-        flags = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={smoke_run / '.chromium'}",
-        ]
+        flags = ["--headless", *CHROMIUM_FLAGS, f"--user-data-dir={smoke_run / '.chromium'}"]
         dom = subprocess.run(
             [browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True
         ).stdout

@@ -33,7 +33,7 @@ def setup():
     movie_vectors = model.movie_tower(store.movie_inputs(np.arange(len(store.movies)), encoder)).vector.numpy()
     retriever = NumpyRetriever(store.users.index, user_vectors, store.movies.index, movie_vectors)
     from recsys.data.rating_scale import RatingScale
-    from recsys.ranking.stage import RatingRanker
+    from recsys.ranking.served_rankers import RatingRanker
 
     ranker = RatingRanker(store, model, encoder, CONTEXT, scale=RatingScale(1.0, 5.0, 1.0))
     return {
@@ -198,7 +198,7 @@ def test_context_defaults_to_now_and_is_validated(setup):
 
     now = context_inputs(setup["encoder"], None, 3)
     assert set(now) == {"hour", "weekday", "month"} and all(len(v) == 3 for v in now.values())
-    from recsys.ranking.stage import RatingRanker
+    from recsys.ranking.served_rankers import RatingRanker
 
     now_ranker = RatingRanker(setup["store"], setup["model"], setup["encoder"], None, scale=setup["ranker"].scale)
     assert len(call(setup, 3, ranker=now_ranker)) == 5
@@ -210,7 +210,7 @@ def test_score_pairs_takes_now_once_for_all_chunks(setup, monkeypatch):
     from datetime import datetime, timedelta
 
     import recsys.features.request_context as request_context
-    import recsys.ranking.stage as online
+    import recsys.ranking.served_rankers as online
 
     start = datetime(2026, 1, 5, 10, 59, tzinfo=UTC)
     calls = []
@@ -254,3 +254,23 @@ def test_the_two_steps_give_the_served_lists_and_retrieve_once(setup):
     pd.testing.assert_frame_equal(ranked, served)
     with pytest.raises(ValueError, match="distinct users"):
         retrieve_candidates([1, 1], 8, store=setup["store"], retrieval_index=setup["retriever"])
+
+
+def test_served_matches_offline_says_whether_serving_gives_the_evaluated_lists(setup):
+    from recsys.serving.recommender import recommend_batch, served_matches_offline
+
+    kwargs = {
+        "store": setup["store"],
+        "retrieval_index": setup["retriever"],
+        "ranker": setup["ranker"],
+        "n_candidates": 8,
+    }
+    users = np.array([2, 5, 7])
+    evaluated = recommend_batch(users, 4, **kwargs)["movie_id"].to_numpy().reshape(len(users), 4)
+    same = served_matches_offline(users, evaluated, 4, n_single=2, **kwargs)
+    assert same == {"recommend_equals_batch": True, "batch_equals_offline": True}
+    other = evaluated.copy()
+    other[1, [0, 1]] = other[1, [1, 0]]  # one user's evaluated list in another order
+    assert not served_matches_offline(users, other, 4, **kwargs)["batch_equals_offline"]
+    with pytest.raises(ValueError, match="3 users but 2 offline lists"):
+        served_matches_offline(users, evaluated[:2], 4, **kwargs)

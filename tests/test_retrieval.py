@@ -19,7 +19,7 @@ from recsys.models.configs import RetrievalConfig
 from recsys.retrieval import candidates, indexes
 from recsys.retrieval.retrievers import IndexRetriever
 from recsys.runs.params import load_params
-from recsys.training import retrieval_training
+from recsys.training import retrieval_inputs, retrieval_training
 from tests.conftest import PROJECT_ROOT
 
 N_TASTES, MOVIES_PER_TASTE, N_USERS = 4, 15, 200
@@ -467,3 +467,54 @@ def test_scann_index_is_the_same_for_the_same_seed_in_another_process(tmp_path):
     ]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]  # the seed is what fixes the partitioning
+
+
+def test_held_out_rows_and_sizes_of_the_split_matrices(data, trained):
+    matrices = trained["matrices"]
+    np.testing.assert_array_equal(matrices.held_out_rows("test"), np.arange(N_USERS))  # everyone has 2 test movies
+    sizes = matrices.sizes()
+    assert sizes["users"] == N_USERS and sizes["movies"] == N_TASTES * MOVIES_PER_TASTE
+    assert (sizes["train"], sizes["val"], sizes["test"]) == (6 * N_USERS, N_USERS, 2 * N_USERS)
+    assert sizes["movies_without_train"] == int((np.asarray(matrices.train.sum(axis=0)).ravel() == 0).sum())
+    # rating >= 4: some users keep no test positive, and only the others are held-out rows
+    kept = retrieval_training.positives(data["interactions"], 4)
+    high = full_ranking.split_matrices(kept, matrices.user_ids, matrices.movie_ids)
+    with_test = np.unique(kept.loc[kept["split"] == "test", "user_id"])
+    assert len(with_test) < N_USERS
+    np.testing.assert_array_equal(high.user_ids[high.held_out_rows("test")], with_test)
+
+
+def test_metrics_by_model_flattens_every_model_and_key():
+    results = {
+        "ease": {"recall_at_10": 0.5, "ndcg_at_10": 0.25, "other": 1.0},
+        "pop": {"recall_at_10": 0.1, "ndcg_at_10": 0},
+    }
+    assert full_ranking.metrics_by_model(results, ["recall_at_10", "ndcg_at_10"]) == {
+        "recall_at_10_ease": 0.5,
+        "ndcg_at_10_ease": 0.25,
+        "recall_at_10_pop": 0.1,
+        "ndcg_at_10_pop": 0.0,
+    }
+    with pytest.raises(KeyError, match="pop"):
+        full_ranking.metrics_by_model(results, ["other"])
+
+
+def test_retrieval_inputs_keep_the_positives_and_every_rater_as_a_row(data, tmp_path):
+    config = small_config(min_rating=4, features=["user", "movie"])
+    inputs = retrieval_inputs.retrieval_inputs(data["users"], data["movies"], data["interactions"], config)
+    assert (inputs.positives["rating"] >= 4).all()
+    assert len(inputs.positives) == int((data["interactions"]["rating"] >= 4).sum())
+    assert (inputs.train["split"] == "train").all() and len(inputs.train) == inputs.matrices.train.nnz
+    np.testing.assert_array_equal(inputs.matrices.user_ids, np.sort(data["interactions"]["user_id"].unique()))
+    np.testing.assert_array_equal(inputs.matrices.movie_ids, inputs.movie_table.index.to_numpy())
+    assert list(inputs.user_table.index) == list(data["users"]["user_id"]) and inputs.not_in_release == []
+    # read through a run's `require`: the same inputs
+    timeline = data["interactions"].assign(position=data["interactions"].groupby("user_id").cumcount())
+    for name, table in (("users", data["users"]), ("movies", data["movies"]), ("interactions", timeline)):
+        table.to_parquet(tmp_path / f"{name}.parquet")
+    loaded = retrieval_inputs.load_retrieval_inputs(lambda name: tmp_path / f"{name}.parquet", config)
+    pd.testing.assert_frame_equal(loaded.positives[list(inputs.positives.columns)], inputs.positives)
+    assert (loaded.matrices.test != inputs.matrices.test).nnz == 0
+    no_users = data["users"][["user_id"]]  # a release without a users file: the user features are not there
+    sparse = retrieval_inputs.retrieval_inputs(no_users, data["movies"], data["interactions"], config)
+    assert "gender" in sparse.not_in_release

@@ -165,3 +165,15 @@ def test_vocabulary_names_unknown_movies():
         vocabulary.encode(np.array([5, 8]))
     with pytest.raises(ValueError, match="repeats"):
         MovieVocabulary(np.array([1, 1]))
+
+
+def test_the_sequential_reload_check_passes_for_the_saved_model_and_fails_for_another(trained, tmp_path):
+    from recsys.retrieval.reload_checks import sequential_reloads_the_same
+
+    result, vocabulary, interactions, matrices, _ = trained
+    histories = user_histories(interactions, matrices.user_ids, vocabulary, CONFIG.history_length)
+    save_sequential_model(result.model, vocabulary, tmp_path / "model")
+    assert sequential_reloads_the_same(result.model, tmp_path / "model", histories, k=5)
+    train = interactions[interactions["split"] == "train"]
+    other = train_sequential_model(dataclasses.replace(CONFIG, epochs=1), vocabulary, train, seed=2).model
+    assert not sequential_reloads_the_same(other, tmp_path / "model", histories, k=5)

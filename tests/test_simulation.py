@@ -12,6 +12,7 @@ from scipy import special
 
 from recsys.evaluation import metrics
 from recsys.exploration import simulation as sim
+from recsys.exploration.reranking import standardise_rows
 from recsys.exploration.simulation_policies import PopularityPolicy, RandomPolicy
 
 
@@ -22,13 +23,13 @@ def tiny_world(n_users: int = 40, n_movies: int = 60, seed: int = 0):
     rows = [(u, m) for u in user_ids for m in rng.choice(movie_ids, 5, replace=False)]
     train = pd.DataFrame(rows, columns=["user_id", "movie_id"]).assign(rating=4.0)
     start = sim.PolicyLog.start(train, user_ids, movie_ids, np.arange(n_users))
-    z = sim.standardise(-np.arange(n_movies, dtype=np.float32)[None, :] + rng.normal(0, 5, (n_users, n_movies)))
+    z = standardise_rows(np.asarray(-np.arange(n_movies)[None, :] + rng.normal(0, 5, (n_users, n_movies)), np.float32))
     return start, sim.HiddenPreferences(z, 1.0, -1.0)
 
 
 def test_calibration_reproduces_both_measured_rates():
     rng = np.random.default_rng(1)
-    z = sim.standardise(rng.normal(size=(200, 300)))
+    z = standardise_rows(rng.normal(size=(200, 300)).astype(np.float32))
     reference = np.argsort(-z, axis=1)[:, :10]  # the users' favourites
     background = rng.integers(0, 300, (200, 50))
     slope, offset = sim.calibrate(z, reference, 0.35, background, 0.03)
@@ -161,14 +162,111 @@ def test_no_policy_can_reach_the_hidden_model():
     assert _holds_hidden(_reachable([[hidden.z[:3]]]), hidden)  # a view of its scores counts too
 
 
-def test_a_log_cannot_be_changed_in_place_and_a_noise_target_is_checked():
-    from recsys.exploration.simulation_policies import EmbeddingNoise
-
+def test_a_log_cannot_be_changed_in_place():
     start, _ = tiny_world()
     with pytest.raises(ValueError, match="read-only"):
         start.matrix.data[0] = 5.0
     grown = start.with_accepted(np.array([0]), np.array([int(np.flatnonzero(start.matrix[0].toarray()[0] == 0)[0])]), 1)
     with pytest.raises(ValueError, match="read-only"):
         grown.matrix.indices[0] = 0
-    with pytest.raises(ValueError, match="'user' or 'movie'"):
-        EmbeddingNoise(0.1, "users")
+
+
+# ---- calibration on the run's data ------------------------------------------------------------------
+
+
+def test_simulated_users_are_those_with_train_interactions_or_a_seeded_sample():
+    train = pd.DataFrame({"user_id": [30, 10, 10, 50, 70]})
+    user_ids = np.array([10, 20, 30, 40, 50, 60, 70])
+    np.testing.assert_array_equal(sim.simulated_users(train, user_ids, 0, seed=0), [0, 2, 4, 6])
+    np.testing.assert_array_equal(sim.simulated_users(train, user_ids, 10, seed=0), [0, 2, 4, 6])  # fewer: all
+    sample = sim.simulated_users(train, user_ids, 2, seed=3)
+    assert len(sample) == 2 and set(sample) <= {0, 2, 4, 6} and sample[0] < sample[1]
+    np.testing.assert_array_equal(sample, sim.simulated_users(train, user_ids, 2, seed=3))
+
+
+def test_random_unseen_movies_are_unseen_distinct_seeded_and_the_random_policy_s():
+    start, _ = tiny_world()
+    drawn = sim.random_unseen(start, 20, np.random.default_rng(4))
+    assert drawn.shape == (40, 20) and all(len(set(row)) == 20 for row in drawn)
+    assert not start.matrix[start.active[:, None], drawn].count_nonzero()
+    np.testing.assert_array_equal(drawn, sim.random_unseen(start, 20, np.random.default_rng(4)))
+    np.testing.assert_array_equal(drawn, RandomPolicy().recommend(start, 20, np.random.default_rng(4)))
+
+
+def test_measured_rates_on_a_hand_made_log():
+    # user 1: train movies 10, 20, later 30, 40; user 2: train 10, later 60 (catalogue of 6 movies)
+    rows = [(1, 10, "train"), (1, 20, "train"), (1, 30, "val"), (1, 40, "test"), (2, 10, "train"), (2, 60, "test")]
+    interactions = pd.DataFrame(rows, columns=["user_id", "movie_id", "split"]).assign(rating=4.0)
+    ids = ([1, 2], [10, 20, 30, 40, 50, 60], [0, 1])
+    start = sim.PolicyLog.start(interactions[interactions["split"] == "train"], *ids)
+    everything = sim.PolicyLog.start(interactions, *ids).matrix
+    reference = np.array([[2, 4], [1, 5]])  # user 1: 30 (later), 50; user 2: 20, 60 (later)
+    reference_rate, background_rate = sim.measured_rates(everything, start, reference)
+    assert reference_rate == pytest.approx(0.5)  # 2 of the 4 listed movies were watched later
+    assert background_rate == pytest.approx((2 / 4 + 1 / 5) / 2)  # later movies over unseen ones, per user
+
+
+def skewed_interactions(n_users: int = 80, n_movies: int = 60, seed: int = 0) -> pd.DataFrame:
+    """Every user watches 12 movies, popular (low) ids more often: 8 in train, then 2 in val and 2 in test."""
+    rng = np.random.default_rng(seed)
+    p = np.exp(-np.arange(n_movies) / 12)
+    rows = []
+    for user in range(1, n_users + 1):
+        movies = rng.choice(n_movies, 12, replace=False, p=p / p.sum()) + 1
+        rows += [(user, movie, split) for movie, split in zip(movies, ["train"] * 8 + ["val"] * 2 + ["test"] * 2)]
+    return pd.DataFrame(rows, columns=["user_id", "movie_id", "split"]).assign(rating=4.0)
+
+
+def test_hidden_preferences_reproduce_the_rates_measured_on_the_run():
+    interactions = skewed_interactions()
+    user_ids, movie_ids = np.arange(1, 81), np.arange(1, 61)
+    start = sim.PolicyLog.start(interactions[interactions["split"] == "train"], user_ids, movie_ids, np.arange(80))
+    popular = PopularityPolicy()
+    popular.update(start)
+    reference = popular.recommend(start, 5, np.random.default_rng(0))
+    hidden, calibration = sim.hidden_preferences(interactions, start, reference, 10.0, 20, seed=1)
+    everything = sim.PolicyLog.start(interactions, user_ids, movie_ids, start.active).matrix
+    measured = sim.measured_rates(everything, start, reference)
+    assert (calibration.reference_rate, calibration.background_rate) == measured
+    np.testing.assert_array_equal(calibration.background, sim.random_unseen(start, 20, np.random.default_rng(1)))
+    assert hidden.probability(start.active, reference).mean() == pytest.approx(measured[0], abs=1e-6)
+    assert hidden.probability(start.active, calibration.background).mean() == pytest.approx(measured[1], abs=1e-5)
+    assert hidden.z.dtype == np.float32 and hidden.z.shape == (80, 60)
+    np.testing.assert_allclose(hidden.z.mean(axis=1), 0, atol=1e-5)
+
+
+# ---- the summary over seeds and the tie rule --------------------------------------------------------------
+
+
+def test_the_tie_rule_each_branch():
+    final = pd.DataFrame({"coverage_final": [0.5, 0.8, 0.2, 0.6, 0.75]}, index=["served", "up", "down", "near", "edge"])
+    spread = pd.DataFrame({"coverage_final": [0.125, 0.1, 0.0, 0.01, 0.0]}, index=final.index)
+    difference, verdict, band = sim.compare(final, spread, "up", "coverage_final")
+    assert verdict == "higher" and difference == pytest.approx(0.3) and band == 0.25  # twice the larger spread
+    difference, verdict, band = sim.compare(final, spread, "down", "coverage_final")
+    assert verdict == "lower" and difference == pytest.approx(-0.3) and band == 0.25
+    assert sim.compare(final, spread, "near", "coverage_final")[1] == "a tie"  # 0.1 within 0.25
+    assert sim.compare(final, spread, "edge", "coverage_final") == (0.25, "a tie", 0.25)  # on the band: a tie
+    # the band is twice the larger of the two spreads, whichever policy has it: here the compared one's
+    difference, verdict, band = sim.compare(final, spread, "up", "coverage_final", reference="down")
+    assert verdict == "higher" and difference == pytest.approx(0.6) and band == pytest.approx(0.2)
+
+
+def test_summary_over_seeds_and_its_metrics():
+    start, hidden = tiny_world()
+    popularity = np.full(len(start.movie_ids), 0.5)
+    frames = [
+        sim.simulate({"popularity": PopularityPolicy(), "random": RandomPolicy()}, hidden, start, 3, 5, s, popularity)[
+            0
+        ].assign(seed=s)
+        for s in (7, 8, 9)
+    ]
+    final, spread = sim.summary_over_seeds(pd.concat(frames, ignore_index=True), seed=8)
+    pd.testing.assert_frame_equal(final, sim.summary(frames[1]))
+    per_seed = np.stack([sim.summary(frame)["coverage_final"].to_numpy() for frame in frames])
+    np.testing.assert_allclose(spread["coverage_final"], per_seed.max(axis=0) - per_seed.min(axis=0))
+    assert list(spread.index) == list(final.index) == ["popularity", "random"]
+    metrics_out = sim.summary_metrics(final, spread)
+    assert len(metrics_out) == 2 * (len(sim.SUMMARY_METRICS) + 2)
+    assert metrics_out["coverage_final_random"] == final.loc["random", "coverage_final"]
+    assert metrics_out["accepted_per_user_spread_popularity"] == spread.loc["popularity", "accepted_per_user"]

@@ -83,3 +83,23 @@ def test_faiss_workers_of_the_ann_benchmark_do_not_import_tensorflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
+MAX_NOTEBOOK_CODE_LINES = 200
+
+
+def code_lines(notebook) -> int:
+    """Non-empty, non-comment lines of a notebook's code cells."""
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    lines = (line.strip() for cell in cells if cell.cell_type == "code" for line in cell.source.splitlines())
+    return sum(1 for line in lines if line and not line.startswith("#"))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_stay_thin(notebook):
+    """A notebook is a story of calls, figures and findings; the logic lives in recsys/ where tests reach it."""
+    n = code_lines(notebook)
+    assert n <= MAX_NOTEBOOK_CODE_LINES, f"{notebook.name} has {n} lines of code: move its logic into recsys/"

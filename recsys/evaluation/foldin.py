@@ -10,7 +10,7 @@ excluded, and the later ratings are what a list should hold: Recall@K and NDCG@K
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from recsys.core.tables import require_columns
 from recsys.evaluation import metrics
+from recsys.evaluation.full_ranking import bootstrap_spread
 from recsys.evaluation.score_blocks import RowScores, top_k_in_blocks
 from recsys.features.sequences import pad_left
 
@@ -99,3 +100,84 @@ def foldin_split(interactions: pd.DataFrame, movie_ids: np.ndarray, n_given: int
     rest = metrics.build_interaction_matrix(rows[rest_mask], columns[rest_mask], *shape)
     given_columns = columns[given_mask].reshape(len(kept), n_given)  # sorted by user, then time
     return FoldIn(kept, n_given, given, rest, given_columns)
+
+
+@dataclass
+class FoldInComparison:
+    """Several models scored on the fold-in users, with bootstrap spreads and paired differences.
+
+    Attributes:
+        table: one row per (given, model): users, the mean of each per-user metric, and
+            `<metric>_std`, the spread of `metric`'s mean over the bootstrap resamples.
+        gaps: one row per (given, "a - b"): the mean of the per-user difference a - b of `metric`
+            and its 95% bootstrap interval (low_2.5%, high_97.5%).
+        metric: the metric the spreads and differences are given for (e.g. recall_at_10).
+    """
+
+    table: pd.DataFrame
+    gaps: pd.DataFrame
+    metric: str
+
+    def metrics(self, also: Sequence[str] | None = None) -> dict[str, float]:
+        """A flat record: `<metric>_foldin<given>_<model>` (with `_std`), the same for each of `also`
+        (by default the NDCG at the metric's K), and `<metric>_foldin<given>_<a>_minus_<b>_low`/`_high`
+        for each difference."""
+        also = (self.metric.replace("recall_at_", "ndcg_at_"),) if also is None else also
+        out = {}
+        for (n_given, model), row in self.table.iterrows():
+            out[f"{self.metric}_foldin{n_given}_{model}"] = float(row[self.metric])
+            out[f"{self.metric}_foldin{n_given}_{model}_std"] = float(row[f"{self.metric}_std"])
+            out.update({f"{name}_foldin{n_given}_{model}": float(row[name]) for name in also})
+        for (n_given, gap), row in self.gaps.iterrows():
+            name = f"{self.metric}_foldin{n_given}_{gap.replace(' - ', '_minus_')}"
+            out[f"{name}_low"], out[f"{name}_high"] = float(row["low_2.5%"]), float(row["high_97.5%"])
+        return out
+
+
+def compare_foldin(
+    interactions: pd.DataFrame,
+    movie_ids: np.ndarray,
+    scorers: Mapping[str, Callable[[FoldIn], np.ndarray | RowScores]],
+    given: Sequence[int],
+    gaps: Sequence[tuple[str, str]],
+    n_resamples: int,
+    seed: int,
+    ks: Sequence[int] = (10, 100),
+) -> FoldInComparison:
+    """Every model scored on the fold-in users at each number of given ratings, with bootstrap spreads.
+
+    Each model's lists are ranked once per `n_given`; the bootstrap resamples the users, the same
+    resamples for every model and difference (paired), so a difference's interval says whether
+    a gap between two models is larger than the resampling noise of a few hundred users.
+
+    Args:
+        interactions: the fold-in users' positives (user_id, movie_id, position).
+        movie_ids: the catalogue (the scores' columns).
+        scorers: model name -> a function of a `FoldIn` returning its (users x catalogue) scores.
+        given: the numbers of earliest ratings given (`split.foldin_given`).
+        gaps: pairs (a, b) of model names whose per-user difference a - b is resampled.
+        n_resamples: bootstrap resamples of the users.
+        seed: seeds the resampling.
+        ks: list lengths; the spreads and differences are of Recall@ks[0].
+
+    Raises:
+        ValueError: a pair in `gaps` names a model that is not in `scorers`.
+    """
+    unknown = sorted({name for pair in gaps for name in pair} - set(scorers))
+    if unknown:
+        raise ValueError(f"gaps name models without a scorer: {unknown} (scorers: {sorted(scorers)})")
+    metric = f"recall_at_{ks[0]}"
+    rows, gap_rows = {}, {}
+    for n_given in given:
+        fold = foldin_split(interactions, movie_ids, n_given)
+        per_user = {name: fold.per_user(score(fold), ks=ks) for name, score in scorers.items()}
+        per_user.update({f"{a} - {b}": per_user[a] - per_user[b] for a, b in gaps})
+        spread = bootstrap_spread(per_user, n_resamples, seed).set_index(["strategy", "metric"])
+        for name in scorers:
+            std = spread.loc[(name, metric), "std"]
+            rows[(n_given, name)] = {"users": len(fold.user_ids), **per_user[name].mean(), f"{metric}_std": std}
+        for a, b in gaps:
+            gap_rows[(n_given, f"{a} - {b}")] = spread.loc[(f"{a} - {b}", metric), ["mean", "low_2.5%", "high_97.5%"]]
+    table = pd.DataFrame(rows).T.rename_axis(["given", "model"])
+    gap_table = pd.DataFrame(gap_rows).T.rename_axis(["given", f"{metric} difference"])
+    return FoldInComparison(table, gap_table, metric)

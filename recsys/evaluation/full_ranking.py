@@ -7,7 +7,7 @@ DESIGN.md, "Protocols and metrics".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +53,22 @@ class SplitMatrices:
         """What a user has seen before `split`: train for val; train and val for test."""
         self.relevant(split)
         return self.train if split == "val" else (self.train + self.val).tocsr()
+
+    def held_out_rows(self, split: str) -> np.ndarray:
+        """The rows of the users with held-out items of `split`: the users its metrics are averaged over."""
+        return np.flatnonzero(np.diff(self.relevant(split).indptr) > 0)
+
+    def sizes(self) -> pd.Series:
+        """Users, catalogue movies (and those without a train interaction) and interactions per split."""
+        without_train = int((np.diff(self.train.tocsc().indptr) == 0).sum())
+        return pd.Series(
+            {
+                "users": len(self.user_ids),
+                "movies": len(self.movie_ids),
+                "movies_without_train": without_train,
+                **{name: getattr(self, name).nnz for name in SPLIT_NAMES},
+            }
+        )
 
     def seen_movie_ids(self, split: str, rows: np.ndarray | None = None) -> list[np.ndarray]:
         """The movie ids to exclude for each user row (all rows by default), for index queries."""
@@ -103,9 +119,21 @@ def evaluate_scores(
         metrics.retrieval_metrics's dict.
     """
     relevant = matrices.relevant(split)
-    rows = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    rows = matrices.held_out_rows(split)
     top_items = top_k_in_blocks(scores, max(ks), exclude=matrices.seen(split), rows=rows)
     return metrics.retrieval_metrics(top_items, relevant[rows], ks)
+
+
+def metrics_by_model(results: Mapping[str, Mapping[str, float]], keys: Sequence[str]) -> dict[str, float]:
+    """One flat record of several models' metrics: {"<key>_<model>": value} for every model and key.
+
+    Raises:
+        KeyError: a model's results lack one of `keys` (named with the model).
+    """
+    missing = {model: sorted(set(keys) - set(values)) for model, values in results.items() if set(keys) - set(values)}
+    if missing:
+        raise KeyError(f"results lack metrics: {missing}")
+    return {f"{key}_{model}": float(values[key]) for model, values in results.items() for key in keys}
 
 
 def popularity_scores(X_train: sp.spmatrix) -> np.ndarray:

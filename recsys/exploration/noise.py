@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import tensorflow as tf
+
+from recsys.retrieval.retrievers import NumpyRetriever
 
 
 class PredictionNoise(tf.keras.layers.Layer):
@@ -49,3 +54,40 @@ class PredictionNoise(tf.keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "sigma": self.sigma, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class EmbeddingNoise:
+    """N(0, sigma^2) noise on the user (or movie) vectors before retrieval (`PredictionNoise`), new draws per seed."""
+
+    sigma: float
+    target: str = "user"
+
+    def __post_init__(self):
+        if self.target not in ("user", "movie"):
+            raise ValueError(f"noise target must be 'user' or 'movie', got {self.target!r}")
+
+    def apply(self, user_vectors: np.ndarray, movie_vectors: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(user vectors, movie vectors) with this noise, drawn from `seed`, on the target side."""
+        layer = PredictionNoise(self.sigma, seed=seed)
+        if self.target == "user":
+            return layer(user_vectors, training=False).numpy(), movie_vectors
+        return user_vectors, layer(movie_vectors, training=False).numpy()
+
+
+def noisy_retriever(
+    user_ids: Sequence[int],
+    user_vectors: np.ndarray,
+    movie_ids: Sequence[int],
+    movie_vectors: np.ndarray,
+    noise: EmbeddingNoise | None = None,
+    seed: int = 0,
+) -> NumpyRetriever:
+    """Exact retrieval over the two-tower's vectors, with `noise` (drawn from `seed`) on them first; None: none.
+
+    The noisy retrieval of the exploration experiment and of the simulation's noise policy (rows of
+    `user_vectors` aligned with `user_ids`, of `movie_vectors` with `movie_ids`).
+    """
+    if noise is not None:
+        user_vectors, movie_vectors = noise.apply(user_vectors, movie_vectors, seed)
+    return NumpyRetriever(user_ids, user_vectors, movie_ids, movie_vectors)

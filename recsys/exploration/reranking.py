@@ -13,6 +13,25 @@ from recsys.retrieval.candidates import CANDIDATE_COLUMNS, SOURCE_DTYPE, SOURCE_
 # ---- weighted re-ranking ------------------------------------------------------------------------------
 
 
+def standardise_rows(scores: np.ndarray) -> np.ndarray:
+    """Each row's scores minus the row's mean, over the row's std (a constant row becomes zeros), in their dtype.
+
+    A ranker's scores per user (a LambdaRank score, a predicted rating, EASE's scores) are on no
+    common scale; standardised, a temperature or a slope means the same for every user and ranker.
+
+    Args:
+        scores: (n_users, n) scores; an integer array is standardised in float64.
+
+    Returns:
+        An array of the shape of `scores`, each row of mean 0 and std 1 (or all zeros).
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D (one row per user), got shape {scores.shape}")
+    spread = scores.std(axis=1, keepdims=True)
+    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+
+
 def _check_scores(scores: np.ndarray, temperature: float) -> None:
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN; every item needs a score to be sampled")

@@ -2,7 +2,7 @@
 
 The world (DESIGN.md, "Closed-loop simulation"): a hidden preference model gives each (user,
 movie) an acceptance probability (`HiddenPreferences`, calibrated on the run's held-out data by
-`calibrate`). Each policy lives in its own world: it starts from the train split and, every
+`hidden_preferences`). Each policy lives in its own world: it starts from the train split and, every
 round, serves k movies to each simulated user, who accepts each independently with the hidden
 probability; the accepted movies join that policy's log and nothing else's, and the policy
 updates its models from its log before the next round. A policy is handed its log (`PolicyLog`)
@@ -26,17 +26,19 @@ import scipy.sparse as sp
 from scipy import optimize, special
 
 from recsys.evaluation import metrics
+from recsys.exploration.reranking import standardise_rows
 from recsys.features.splits import tie_break_key
+from recsys.models.ease import EASE
 
-MEASURES = (
-    "accepted_per_user",
-    "cumulative_accepted_per_user",
-    "coverage",
-    "gini",
-    "shown_popularity",
-    "accepted_popularity",
-    "never_shown",
-)
+MEASURES = {  # what `simulate` measures each round: name -> what it is
+    "accepted_per_user": "accepted per user",
+    "cumulative_accepted_per_user": "cumulative accepted per user",
+    "coverage": "catalogue coverage of the round",
+    "gini": "Gini of the round's exposure",
+    "shown_popularity": "mean popularity shown",
+    "accepted_popularity": "mean popularity accepted",
+    "never_shown": "share never shown so far",
+}
 
 
 class PolicyError(ValueError):
@@ -65,14 +67,6 @@ class HiddenPreferences:
     def probability(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         """Acceptance probabilities of the (rows[i], columns[i, j]) pairs: shape of `columns`."""
         return special.expit(self.z[np.asarray(rows)[:, None], columns] * self.slope + self.offset)
-
-
-def standardise(scores: np.ndarray) -> np.ndarray:
-    """Each row's scores minus the row mean, over the row std (a constant row becomes zeros), float32."""
-    scores = np.asarray(scores, np.float32)
-    mean = scores.mean(axis=1, keepdims=True)
-    std = scores.std(axis=1, keepdims=True)
-    return (scores - mean) / np.where(std > 0, std, 1.0)
 
 
 def calibrate(
@@ -193,6 +187,83 @@ def _read_only(matrix: sp.csr_matrix) -> None:
     """Lock a log's arrays: every policy starts from the same log, so none may change it in place."""
     for array in (matrix.data, matrix.indices, matrix.indptr):
         array.flags.writeable = False
+
+
+# ---- calibration on the run's data ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, repr=False)
+class Calibration:
+    """What the hidden model was calibrated on (`hidden_preferences`).
+
+    Attributes:
+        reference_rate, background_rate: the two measured rates (`measured_rates`).
+        background: (n_active, m) columns of random unseen movies per simulated user, where the
+            background rate is matched.
+    """
+
+    reference_rate: float
+    background_rate: float
+    background: np.ndarray
+
+
+def simulated_users(train: pd.DataFrame, user_ids: np.ndarray, n_users: int, seed: int) -> np.ndarray:
+    """Rows (in `user_ids`) of the simulated users: those with train interactions, or a seeded sample of n_users (0: all)."""
+    with_train = np.flatnonzero(np.isin(user_ids, train["user_id"].unique()))
+    if n_users and n_users < len(with_train):
+        return np.sort(np.random.default_rng(seed).choice(with_train, n_users, replace=False))
+    return with_train
+
+
+def random_unseen(log: PolicyLog, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_active, k) catalogue columns drawn uniformly among each active user's unseen movies (not in the log)."""
+    scores = rng.random((len(log.active), len(log.movie_ids)), dtype=np.float32)
+    return metrics.top_k_from_scores(scores, k, exclude=log.matrix[log.active])
+
+
+def measured_rates(everything: sp.csr_matrix, start: PolicyLog, reference: np.ndarray) -> tuple[float, float]:
+    """(reference rate, background rate): how often the simulated users watched, after train, what they were offered.
+
+    Args:
+        everything: binary (n_users, n_movies) matrix of every interaction of the run (every split).
+        start: the log of round 0 (train); its active rows are the simulated users.
+        reference: (n_active, k) columns of lists built from train alone (the served list of round 0).
+
+    Returns:
+        The reference rate: the share of the reference lists' movies that are among the user's later
+        (val + test) movies; the background rate: per user, later movies over unseen (non-train)
+        movies, averaged over the users: the rate of a random unseen movie.
+    """
+    held_out = (everything - start.matrix).tocsr()[start.active]  # each simulated user's val + test movies
+    reference_rate = float(held_out[np.arange(len(start.active))[:, None], reference].toarray().mean())
+    unseen = len(start.movie_ids) - np.diff(start.matrix[start.active].indptr)
+    background_rate = float((np.diff(held_out.indptr) / unseen).mean())
+    return reference_rate, background_rate
+
+
+def hidden_preferences(
+    interactions: pd.DataFrame, start: PolicyLog, reference: np.ndarray, ease_l2: float, background_size: int, seed: int
+) -> tuple[HiddenPreferences, Calibration]:
+    """The simulation's world: EASE fitted on every interaction, standardised per user, calibrated on the run's data.
+
+    Args:
+        interactions: every interaction of the run (user_id, movie_id), every split.
+        start: the log of round 0 (train); its active rows are the simulated users.
+        reference: (n_active, k) columns the served policy lists from `start` (matched to the reference rate).
+        ease_l2: EASE's penalty.
+        background_size: random unseen movies drawn per user (matched to the background rate).
+        seed: seeds that draw.
+
+    Returns:
+        (the hidden preferences of every user of `start`, what they were calibrated on).
+    """
+    ids = (start.user_ids, start.movie_ids, start.active)
+    everything = PolicyLog.start(interactions.assign(rating=np.nan), *ids).matrix
+    z = standardise_rows(np.asarray(EASE(ease_l2).fit(everything).score(everything), np.float32))
+    reference_rate, background_rate = measured_rates(everything, start, reference)
+    background = random_unseen(start, background_size, np.random.default_rng(seed))
+    slope, offset = calibrate(z[start.active], reference, reference_rate, background, background_rate)
+    return HiddenPreferences(z, slope, offset), Calibration(reference_rate, background_rate, background)
 
 
 class Policy(Protocol):
@@ -322,3 +393,46 @@ def summary(per_round: pd.DataFrame) -> pd.DataFrame:
             "policy_s": by_policy["policy_s"].sum(),
         }
     )
+
+
+def summary_over_seeds(per_round: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(`summary` of `seed`'s rounds, the spread between the seeds: per policy and column, max minus min over seeds)."""
+    finals = {s: summary(part) for s, part in per_round.groupby("seed")}
+    final = finals[seed]
+    spread = pd.concat(finals.values()).groupby(level=0, sort=False).agg(lambda v: v.max() - v.min())
+    return final, spread.loc[final.index]
+
+
+def compare(
+    final: pd.DataFrame, spread: pd.DataFrame, policy: str, measure: str, reference: str = "served"
+) -> tuple[float, str, float]:
+    """`policy` against `reference` on one measure of `summary_over_seeds`, with the tie rule.
+
+    Returns:
+        (difference, verdict, band): the policy's value minus the reference's; the band is twice
+        the larger of the two policies' spreads between seeds; the verdict is "a tie" when the
+        difference is within the band, else "higher" or "lower".
+    """
+    difference = float(final.loc[policy, measure] - final.loc[reference, measure])
+    band = float(2 * max(spread.loc[policy, measure], spread.loc[reference, measure]))
+    verdict = "a tie" if abs(difference) <= band else ("higher" if difference > 0 else "lower")
+    return difference, verdict, band
+
+
+SUMMARY_METRICS = (
+    "accepted_per_user",
+    "cumulative_accepted_per_user",
+    "coverage_final",
+    "gini_final",
+    "never_shown_final",
+    "accepted_popularity",
+)
+
+
+def summary_metrics(final: pd.DataFrame, spread: pd.DataFrame) -> dict[str, float]:
+    """`<measure>_<policy>` of each of SUMMARY_METRICS, and `<measure>_spread_<policy>` of accepted per user and coverage."""
+    out = {}
+    for policy, row in final.iterrows():
+        out.update({f"{measure}_{policy}": row[measure] for measure in SUMMARY_METRICS})
+        out.update({f"{m}_spread_{policy}": spread.loc[policy, m] for m in ("accepted_per_user", "coverage_final")})
+    return out

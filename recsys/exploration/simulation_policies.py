@@ -13,8 +13,9 @@ with the log.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,16 +23,21 @@ import pandas as pd
 from recsys.evaluation import metrics
 from recsys.evaluation.full_ranking import ranked_lists
 from recsys.exploration import reranking
-from recsys.exploration.noise import PredictionNoise
-from recsys.exploration.simulation import PolicyLog
+from recsys.exploration.noise import EmbeddingNoise, noisy_retriever
+from recsys.exploration.simulation import PolicyLog, random_unseen
 from recsys.features.feature_store import FeatureStore
-from recsys.models.ease import EASE
+from recsys.features.request_context import fixed_context
+from recsys.models.ease import EASE, load_ease
+from recsys.models.retrieval_model import load_retrieval_model, user_embeddings
 from recsys.ranking.learned_ranking import top_k_lists
 from recsys.ranking.ranker_features import FeatureSources
-from recsys.ranking.stage import LearnedRanker
+from recsys.ranking.ranker_state import read_state
+from recsys.ranking.rankers import load_ranker
+from recsys.ranking.served_rankers import LearnedRanker, RatingRanker
 from recsys.retrieval.candidates import EaseSource
 from recsys.retrieval.retrievers import NumpyRetriever
 from recsys.serving import recommender
+from recsys.training.rating_training import load_rating_model
 
 
 class PopularityPolicy:
@@ -55,8 +61,7 @@ class RandomPolicy:
         pass
 
     def recommend(self, log: PolicyLog, k: int, rng: np.random.Generator) -> np.ndarray:
-        scores = rng.random((len(log.active), len(log.movie_ids)), dtype=np.float32)
-        return metrics.top_k_from_scores(scores, k, exclude=log.matrix[log.active])
+        return random_unseen(log, k, rng)
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,48 @@ class ServingParts:
     n_candidates: int
     ease_candidates: bool = True
 
+    @classmethod
+    def load(
+        cls,
+        users: pd.DataFrame,
+        movies: pd.DataFrame,
+        interactions: pd.DataFrame,
+        artifact: Callable[[str], Path],
+        online: Mapping,
+    ) -> ServingParts:
+        """The parts from a run's saved models.
+
+        Args:
+            users, movies, interactions: the run's tables (interactions: every split, for the requests' context).
+            artifact: an artifact's name -> its path (e.g. `Run.require`); reads ease_model, retrieval_model,
+                movie_embeddings, movie_embedding_ids, rating_model_train and ranker.
+            online: the served path's settings: n_candidates, ease_candidates, and ranker ("rating" orders by
+                the predicted rating even when the run's served ranker is a learned one).
+        """
+        ease_model, _, _ = load_ease(artifact("ease_model"))
+        retrieval_model, encoder = load_retrieval_model(artifact("retrieval_model"))
+        vector_rows = pd.Index(np.load(artifact("movie_embedding_ids"))).get_indexer(movies["movie_id"])
+        rating_model, rating_encoder = load_rating_model(artifact("rating_model_train"))
+        ranker_folder = artifact("ranker")
+        store = FeatureStore.build(users, movies, interactions, seen_splits=("train",), history_splits=("train",))
+        context = fixed_context(interactions)
+        return cls(
+            users=users,
+            movies=movies,
+            user_vectors=user_embeddings(
+                retrieval_model, encoder, encoder.user_table(users), users["user_id"].to_numpy(np.int64)
+            ),
+            movie_vectors=np.load(artifact("movie_embeddings"))[vector_rows],
+            ranker=None
+            if read_state(ranker_folder)["name"] == "rating" or online["ranker"] == "rating"
+            else load_ranker(ranker_folder),
+            predicted_rating=RatingRanker(store, rating_model, rating_encoder, context).predicted_ratings,
+            rating_fitted_on=tuple(rating_model.fitted_on),
+            ease_l2=ease_model.l2,
+            n_candidates=online["n_candidates"],
+            ease_candidates=online["ease_candidates"],
+        )
+
 
 @dataclass(frozen=True)
 class WeightedRerank:
@@ -93,18 +140,6 @@ class WeightedRerank:
 
     temperature: float
     depth: int
-
-
-@dataclass(frozen=True)
-class EmbeddingNoise:
-    """N(0, sigma^2) noise on the user (or movie) vectors before retrieval (`noise.PredictionNoise`), new every round."""
-
-    sigma: float
-    target: str = "user"
-
-    def __post_init__(self):
-        if self.target not in ("user", "movie"):
-            raise ValueError(f"noise target must be 'user' or 'movie', got {self.target!r}")
 
 
 @dataclass(frozen=True)
@@ -136,15 +171,13 @@ class TwoStagePolicy:
         self._store = store.with_vectors(parts.user_vectors, parts.movie_vectors)
 
     def _retriever(self, rng: np.random.Generator) -> NumpyRetriever:
-        """Exact retrieval over the two-tower's vectors (the run's ScaNN index agrees on 99% of the top 100)."""
-        user_vectors, movie_vectors = self.parts.user_vectors, self.parts.movie_vectors
-        if isinstance(self.exploration, EmbeddingNoise):
-            layer = PredictionNoise(self.exploration.sigma, seed=int(rng.integers(2**31 - 1)))
-            if self.exploration.target == "user":
-                user_vectors = layer(user_vectors, training=False).numpy()
-            else:
-                movie_vectors = layer(movie_vectors, training=False).numpy()
-        return NumpyRetriever(self.parts.users["user_id"], user_vectors, self.parts.movies["movie_id"], movie_vectors)
+        """Exact retrieval over the two-tower's vectors (the run's ScaNN index agrees on 99% of the top 100);
+        under EmbeddingNoise, with new noise every round."""
+        parts, noise = self.parts, self.exploration if isinstance(self.exploration, EmbeddingNoise) else None
+        seed = int(rng.integers(2**31 - 1)) if noise is not None else 0
+        return noisy_retriever(
+            parts.users["user_id"], parts.user_vectors, parts.movies["movie_id"], parts.movie_vectors, noise, seed
+        )
 
     def candidates(self, log: PolicyLog, rng: np.random.Generator) -> pd.DataFrame:
         """Each active user's candidate table, as the served path builds it (least-viewed pool under LeastViewed)."""
@@ -190,11 +223,9 @@ class TwoStagePolicy:
         if isinstance(self.exploration, WeightedRerank):
             depth = self.exploration.depth
             ids, ranked = ranked_lists(table.assign(score=scores), users, "score", depth)
-            spread = ranked.std(axis=1, keepdims=True)
-            standardised = (ranked - ranked.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
             order = reranking.weighted_rerank_many(
                 np.broadcast_to(np.arange(depth), ids.shape),
-                standardised,
+                reranking.standardise_rows(ranked),
                 1,
                 int(rng.integers(2**31 - 1)),
                 self.exploration.temperature,

@@ -280,6 +280,17 @@ class FeatureStore:
         position = self.user_position(user_id)
         return None if position is None else self.users.iloc[position]
 
+    def describe_user(self, user_id: int) -> str:
+        """One line about a user for a report: their attributes the release has, and their train ratings."""
+        profile = self.get_user_features(user_id)
+        if profile is None:
+            return f"user {user_id}: not in the store"
+        shown = ("gender", "age_group", "occupation", "city", "state")
+        about = ", ".join(str(profile[name]) for name in shown if name in profile)
+        return (
+            f"user {user_id}: {about or 'no attributes in this release'} ({profile['n_train_ratings']} train ratings)"
+        )
+
     def seen_movies(self, user_id: int) -> np.ndarray:
         """Movie ids of the user's interactions in `seen_splits`, sorted (empty for an unknown user)."""
         return self._seen.movies_of(user_id)

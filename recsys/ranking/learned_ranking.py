@@ -10,8 +10,10 @@ are scored once on test. Every feature comes from models and counts fitted on tr
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +22,7 @@ import pandas as pd
 from recsys.features.feature_store import FeatureStore
 from recsys.models.ease import load_ease
 from recsys.ranking.lambdarank import group_sizes
-from recsys.ranking.ranker_features import FeatureSources
+from recsys.ranking.ranker_features import FEATURE_GROUPS, FeatureSources
 from recsys.ranking.ranker_state import Ranker
 from recsys.ranking.rankers import make_ranker
 from recsys.retrieval.candidates import EaseSource
@@ -38,7 +40,7 @@ def feature_sources(
         n_candidates: candidates per source (a missing rank is n_candidates + 1).
         context: the requests' {hour, weekday, month} for the predicted rating.
     """
-    from recsys.ranking.stage import RatingRanker
+    from recsys.ranking.served_rankers import RatingRanker
     from recsys.training.rating_training import load_rating_model
 
     ease_model, ease_movie_ids, ease_fitted_on = load_ease(ease_folder)
@@ -49,6 +51,25 @@ def feature_sources(
         EaseSource(ease_model.weights_, ease_movie_ids),
         RatingRanker(store, model, encoder, context).predicted_ratings,
         {"retrieval": ("train",), "ease": ease_fitted_on, "rating_model": model.fitted_on},
+    )
+
+
+def with_rating_model(sources: FeatureSources, model, encoder, context: dict | None) -> FeatureSources:
+    """The same sources with another rating model's predicted rating, recorded as fitted on what that model was.
+
+    E.g. the rating model refitted on train + val: its features are then refused at the val stage
+    (`FeatureSources.check` raises LeakageError), as its predictions have seen the val labels.
+
+    Args:
+        model, encoder: the rating model (with its `fitted_on` splits) and its FeatureEncoder.
+        context: the requests' {hour, weekday, month} for the predicted rating.
+    """
+    from recsys.ranking.served_rankers import RatingRanker
+
+    return dataclasses.replace(
+        sources,
+        predicted_rating=RatingRanker(sources.store, model, encoder, context).predicted_ratings,
+        fitted_on={**sources.fitted_on, "rating_model": model.fitted_on},
     )
 
 
@@ -69,6 +90,14 @@ class StageData:
     @property
     def groups(self) -> np.ndarray:
         return group_sizes(self.candidates["user_id"].to_numpy())
+
+    def summary(self) -> dict[str, float]:
+        """candidates, users, and relevant_share (the share of candidates that are relevant)."""
+        return {
+            "candidates": len(self.labels),
+            "users": len(self.groups),
+            "relevant_share": float(self.labels.mean()) if len(self.labels) else float("nan"),
+        }
 
     def users(self, mask: np.ndarray) -> StageData:
         """The rows of the users chosen by a per-user mask (in user order); stays grouped by user."""
@@ -158,6 +187,101 @@ def train_dcn(data: StageData, features: list[str], params: dict, holdout_share:
     return make_ranker("dcn", features, params, seed).fit(
         fit.features, fit.labels, fit.groups, valid.features, valid.labels, valid.groups
     )
+
+
+@dataclass
+class TrainedRankers:
+    """The rankers trained at the val stage (`train_rankers`).
+
+    Attributes:
+        rankers: name -> fitted ranker: "lambdarank", "dcn", and with the ablation "lambdarank_no_ease".
+        tuning: LambdaRank's grid, one row per setting and one for the refit (`train_lambdarank`).
+        train_s: seconds to train LambdaRank (grid and refit) and DCN-v2; the ablation is not counted.
+    """
+
+    rankers: dict[str, Ranker]
+    tuning: pd.DataFrame
+    train_s: float
+
+
+def train_rankers(data: StageData, features: list[str], params: Mapping, seed: int) -> TrainedRankers:
+    """LambdaRank (its grid, then the refit) and DCN-v2 on the val stage, and the ablation without EASE.
+
+    The ablation (`params["ablation"]`) refits LambdaRank without the EASE features at the setting
+    the full grid chose, so the two differ only by those features.
+
+    Args:
+        data: the val stage's candidates (`stage_data`).
+        features: the feature columns both rankers read.
+        params: the ranker parameters: holdout_share, ablation, lambdarank (`train_lambdarank`),
+            dcn (`train_dcn`).
+        seed: seeds the held-out users and the rankers.
+    """
+    started = time.perf_counter()
+    lambdarank, tuning = train_lambdarank(data, features, params["lambdarank"], params["holdout_share"], seed)
+    dcn = train_dcn(data, features, params["dcn"], params["holdout_share"], seed)
+    train_s = time.perf_counter() - started
+    rankers = {"lambdarank": lambdarank, "dcn": dcn}
+    if params["ablation"]:
+        chosen = {name: [lambdarank.params[name]] for name in ("num_leaves", "min_child_samples")}
+        no_ease = [name for name in features if name not in FEATURE_GROUPS["ease"]]
+        rankers["lambdarank_no_ease"], _ = train_lambdarank(
+            data, no_ease, {**params["lambdarank"], **chosen}, params["holdout_share"], seed
+        )
+    return TrainedRankers(rankers, tuning, train_s)
+
+
+def comparison_scores(
+    data: StageData, rankers: Mapping[str, Ranker], rating_scores: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-candidate scores of every list compared at the test stage (higher first; -inf never ranks).
+
+    Args:
+        data: the test stage's candidates and features (`stage_data`).
+        rankers: name -> fitted ranker, scored on the features.
+        rating_scores: the rating model's predicted rating of each candidate.
+
+    Returns:
+        "retrieval_only" (the retriever's own order, its candidates only), "ease" (EASE's order, its
+        candidates only), "two_stage" (the retriever's candidates by predicted rating), then one
+        entry per ranker.
+    """
+    candidates = data.candidates
+    from_retrieval = candidates["retrieval_rank"].to_numpy() > 0
+    scores = {
+        "retrieval_only": -candidates["retrieval_rank"].where(from_retrieval, np.inf).to_numpy(),
+        "ease": -candidates["ease_rank"].where(candidates["ease_rank"] > 0, np.inf).to_numpy(),
+        "two_stage": np.where(from_retrieval, rating_scores, -np.inf),
+    }
+    return {**scores, **{name: ranker.predict(data.features) for name, ranker in rankers.items()}}
+
+
+def stage_metrics(table: pd.DataFrame, recall: pd.DataFrame, learned: str, trained: TrainedRankers) -> dict[str, float]:
+    """The stage's metrics beside the lists' own: candidate recall at the test stage, spreads, the rankers' training.
+
+    Args:
+        table: the compared lists, one row per strategy, with recall_at_10_std and ndcg_at_10_std
+            (`recsys.evaluation.list_comparison.compare_lists`).
+        recall: candidate recall per stage (`recsys.retrieval.candidates.candidate_recall_table`).
+        learned: the row of the learned ranker the run would serve (`ranker.served`).
+        trained: the rankers, with "lambdarank" and "dcn" (`train_rankers`).
+
+    Returns:
+        candidate_recall_<source>_test and candidates_per_user_test; candidate_recall_at_100 (the
+        retriever's candidate recall at the test stage, under its historical name);
+        <metric>_learned_std of recall@10 and NDCG@10; lambdarank_ and dcn_holdout_ndcg_at_10;
+        rankers_train_s.
+    """
+    test = recall.loc["test"]
+    return {
+        **{f"{name}_test": float(value) for name, value in test.items() if name.startswith("candidate")},
+        "candidate_recall_at_100": float(test["candidate_recall_retrieval"]),
+        "ndcg_at_10_learned_std": float(table.loc[learned, "ndcg_at_10_std"]),
+        "recall_at_10_learned_std": float(table.loc[learned, "recall_at_10_std"]),
+        "lambdarank_holdout_ndcg_at_10": float(trained.rankers["lambdarank"].valid_ndcg_at_10),
+        "dcn_holdout_ndcg_at_10": float(trained.rankers["dcn"].valid_ndcg_at_10),
+        "rankers_train_s": trained.train_s,
+    }
 
 
 def top_k_lists(candidates: pd.DataFrame, scores: np.ndarray, users: np.ndarray, k: int) -> np.ndarray:

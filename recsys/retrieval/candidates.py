@@ -8,7 +8,7 @@ EASE's extra movies in EASE's order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -197,3 +197,21 @@ def candidate_recall(candidates: pd.DataFrame, relevant: pd.DataFrame) -> dict[s
         denominator = np.minimum(length, n_held).clip(lower=1)
         result[f"candidate_recall_{name}"] = float((hits / denominator).mean())
     return result
+
+
+def candidate_recall_table(
+    candidates: Mapping[str, pd.DataFrame], relevant: Mapping[str, pd.DataFrame]
+) -> pd.DataFrame:
+    """`candidate_recall` of several candidate sets (e.g. one per stage), one row each, with candidates per user.
+
+    Args:
+        candidates: name -> a candidate table (CANDIDATE_COLUMNS).
+        relevant: name -> that set's held-out (user_id, movie_id) pairs.
+
+    Returns:
+        Indexed by the names of `candidates`: the candidate_recall_<source> columns, then
+        candidates_per_user (rows / distinct users).
+    """
+    recall = pd.DataFrame({name: candidate_recall(rows, relevant[name]) for name, rows in candidates.items()}).T
+    recall["candidates_per_user"] = [len(rows) / rows["user_id"].nunique() for rows in candidates.values()]
+    return recall

@@ -108,6 +108,10 @@ class IndexRetriever(_OneUser):
         except (KeyError, IndexError) as error:
             raise UnknownUserError(f"no query for user {error.args[0]} in the retriever's user index") from error
 
+    def index_queries(self, user_ids: Sequence[int]) -> np.ndarray:
+        """What the index is asked with for these users: their ids, or the queries `user_index` gives them."""
+        return np.asarray(self._queries(user_ids))
+
     @staticmethod
     def _ids(identifiers: np.ndarray) -> np.ndarray:
         if identifiers.dtype.kind in "SOU":  # string identifiers, as in the TFRS tutorials

@@ -4,7 +4,7 @@
 code (one retrieval call and a few large model calls), so offline evaluation measures exactly
 what is served. The two steps are also available on their own (`retrieve_candidates`,
 `rank_candidates`) for callers that need the candidates themselves. The ranking step takes a
-ranker from `recsys.ranking.stage`: the rating model's predicted rating, or a ranker trained to
+ranker from `recsys.ranking.served_rankers`: the rating model's predicted rating, or a ranker trained to
 order candidates.
 """
 
@@ -239,6 +239,38 @@ def recommend(user_id: int, k: int = 10, **kwargs) -> pd.DataFrame:
         k rows (fewer if retrieval returns fewer unseen movies), columns RESULT_COLUMNS, best first.
     """
     return recommend_batch([user_id], k, **kwargs).drop(columns="user_id")
+
+
+def served_matches_offline(
+    user_ids: Sequence[int], offline_lists: np.ndarray, k: int = 10, n_single: int = 20, **kwargs
+) -> dict[str, bool]:
+    """Whether the served path gives the lists that were evaluated offline, for a sample of users.
+
+    Args:
+        user_ids: distinct users.
+        offline_lists: (len(user_ids), k) movie ids, each row the list evaluated for that user.
+        k: list length.
+        n_single: how many of the users (the first) are also requested one by one with `recommend`.
+        **kwargs: as for `recommend_batch` (store, retrieval_index, ranker, n_candidates, ease).
+
+    Returns:
+        recommend_equals_batch: `recommend` gives each of the first n_single users the list
+        `recommend_batch` gives; batch_equals_offline: every user's batch list is their offline one.
+    """
+    user_ids = np.asarray(user_ids, np.int64)
+    offline_lists = np.asarray(offline_lists)
+    if offline_lists.shape[0] != len(user_ids):
+        raise ValueError(f"{len(user_ids)} users but {offline_lists.shape[0]} offline lists: align them")
+    batch = recommend_batch(user_ids, k, **kwargs)
+    served = [rows.to_numpy() for _, rows in batch.groupby("user_id", sort=False)["movie_id"]]
+    served = dict(zip(pd.unique(batch["user_id"]), served))
+    empty = np.empty(0, np.int64)
+    single = all(
+        np.array_equal(recommend(int(user), k, **kwargs)["movie_id"].to_numpy(), served.get(user, empty))
+        for user in user_ids[:n_single]
+    )
+    offline = all(np.array_equal(served.get(user, empty), row[:k]) for user, row in zip(user_ids, offline_lists))
+    return {"recommend_equals_batch": bool(single), "batch_equals_offline": bool(offline)}
 
 
 def recommend_for_history(

@@ -1,0 +1,266 @@
+"""A finished run's serving path, loaded once: the served lists, lists for an ad-hoc history, movie search.
+
+`ServedRun.load(run_dir)` first checks the run's records (manifest.json): every artifact the
+serving path reads must come from a notebook that finished and is not stale (`provenance.mark_stale`),
+or it refuses, naming the notebook to rerun. It then assembles exactly what the ranking notebook
+serves: the saved feature store, the served retriever (the two-tower's or the sequential model's
+ScaNN index, with its exact index as the fallback), EASE's candidates when the run merged them, and
+the served ranker with its feature sources. Requests are answered in the run's fixed context (the
+most frequent training hour, weekday and month), as in the notebooks, so a list is reproducible.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recsys.features.feature_store import FeatureStore
+from recsys.features.preprocessing import EVENT_COLUMNS
+from recsys.features.request_context import fixed_context
+from recsys.runs.provenance import mark_stale, producer
+from recsys.runs.registry import ARTIFACTS, MANIFEST
+
+# what every served list reads; the sequential model's files are read when the run has them
+SERVING_ARTIFACTS = (
+    "interactions",
+    "feature_store",
+    "ranker",
+    "ease_model",
+    "rating_model",
+    "rating_model_train",
+    "scann_index",
+    "bruteforce_index",
+)
+SEQUENTIAL_ARTIFACTS = ("sequential_model", "sequential_scann_index", "sequential_bruteforce_index")
+SERVING_STAGE = producer("feature_store")
+MAX_K = 100  # the longest list served (no more than the candidates each source hands to ranking)
+MAX_HISTORY = 200  # the most movies an ad-hoc history may name
+
+# the recommender's source labels -> what a reader of the list is told (the served retriever is filled in)
+_SOURCE_NAMES = {
+    "ease": "EASE",
+    "least-viewed": "least-viewed",
+    "popular (unknown user)": "popular",
+    "popular (empty history)": "popular",
+    "history (sequential)": "sequential",
+    "history (EASE)": "EASE",
+}
+
+
+class RunNotServableError(RuntimeError):
+    """The run lacks a serving artifact, or one of them is stale: the message names what to rerun."""
+
+
+def check_servable(run_dir: Path) -> tuple[dict[str, dict], bool]:
+    """(manifest entries by notebook, whether the run has the sequential retriever), or RunNotServableError."""
+    run_dir = Path(run_dir)
+    rerun = f"python run_all.py --run-name {run_dir.name}"
+    path = run_dir / MANIFEST
+    if not path.exists():
+        raise RunNotServableError(
+            f"{run_dir} holds no {MANIFEST}: it is not a run folder, or its notebooks never ran "
+            f"(run `{rerun} --until {SERVING_STAGE[:2]}` first)"
+        )
+    entries = copy.deepcopy(json.loads(path.read_text())["notebooks"])
+    mark_stale(entries)
+    entries_by_name = {entry["name"]: entry for entry in entries}
+    has_sequential = all((run_dir / Path(*ARTIFACTS[a])).exists() for a in SEQUENTIAL_ARTIFACTS)
+    problems: list[tuple[str, str]] = []
+    for artifact in SERVING_ARTIFACTS + (SEQUENTIAL_ARTIFACTS if has_sequential else ()):
+        stage, filename = ARTIFACTS[artifact]
+        entry = entries_by_name.get(stage)
+        if entry is None or entry.get("status") != "ok":
+            status = "never ran" if entry is None else f"ended with status {entry.get('status')!r}"
+            problems.append((stage, f"{artifact}: notebook {stage} {status} in this run"))
+        elif entry.get("stale"):
+            problems.append((stage, f"{artifact}: notebook {stage} is stale ({entry['stale']})"))
+        elif not (run_dir / stage / filename).exists():
+            problems.append((stage, f"{artifact}: {run_dir / stage / filename} is missing"))
+    if problems:
+        earliest = min(stage for stage, _ in problems)
+        lines = "\n".join(f"  - {text}" for _, text in problems)
+        raise RunNotServableError(
+            f"run {run_dir.name!r} cannot be served:\n{lines}\n"
+            f"Run `{rerun} --from {earliest[:2]} --until {SERVING_STAGE[:2]}` first."
+        )
+    return entries_by_name, has_sequential
+
+
+@dataclass
+class ServedRun:
+    """The parts of one run's serving path, and the requests a service answers with them.
+
+    Attributes:
+        recommend_args: the keyword arguments of `recommender.recommend` (store, retrieval_index, ranker,
+            n_candidates, ease): what the ranking notebook serves.
+        history_args: those of `recommender.recommend_for_history`, or None when the run has no
+            sequential retriever (EASE then answers for a history).
+    """
+
+    name: str
+    run_dir: Path
+    params_hash: str | None
+    git_commit: str | None
+    served_retriever: str
+    store: FeatureStore
+    recommend_args: dict
+    history_args: dict | None
+    ease: (
+        object  # EASE fitted on train (`candidates.EaseSource`): a history's list when the run has no sequential model
+    )
+    user_histories: pd.DataFrame  # user_id, movie_id, rating, position of the train + val ratings
+    loaded: list[str]
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> ServedRun:
+        """Check the run's records, then load every model, index and table of its serving path once."""
+        from recsys.models.sequential_model import load_sequential_model
+        from recsys.ranking import learned_ranking, served_rankers
+        from recsys.retrieval.history_queries import HistoryQueries
+        from recsys.retrieval.indexes import load_index
+        from recsys.retrieval.retrievers import IndexRetriever
+        from recsys.training.retrieval_training import positives
+
+        run_dir = Path(run_dir).resolve()
+        entries, has_sequential = check_servable(run_dir)
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+        params = entries[SERVING_STAGE]["params"]
+        online, retrieval = params["online"], params["retrieval"]
+
+        def path(artifact: str) -> str:
+            return str(run_dir / Path(*ARTIFACTS[artifact]))
+
+        interactions = pd.read_parquet(path("interactions"), columns=list(EVENT_COLUMNS))
+        store = FeatureStore.load(path("feature_store"))
+        context = fixed_context(interactions)
+        n = online["n_candidates"]
+        sources = learned_ranking.feature_sources(store, path("ease_model"), path("rating_model_train"), n, context)
+        ranker = served_rankers.load_served_ranker(path("ranker"), sources, path("rating_model"), context)
+        loaded = ["feature_store", "ease_model", "rating_model_train", f"ranker ({ranker.name})"]
+        history_args, queries = None, None
+        if has_sequential:
+            sequential, vocabulary = load_sequential_model(path("sequential_model"))
+            watched = positives(interactions, retrieval["min_rating"])
+            queries = HistoryQueries(sequential, vocabulary, watched[watched["split"] != "test"])
+            sequential_scann = load_index(path("sequential_scann_index"))
+            history_args = {"store": store, "history_queries": queries, "retrieval_index": sequential_scann}
+            loaded += ["sequential_model", "sequential_scann_index"]
+        if retrieval["model"] == "sequential":
+            fallback = load_index(path("sequential_bruteforce_index"))
+            retriever = IndexRetriever(history_args["retrieval_index"], queries, fallback=fallback)
+            loaded.append("sequential_bruteforce_index")
+        else:
+            retriever = IndexRetriever(load_index(path("scann_index")), fallback=load_index(path("bruteforce_index")))
+            loaded += ["scann_index", "bruteforce_index"]
+        known = interactions[interactions["split"] != "test"]
+        return cls(
+            name=run_dir.name,
+            run_dir=run_dir,
+            params_hash=manifest.get("params_hash"),
+            git_commit=entries[SERVING_STAGE].get("git_commit") or manifest.get("git_commit"),
+            served_retriever=retrieval["model"],
+            store=store,
+            recommend_args={
+                "store": store,
+                "retrieval_index": retriever,
+                "ranker": ranker,
+                "n_candidates": n,
+                "ease": sources.ease if online["ease_candidates"] else None,
+            },
+            history_args=history_args,
+            ease=sources.ease,
+            user_histories=known[["user_id", "movie_id", "rating", "position"]].sort_values(["user_id", "position"]),
+            loaded=loaded,
+        )
+
+    # ---- requests -------------------------------------------------------------------------------------
+    def recommend(self, user_id: int, k: int) -> pd.DataFrame:
+        """The served list of a user of the run (`recommender.recommend`), with a reader's source names."""
+        from recsys.serving import recommender
+
+        with self._lock:  # one model call at a time: the 2 cores are the models', not the threads'
+            table = recommender.recommend(int(user_id), int(k), **self.recommend_args)
+        return self._named_sources(table)
+
+    def recommend_for_history(self, movie_ids: Sequence[int], k: int) -> pd.DataFrame:
+        """The list for someone who is not in the data: the sequential retriever, or EASE without it."""
+        from recsys.serving import recommender
+
+        watched = np.asarray(movie_ids, dtype=np.int64)
+        with self._lock:
+            if self.history_args is not None:
+                table = recommender.recommend_for_history(watched, int(k), **self.history_args)
+            else:
+                table = self._ease_for_history(watched, int(k))
+        return self._named_sources(table)
+
+    def _ease_for_history(self, watched: np.ndarray, k: int) -> pd.DataFrame:
+        """EASE's top k unseen movies for an ad-hoc history (a run without the sequential retriever)."""
+        from recsys.serving.recommender import RESULT_COLUMNS
+
+        ease = self.ease
+        self.store.movie_positions(watched)  # an unknown id is an error naming it
+        scores = ease.scores([watched])[0]
+        ids = np.asarray(ease.movie_ids)
+        order = np.argsort(-scores, kind="stable")
+        order = order[~np.isin(ids[order], watched)][:k]
+        positions = self.store.movie_positions(ids[order])
+        table = pd.DataFrame(
+            {
+                "rank": np.arange(1, len(order) + 1),
+                "movie_id": ids[order],
+                **self.store.movie_display(positions),
+                "source": "history (EASE)",
+                "retrieval_score": scores[order].astype(np.float64),
+                "score": scores[order].astype(np.float64),
+            }
+        )
+        return table[RESULT_COLUMNS]
+
+    def _named_sources(self, table: pd.DataFrame) -> pd.DataFrame:
+        retriever = "two-tower" if self.served_retriever == "two_tower" else "sequential"
+        names = {**_SOURCE_NAMES, "retrieval": retriever, "retrieval+ease": f"{retriever} + EASE"}
+        return table.assign(source_detail=table["source"].astype(str), source=table["source"].astype(str).map(names))
+
+    # ---- what the page shows beside a list ----------------------------------------------------------------
+    def knows_user(self, user_id: int) -> bool:
+        return self.store.user_position(int(user_id)) is not None
+
+    def check_movies(self, movie_ids: Sequence[int]) -> None:
+        """UnknownMovieError naming every id the run's catalogue lacks."""
+        self.store.movie_positions(np.asarray(movie_ids, dtype=np.int64))
+
+    def history(self, user_id: int, limit: int) -> pd.DataFrame:
+        """A user's latest train + val ratings, newest first: movie_id, rating, title, genres, year."""
+        rows = self.user_histories[self.user_histories["user_id"] == int(user_id)].iloc[::-1].head(limit)
+        positions = self.store.movie_positions(rows["movie_id"].to_numpy())
+        return pd.DataFrame(
+            {
+                "movie_id": rows["movie_id"].to_numpy(),
+                "rating": rows["rating"].to_numpy(),
+                **self.movie_fields(positions),
+            }
+        )
+
+    def search_movies(self, query: str, limit: int) -> pd.DataFrame:
+        """Movies whose title contains `query` (case-insensitive), the most popular first."""
+        movies = self.store.movies
+        hits = movies[movies["title"].str.contains(query, case=False, regex=False)]
+        hits = hits.sort_values("popularity_rank", kind="stable").head(limit)
+        return pd.DataFrame(
+            {"movie_id": hits.index.to_numpy(), **self.movie_fields(self.store.movie_positions(hits.index.to_numpy()))}
+        )
+
+    def movie_fields(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: np.asarray(values, dtype=object) for name, values in self.store.movie_display(positions).items()}
+
+    def user_ids(self) -> np.ndarray:
+        return self.store.users.index.to_numpy()

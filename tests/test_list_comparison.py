@@ -1,0 +1,52 @@
+"""Lists side by side: each row is the evaluator's metrics, the bootstrap std and NDCG relative to the baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.evaluation.full_ranking import ListEvaluator, bootstrap_spread
+from recsys.evaluation.list_comparison import compare_lists
+from tests.online_fixtures import tiny_tables
+
+
+@pytest.fixture(scope="module")
+def evaluated():
+    _, movies, interactions = tiny_tables()
+    evaluator = ListEvaluator.for_test(interactions, movies)
+    by_user = interactions.set_index("user_id")
+    test = by_user[by_user["split"] == "test"]["movie_id"]
+    train = by_user[by_user["split"] == "train"]["movie_id"].groupby(level=0).apply(list)
+    users = evaluator.users
+    lists = {
+        "seen": np.array([train[u][:2] for u in users]),  # never relevant
+        "oracle": np.array([[test[u], train[u][0]] for u in users]),  # the test movie first
+        "half": np.array([[test[u], train[u][0]] if i % 2 else [train[u][0], test[u]] for i, u in enumerate(users)]),
+    }
+    return evaluator, lists
+
+
+def test_rows_hold_the_evaluators_metrics_their_spread_and_ratios(evaluated):
+    evaluator, lists = evaluated
+    table = compare_lists(evaluator, lists, 2, 40, 3, relative_to=("oracle",))
+    assert table.index.tolist() == ["seen", "oracle", "half"]
+    for name, ids in lists.items():
+        for metric, value in evaluator.evaluate(ids, k=2).items():
+            assert table.loc[name, metric] == pytest.approx(value)
+    assert table.loc["oracle", "ndcg_at_2"] == pytest.approx(1.0) and table.loc["seen", "recall_at_2"] == 0
+    spread = bootstrap_spread({name: evaluator.per_user(ids, k=2) for name, ids in lists.items()}, 40, 3)
+    std = spread.set_index(["strategy", "metric"])["std"]
+    for name in lists:
+        assert table.loc[name, "ndcg_at_2_std"] == pytest.approx(std[(name, "ndcg_at_2")])
+        assert table.loc[name, "recall_at_2_std"] == pytest.approx(std[(name, "recall_at_2")])
+    assert table.loc["oracle", "ndcg_at_2_std"] == 0 and table.loc["half", "ndcg_at_2_std"] > 0
+    expected = table["ndcg_at_2"] / table.loc["oracle", "ndcg_at_2"]
+    pd.testing.assert_series_equal(table["ndcg_vs_oracle"], expected, check_names=False)
+    assert 0 < table.loc["half", "ndcg_vs_oracle"] < 1
+
+
+def test_an_unknown_baseline_is_named(evaluated):
+    evaluator, lists = evaluated
+    with pytest.raises(KeyError, match="ease"):
+        compare_lists(evaluator, lists, 2, 10, 0, relative_to=("ease",))
