@@ -103,3 +103,13 @@ def test_notebooks_stay_thin(notebook):
     """A notebook is a story of calls, figures and findings; the logic lives in recsys/ where tests reach it."""
     n = code_lines(notebook)
     assert n <= MAX_NOTEBOOK_CODE_LINES, f"{notebook.name} has {n} lines of code: move its logic into recsys/"
+
+
+def test_tests_mirror_the_packages():
+    """Tests of recsys/<layer>/ live in tests/<layer>/; the notebook chain in tests/notebooks/."""
+    from tests.test_layers import LAYERS
+
+    folders = {p.name for p in (PROJECT_ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    assert folders <= {*LAYERS, "notebooks"}, f"test folders that are no layer: {folders - {*LAYERS, 'notebooks'}}"
+    loose = sorted(p.name for p in (PROJECT_ROOT / "tests").glob("test_*.py"))
+    assert loose == ["test_layers.py", "test_structure.py"], f"tests outside a layer's folder: {loose}"

@@ -20,7 +20,7 @@ from recsys.data import download, loader, movielens, synthetic
 from recsys.data.download import DownloadError
 from recsys.data.movielens import DataError, DatasetSpec
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("RECSYS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 ML1M_USERS = ["1::F::1::10::48067", "2::M::56::16::70072", "3::M::25::15::T8N5H"]

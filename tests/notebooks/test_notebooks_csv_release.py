@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 import run_all
-from tests.conftest import PROJECT_ROOT
-from tests.test_notebooks import metrics, run_pipeline
+from tests.conftest import PROJECT_ROOT, run_pipeline
+from tests.notebooks.test_notebooks import metrics
 
 pytestmark = pytest.mark.slow
 
