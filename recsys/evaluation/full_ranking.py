@@ -327,8 +327,10 @@ class ListEvaluator:
 def grouped_ndcg(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
     """Mean NDCG@k of candidate lists scored by a ranker, the ideal list built from the list's own labels.
 
-    The measure a ranker is tuned on (LightGBM's `ndcg@k`): users whose list holds no relevant
-    movie are skipped. Ties are broken by the row order.
+    The one definition of the held-out NDCG every learned ranker reports: users whose list holds no
+    relevant movie are skipped (nothing to rank; the list evaluation on test likewise skips users
+    without held-out movies), where LightGBM's own `ndcg@k` counts them as 1. Ties are broken by the
+    row order.
 
     Args:
         scores, labels: one per candidate row (labels 1 = relevant), rows grouped by user.

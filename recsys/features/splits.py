@@ -1,7 +1,8 @@
 """Train/val/test splits of the ratings (DESIGN.md, "Protocols and metrics") and each user's timeline.
 
 Strategies: `random` (per user, seeded shares), `temporal` (per user by time: the latest shares
-to test and val) and `leave_last_out` (per user: the last rating to test, the one before to val).
+to test and val), `leave_last_out` (per user: the last rating to test, the one before to val) and
+`global_temporal` (two cut-off times for everyone: val and test are the ratings after them).
 Time order is `timeline_position`: by timestamp, ties broken by a seeded hash of (user, movie),
 so the order never depends on the rows' order in a file.
 """
@@ -13,9 +14,10 @@ import numbers
 import numpy as np
 import pandas as pd
 
-SPLIT_STRATEGIES = ("random", "temporal", "leave_last_out")
+SPLIT_STRATEGIES = ("random", "temporal", "leave_last_out", "global_temporal")
 SPLIT_NAMES = ("train", "val", "test")
 _TRAIN, _VAL, _TEST = range(3)
+_UNSCORED = -1  # no label (missing): a rating that is neither trained on nor evaluated (global_temporal)
 
 
 class SplitError(ValueError):
@@ -72,10 +74,12 @@ def assign_split(
     test_share: float = 0.1,
     seed: int = 42,
 ) -> pd.Series:
-    """Assign every rating to train, val or test, per user, so every user is seen in training.
+    """Assign every rating to train, val or test: per user (every user is seen in training) or by global cut-offs.
 
     Splitting per user (rather than over all ratings) keeps each user's history in train and
-    gives every evaluated user held-out items, which full-ranking retrieval metrics need.
+    gives every evaluated user held-out items, which full-ranking retrieval metrics need; but
+    train then holds other users' ratings from after a user's test period, which `global_temporal`
+    avoids.
 
     - random: each user's ratings are shuffled (seeded); round(test_share * n) go to test and
       round(val_share * n) to val (halves round up). A user with at least 3 ratings gets at least
@@ -86,16 +90,25 @@ def assign_split(
       val rating after every train rating (by timestamp; equal timestamps by the seeded tie rule).
     - leave_last_out: each user's last rating (timeline order) to test, the one before to val, the
       rest to train; a user with 2 ratings has no val, with 1 only train. The shares are not used.
+    - global_temporal: all ratings in one time order (by timestamp, equal timestamps by the same
+      seeded tie rule, so it agrees with every user's timeline); the latest round(test_share * N)
+      of the N ratings to test, the round(val_share * N) before them to val, the rest to train:
+      two cut-offs in time, the same for everyone, so every val and test rating comes after every
+      train rating (of any user), and every test rating after every val rating. A user with no
+      train rating (all their ratings after the first cut-off) cannot be scored: their ratings get
+      no label (missing), neither trained on nor evaluated; the caller drops and counts them.
+      Users whose ratings all precede the first cut-off have train ratings only.
 
     Args:
-        ratings: columns user_id and (temporal, leave_last_out) timestamp and movie_id; any row order and index.
+        ratings: columns user_id and (all but random) timestamp and movie_id; any row order and index.
         strategy: one of SPLIT_STRATEGIES.
-        val_share: share of each user's ratings in val (random, temporal).
-        test_share: share of each user's ratings in test (random, temporal).
+        val_share: share of each user's ratings in val (random, temporal); of all ratings (global_temporal).
+        test_share: share of each user's ratings in test (random, temporal); of all ratings (global_temporal).
         seed: seeds the random shuffle and the tie rule; the same seed and ratings give the same split.
 
     Returns:
-        A Categorical Series named "split" with categories ("train", "val", "test"), same index as ratings.
+        A Categorical Series named "split" with categories ("train", "val", "test"), same index as
+        ratings; missing only for global_temporal's unscored ratings.
 
     Raises:
         SplitError: unknown strategy, shares that are negative or sum to 1 or more, or missing columns.
@@ -108,6 +121,8 @@ def assign_split(
     if missing:
         raise SplitError(f"ratings lack the columns {missing} that split.strategy {strategy!r} needs")
 
+    if strategy == "global_temporal":
+        return _labels(_global_codes(ratings, val_share, test_share, seed), ratings.index)
     users = ratings["user_id"].to_numpy()
     if strategy == "random":
         shuffle_key = np.random.default_rng(seed).permutation(len(ratings))
@@ -128,7 +143,7 @@ def assign_split(
     codes_sorted[rank < n_test] = _TEST
     codes = np.empty_like(codes_sorted)
     codes[order] = codes_sorted
-    return pd.Series(pd.Categorical.from_codes(codes, categories=list(SPLIT_NAMES)), index=ratings.index, name="split")
+    return _labels(codes, ratings.index)
 
 
 def drop_sparse_users(ratings: pd.DataFrame, min_ratings: int) -> tuple[pd.DataFrame, int]:
@@ -174,7 +189,12 @@ def foldin_users(user_ids: np.ndarray, share: float, seed: int) -> np.ndarray:
 
 
 def held_out_for_sample(
-    split: pd.Series, user_ids: pd.Series, n_users: int, seed: int, excluded: np.ndarray | None = None
+    split: pd.Series,
+    user_ids: pd.Series,
+    n_users: int,
+    seed: int,
+    excluded: np.ndarray | None = None,
+    strategy: str = "random",
 ) -> pd.Series:
     """The split labels with val and test kept for a seeded sample of `n_users` users only.
 
@@ -182,6 +202,9 @@ def held_out_for_sample(
     at ML-25M's size (146k users x 62k movies) that is minutes per model and evaluation. With a
     sample, the other users' ratings all go to train (the models learn from them; nothing of
     theirs is scored), and every metric of the run is over the sample's held-out ratings.
+    Under global_temporal, train must hold no rating after the cut-offs: the sample is drawn from
+    the users with a val or test rating (many have train ratings only), and the other users'
+    val and test ratings get no label (missing; the caller drops them) instead of train.
 
     Args:
         split: each rating's label from `assign_split`.
@@ -189,11 +212,16 @@ def held_out_for_sample(
         n_users: users who keep their val and test ratings; 0 (or at least the number of users) keeps all.
         seed: the run's seed; the draw depends only on it and the set of users.
         excluded: users never drawn (the fold-in users, who leave the interactions anyway).
+        strategy: the split's strategy (`assign_split`); only global_temporal changes the above.
 
     Returns:
-        The labels (same type and index), "train" for every rating of a user outside the sample.
+        The labels (same type and index), "train" for every rating of a user outside the sample
+        (global_temporal: missing for their val and test ratings).
     """
-    distinct = np.unique(np.asarray(user_ids, np.int64))
+    user_ids = np.asarray(user_ids)
+    is_global = strategy == "global_temporal"
+    scorable = split.isin(["val", "test"]).to_numpy() if is_global else slice(None)
+    distinct = np.unique(user_ids[scorable].astype(np.int64))
     if n_users < 0:
         raise SplitError(f"split.eval_users must be >= 0 (0: every user), got {n_users}")
     if excluded is not None:
@@ -202,7 +230,35 @@ def held_out_for_sample(
         return split
     rng = np.random.default_rng([int(seed), 0xE7A1])  # a stream of its own, apart from the split and fold-in draws
     sampled = rng.choice(distinct, size=n_users, replace=False)
-    return split.where(np.isin(np.asarray(user_ids), sampled), "train")
+    in_sample = np.isin(user_ids, sampled)
+    if is_global:
+        return split.where(in_sample | (split == "train").to_numpy())
+    return split.where(in_sample, "train")
+
+
+def _global_codes(ratings: pd.DataFrame, val_share: float, test_share: float, seed: int) -> np.ndarray:
+    """Split codes of `global_temporal` (`assign_split`): two cut-offs in the time order of all ratings."""
+    users = ratings["user_id"].to_numpy()
+    # By timestamp, then the tie rule; (user, movie) pairs are unique, so the order is total.
+    order = np.lexsort(
+        (tie_break_key(users, ratings["movie_id"].to_numpy(), seed), ratings["timestamp"].to_numpy(dtype="int64"))
+    )
+    n = len(ratings)
+    n_test = min(int(np.floor(test_share * n + 0.5)), max(n - 1, 0))  # halves round up; one rating left to train
+    n_val = min(int(np.floor(val_share * n + 0.5)), max(n - 1 - n_test, 0))
+    codes_sorted = np.full(n, _TRAIN, dtype=np.int8)
+    codes_sorted[n - n_test - n_val :] = _VAL
+    codes_sorted[n - n_test :] = _TEST
+    codes = np.empty_like(codes_sorted)
+    codes[order] = codes_sorted
+    has_train = pd.Series(codes == _TRAIN).groupby(users).transform("any").to_numpy(bool)
+    codes[~has_train] = _UNSCORED
+    return codes
+
+
+def _labels(codes: np.ndarray, index: pd.Index) -> pd.Series:
+    """The split column from codes (_TRAIN, _VAL, _TEST; _UNSCORED becomes missing)."""
+    return pd.Series(pd.Categorical.from_codes(codes, categories=list(SPLIT_NAMES)), index=index, name="split")
 
 
 def _split_sizes(size: np.ndarray, val_share: float, test_share: float) -> tuple[np.ndarray, np.ndarray]:

@@ -72,16 +72,25 @@ class TwoTowerRatingModel(tfrs.Model):
             parts.append(self.context(features))
         return parts
 
-    def _forward(self, features: dict[str, tf.Tensor], training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    def _forward(self, features: dict[str, tf.Tensor], training: bool) -> tuple[tf.Tensor, TowerOutput, TowerOutput]:
+        """Predicted ratings, and the two towers' outputs (their vectors and biases are penalised)."""
         user, movie = self.user_tower(features), self.movie_tower(features)
         prediction = self.global_mean + user.bias + movie.bias + tf.reduce_sum(user.vector * movie.vector, axis=-1)
         if self.head is not None:
             head_inputs = tf.concat(self._head_inputs(user, movie, features), axis=-1)
             prediction += tf.squeeze(self.head(head_inputs, training=training), -1)
-        penalty = self.config.l2 * (user.vector_l2 + movie.vector_l2) + self.config.bias_l2 * (
+        return prediction, user, movie
+
+    def _batch_penalty(self, user: TowerOutput, movie: TowerOutput) -> tf.Tensor:
+        """The L2 penalty of the batch's vectors and biases: a mean over the batch."""
+        return self.config.l2 * (user.vector_l2 + movie.vector_l2) + self.config.bias_l2 * (
             user.bias_l2 + movie.bias_l2
         )
-        return prediction, penalty
+
+    def _example_penalties(self, user: TowerOutput, movie: TowerOutput) -> tf.Tensor:
+        """The same penalty per example (its mean over the batch is `_batch_penalty`)."""
+        vectors = tf.reduce_sum(tf.square(user.vector), axis=-1) + tf.reduce_sum(tf.square(movie.vector), axis=-1)
+        return self.config.l2 * vectors + self.config.bias_l2 * (tf.square(user.bias) + tf.square(movie.bias))
 
     def id_variables(self) -> list[tf.Variable]:
         """The per-user and per-movie parameters: id embeddings and biases (sparse, row-wise updates)."""
@@ -118,16 +127,20 @@ class TwoTowerRatingModel(tfrs.Model):
         """Mean squared error plus the L2 penalty, both means over the batch.
 
         On one worker of several (`distributed.sharded_batches`), the batch is that worker's share
-        of a global batch and each example carries `EXAMPLE_WEIGHT` = 1 / the global batch's size:
-        the local means are scaled by the share (sum of the weights), so the sum the all-reduce
-        makes is the global batch's mean loss, the loss one process would have computed.
+        of a global batch and each example carries `EXAMPLE_WEIGHT` = 1 / the global batch's size.
+        The loss is then the weighted sum of the examples' squared errors and penalties, so the sum
+        the all-reduce makes is the global batch's mean loss, the loss one process would have
+        computed. It is a sum, not a mean scaled by the share: a share left empty (a last global
+        batch with fewer examples than workers) adds exactly 0 to the loss and to the gradient,
+        where a mean of no examples would be NaN.
         """
         features, ratings = inputs
-        prediction, penalty = self._forward(features, training)
-        loss = self.task(labels=ratings, predictions=prediction) + penalty
-        if EXAMPLE_WEIGHT in features:
-            loss *= tf.reduce_sum(features[EXAMPLE_WEIGHT])
-        return loss
+        prediction, user, movie = self._forward(features, training)
+        if EXAMPLE_WEIGHT not in features:
+            return self.task(labels=ratings, predictions=prediction) + self._batch_penalty(user, movie)
+        # a column per example: the MSE (reduction NONE) averages the last axis only, giving each squared error
+        errors = self.task(labels=ratings[:, None], predictions=prediction[:, None])
+        return tf.reduce_sum(features[EXAMPLE_WEIGHT] * (errors + self._example_penalties(user, movie)))
 
 
 def build_rating_model(cardinalities: dict[str, int], config: RatingConfig, global_mean: float) -> TwoTowerRatingModel:

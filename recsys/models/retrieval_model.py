@@ -107,7 +107,12 @@ class TwoTowerRetrievalModel(tfrs.Model):
         )
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """In-batch softmax loss of a batch of (user, watched movie) pairs.
+        """In-batch softmax loss of a batch of (user, watched movie) pairs, summed over the pairs.
+
+        A batch of no pairs (a worker's share of a last global batch with fewer examples than
+        workers, `distributed.sharded_batches`) has the sum over nothing: exactly 0, with a zero
+        gradient. TFRS cannot compute it (its accidental-hit removal takes an argmax over no
+        candidates, and the softmax cross-entropy fails on an empty batch), so it is not asked to.
 
         Args:
             features: user, movie (and context) inputs of each pair, plus, with logQ correction,
@@ -116,13 +121,21 @@ class TwoTowerRetrievalModel(tfrs.Model):
         query_embeddings = self.query_tower(features)
         candidate_embeddings = self.candidate_tower(features)
         probability = features[SAMPLING_PROBABILITY] if self.config.logq_correction else None
-        return self.task(
-            query_embeddings,
-            candidate_embeddings,
-            candidate_sampling_probability=probability,
-            candidate_ids=features["movie_id"],
-            compute_metrics=False,
-        )
+
+        def softmax_loss() -> tf.Tensor:
+            return self.task(
+                query_embeddings,
+                candidate_embeddings,
+                candidate_sampling_probability=probability,
+                candidate_ids=features["movie_id"],
+                compute_metrics=False,
+            )
+
+        def no_pairs() -> tf.Tensor:  # 0, still read from the towers: every tower variable gets its (zero) gradient
+            return tf.reduce_sum(query_embeddings) + tf.reduce_sum(candidate_embeddings)
+
+        # the branch runs on the embeddings, not the tables: a sparse gradient stays sparse (no row for an empty share)
+        return tf.cond(tf.size(features["movie_id"]) > 0, softmax_loss, no_pairs)
 
 
 def model_inputs(config: RetrievalConfig, available: Iterable[str]) -> tuple[list[str], list[str], list[str]]:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.core.io import atomic_dir
+from recsys.evaluation.full_ranking import grouped_ndcg
 from recsys.ranking.ranker_features import CATEGORICAL
 from recsys.ranking.ranker_state import read_state, write_state
 
@@ -36,7 +37,11 @@ class LambdaRankRanker:
     Each user is a query group; a candidate the user went on to watch is relevant (label 1). The
     trees see every feature of `recsys.ranking.ranker_features`, the demographic codes as categories.
     Hyper-parameters are chosen on held-out users of the training stage (`fit` takes them as the
-    validation set) with early stopping on their NDCG@10.
+    validation set) with early stopping on their NDCG@10. The NDCG@10 it reports (`valid_ndcg_at_10`)
+    is `grouped_ndcg` of its held-out predictions, the definition every ranker reports: users whose
+    candidates hold no relevant movie are skipped. Early stopping watches LightGBM's `ndcg@10`, which
+    counts such users as 1; on a fixed validation set that is an increasing affine function of
+    `grouped_ndcg` (n_relevant / n_users * grouped_ndcg + n_without / n_users), so it keeps the same trees.
 
     Args:
         features: the feature columns, in order.
@@ -93,6 +98,8 @@ class LambdaRankRanker:
     ) -> LambdaRankRanker:
         """Train; with a validation set, stop when its NDCG@10 has not improved for `early_stopping_rounds`.
 
+        With a validation set, `valid_ndcg_at_10` is `grouped_ndcg` of the kept trees' predictions on it.
+
         Args:
             X, y, groups: features, labels (1 = watched) and rows per user of the training users.
             X_valid, y_valid, groups_valid: held-out users for early stopping (optional).
@@ -114,7 +121,11 @@ class LambdaRankRanker:
             callbacks=callbacks,
         )
         self.best_iteration = self.booster.best_iteration or self.booster.current_iteration()
-        self.valid_ndcg_at_10 = float(self.booster.best_score["valid_0"]["ndcg@10"]) if valid_sets else None
+        self.valid_ndcg_at_10 = (
+            grouped_ndcg(self.predict(X_valid), np.asarray(y_valid), np.asarray(groups_valid), k=10)
+            if valid_sets
+            else None
+        )
         self.fit_s = time.perf_counter() - started
         return self
 

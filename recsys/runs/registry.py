@@ -28,6 +28,9 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "rating_jobs": ("04_two_tower_rating", "distributed_jobs"),  # distribute.strategy multi_worker: jobs, logs
     "feature_store": ("06_retrieval_ranking", "feature_store"),
     "two_stage_candidates": ("06_retrieval_ranking", "candidates.parquet"),
+    # the val stage (train history, candidates excluding train) the exploration settings are chosen on
+    "val_feature_store": ("06_retrieval_ranking", "val_feature_store"),
+    "val_stage_candidates": ("06_retrieval_ranking", "val_candidates.parquet"),  # with the served ranker's score
     # the retrieval model folder holds its own encoder.json (a refit on train + val has its own vocabularies)
     "retrieval_model": ("05_retrieval", "retrieval_model"),
     "retrieval_jobs": ("05_retrieval", "distributed_jobs"),  # distribute.strategy multi_worker: jobs, logs

@@ -232,10 +232,13 @@ def split_comparison(run_dir: Path) -> list[dict]:
     strategies are present, so a lone run shows no comparison.
 
     Returns:
-        One dict per run (this one first): run, strategy, and `<metric>_<model>` for RETRIEVAL_METRICS x SPLIT_COMPARISON_MODELS.
+        One dict per run (this one first): run, strategy, test_users and test_ratings (what each
+        strategy evaluates: `global_temporal` scores only users with ratings before its cut-offs),
+        and `<metric>_<model>` for RETRIEVAL_METRICS x SPLIT_COMPARISON_MODELS.
     """
 
     retrieval_stage = ARTIFACTS["retrieval_model"][0]
+    split_stage = ARTIFACTS["interactions"][0]
 
     def describe(folder: Path) -> dict | None:
         manifest_path = folder / MANIFEST
@@ -244,6 +247,7 @@ def split_comparison(run_dir: Path) -> list[dict]:
         try:
             params = json.loads(manifest_path.read_text())["params"]
             metrics = read_metrics(folder, retrieval_stage)
+            split_metrics = read_metrics(folder, split_stage)
         except (OSError, ValueError, KeyError):
             return None  # a run being written or a broken folder: not comparable
         if not metrics:
@@ -254,7 +258,9 @@ def split_comparison(run_dir: Path) -> list[dict]:
         values = {
             f"{m}_{model}": metrics.get(f"{m}_{model}") for m in RETRIEVAL_METRICS for model in SPLIT_COMPARISON_MODELS
         }
-        return {"run": folder.name, "strategy": params.get("split", {}).get("strategy"), "data": same_data, **values}
+        held_out = {"test_users": split_metrics.get("n_test_users"), "test_ratings": split_metrics.get("n_test")}
+        strategy = params.get("split", {}).get("strategy")
+        return {"run": folder.name, "strategy": strategy, "data": same_data, **held_out, **values}
 
     this = describe(Path(run_dir))
     if this is None:
@@ -276,6 +282,10 @@ def _split_comparison_html(run_dir: Path) -> str:
     body = "".join(
         f"<tr><td>{html.escape(row['run'])}</td><td>{html.escape(str(row['strategy']))}</td>"
         + "".join(
+            '<td class="num">–</td>' if row[key] is None else f'<td class="num">{_format_value(row[key])}</td>'
+            for key in ("test_users", "test_ratings")
+        )
+        + "".join(
             '<td class="num">–</td>'
             if row[f"{m}_{model}"] is None
             else f'<td class="num">{row[f"{m}_{model}"]:.4f}</td>'
@@ -288,7 +298,11 @@ def _split_comparison_html(run_dir: Path) -> str:
     return (
         "<h3>Retrieval under each split strategy (runs on the same data and seed; test split, full catalogue, "
         "train and val movies excluded)</h3>"
-        f"<table><tr><th>run</th><th>split</th>{header}</tr>{body}</table>"
+        "<p>random, temporal and leave_last_out hold out a part of each user's ratings (temporal: the latest, "
+        "so train holds other users' later ratings); global_temporal holds out the ratings after two cut-off "
+        "times shared by all users, so train holds nothing later, and scores only the users with a rating "
+        "before the first.</p>"
+        f"<table><tr><th>run</th><th>split</th><th>test users</th><th>test ratings</th>{header}</tr>{body}</table>"
     )
 
 

@@ -1,4 +1,4 @@
-"""Splits (DESIGN §5): complete and disjoint, per-user proportions, seeded, temporal order, bad params."""
+"""Splits (DESIGN §5): complete and disjoint, per-user proportions, seeded, temporal order, global cut-offs, bad params."""
 
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ def counts_per_user(ratings: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
     return pd.crosstab(ratings["user_id"], split).reindex(columns=["train", "val", "test"], fill_value=0)
 
 
-@pytest.mark.parametrize("strategy", SPLIT_STRATEGIES)
+PER_USER_STRATEGIES = [name for name in SPLIT_STRATEGIES if name != "global_temporal"]
+
+
+@pytest.mark.parametrize("strategy", PER_USER_STRATEGIES)
 def test_split_is_complete_disjoint_and_aligned(strategy):
     ratings = make_ratings(SIZES)
     split = assign_split(ratings, strategy=strategy)
@@ -147,6 +150,83 @@ def test_temporal_ties_follow_the_seeded_rule_not_the_row_order():
     assert not other.equals(split) and counts_per_user(ratings, other).equals(counts_per_user(ratings, split))
 
 
+def global_order(ratings: pd.DataFrame, seed: int) -> pd.Index:
+    """The ratings' index in the order of time, equal timestamps by the tie rule: what the global cut-offs cut."""
+    key = tie_break_key(ratings["user_id"].to_numpy(), ratings["movie_id"].to_numpy(), seed)
+    return ratings.index[np.lexsort((key, ratings["timestamp"].to_numpy()))]
+
+
+def test_global_temporal_puts_every_val_and_test_rating_after_every_train_rating():
+    ratings = make_ratings(SIZES | dict.fromkeys(range(10, 60), 12))
+    ratings["timestamp"] //= 7  # many ties, some of them across a cut-off
+    split = assign_split(ratings, "global_temporal", val_share=0.15, test_share=0.1, seed=5)
+    assert split.index.equals(ratings.index) and list(split.cat.categories) == ["train", "val", "test"]
+    labelled = split[global_order(ratings, 5)].dropna()
+    ranks = {"train": 0, "val": 1, "test": 2}
+    assert labelled.map(ranks).astype(int).is_monotonic_increasing  # strictly after, ties by the rule
+    stamps = ratings.loc[labelled.index, "timestamp"].groupby(labelled, observed=True)
+    assert stamps.max()["train"] <= stamps.min()["val"] and stamps.max()["val"] <= stamps.min()["test"]
+    # the shares are of all ratings: exact before the unscored users' ratings leave
+    n = len(ratings)
+    assert (split.isin(["val", "test"]) | split.isna()).sum() == round(0.25 * n)
+    shares = split.value_counts(normalize=True, dropna=False)
+    assert abs(shares["test"] - 0.1) < 0.02 and abs(shares["val"] - 0.15) < 0.02
+    # and every user's own timeline agrees: train, then val, then test
+    frame = ratings.assign(split=split.map(ranks), position=timeline_position(ratings, 5)).dropna()
+    for _, group in frame.sort_values("position").groupby("user_id"):
+        assert group["split"].is_monotonic_increasing
+
+
+def test_global_temporal_leaves_users_without_a_train_rating_unscored():
+    # user 1 rates early and late, user 2 only after the first cut-off, user 3 only before it
+    ratings = pd.DataFrame(
+        {
+            "user_id": [1] * 8 + [2] * 2 + [3] * 10,
+            "movie_id": np.arange(20),
+            "timestamp": [0, 1, 2, 3, 4, 5, 20, 22] + [21, 23] + list(range(6, 16)),
+        }
+    )
+    split = assign_split(ratings, "global_temporal", val_share=0.1, test_share=0.1, seed=1)
+    # the latest 2 of the 20 ratings (22, 23) to test, the 2 before (20, 21) to val
+    assert split[ratings["user_id"] == 1].tolist() == ["train"] * 6 + ["val", "test"]
+    assert split[ratings["user_id"] == 2].isna().all()  # no train rating: cannot be scored, not evaluated
+    assert (split[ratings["user_id"] == 3] == "train").all()  # everything before the cut-offs
+
+
+def test_global_temporal_ties_at_a_cut_off_follow_the_seeded_rule_not_the_row_order():
+    # 4 users x 5 ratings: 10 at distinct early times, the other 10 in one second across both cut-offs
+    ratings = pd.DataFrame(
+        {"user_id": np.repeat([1, 2, 3, 4], 5), "movie_id": np.arange(20) * 7 + 1, "timestamp": [100] * 20}
+    )
+    ratings.loc[ratings["movie_id"] % 2 == 1, "timestamp"] = np.arange(10)  # even index rows: early
+    split = assign_split(ratings, "global_temporal", val_share=0.2, test_share=0.2, seed=3)
+    tied = ratings.index[ratings["timestamp"] == 100]
+    key = tie_break_key(ratings.loc[tied, "user_id"].to_numpy(), ratings.loc[tied, "movie_id"].to_numpy(), 3)
+    by_rule = tied[np.argsort(key)]  # the tied ratings, earliest first by the rule
+    assert split[by_rule].tolist() == ["train"] * 2 + ["val"] * 4 + ["test"] * 4  # 4 of 20 each, from the end
+    assert (split[ratings["timestamp"] < 100] == "train").all()
+    shuffled = ratings.sample(frac=1, random_state=1)
+    assert assign_split(shuffled, "global_temporal", 0.2, 0.2, seed=3).loc[split.index].equals(split)
+    assert assign_split(ratings, "global_temporal", 0.2, 0.2, seed=3).equals(split)  # deterministic
+    other = assign_split(ratings, "global_temporal", 0.2, 0.2, seed=4)
+    assert not other.equals(split)  # another seed orders the ties differently
+
+
+def test_global_temporal_eval_sample_keeps_train_free_of_later_ratings():
+    ratings = make_ratings(dict.fromkeys(range(1, 41), 30))
+    split = assign_split(ratings, "global_temporal", 0.1, 0.1, seed=3)
+    scorable = set(ratings.loc[split.isin(["val", "test"]), "user_id"])
+    excluded = np.array(sorted(scorable)[:5])
+    kept = held_out_for_sample(split, ratings["user_id"], 10, 3, excluded=excluded, strategy="global_temporal")
+    evaluated = set(ratings.loc[kept.isin(["val", "test"]), "user_id"])
+    assert len(evaluated) == 10 and evaluated <= scorable and not evaluated & set(excluded)
+    assert kept[split == "train"].eq("train").all()  # train is untouched...
+    assert kept[kept == "train"].index.equals(split[split == "train"].index)  # ...and gains nothing later
+    others = ~ratings["user_id"].isin(evaluated) & split.isin(["val", "test"])
+    assert kept[others].isna().all()  # the others' held-out ratings: no label (dropped by the caller)
+    assert held_out_for_sample(split, ratings["user_id"], 0, 3, strategy="global_temporal") is split
+
+
 def test_timeline_position_orders_by_time_then_the_tie_rule():
     ratings = make_ratings({1: 30, 2: 12})
     ratings.loc[ratings.index[:10], "timestamp"] = 1  # ties across both users
@@ -197,7 +277,7 @@ def test_foldin_users_are_seeded_and_sized():
 
 def test_empty_ratings_give_an_empty_split():
     empty = make_ratings({1: 3}).iloc[:0]
-    assert len(assign_split(empty)) == 0 and len(assign_split(empty, "temporal")) == 0
+    assert all(len(assign_split(empty, strategy)) == 0 for strategy in SPLIT_STRATEGIES)
 
 
 @pytest.mark.parametrize(
@@ -219,9 +299,10 @@ def test_bad_params_name_the_key(kwargs, key):
         assert all(name in str(err.value) for name in SPLIT_STRATEGIES)
 
 
-def test_temporal_needs_timestamps():
+@pytest.mark.parametrize("strategy", ["temporal", "global_temporal"])
+def test_temporal_needs_timestamps(strategy):
     with pytest.raises(SplitError, match="timestamp"):
-        assign_split(make_ratings({1: 5}).drop(columns="timestamp"), strategy="temporal")
+        assign_split(make_ratings({1: 5}).drop(columns="timestamp"), strategy=strategy)
 
 
 def test_drop_sparse_users():

@@ -171,33 +171,39 @@ def test_smoke_two_stage_metrics(smoke_run):
 EXPLORATION_KEYS = ("recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini")
 
 
-def settings_of(m: dict) -> list[str]:
-    return [k.removeprefix("recall_at_10_") for k in m if k.startswith("recall_at_10_")]
+def settings_of(m: dict, prefix: str = "") -> list[str]:
+    return [k.removeprefix(f"{prefix}recall_at_10_") for k in m if k.startswith(f"{prefix}recall_at_10_")]
 
 
 def test_smoke_exploration_metrics(smoke_run):
+    # 07 and 08 choose on val: the sweep is in the val_ keys; test holds the chosen setting and its reference only
     m7 = metrics(smoke_run, "07_explore_weighted_sampling")
-    assert "deterministic" in settings_of(m7) and len(settings_of(m7)) >= 2
-    for setting in settings_of(m7):
-        assert all(f"{key}_{setting}" in m7 for key in EXPLORATION_KEYS + ("kendall_tau_mean",))
-    temps = sorted((float(s.removeprefix("temp_")), s) for s in settings_of(m7) if s.startswith("temp_"))
+    assert m7["setting_chosen_on"] == "val" and set(settings_of(m7)) == {"deterministic", m7["setting_chosen"]}
+    assert "deterministic" in settings_of(m7, "val_") and len(settings_of(m7, "val_")) >= 2
+    for setting in settings_of(m7, "val_"):
+        assert all(f"val_{key}_{setting}" in m7 for key in EXPLORATION_KEYS + ("kendall_tau_mean",))
+    temps = sorted((float(s.removeprefix("temp_")), s) for s in settings_of(m7, "val_") if s.startswith("temp_"))
     # hotter sampling strays further from the ranked order and spreads recommendations wider
-    taus = [m7[f"kendall_tau_mean_{s}"] for _, s in temps]
-    assert m7["kendall_tau_mean_deterministic"] == 1.0 and taus == sorted(taus, reverse=True)
-    assert m7[f"coverage_at_10_{temps[-1][1]}"] > m7["coverage_at_10_deterministic"]
+    taus = [m7[f"val_kendall_tau_mean_{s}"] for _, s in temps]
+    assert m7["val_kendall_tau_mean_deterministic"] == 1.0 and taus == sorted(taus, reverse=True)
+    assert m7[f"val_coverage_at_10_{temps[-1][1]}"] > m7["val_coverage_at_10_deterministic"]
 
     m8 = metrics(smoke_run, "08_explore_gaussian_noise")
+    assert m8["setting_chosen_on"] == "val" and m8["setting_chosen"] in settings_of(m8)
     for view in ("", "served_"):
-        assert m8[f"overlap_at_10_with_noiseless_{view}sigma_0"] == 1.0
+        assert m8[f"val_overlap_at_10_with_noiseless_{view}sigma_0"] == 1.0
         sigmas = sorted(
-            (float(s.removeprefix(f"{view}sigma_")), s) for s in settings_of(m8) if s.startswith(f"{view}sigma_")
+            (float(s.removeprefix(f"{view}sigma_")), s)
+            for s in settings_of(m8, "val_")
+            if s.startswith(f"{view}sigma_")
         )
-        overlaps = [m8[f"overlap_at_10_with_noiseless_{s}"] for _, s in sigmas]
+        overlaps = [m8[f"val_overlap_at_10_with_noiseless_{s}"] for _, s in sigmas]
         assert overlaps == sorted(overlaps, reverse=True) and overlaps[-1] < 1.0
     # noise on the retrieval vectors widens retrieval's lists; the served list is reordered by a ranker
     # whose features are noiseless, so its coverage need not grow (the overlaps above show it changes)
-    noisiest = max((s for s in settings_of(m8) if s.startswith("sigma_")), key=lambda s: float(s[len("sigma_") :]))
-    assert m8[f"coverage_at_10_{noisiest}"] > m8["coverage_at_10_sigma_0"]
+    swept = [s for s in settings_of(m8, "val_") if s.startswith("sigma_")]
+    noisiest = max(swept, key=lambda s: float(s[len("sigma_") :]))
+    assert m8[f"val_coverage_at_10_{noisiest}"] > m8["val_coverage_at_10_sigma_0"]
 
     m9 = metrics(smoke_run, "09_explore_least_viewed")
     (explore,) = [s for s in settings_of(m9) if s.startswith("least_viewed")]
@@ -301,7 +307,11 @@ def test_run_summary_compares_every_strategy(smoke_run):
     index = (smoke_run / "reports" / "index.html").read_text()
     assert "Comparison across the run" in index and 'src="summary_tradeoff.png"' in index
     assert (smoke_run / "reports" / "summary_tradeoff.png").stat().st_size > 10_000
-    for name in ("two_tower", "svd", "two_stage", "temp_1", "sigma_0.4", "ease"):
+    chosen = [
+        metrics(smoke_run, stage)["setting_chosen"]
+        for stage in ("07_explore_weighted_sampling", "08_explore_gaussian_noise")
+    ]
+    for name in ("two_tower", "svd", "two_stage", "ease", "deterministic", *chosen):  # 07/08: the chosen setting
         assert f">{name}<" in index
 
 

@@ -235,6 +235,34 @@ def test_rankers_learn_a_planted_signal_and_reload_with_identical_scores(tmp_pat
     np.testing.assert_array_equal(reloaded.predict(test.features), scores)
 
 
+@pytest.mark.parametrize("name", ["lambdarank", "dcn"])
+def test_both_rankers_report_the_holdout_ndcg_of_grouped_ndcg_skipping_users_without_a_relevant_candidate(name):
+    from recsys.ranking.rankers import make_ranker
+
+    fit, valid = planted(n_users=120, width=10), planted(n_users=40, width=10, seed=1)
+    no_relevant = np.where(valid.candidates["user_id"].to_numpy() == 0, 0.0, valid.labels).astype(np.float32)
+    valid = StageData(valid.candidates, valid.features, no_relevant)  # user 0 surely has no relevant candidate
+    relevant = np.add.reduceat(valid.labels, np.r_[0, np.cumsum(valid.groups)[:-1]]) > 0
+    assert 0 < (~relevant).sum() < len(relevant)
+    features = ["retrieval_score", "retrieval_rank", "gender"]
+    if name == "lambdarank":
+        lgb = DEFAULTS["ranker"]["lambdarank"]
+        params = {"num_leaves": 7, "min_child_samples": 20, "learning_rate": lgb["learning_rate"]}
+        fit_args = {"num_boost_round": 30, "early_stopping_rounds": 10}
+    else:
+        params, fit_args = {**DEFAULTS["ranker"]["dcn"], "max_epochs": 2}, {}
+    ranker = make_ranker(name, features, params, seed=1).fit(
+        fit.features, fit.labels, fit.groups, valid.features, valid.labels, valid.groups, **fit_args
+    )
+    expected = grouped_ndcg(ranker.predict(valid.features), valid.labels, valid.groups, k=10)
+    assert expected < 1
+    assert ranker.valid_ndcg_at_10 == pytest.approx(expected, rel=1e-9)
+    if name == "lambdarank":  # LightGBM's own ndcg@10 (early stopping) counts the users without one as 1
+        lightgbm = ranker.booster.best_score["valid_0"]["ndcg@10"]
+        assert lightgbm == pytest.approx((relevant.sum() * expected + (~relevant).sum()) / len(relevant), rel=1e-9)
+        assert lightgbm > expected + 0.01
+
+
 def test_grouped_ndcg_and_top_k_lists_by_hand():
     scores, labels = np.array([0.9, 0.1, 0.5, 0.2, 0.3]), np.array([0.0, 1.0, 0.0, 1.0, 0.0])
     # user A (3 rows): relevant ranked 3rd of 3; user B (2 rows): relevant ranked 2nd of 2

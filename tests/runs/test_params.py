@@ -33,6 +33,13 @@ def test_file_then_overrides_merge_in_order(tmp_path):
     assert params["seed"] == 7 and params["data_dir"] == "/x"
 
 
+@pytest.mark.parametrize("strategy", ["random", "temporal", "leave_last_out", "global_temporal"])
+def test_every_split_strategy_is_accepted_and_documented(strategy):
+    assert load_params(overrides=[f"split.strategy={strategy}"])["split"]["strategy"] == strategy
+    comment = DEFAULT_PARAMS_FILE.read_text().split("split:", 1)[1].split("val_share:", 1)[0]
+    assert strategy in comment  # the schema's comment lists it
+
+
 def test_override_values_are_yaml_typed():
     assert parse_override("split.val_share=0.2") == (["split", "val_share"], 0.2)
     assert parse_override("data_dir=null") == (["data_dir"], None)
@@ -49,7 +56,7 @@ def test_override_values_are_yaml_typed():
         ("geo=zipcodes", "geo in override -p geo=zipcodes: expected a group of keys"),
         ("dataset=ml-30m", "must be one of ml-1m, ml-100k, ml-10m, ml-20m, ml-25m, synthetic"),
         ("synthetic.format=ml-100k", "must be one of ml-1m, ml-25m"),
-        ("split.strategy=leave-one-out", "must be one of random, temporal, leave_last_out"),
+        ("split.strategy=leave-one-out", "must be one of random, temporal, leave_last_out, global_temporal"),
         ("split.foldin_share=1.0", "split.foldin_share=1.0: must be a share in [0, 1)"),
         ("split.foldin_given=[0]", "split.foldin_given"),
         ("retrieval.model=gru", "retrieval.model='gru': must be one of two_tower, sequential"),

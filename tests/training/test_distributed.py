@@ -141,6 +141,74 @@ def test_weighted_shares_of_a_batch_sum_to_the_batch_loss():
     assert shares == pytest.approx(whole, rel=1e-6)
 
 
+def _loss_and_gradients(model, batch) -> tuple[float, list[np.ndarray]]:
+    """The model's loss of a batch and its gradients, traced as `fit` runs them (tf.function)."""
+    import tensorflow as tf
+
+    @tf.function
+    def step(batch):
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(batch, training=True)
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    loss, gradients = step(batch)
+    assert all(gradient is not None for gradient in gradients)
+    return float(loss), [tf.convert_to_tensor(gradient).numpy() for gradient in gradients]
+
+
+@pytest.mark.filterwarnings("ignore:In loss categorical_crossentropy")  # the one-example share: a 1 x 1 softmax
+def test_an_empty_share_of_the_last_global_batch_adds_zero_loss_and_gradient():
+    """5 examples in global batches of 4 on 3 workers: the last batch (1 example) leaves two workers nothing.
+
+    Their losses are sums over no examples: 0, with zero gradients (a mean of nothing was NaN for
+    the rating model; TFRS's in-batch softmax failed on no pairs), and the shares still add up to
+    the one-process loss of that batch.
+    """
+    import tensorflow as tf
+
+    from recsys.models.configs import RatingConfig, RetrievalConfig
+    from recsys.models.rating_model import build_rating_model
+    from recsys.models.retrieval_model import SAMPLING_PROBABILITY, build_retrieval_model
+    from recsys.runs.params import load_params
+
+    n, batch, workers = 5, 4, 3
+    rng = np.random.default_rng(0)
+    features = {"user_id": rng.integers(1, 5, n).astype(np.int32), "movie_id": rng.integers(1, 7, n).astype(np.int32)}
+    ratings = rng.integers(1, 6, n).astype(np.float32)
+    dataset_fn = distributed.sharded_batches(features, ratings, batch, seed=3)
+    last = [_epochs(dataset_fn, part, workers, 2)[1] for part in range(workers)]  # each worker's share of batch 2
+    assert [len(share_labels) for _, share_labels in last] == [0, 0, 1]
+
+    cardinalities = {"user_id": 5, "movie_id": 7, "genres": 2, "title": 3}
+    params = load_params()
+    rating_config = dataclasses.replace(RatingConfig.from_params(params["rating"]), features=["ids"], embedding_dim=4)
+    model = build_rating_model(cardinalities, rating_config, 3.5)
+    losses = []
+    for share, share_labels in last:
+        loss, gradients = _loss_and_gradients(model, ({k: tf.constant(v) for k, v in share.items()}, share_labels))
+        assert np.isfinite(loss) and all(np.isfinite(gradient).all() for gradient in gradients)
+        if len(share_labels) == 0:
+            assert loss == 0.0 and not any(gradient.any() for gradient in gradients)
+        losses.append(loss)
+    whole, labels = last[2][0], last[2][1]
+    one_process = float(model.compute_loss(({k: tf.constant(whole[k]) for k in features}, tf.constant(labels))))
+    assert sum(losses) == pytest.approx(one_process, rel=1e-6)
+
+    retrieval_config = dataclasses.replace(
+        RetrievalConfig.from_params(params["retrieval"]), features=["ids"], embedding_dim=4
+    )
+    assert retrieval_config.remove_accidental_hits and retrieval_config.logq_correction  # the paths that failed
+    retrieval = build_retrieval_model(cardinalities, retrieval_config)
+    pairs = {**features, SAMPLING_PROBABILITY: np.full(n, 0.2, np.float32)}
+    for share in (
+        _epochs(distributed.sharded_batches(pairs, None, batch, 3), part, workers, 2)[1] for part in range(3)
+    ):
+        loss, gradients = _loss_and_gradients(retrieval, {k: tf.constant(v) for k, v in share.items()})
+        assert np.isfinite(loss) and all(np.isfinite(gradient).all() for gradient in gradients)
+        if len(share["movie_id"]) == 0:
+            assert loss == 0.0 and not any(gradient.any() for gradient in gradients)
+
+
 # ---- two workers over loopback -------------------------------------------------------------------
 
 

@@ -245,7 +245,9 @@ def sharded_batches(
     parts, one per worker: one worker reads the same batches as the single-process
     `rating_training.training_dataset`, n workers read them split n ways. Each example carries
     `EXAMPLE_WEIGHT` = 1 / its global batch's size, so a loss summed with those weights on each
-    worker and summed again by the all-reduce is the global batch's mean.
+    worker and summed again by the all-reduce is the global batch's mean. A global batch with
+    fewer examples than workers (the last one, at most) leaves some workers an empty share: the
+    models' losses are sums over the share, so such a share adds exactly 0 loss and 0 gradient.
 
     The dataset runs forever from `first_epoch` (Keras keeps one iterator across epochs with
     `steps_per_epoch`); a resumed job passes the epoch it resumes at, so it reads the batches
