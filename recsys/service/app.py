@@ -177,21 +177,23 @@ def create_app(served: ServedRun) -> FastAPI:
             example_user_ids=[int(u) for u in users[:20]],
         )
 
+    # The two list endpoints answer with the rows ServedRun built (RecommendationList documents them): the
+    # model call dominates, and a second validation of rows built by the code itself would only add latency.
+    # They run on the event loop: ServedRun computes one list at a time anyway.
     @app.get("/recommend", response_model=RecommendationList)
-    def recommend(
+    async def recommend(
         user_id: int = Query(description="a user of the run"),
         k: int = Query(10, description=f"list length, 1 to {MAX_K}"),
-    ) -> RecommendationList:
+    ) -> JSONResponse:
         _check_k(k)
         if not served.knows_user(user_id):
             raise ApiError(404, f"unknown user {user_id}", "user_id", "a user id of the run (see /health)", user_id)
-        table = served.recommend(user_id, k)
-        return RecommendationList(
-            user_id=user_id, k=k, served_by=f"{retriever} retrieval, {ranker} ranker", items=_records(table)
-        )
+        items = served.recommend(user_id, k)
+        served_by = f"{retriever} retrieval, {ranker} ranker"
+        return JSONResponse({"user_id": user_id, "history": None, "k": k, "served_by": served_by, "items": items})
 
     @app.post("/recommend/history", response_model=RecommendationList)
-    def recommend_for_history(body: HistoryRequest) -> RecommendationList:
+    async def recommend_for_history(body: HistoryRequest) -> JSONResponse:
         _check_k(body.k)
         ids = body.movie_ids
         if not 1 <= len(ids) <= MAX_HISTORY:
@@ -207,8 +209,9 @@ def create_app(served: ServedRun) -> FastAPI:
             raise ApiError(
                 422, str(error), "movie_ids", "movie ids of the run's catalogue (see /movies)", error.movie_ids
             ) from None
-        table = served.recommend_for_history(ids, body.k)
-        return RecommendationList(history=ids, k=body.k, served_by=f"{history_model} (history)", items=_records(table))
+        items = served.recommend_for_history(ids, body.k)
+        served_by = f"{history_model} (history)"
+        return JSONResponse({"user_id": None, "history": ids, "k": body.k, "served_by": served_by, "items": items})
 
     @app.get("/movies", response_model=list[Movie])
     def movies(

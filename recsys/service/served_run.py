@@ -182,15 +182,15 @@ class ServedRun:
         )
 
     # ---- requests -------------------------------------------------------------------------------------
-    def recommend(self, user_id: int, k: int) -> pd.DataFrame:
-        """The served list of a user of the run (`recommender.recommend`), with a reader's source names."""
+    def recommend(self, user_id: int, k: int) -> list[dict]:
+        """The served list of a user of the run (`recommender.recommend`), as rows with a reader's source names."""
         from recsys.serving import recommender
 
         with self._lock:  # one model call at a time: the 2 cores are the models', not the threads'
             table = recommender.recommend(int(user_id), int(k), **self.recommend_args)
         return self._named_sources(table)
 
-    def recommend_for_history(self, movie_ids: Sequence[int], k: int) -> pd.DataFrame:
+    def recommend_for_history(self, movie_ids: Sequence[int], k: int) -> list[dict]:
         """The list for someone who is not in the data: the sequential retriever, or EASE without it."""
         from recsys.serving import recommender
 
@@ -225,10 +225,32 @@ class ServedRun:
         )
         return table[RESULT_COLUMNS]
 
-    def _named_sources(self, table: pd.DataFrame) -> pd.DataFrame:
+    def _named_sources(self, table: pd.DataFrame) -> list[dict]:
+        """The list as JSON-ready rows, each source named for a reader (the recommender's own label beside it).
+
+        Built from each column's values once (a 10-row table through pandas' row machinery costs more
+        than the ranking's model call).
+        """
         retriever = "two-tower" if self.served_retriever == "two_tower" else "sequential"
         names = {**_SOURCE_NAMES, "retrieval": retriever, "retrieval+ease": f"{retriever} + EASE"}
-        return table.assign(source_detail=table["source"].astype(str), source=table["source"].astype(str).map(names))
+        columns = {name: table[name].tolist() for name in ("rank", "movie_id", "title", "year", "genres", "source")}
+        scores = {name: table[name].to_numpy(np.float64) for name in ("score", "retrieval_score")}
+        rows = []
+        for i, source in enumerate(map(str, columns["source"])):
+            year = columns["year"][i]
+            rows.append(
+                {
+                    "rank": int(columns["rank"][i]),
+                    "movie_id": int(columns["movie_id"][i]),
+                    "title": str(columns["title"][i]),
+                    "year": None if year is pd.NA or year is None else int(year),
+                    "genres": [g for g in str(columns["genres"][i]).split("|") if g],
+                    **{name: float(v[i]) if np.isfinite(v[i]) else None for name, v in scores.items()},
+                    "source": names.get(source, source),
+                    "source_detail": source,
+                }
+            )
+        return rows
 
     # ---- what the page shows beside a list ----------------------------------------------------------------
     def knows_user(self, user_id: int) -> bool:
