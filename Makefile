@@ -29,9 +29,10 @@ RUN ?= artifacts/default
 serve: install
 	$(VENV)/bin/recsys-serve --run $(RUN)
 
-## the test suite: style, unit tests, then the notebooks through papermill on small and local data
+## the test suite: style, unit tests, then the notebooks through papermill on small and local data;
+## two pytest-xdist workers: one runs the smoke run and every test of it, the other everything else
 test: lint
-	$(PY) -m pytest -ra --durations=15
+	$(PY) -m pytest -ra --durations=15 -n 2 --dist loadgroup
 
 ## unit tests only (no notebook runs)
 test-fast: lint

@@ -56,3 +56,14 @@ CHROMIUM_FLAGS = [
 def chromium_binary() -> str | None:
     """Chromium for the browser checks (`make chromium` installs Debian's), or None."""
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs two workers), every test of the smoke run goes to one worker.
+
+    The smoke run is a session fixture: grouped, it is made once, on one worker, while the other worker
+    takes the unit tests and the other chains.
+    """
+    for item in items:
+        if "smoke_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smoke_run"))
