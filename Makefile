@@ -30,9 +30,9 @@ serve: install
 	$(VENV)/bin/recsys-serve --run $(RUN)
 
 ## the test suite: style, unit tests, then the notebooks through papermill on small and local data;
-## two pytest-xdist workers: one runs the smoke run and every test of it, the other everything else
+## two pytest-xdist workers: each chain of notebooks on one of them (tests/conftest.py), the rest spread out
 test: lint
-	$(PY) -m pytest -ra --durations=15 -n 2 --dist loadgroup
+	$(PY) -m pytest -ra --durations=15 -n 2
 
 ## unit tests only (no notebook runs)
 test-fast: lint

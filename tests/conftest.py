@@ -58,12 +58,24 @@ def chromium_binary() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs two workers), every test of the smoke run goes to one worker.
+# tests of the session's smoke run: under pytest-xdist they share one worker, so the run is made once
+SMOKE_RUN_TESTS = ("tests/notebooks/test_notebooks.py", "tests/service/")
 
-    The smoke run is a session fixture: grouped, it is made once, on one worker, while the other worker
-    takes the unit tests and the other chains.
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs two pytest-xdist workers: each chain of notebooks on one worker, the rest spread out.
+
+    The smoke run is a session fixture and each chain file has module fixtures, so the tests of a chain
+    are one scope (made once, on one worker) while the other worker takes the unit tests and the other
+    chain. (xdist's `loadgroup` marks do not take effect under this pytest, hence the scopes by path.)
     """
-    for item in items:
-        if "smoke_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("smoke_run"))
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ChainScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            if path.startswith(SMOKE_RUN_TESTS):
+                return "smoke_run"
+            return path if path.startswith("tests/notebooks/") else nodeid
+
+    return ChainScopes(config, log)
