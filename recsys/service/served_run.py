@@ -30,6 +30,9 @@ from recsys.runs.registry import ARTIFACTS, MANIFEST
 # what every served list reads; the sequential model's files are read when the run has them
 SERVING_ARTIFACTS = (
     "interactions",
+    "retrieval_model",
+    "movie_embeddings",
+    "movie_embedding_ids",
     "feature_store",
     "ranker",
     "ease_model",
@@ -38,7 +41,12 @@ SERVING_ARTIFACTS = (
     "scann_index",
     "bruteforce_index",
 )
-SEQUENTIAL_ARTIFACTS = ("sequential_model", "sequential_scann_index", "sequential_bruteforce_index")
+SEQUENTIAL_ARTIFACTS = (
+    "sequential_model",
+    "sequential_movie_embeddings",
+    "sequential_scann_index",
+    "sequential_bruteforce_index",
+)
 SERVING_STAGE = producer("feature_store")
 MAX_K = 100  # the longest list served (no more than the candidates each source hands to ranking)
 MAX_HISTORY = 200  # the most movies an ad-hoc history may name
@@ -122,12 +130,10 @@ class ServedRun:
     @classmethod
     def load(cls, run_dir: str | Path) -> ServedRun:
         """Check the run's records, then load every model, index and table of its serving path once."""
-        from recsys.models.sequential_model import load_sequential_model
         from recsys.ranking import learned_ranking, served_rankers
-        from recsys.retrieval.history_queries import HistoryQueries
         from recsys.retrieval.indexes import load_index
         from recsys.retrieval.retrievers import IndexRetriever
-        from recsys.training.retrieval_training import positives
+        from recsys.serving.served_retriever import load_served_retriever
 
         run_dir = Path(run_dir).resolve()
         entries, has_sequential = check_servable(run_dir)
@@ -145,19 +151,19 @@ class ServedRun:
         sources = learned_ranking.feature_sources(store, path("ease_model"), path("rating_model_train"), n, context)
         ranker = served_rankers.load_served_ranker(path("ranker"), sources, path("rating_model"), context)
         loaded = ["feature_store", "ease_model", "rating_model_train", f"ranker ({ranker.name})"]
-        history_args, queries = None, None
-        if has_sequential:
-            sequential, vocabulary = load_sequential_model(path("sequential_model"))
-            watched = positives(interactions, retrieval["min_rating"])
-            queries = HistoryQueries(sequential, vocabulary, watched[watched["split"] != "test"])
-            sequential_scann = load_index(path("sequential_scann_index"))
-            history_args = {"store": store, "history_queries": queries, "retrieval_index": sequential_scann}
-            loaded += ["sequential_model", "sequential_scann_index"]
-        if retrieval["model"] == "sequential":
-            fallback = load_index(path("sequential_bruteforce_index"))
-            retriever = IndexRetriever(history_args["retrieval_index"], queries, fallback=fallback)
-            loaded.append("sequential_bruteforce_index")
-        else:
+        history_args = None
+        if has_sequential:  # the test stage of what the ranking notebook serves: one loader for both
+            parts = load_served_retriever(retrieval["model"], path, interactions, retrieval["min_rating"])
+            retriever = parts.retrievers["test"]
+            history_args = {
+                "store": store,
+                "history_queries": parts.histories["test"],
+                "retrieval_index": parts.sequential_index,
+            }
+            loaded += [f"{retrieval['model']} retriever", "sequential_model", "sequential_scann_index"]
+        elif retrieval["model"] == "sequential":
+            raise RunNotServableError(f"run {run_dir.name!r} serves the sequential retriever but lacks its files")
+        else:  # a run without the sequential model: the two-tower's index, EASE for histories
             retriever = IndexRetriever(load_index(path("scann_index")), fallback=load_index(path("bruteforce_index")))
             loaded += ["scann_index", "bruteforce_index"]
         known = interactions[interactions["split"] != "test"]
