@@ -118,10 +118,31 @@ def evaluate_scores(
     Returns:
         metrics.retrieval_metrics's dict.
     """
+    return mean_metrics(per_user_scores(scores, matrices, split, ks))
+
+
+def per_user_scores(
+    scores: np.ndarray | RowScores, matrices: SplitMatrices, split: str, ks: Sequence[int] = RETRIEVAL_KS
+) -> pd.DataFrame:
+    """`evaluate_scores` before averaging: each user's recall/NDCG/hit rate, for paired comparisons of models.
+
+    Returns:
+        One row per user with held-out items of `split` (indexed by user_id, in the order of
+        `matrices.user_ids`), a column per metric (recall_at_K, ndcg_at_K, hit_rate_at_K); every
+        model scored on the same matrices has the same rows.
+    """
     relevant = matrices.relevant(split)
     rows = matrices.held_out_rows(split)
     top_items = top_k_in_blocks(scores, max(ks), exclude=matrices.seen(split), rows=rows)
-    return metrics.retrieval_metrics(top_items, relevant[rows], ks)
+    values = metrics.per_user_retrieval_metrics(top_items, relevant[rows], ks)
+    users = matrices.user_ids[rows[values.pop("user_rows")]]
+    return pd.DataFrame(values, index=pd.Index(users, name="user_id"))
+
+
+def mean_metrics(per_user: pd.DataFrame) -> dict[str, float]:
+    """The mean of each per-user metric (`per_user_scores`) and `n_users_evaluated`: `evaluate_scores`'s record."""
+    means = {name: float(np.mean(per_user[name].to_numpy())) for name in per_user.columns}
+    return {**means, "n_users_evaluated": len(per_user)}
 
 
 def metrics_by_model(results: Mapping[str, Mapping[str, float]], keys: Sequence[str]) -> dict[str, float]:

@@ -1,9 +1,9 @@
 """A closed-loop simulation of the feedback loop: policies serve lists, simulated users accept from hidden preferences.
 
 The world (DESIGN.md, "Closed-loop simulation"): a hidden preference model gives each (user,
-movie) an acceptance probability (`HiddenPreferences`, calibrated on the run's held-out data by
-`hidden_preferences`). Each policy lives in its own world: it starts from the train split and, every
-round, serves k movies to each simulated user, who accepts each independently with the hidden
+movie) an acceptance probability (`hidden_preferences.HiddenPreferences`, calibrated on the test
+split). Each policy lives in its own world: it starts from what the served system knows (train +
+val) and, every round, serves k movies to each simulated user, who accepts each independently with the hidden
 probability; the accepted movies join that policy's log and nothing else's, and the policy
 updates its models from its log before the next round. A policy is handed its log (`PolicyLog`)
 and a random generator, never the hidden model (`simulate` is the only holder of both).
@@ -16,19 +16,16 @@ policies are not draws of luck.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy import optimize, special
 
 from recsys.evaluation import metrics
-from recsys.exploration.reranking import standardise_rows
 from recsys.features.splits import tie_break_key
-from recsys.models.ease import EASE
 
 MEASURES = {  # what `simulate` measures each round: name -> what it is
     "accepted_per_user": "accepted per user",
@@ -45,79 +42,12 @@ class PolicyError(ValueError):
     """A policy served an invalid list: wrong shape, a movie outside the catalogue, repeated or already seen."""
 
 
-# ---- hidden preferences ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, repr=False)
-class HiddenPreferences:
-    """The simulation's ground truth: P(accept) = sigmoid(slope * z + offset) of every (user row, catalogue column).
-
-    Attributes:
-        z: (n_users, n_movies) the hidden model's scores, standardised per user.
-        slope, offset: from `calibrate`.
-    """
-
-    z: np.ndarray
-    slope: float
-    offset: float
-
-    def __repr__(self) -> str:  # never print 20M numbers into a report
-        return f"HiddenPreferences({self.z.shape[0]:,} users x {self.z.shape[1]:,} movies, slope={self.slope:.3f}, offset={self.offset:.3f})"
+class AcceptanceModel(Protocol):
+    """What `simulate` asks of a world: the acceptance probability of (user row, catalogue column) pairs."""
 
     def probability(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        """Acceptance probabilities of the (rows[i], columns[i, j]) pairs: shape of `columns`."""
-        return special.expit(self.z[np.asarray(rows)[:, None], columns] * self.slope + self.offset)
-
-
-def calibrate(
-    z: np.ndarray,
-    reference: np.ndarray,
-    reference_rate: float,
-    background: np.ndarray,
-    background_rate: float,
-) -> tuple[float, float]:
-    """(slope, offset) so that P = sigmoid(slope * z + offset) reproduces two measured rates.
-
-    Args:
-        z: (n_users, n_movies) standardised hidden scores.
-        reference: (n_users, k) columns of lists whose acceptance rate was measured (the served lists).
-        reference_rate: their mean acceptance (e.g. the share of served movies the user watched later).
-        background: (n_users, m) columns of movies drawn at random among each user's unseen ones.
-        background_rate: their mean acceptance (the share of a user's unseen movies watched later).
-
-    For a slope, the offset that gives `reference_rate` is unique (the mean is increasing in it);
-    the slope is then the one whose background rate matches: both by Brent's method.
-
-    Raises:
-        ValueError: a rate outside (0, 1), background_rate >= reference_rate, or no slope in
-            [0.01, 20] matches (the two rates cannot come from these scores).
-    """
-    for name, rate in (("reference_rate", reference_rate), ("background_rate", background_rate)):
-        if not 0 < rate < 1:
-            raise ValueError(f"{name} must be in (0, 1), got {rate}")
-    if background_rate >= reference_rate:
-        raise ValueError(
-            f"background_rate {background_rate:.4f} >= reference_rate {reference_rate:.4f}: the reference lists "
-            "must be accepted more often than random movies for a preference model to separate them"
-        )
-    rows = np.arange(len(z))[:, None]
-    ref, back = z[rows, reference].astype(np.float64), z[rows, background].astype(np.float64)
-
-    def offset_for(slope: float) -> float:
-        reach = slope * np.abs(ref).max() + 50  # beyond it every probability is 0 or 1
-        return optimize.brentq(lambda c: special.expit(slope * ref + c).mean() - reference_rate, -reach, reach)
-
-    def background_gap(slope: float) -> float:
-        return special.expit(slope * back + offset_for(slope)).mean() - background_rate
-
-    low, high = 0.01, 20.0
-    if np.sign(background_gap(low)) == np.sign(background_gap(high)):
-        raise ValueError(
-            f"no slope in [{low}, {high}] gives background rate {background_rate:.4f} with reference rate "
-            f"{reference_rate:.4f}: the hidden scores do not separate the reference lists from random movies"
-        )
-    slope = optimize.brentq(background_gap, low, high, xtol=1e-6)
-    return float(slope), float(offset_for(slope))
+        """Probabilities of the (rows[i], columns[i, j]) pairs: shape of `columns`."""
+        ...
 
 
 # ---- what a policy sees -----------------------------------------------------------------------------
@@ -125,14 +55,15 @@ def calibrate(
 
 @dataclass(frozen=True)
 class PolicyLog:
-    """One policy's log: the train interactions plus what its simulated users accepted, round by round.
+    """One policy's log: the interactions it starts from plus what its simulated users accepted, round by round.
 
     Attributes:
         user_ids, movie_ids: the rows (every user of the run) and columns (the catalogue).
         active: rows of the simulated users (served every round).
-        base: the train interactions (user_id, movie_id, rating) the world starts from.
+        base: the interactions (user_id, movie_id, rating and, when given, position) the world starts from.
         accepted: accepted (user_id, movie_id, round) rows, in order.
         matrix: binary (n_users, n_movies) CSR of base + accepted: what each user has seen.
+        start_matrix: the matrix of round 0 (every later matrix grows from it).
     """
 
     user_ids: np.ndarray
@@ -141,10 +72,12 @@ class PolicyLog:
     base: pd.DataFrame
     accepted: pd.DataFrame
     matrix: sp.csr_matrix
+    start_matrix: sp.csr_matrix | None = None
 
     @classmethod
     def start(cls, train: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray, active: np.ndarray) -> PolicyLog:
-        """The log of round 0: the train rows (user_id, movie_id, rating) over these users and catalogue."""
+        """The log of round 0: the rows (user_id, movie_id, rating; position if present: each user's timeline,
+        which a history-reading retriever needs) over these users and catalogue."""
         user_ids, movie_ids = np.asarray(user_ids, np.int64), np.asarray(movie_ids, np.int64)
         rows = pd.Index(user_ids).get_indexer(train["user_id"])
         columns = pd.Index(movie_ids).get_indexer(train["movie_id"])
@@ -153,9 +86,9 @@ class PolicyLog:
         matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, columns)), shape=(len(user_ids), len(movie_ids)))
         matrix.data[:] = 1.0  # duplicates summed by the constructor stay binary
         _read_only(matrix)
-        base = train[["user_id", "movie_id", "rating"]].reset_index(drop=True)
+        base = train[[c for c in ("user_id", "movie_id", "rating", "position") if c in train]].reset_index(drop=True)
         accepted = pd.DataFrame({"user_id": np.empty(0, np.int64), "movie_id": np.empty(0, np.int64), "round": 0})
-        return cls(user_ids, movie_ids, np.asarray(active, np.int64), base, accepted, matrix)
+        return cls(user_ids, movie_ids, np.asarray(active, np.int64), base, accepted, matrix, matrix)
 
     def with_accepted(self, rows: np.ndarray, columns: np.ndarray, round_: int) -> PolicyLog:
         """A new log with the accepted (row, column) pairs of one round added."""
@@ -170,7 +103,7 @@ class PolicyLog:
             ],
             ignore_index=True,
         )
-        return PolicyLog(self.user_ids, self.movie_ids, self.active, self.base, accepted, matrix)
+        return PolicyLog(self.user_ids, self.movie_ids, self.active, self.base, accepted, matrix, self.start_matrix)
 
     def counts(self) -> np.ndarray:
         """Users per movie in the log (the policy's own popularity)."""
@@ -179,8 +112,19 @@ class PolicyLog:
     def interactions(self) -> pd.DataFrame:
         """The log as an interactions table (split "train"; accepted movies have no rating) for a feature store."""
         accepted = self.accepted[["user_id", "movie_id"]].assign(rating=np.nan)
-        table = pd.concat([self.base, accepted], ignore_index=True)
+        table = pd.concat([self.base.drop(columns="position", errors="ignore"), accepted], ignore_index=True)
         return table.assign(split="train")
+
+    def timeline(self) -> pd.DataFrame:
+        """(user_id, movie_id, position, rating): the start's timeline, then the accepted movies in the order
+        accepted (no rating)."""
+        if "position" not in self.base.columns:
+            raise ValueError("the start log has no `position` column: start it from interactions with their timeline")
+        after = int(self.base["position"].max()) + 1 if len(self.base) else 0
+        accepted = self.accepted[["user_id", "movie_id"]].assign(
+            position=after + np.arange(len(self.accepted)), rating=np.nan
+        )
+        return pd.concat([self.base[["user_id", "movie_id", "position", "rating"]], accepted], ignore_index=True)
 
 
 def _read_only(matrix: sp.csr_matrix) -> None:
@@ -189,22 +133,7 @@ def _read_only(matrix: sp.csr_matrix) -> None:
         array.flags.writeable = False
 
 
-# ---- calibration on the run's data ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, repr=False)
-class Calibration:
-    """What the hidden model was calibrated on (`hidden_preferences`).
-
-    Attributes:
-        reference_rate, background_rate: the two measured rates (`measured_rates`).
-        background: (n_active, m) columns of random unseen movies per simulated user, where the
-            background rate is matched.
-    """
-
-    reference_rate: float
-    background_rate: float
-    background: np.ndarray
+# ---- the simulated users -----------------------------------------------------------------------------
 
 
 def simulated_users(train: pd.DataFrame, user_ids: np.ndarray, n_users: int, seed: int) -> np.ndarray:
@@ -219,51 +148,6 @@ def random_unseen(log: PolicyLog, k: int, rng: np.random.Generator) -> np.ndarra
     """(n_active, k) catalogue columns drawn uniformly among each active user's unseen movies (not in the log)."""
     scores = rng.random((len(log.active), len(log.movie_ids)), dtype=np.float32)
     return metrics.top_k_from_scores(scores, k, exclude=log.matrix[log.active])
-
-
-def measured_rates(everything: sp.csr_matrix, start: PolicyLog, reference: np.ndarray) -> tuple[float, float]:
-    """(reference rate, background rate): how often the simulated users watched, after train, what they were offered.
-
-    Args:
-        everything: binary (n_users, n_movies) matrix of every interaction of the run (every split).
-        start: the log of round 0 (train); its active rows are the simulated users.
-        reference: (n_active, k) columns of lists built from train alone (the served list of round 0).
-
-    Returns:
-        The reference rate: the share of the reference lists' movies that are among the user's later
-        (val + test) movies; the background rate: per user, later movies over unseen (non-train)
-        movies, averaged over the users: the rate of a random unseen movie.
-    """
-    held_out = (everything - start.matrix).tocsr()[start.active]  # each simulated user's val + test movies
-    reference_rate = float(held_out[np.arange(len(start.active))[:, None], reference].toarray().mean())
-    unseen = len(start.movie_ids) - np.diff(start.matrix[start.active].indptr)
-    background_rate = float((np.diff(held_out.indptr) / unseen).mean())
-    return reference_rate, background_rate
-
-
-def hidden_preferences(
-    interactions: pd.DataFrame, start: PolicyLog, reference: np.ndarray, ease_l2: float, background_size: int, seed: int
-) -> tuple[HiddenPreferences, Calibration]:
-    """The simulation's world: EASE fitted on every interaction, standardised per user, calibrated on the run's data.
-
-    Args:
-        interactions: every interaction of the run (user_id, movie_id), every split.
-        start: the log of round 0 (train); its active rows are the simulated users.
-        reference: (n_active, k) columns the served policy lists from `start` (matched to the reference rate).
-        ease_l2: EASE's penalty.
-        background_size: random unseen movies drawn per user (matched to the background rate).
-        seed: seeds that draw.
-
-    Returns:
-        (the hidden preferences of every user of `start`, what they were calibrated on).
-    """
-    ids = (start.user_ids, start.movie_ids, start.active)
-    everything = PolicyLog.start(interactions.assign(rating=np.nan), *ids).matrix
-    z = standardise_rows(np.asarray(EASE(ease_l2).fit(everything).score(everything), np.float32))
-    reference_rate, background_rate = measured_rates(everything, start, reference)
-    background = random_unseen(start, background_size, np.random.default_rng(seed))
-    slope, offset = calibrate(z[start.active], reference, reference_rate, background, background_rate)
-    return HiddenPreferences(z, slope, offset), Calibration(reference_rate, background_rate, background)
 
 
 class Policy(Protocol):
@@ -306,7 +190,7 @@ def _check_lists(shown: np.ndarray, log: PolicyLog, k: int, name: str) -> np.nda
 
 def simulate(
     policies: Mapping[str, Policy],
-    hidden: HiddenPreferences,
+    hidden: AcceptanceModel,
     start: PolicyLog,
     rounds: int,
     k: int,
@@ -395,44 +279,26 @@ def summary(per_round: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def summary_over_seeds(per_round: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(`summary` of `seed`'s rounds, the spread between the seeds: per policy and column, max minus min over seeds)."""
-    finals = {s: summary(part) for s, part in per_round.groupby("seed")}
-    final = finals[seed]
-    spread = pd.concat(finals.values()).groupby(level=0, sort=False).agg(lambda v: v.max() - v.min())
-    return final, spread.loc[final.index]
-
-
-def compare(
-    final: pd.DataFrame, spread: pd.DataFrame, policy: str, measure: str, reference: str = "served"
-) -> tuple[float, str, float]:
-    """`policy` against `reference` on one measure of `summary_over_seeds`, with the tie rule.
+def simulate_worlds(
+    make_policies: Callable[[], Mapping[str, Policy]],
+    worlds: Mapping[str, AcceptanceModel],
+    start: PolicyLog,
+    rounds: int,
+    k: int,
+    seeds: Sequence[int],
+    popularity: np.ndarray,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """`simulate` under every world and seed, each run with a fresh set of policies.
 
     Returns:
-        (difference, verdict, band): the policy's value minus the reference's; the band is twice
-        the larger of the two policies' spreads between seeds; the verdict is "a tie" when the
-        difference is within the band, else "higher" or "lower".
+        (every run's per-round rows with columns `hidden` (the world's name) and `seed` added,
+        seconds per world).
     """
-    difference = float(final.loc[policy, measure] - final.loc[reference, measure])
-    band = float(2 * max(spread.loc[policy, measure], spread.loc[reference, measure]))
-    verdict = "a tie" if abs(difference) <= band else ("higher" if difference > 0 else "lower")
-    return difference, verdict, band
-
-
-SUMMARY_METRICS = (
-    "accepted_per_user",
-    "cumulative_accepted_per_user",
-    "coverage_final",
-    "gini_final",
-    "never_shown_final",
-    "accepted_popularity",
-)
-
-
-def summary_metrics(final: pd.DataFrame, spread: pd.DataFrame) -> dict[str, float]:
-    """`<measure>_<policy>` of each of SUMMARY_METRICS, and `<measure>_spread_<policy>` of accepted per user and coverage."""
-    out = {}
-    for policy, row in final.iterrows():
-        out.update({f"{measure}_{policy}": row[measure] for measure in SUMMARY_METRICS})
-        out.update({f"{m}_spread_{policy}": spread.loc[policy, m] for m in ("accepted_per_user", "coverage_final")})
-    return out
+    frames, seconds = [], {}
+    for name, world in worlds.items():
+        started = time.perf_counter()
+        for seed in seeds:
+            per_round, _ = simulate(make_policies(), world, start, rounds, k, seed, popularity)
+            frames.append(per_round.assign(hidden=name, seed=seed))
+        seconds[name] = time.perf_counter() - started
+    return pd.concat(frames, ignore_index=True), seconds

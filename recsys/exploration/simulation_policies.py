@@ -1,20 +1,22 @@
 """The policies of the closed-loop simulation (recsys.exploration.simulation), each built from the pipeline's own serving code.
 
 The two-stage policies serve the pipeline's served list (`recommender.retrieve_candidates`: the
-two-tower's top n merged with EASE's top n; features from a feature store; the learned ranker's
-order), alone or with one exploration on top: weighted sampling of the ranked list, Gaussian
-noise on the retrieval vectors, or least-viewed movies added to retrieval's top candidates. What each updates from
-its own log every round: the feature store (popularity, activity, mean rating, history, seen
-movies) and EASE, refitted on the log (about 3 s on ml-1m-half). The two-tower, the rating model
-behind the predicted-rating feature and the ranker stay as trained: retraining them every
-round would cost minutes per round, and their inputs (ids, demographics, genres) do not move
-with the log.
+served retriever's top n merged with EASE's top n; features from a feature store; the learned
+ranker's order), alone or with one exploration on top: weighted sampling of the ranked list, Gaussian
+noise on the retrieval vectors, or least-viewed movies added to retrieval's top candidates. The
+served retriever is the run's: the two-tower (user vectors fixed) or the sequential model, whose
+query is read every round from the user's latest movies in the policy's log (accepted movies
+included). What each updates from its own log every round: the feature store (popularity,
+activity, mean rating, history, seen movies), the sequential queries, and EASE, refitted on the
+log (about 2 s on ml-1m-half). The retrievers' weights, the rating model behind the
+predicted-rating feature and the ranker stay as trained: retraining them every round would cost
+minutes per round, and their inputs (ids, demographics, genres, histories) are read afresh.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +29,16 @@ from recsys.exploration.noise import EmbeddingNoise, noisy_retriever
 from recsys.exploration.simulation import PolicyLog, random_unseen
 from recsys.features.feature_store import FeatureStore
 from recsys.features.request_context import fixed_context
-from recsys.models.ease import EASE, load_ease
+from recsys.models.ease import EaseRefitter, load_ease
 from recsys.models.retrieval_model import load_retrieval_model, user_embeddings
+from recsys.models.sequential_model import load_sequential_model
 from recsys.ranking.learned_ranking import top_k_lists
 from recsys.ranking.ranker_features import FeatureSources
 from recsys.ranking.ranker_state import read_state
 from recsys.ranking.rankers import load_ranker
 from recsys.ranking.served_rankers import LearnedRanker, RatingRanker
 from recsys.retrieval.candidates import EaseSource
+from recsys.retrieval.history_queries import HistoryQueries
 from recsys.retrieval.retrievers import NumpyRetriever
 from recsys.serving import recommender
 from recsys.training.rating_training import load_rating_model
@@ -70,7 +74,9 @@ class ServingParts:
 
     Attributes:
         users, movies: the run's tables (a feature store is built from them and a policy's log).
-        user_vectors, movie_vectors: the two-tower's vectors, rows aligned with `users` and `movies`.
+        user_vectors, movie_vectors: the served retriever's vectors, rows aligned with `users` and
+            `movies`; `user_vectors` is None for the sequential retriever (its queries are read from
+            each policy's log, `history_queries`).
         ranker: the served learned ranker (recsys.ranking.rankers); None orders by `predicted_rating`.
         predicted_rating: (user positions, movie positions) -> the train-only rating model's
             predictions (positions in a store built from `users` and `movies`).
@@ -78,6 +84,9 @@ class ServingParts:
         ease_l2: EASE's penalty (the one chosen on val for the run's EASE).
         n_candidates: candidates per source.
         ease_candidates: EASE proposes candidates too (`online.ease_candidates`); its features are always used.
+        retriever: the served retriever ("two_tower" or "sequential").
+        sequential: (the sequential model, its vocabulary) when it is the served retriever.
+        min_rating: the sequential model's positives (ratings below it are not in its histories).
     """
 
     users: pd.DataFrame
@@ -90,6 +99,10 @@ class ServingParts:
     ease_l2: float
     n_candidates: int
     ease_candidates: bool = True
+    retriever: str = "two_tower"
+    sequential: tuple | None = None
+    min_rating: int = 1
+    _refitters: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(
@@ -99,8 +112,9 @@ class ServingParts:
         interactions: pd.DataFrame,
         artifact: Callable[[str], Path],
         online: Mapping,
+        retrieval: Mapping,
     ) -> ServingParts:
-        """The parts from a run's saved models.
+        """The parts from a run's saved models: what the run's served path serves.
 
         Args:
             users, movies, interactions: the run's tables (interactions: every split, for the requests' context).
@@ -108,10 +122,24 @@ class ServingParts:
                 movie_embeddings, movie_embedding_ids, rating_model_train and ranker.
             online: the served path's settings: n_candidates, ease_candidates, and ranker ("rating" orders by
                 the predicted rating even when the run's served ranker is a learned one).
+            retrieval: the served retriever's settings: model ("two_tower" reads retrieval_model,
+                movie_embeddings, movie_embedding_ids; "sequential" reads sequential_model and
+                sequential_movie_embeddings) and min_rating.
         """
         ease_model, _, _ = load_ease(artifact("ease_model"))
-        retrieval_model, encoder = load_retrieval_model(artifact("retrieval_model"))
-        vector_rows = pd.Index(np.load(artifact("movie_embedding_ids"))).get_indexer(movies["movie_id"])
+        if retrieval["model"] == "sequential":
+            model, vocabulary = load_sequential_model(artifact("sequential_model"))
+            vector_rows = pd.Index(vocabulary.movie_ids).get_indexer(movies["movie_id"])
+            user_vectors, movie_vectors = None, np.load(artifact("sequential_movie_embeddings"))[vector_rows]
+            sequential = (model, vocabulary)
+        else:
+            retrieval_model, encoder = load_retrieval_model(artifact("retrieval_model"))
+            vector_rows = pd.Index(np.load(artifact("movie_embedding_ids"))).get_indexer(movies["movie_id"])
+            user_ids = users["user_id"].to_numpy(np.int64)
+            user_vectors = user_embeddings(retrieval_model, encoder, encoder.user_table(users), user_ids)
+            movie_vectors, sequential = np.load(artifact("movie_embeddings"))[vector_rows], None
+        if (vector_rows < 0).any():
+            raise KeyError(f"the served retriever ({retrieval['model']}) has no vector for some movies: rerun 05")
         rating_model, rating_encoder = load_rating_model(artifact("rating_model_train"))
         ranker_folder = artifact("ranker")
         store = FeatureStore.build(users, movies, interactions, seen_splits=("train",), history_splits=("train",))
@@ -119,10 +147,8 @@ class ServingParts:
         return cls(
             users=users,
             movies=movies,
-            user_vectors=user_embeddings(
-                retrieval_model, encoder, encoder.user_table(users), users["user_id"].to_numpy(np.int64)
-            ),
-            movie_vectors=np.load(artifact("movie_embeddings"))[vector_rows],
+            user_vectors=user_vectors,
+            movie_vectors=movie_vectors,
             ranker=None
             if read_state(ranker_folder)["name"] == "rating" or online["ranker"] == "rating"
             else load_ranker(ranker_folder),
@@ -131,7 +157,32 @@ class ServingParts:
             ease_l2=ease_model.l2,
             n_candidates=online["n_candidates"],
             ease_candidates=online["ease_candidates"],
+            retriever=retrieval["model"],
+            sequential=sequential,
+            min_rating=retrieval["min_rating"],
         )
+
+    def ease_weights(self, log: PolicyLog) -> np.ndarray:
+        """EASE's B refitted on the log (`EaseRefitter`: XᵀX of the log's start computed once for every policy)."""
+        if log.start_matrix is None:
+            raise ValueError("the log has no start matrix: make it with PolicyLog.start")
+        if self._refitters.get("start") is not log.start_matrix:  # one start at a time: its XᵀX is n_movies² floats
+            self._refitters.update(start=log.start_matrix, refitter=EaseRefitter(log.start_matrix, self.ease_l2))
+        return self._refitters["refitter"].weights(log.matrix)
+
+    def query_vectors(self, log: PolicyLog) -> np.ndarray:
+        """The served retriever's user vectors for a log, rows aligned with `users`: the two-tower's (fixed), or the
+        sequential model's queries from each simulated user's latest positive movies in the log (zeros for others)."""
+        if self.sequential is None:
+            return self.user_vectors
+        model, vocabulary = self.sequential
+        timeline = log.timeline()
+        watched = timeline[timeline["rating"].isna() | (timeline["rating"] >= self.min_rating)]
+        vectors = np.zeros((len(self.users), model.config.embedding_dim), np.float32)
+        vectors[log.active] = HistoryQueries(model, vocabulary, watched).queries(
+            log.user_ids[log.active], without_history="zeros"
+        )
+        return vectors
 
 
 @dataclass(frozen=True)
@@ -159,24 +210,31 @@ class TwoStagePolicy:
         self.parts, self.exploration = parts, exploration_
         self._ease: EaseSource | None = None
         self._store: FeatureStore | None = None
+        self._user_vectors: np.ndarray | None = None
 
     def update(self, log: PolicyLog) -> None:
         parts = self.parts
         if not log.user_ids.tolist() == parts.users["user_id"].tolist():
             raise ValueError("the log's users must be the serving parts' users, in the same order")
-        self._ease = EaseSource(EASE(parts.ease_l2).fit(log.matrix).weights_, log.movie_ids)
+        self._ease = EaseSource(parts.ease_weights(log), log.movie_ids)
         store = FeatureStore.build(
             parts.users, parts.movies, log.interactions(), seen_splits=("train",), history_splits=("train",)
         )
-        self._store = store.with_vectors(parts.user_vectors, parts.movie_vectors)
+        self._user_vectors = parts.query_vectors(log)
+        self._store = store.with_vectors(self._user_vectors, parts.movie_vectors)
 
     def _retriever(self, rng: np.random.Generator) -> NumpyRetriever:
-        """Exact retrieval over the two-tower's vectors (the run's ScaNN index agrees on 99% of the top 100);
-        under EmbeddingNoise, with new noise every round."""
+        """Exact retrieval over the served retriever's vectors (the run's ScaNN index agrees on about 99% of the
+        top 100); under EmbeddingNoise, with new noise every round."""
         parts, noise = self.parts, self.exploration if isinstance(self.exploration, EmbeddingNoise) else None
         seed = int(rng.integers(2**31 - 1)) if noise is not None else 0
         return noisy_retriever(
-            parts.users["user_id"], parts.user_vectors, parts.movies["movie_id"], parts.movie_vectors, noise, seed
+            parts.users["user_id"],
+            parts.user_vectors if self._user_vectors is None else self._user_vectors,
+            parts.movies["movie_id"],
+            parts.movie_vectors,
+            noise,
+            seed,
         )
 
     def candidates(self, log: PolicyLog, rng: np.random.Generator) -> pd.DataFrame:
@@ -234,3 +292,51 @@ class TwoStagePolicy:
         else:
             lists = top_k_lists(table, scores, users, k)
         return pd.Index(log.movie_ids).get_indexer(lists.ravel()).reshape(lists.shape)
+
+
+def explorations_of(weighted: Mapping, noise: Mapping, least_viewed: Mapping) -> dict[str, object]:
+    """The two-stage policies' explorations: none (served), and the settings chosen by the exploration experiments.
+
+    Args:
+        weighted: the weighted-sampling setting written by its experiment (temperature, depth).
+        noise: the noise setting written by its experiment (sigma, target).
+        least_viewed: the least-viewed parameters (max_views, retrieval_k, per_user).
+    """
+    return {
+        "served": None,
+        "weighted_sampling": WeightedRerank(weighted["temperature"], weighted["depth"]),
+        "gaussian_noise": EmbeddingNoise(noise["sigma"], noise["target"]),
+        "least_viewed": LeastViewed(least_viewed["max_views"], least_viewed["retrieval_k"], least_viewed["per_user"]),
+    }
+
+
+def fresh_policies(parts: ServingParts, explorations: Mapping[str, object]) -> dict[str, object]:
+    """A new set of policies (each keeps state between rounds, so every simulation gets its own):
+    one two-stage policy per exploration, popularity and random."""
+    return {
+        **{name: TwoStagePolicy(parts, exploration) for name, exploration in explorations.items()},
+        "popularity": PopularityPolicy(),
+        "random": RandomPolicy(),
+    }
+
+
+def describe_policies(parts: ServingParts, explorations: Mapping[str, object]) -> pd.Series:
+    """What each policy of `fresh_policies` serves, in a sentence."""
+    ordering = "learned ranker" if parts.ranker is not None else "predicted rating"
+    sources = f"{parts.n_candidates} {parts.retriever}{' + EASE' if parts.ease_candidates else ''} candidates"
+    said = {}
+    for name, exploration in explorations.items():
+        if isinstance(exploration, WeightedRerank):
+            said[name] = (
+                f"weighted sampling at temperature {exploration.temperature:g} over the top {exploration.depth}"
+            )
+        elif isinstance(exploration, EmbeddingNoise):
+            said[name] = f"Gaussian noise σ = {exploration.sigma:g} on the {exploration.target} vectors"
+        elif isinstance(exploration, LeastViewed):
+            said[name] = (
+                f"retrieval's top {exploration.retrieval_k} + movies with <= {exploration.max_views} views in the log"
+            )
+        else:
+            said[name] = f"{ordering} over {sources}"
+    said.update({"popularity": "most users in the log", "random": "uniform over unseen movies"})
+    return pd.Series(said, name="setting")

@@ -91,19 +91,21 @@ def assign_split(
     - leave_last_out: each user's last rating (timeline order) to test, the one before to val, the
       rest to train; a user with 2 ratings has no val, with 1 only train. The shares are not used.
     - global_temporal: all ratings in one time order (by timestamp, equal timestamps by the same
-      seeded tie rule, so it agrees with every user's timeline); the latest round(test_share * N)
-      of the N ratings to test, the round(val_share * N) before them to val, the rest to train:
-      two cut-offs in time, the same for everyone, so every val and test rating comes after every
-      train rating (of any user), and every test rating after every val rating. A user with no
-      train rating (all their ratings after the first cut-off) cannot be scored: their ratings get
-      no label (missing), neither trained on nor evaluated; the caller drops and counts them.
+      seeded tie rule, so it agrees with every user's timeline), cut twice: every rating before
+      the first cut-off is train, the ratings after it val, those after the second test. The cut-offs
+      are the same for everyone, so every val and test rating comes after every train rating (of any
+      user), and every test rating after every val rating. A user with no train rating (all their
+      ratings after the first cut-off) cannot be scored: their ratings get no label (missing),
+      neither trained on nor evaluated; the caller drops and counts them. The first cut-off is
+      the latest one where val + test hold at least val_share + test_share of the labelled ratings (those of
+      users with a train rating), the second so that test holds test_share of them (`_global_codes`).
       Users whose ratings all precede the first cut-off have train ratings only.
 
     Args:
         ratings: columns user_id and (all but random) timestamp and movie_id; any row order and index.
         strategy: one of SPLIT_STRATEGIES.
-        val_share: share of each user's ratings in val (random, temporal); of all ratings (global_temporal).
-        test_share: share of each user's ratings in test (random, temporal); of all ratings (global_temporal).
+        val_share: share of each user's ratings in val (random, temporal); of the labelled ratings (global_temporal).
+        test_share: share of each user's ratings in test (random, temporal); of the labelled ratings (global_temporal).
         seed: seeds the random shuffle and the tie rule; the same seed and ratings give the same split.
 
     Returns:
@@ -237,22 +239,40 @@ def held_out_for_sample(
 
 
 def _global_codes(ratings: pd.DataFrame, val_share: float, test_share: float, seed: int) -> np.ndarray:
-    """Split codes of `global_temporal` (`assign_split`): two cut-offs in the time order of all ratings."""
+    """Split codes of `global_temporal` (`assign_split`): two cut-offs in the time order of all ratings.
+
+    Only users with a rating before the first cut-off can be scored, and in MovieLens many users
+    rate in a single burst, so cutting the latest shares of *all* ratings would leave far smaller
+    shares among the users who stay (the ones with a train rating). The first cut-off is instead
+    the latest position whose held-out share among the kept users' ratings is at least val_share +
+    test_share (the latest such position: the most users in train; the share moves in tiny steps at
+    scale); the second splits those held-out ratings so test gets its share of them (the latest ones). So val and test hold about val_share and test_share of the labelled ratings.
+    """
     users = ratings["user_id"].to_numpy()
     # By timestamp, then the tie rule; (user, movie) pairs are unique, so the order is total.
     order = np.lexsort(
         (tie_break_key(users, ratings["movie_id"].to_numpy(), seed), ratings["timestamp"].to_numpy(dtype="int64"))
     )
-    n = len(ratings)
-    n_test = min(int(np.floor(test_share * n + 0.5)), max(n - 1, 0))  # halves round up; one rating left to train
-    n_val = min(int(np.floor(val_share * n + 0.5)), max(n - 1 - n_test, 0))
+    n, held = len(ratings), val_share + test_share
     codes_sorted = np.full(n, _TRAIN, dtype=np.int8)
-    codes_sorted[n - n_test - n_val :] = _VAL
-    codes_sorted[n - n_test :] = _TEST
+    if n > 1 and held > 0:
+        _, user_codes, counts = np.unique(users[order], return_inverse=True, return_counts=True)
+        first = np.full(len(counts), n, dtype=np.int64)
+        np.minimum.at(first, user_codes, np.arange(n))  # each user's first position in time
+        # kept[a]: ratings of the users whose first rating is before position a (train is positions < a)
+        kept = np.cumsum(np.bincount(first, weights=counts, minlength=n + 1))[:-1]
+        cut = np.arange(1, n)  # one rating at least in train, at least one after the cut
+        share = (kept[cut - 1] - cut) / kept[cut - 1]  # kept[a] counts first < a, i.e. bincount up to a - 1
+        reaching = np.flatnonzero(share >= held)  # the latest such cut-off keeps the most users in train
+        a = int(cut[reaching[-1]]) if len(reaching) else 1
+        is_kept = first[user_codes] < a
+        after = np.flatnonzero(is_kept & (np.arange(n) >= a))  # the kept users' ratings after the first cut-off
+        n_test = min(int(np.floor(test_share / held * len(after) + 0.5)), len(after))
+        codes_sorted[after] = _VAL
+        codes_sorted[after[len(after) - n_test :]] = _TEST
+        codes_sorted[~is_kept] = _UNSCORED
     codes = np.empty_like(codes_sorted)
     codes[order] = codes_sorted
-    has_train = pd.Series(codes == _TRAIN).groupby(users).transform("any").to_numpy(bool)
-    codes[~has_train] = _UNSCORED
     return codes
 
 

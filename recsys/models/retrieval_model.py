@@ -13,6 +13,7 @@ import tensorflow_recommenders as tfrs
 
 from recsys.evaluation.score_blocks import RowScores
 from recsys.features.encoding import CONTEXT_FEATURES, MOVIE_FEATURES, USER_FEATURES, FeatureEncoder, resolve_features
+from recsys.features.fit_records import FitRecord, fingerprint
 from recsys.models.configs import RetrievalConfig
 from recsys.models.lazy_adam import LazyAdam
 from recsys.models.persistence import read_model_folder, save_model_folder
@@ -92,6 +93,10 @@ class TwoTowerRetrievalModel(tfrs.Model):
     FactorizedTopK metrics are not attached to the task: scoring the whole catalogue at every step
     would cost more than the training itself; see `evaluation.factorized_top_k_accuracy`.
 
+    `fit_record` is the fingerprint of the (user, movie) pairs the last `fit` was given as arrays
+    (`fit_records.FitRecord`, in the encoder's indices), saved with the model: what it was fitted
+    on, told by the data. A `fit` on a dataset (the workers' sharded batches) leaves it None.
+
     Args:
         cardinalities: embedding table sizes (FeatureEncoder.cardinalities()).
         config: hyper-parameters and feature switches.
@@ -100,11 +105,18 @@ class TwoTowerRetrievalModel(tfrs.Model):
     def __init__(self, cardinalities: dict[str, int], config: RetrievalConfig):
         super().__init__()
         self.config = config
+        self.fit_record: FitRecord | None = None
         self.query_tower = QueryTower(cardinalities, config)
         self.candidate_tower = CandidateTower(cardinalities, config)
         self.task = tfrs.tasks.Retrieval(
             temperature=config.temperature, remove_accidental_hits=config.remove_accidental_hits
         )
+
+    def fit(self, x=None, *args, **kwargs):
+        """Keras's `fit`, recording `fit_record` of the pairs in `x` when it is a dict of arrays or tensors."""
+        pairs = isinstance(x, dict) and "user_id" in x and "movie_id" in x
+        self.fit_record = fingerprint(np.asarray(x["user_id"]), np.asarray(x["movie_id"]), "encoder") if pairs else None
+        return super().fit(x, *args, **kwargs)
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """In-batch softmax loss of a batch of (user, watched movie) pairs, summed over the pairs.
@@ -246,14 +258,18 @@ def full_ranking_scores(
 def save_retrieval_model(model: TwoTowerRetrievalModel, encoder: FeatureEncoder, folder: str | os.PathLike) -> Path:
     """Save weights, config, cardinalities and the encoder so `load_retrieval_model` rebuilds the same model.
 
-    The encoder lives inside the folder: a refit on train + val has its own vocabularies.
+    The encoder lives inside the folder: a refit on train + val has its own vocabularies. So does
+    the model's `fit_record` (what it was fitted on), which the learned ranker matches to the run's splits.
     """
-    return save_model_folder(model, encoder, folder, {"config": model.config.to_dict()})
+    record = model.fit_record
+    state = {"config": model.config.to_dict(), "fit_record": None if record is None else record.to_dict()}
+    return save_model_folder(model, encoder, folder, state)
 
 
 def load_retrieval_model(folder: str | os.PathLike) -> tuple[TwoTowerRetrievalModel, FeatureEncoder]:
-    """Rebuild a model saved by `save_retrieval_model` and load its weights."""
+    """Rebuild a model saved by `save_retrieval_model` and load its weights (and its `fit_record`, if saved)."""
     state, encoder, weights = read_model_folder(folder)
     model = build_retrieval_model(state["cardinalities"], RetrievalConfig.from_params(state["config"]))
     model.load_weights(weights).expect_partial()
+    model.fit_record = FitRecord.from_dict(state.get("fit_record"))
     return model, encoder

@@ -20,18 +20,30 @@ import numpy as np
 import pandas as pd
 
 from recsys.features.feature_store import FeatureStore
+from recsys.features.fit_records import RunInteractions
 from recsys.models.ease import load_ease
 from recsys.ranking.lambdarank import group_sizes
-from recsys.ranking.ranker_features import FEATURE_GROUPS, FeatureSources
+from recsys.ranking.ranker_features import FEATURE_GROUPS, FeatureSources, checked_fitted_on
 from recsys.ranking.ranker_state import Ranker
 from recsys.ranking.rankers import make_ranker
 from recsys.retrieval.candidates import EaseSource
 
 
 def feature_sources(
-    store: FeatureStore, ease_folder: str, train_rating_folder: str, n_candidates: int, context: dict
+    store: FeatureStore,
+    ease_folder: str,
+    train_rating_folder: str,
+    n_candidates: int,
+    context: dict,
+    interactions: pd.DataFrame | RunInteractions | None = None,
+    retriever: tuple | None = None,
 ) -> FeatureSources:
     """The features' sources from saved models: EASE and the rating model fitted on train, the store's vectors.
+
+    What each model was fitted on comes from its fit record matched to the run's interactions
+    (`ranker_features.checked_fitted_on`): a model whose record matches none of the run's split
+    sets, or whose label disagrees with it, is refused (SourceRecordError); `FeatureSources.check`
+    then refuses, stage by stage, the sources fitted on the stage's labels.
 
     Args:
         store: the feature store, with the retrieval model's vectors attached.
@@ -39,18 +51,31 @@ def feature_sources(
         train_rating_folder: the rating model fitted on train only (`rating_training.save_rating_model`).
         n_candidates: candidates per source (a missing rank is n_candidates + 1).
         context: the requests' {hour, weekday, month} for the predicted rating.
+        interactions: the run's interactions (every split, with their ratings), or a RunInteractions
+            of them (built once for both stages); None takes the saved labels as they are.
+        retriever: (model, encoder) of the served two-tower, whose fit record is checked too; None (the
+            sequential retriever, or no check) takes it as fitted on train.
     """
     from recsys.ranking.served_rankers import RatingRanker
     from recsys.training.rating_training import load_rating_model
 
-    ease_model, ease_movie_ids, ease_fitted_on = load_ease(ease_folder)
+    fits = RunInteractions(interactions) if isinstance(interactions, pd.DataFrame) else interactions
+    ease_model, ease_movie_ids, ease_label = load_ease(ease_folder)
     model, encoder = load_rating_model(train_rating_folder)
+    retrieval = ("train",)  # as the retrieval step fits it, unless its record says otherwise (none: sequential)
+    if retriever is not None and retriever[0].fit_record is not None:
+        retrieval = checked_fitted_on("retrieval", retriever[0].fit_record, None, fits, retriever[1])
     return FeatureSources(
         store,
         n_candidates,
         EaseSource(ease_model.weights_, ease_movie_ids),
         RatingRanker(store, model, encoder, context).predicted_ratings,
-        {"retrieval": ("train",), "ease": ease_fitted_on, "rating_model": model.fitted_on},
+        {
+            "retrieval": retrieval,
+            "ease": checked_fitted_on("ease", ease_model.fit_record, ease_label, fits),
+            "rating_model": checked_fitted_on("rating_model", model.fit_record, model.fitted_on, fits, encoder),
+        },
+        fits,
     )
 
 
@@ -58,18 +83,23 @@ def with_rating_model(sources: FeatureSources, model, encoder, context: dict | N
     """The same sources with another rating model's predicted rating, recorded as fitted on what that model was.
 
     E.g. the rating model refitted on train + val: its features are then refused at the val stage
-    (`FeatureSources.check` raises LeakageError), as its predictions have seen the val labels.
+    (`FeatureSources.check` raises LeakageError), as its predictions have seen the val labels. What
+    it was fitted on is read from its fit record when the sources have the run's interactions
+    (`ranker_features.checked_fitted_on`; its label otherwise).
 
     Args:
-        model, encoder: the rating model (with its `fitted_on` splits) and its FeatureEncoder.
+        model, encoder: the rating model (with its `fitted_on` label and `fit_record`) and its FeatureEncoder.
         context: the requests' {hour, weekday, month} for the predicted rating.
     """
     from recsys.ranking.served_rankers import RatingRanker
 
+    fitted_on = checked_fitted_on(
+        "rating_model", getattr(model, "fit_record", None), model.fitted_on, sources.fits, encoder
+    )
     return dataclasses.replace(
         sources,
         predicted_rating=RatingRanker(sources.store, model, encoder, context).predicted_ratings,
-        fitted_on={**sources.fitted_on, "rating_model": model.fitted_on},
+        fitted_on={**sources.fitted_on, "rating_model": fitted_on},
     )
 
 

@@ -6,18 +6,21 @@ scored on the test stage (candidates exclude train and val movies). Every featur
 stages, comes from models and counts fitted on train: the same features mean the same thing
 when the ranker is trained and when it serves. `FeatureSources.check` refuses a source fitted on
 the labels of the stage it is asked for (e.g. the rating model refitted on train + val
-at the val stage).
+at the val stage). What a saved model was fitted on is read from the data, not from a label:
+`checked_fitted_on` matches the model's fit record (`recsys.features.fit_records`) to the run's
+interactions and refuses a record that matches none of its split sets, or a label that disagrees.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from recsys.features.feature_store import FeatureStore
+from recsys.features.fit_records import FitRecord, RunInteractions
 from recsys.retrieval.candidates import EaseSource
 
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -38,6 +41,54 @@ class LeakageError(ValueError):
     """A feature source was fitted on the split whose labels the ranker learns from (or is scored on)."""
 
 
+class SourceRecordError(LeakageError):
+    """What a feature source was fitted on cannot be trusted: its fit record matches none of the run's split sets,
+    or its label says otherwise than its record."""
+
+
+def checked_fitted_on(
+    name: str,
+    record: FitRecord | None,
+    label: Sequence[str] | None,
+    fits: RunInteractions | None,
+    encoder=None,
+) -> tuple[str, ...]:
+    """The splits a source was fitted on, from its fit record matched to the run's interactions.
+
+    Without a record (a model saved before records were kept, or trained on the workers, where
+    `fit` gets sharded batches) or without the run's interactions, the label is all there is: it
+    is returned as it is.
+
+    Args:
+        name: the source, for the messages ("ease", "rating_model", "retrieval").
+        record: the source's FitRecord.
+        label: the splits it was saved (or is assumed) as fitted on; None: no label.
+        fits: the run's interactions (`fit_records.RunInteractions`).
+        encoder: the source's FeatureEncoder, for a record of encoder indices.
+
+    Raises:
+        SourceRecordError: the record matches none of the run's split sets (fitted on other data:
+            another run, another split), or the label disagrees with what the record matches.
+    """
+    if record is None or fits is None:
+        if label is None:
+            raise SourceRecordError(f"feature source {name!r} has neither a fit record nor a label of its splits")
+        return tuple(label)
+    found = fits.match(record, encoder)
+    said = "no label" if label is None else f"label {list(label)}"
+    if found is None:
+        raise SourceRecordError(
+            f"feature source {name!r} ({said}) was fitted on none of this run's split sets: its fit record "
+            f"({record}) matches none of them ({fits.describe()}); refit it on this run's splits"
+        )
+    if label is not None and set(label) != set(found.splits):
+        raise SourceRecordError(
+            f"feature source {name!r} is labelled as fitted on {list(label)}, but the data says {list(found.splits)}: "
+            f"its fit record ({record}) is that of the run's {found}; save it with the splits it was fitted on"
+        )
+    return found.splits
+
+
 @dataclass
 class FeatureSources:
     """Everything the features are computed from, with the splits each part was fitted on.
@@ -52,7 +103,8 @@ class FeatureSources:
         predicted_rating: (user positions, movie positions) in the store -> predicted ratings of a
             rating model; None leaves the feature out.
         fitted_on: part name -> the splits it was fitted on ("store", "retrieval", "ease",
-            "rating_model"): what `check` reads.
+            "rating_model"): what `check` reads (`checked_fitted_on`: from the parts' fit records).
+        fits: the run's interactions the parts' fit records were matched to; None: the labels were taken as given.
     """
 
     store: FeatureStore
@@ -60,6 +112,7 @@ class FeatureSources:
     ease: EaseSource | None = None
     predicted_rating: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     fitted_on: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    fits: RunInteractions | None = None
 
     @property
     def features(self) -> tuple[str, ...]:

@@ -117,6 +117,11 @@ class IndexComparison:
             f"{len(self.users)} users answered by the exact fallback"
         )
 
+    def quality_metrics(self, prefix: str = "") -> dict[str, float | int]:
+        """`<prefix>scann_overlap_at_100` (ScaNN's overlap with exact search; the key keeps its name whatever k)
+        and `<prefix>scann_fallback_users` (users the exact index answered)."""
+        return {f"{prefix}scann_overlap_at_100": self.overlap, f"{prefix}scann_fallback_users": self.approx.n_fallback}
+
     def timing_metrics(self) -> dict[str, float]:
         """Single-query and batch latency of both indexes and ScaNN's build time, as metric keys."""
         batch, out = self.timing_batch, {}

@@ -208,6 +208,13 @@ def _features(v: list) -> str | None:
     return None
 
 
+def _hidden_models(v: list) -> str | None:
+    known = ("ease", "puresvd")  # recsys.exploration.hidden_preferences.HIDDEN_MODELS (a later layer)
+    if not v or len(set(v)) != len(v) or not set(v) <= set(known):
+        return f"must be a non-empty list of distinct hidden models among {list(known)}"
+    return None
+
+
 def _hosts(v: list) -> str | None:
     bad = [h for h in v if not isinstance(h, str) or not h.rpartition(":")[0] or not h.rpartition(":")[2].isdigit()]
     return f"{bad} are not host:port addresses (e.g. 10.0.0.2:12345)" if bad else None
@@ -339,7 +346,9 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "simulation.rounds": _at_least(1),
         "simulation.k": _at_least(1),
         "simulation.users": _at_least(0),
-        "simulation.repeats": _at_least(1),
+        "simulation.repeats": _at_least(2),
+        "simulation.hidden_models": _hidden_models,
+        "simulation.hidden_svd_rank": _at_least(1),
         "simulation.background_sample": _at_least(10),
         "distribute.strategy": _one_of(*STRATEGIES),
         "distribute.workers": _at_least(1),

@@ -94,7 +94,10 @@ def strategy_table(run_dir: Path) -> list[dict]:
         settings = [
             k.removeprefix("recall_at_10_")
             for k in metrics
-            if k.startswith("recall_at_10_") and not k.startswith("recall_at_10_foldin")  # not test-split lists
+            if k.startswith("recall_at_10_")
+            and not k.startswith("recall_at_10_foldin")  # not test-split lists
+            and "_minus_" not in k  # paired differences and their intervals, not lists
+            and not k.endswith("_std")  # a list's spread
         ]
         for setting in settings:
             rows.append(
@@ -108,24 +111,29 @@ def _number_cell(value: float | None) -> str:
 
 
 SIMULATION_METRICS = ("accepted_per_user", "coverage_final", "gini_final", "accepted_popularity")
+SIMULATION_VERDICTS = ("accepted_per_user", "coverage_final")  # each policy against the served list
 SIMULATION_FIGURE = "coverage_over_rounds.png"  # written by the simulation notebook beside its metrics.json
 
 
 def simulation_table(run_dir: Path) -> tuple[str, list[dict]] | None:
-    """(stage, one row per policy) of the run's closed-loop simulation: SIMULATION_METRICS and their seed spreads.
+    """(stage, one row per policy) of the run's closed-loop simulation: SIMULATION_METRICS (means over the seeds and
+    hidden models) and, against the served list, the verdicts on accepted movies and coverage.
 
     A simulation's metrics are the `gini_final_<policy>` keys (one per policy) and their companions.
     """
     for stage in _stages(run_dir):
         metrics = read_metrics(run_dir, stage)
-        policies = [k.removeprefix("gini_final_") for k in metrics if k.startswith("gini_final_")]
+        policies = [
+            k.removeprefix("gini_final_")
+            for k in metrics
+            if k.startswith("gini_final_") and "_under_" not in k and "_minus_" not in k
+        ]
         if policies:
             return stage, [
                 {
                     "policy": p,
                     **{m: metrics.get(f"{m}_{p}") for m in SIMULATION_METRICS},
-                    "accepted_per_user_spread": metrics.get(f"accepted_per_user_spread_{p}"),
-                    "coverage_final_spread": metrics.get(f"coverage_final_spread_{p}"),
+                    **{f"{m} vs served": metrics.get(f"{m}_{p}_minus_served_verdict", "") for m in SIMULATION_VERDICTS},
                 }
                 for p in policies
             ]
@@ -137,16 +145,21 @@ def _simulation_html(run_dir: Path, reports_dir: Path) -> str:
     if found is None:
         return ""
     stage, rows = found
-    columns = [*SIMULATION_METRICS, "accepted_per_user_spread", "coverage_final_spread"]
-
+    verdict_columns = [f"{m} vs served" for m in SIMULATION_VERDICTS]
     body = "".join(
-        f"<tr><td>{html.escape(r['policy'])}</td>" + "".join(_number_cell(r[c]) for c in columns) + "</tr>"
+        f"<tr><td>{html.escape(r['policy'])}</td>"
+        + "".join(_number_cell(r[c]) for c in SIMULATION_METRICS)
+        + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in verdict_columns)
+        + "</tr>"
         for r in rows
     )
+    metrics = read_metrics(run_dir, stage)
     part = (
         f"<h3>Closed-loop simulation ({html.escape(stage)}): every policy in its own world over the rounds; "
-        "spreads are between the simulation's seeds</h3>"
-        f"<table><tr><th>policy</th>{''.join(f'<th>{c}</th>' for c in columns)}</tr>{body}</table>"
+        f"means over {metrics.get('n_seeds')} seeds under each of {metrics.get('n_hidden_models')} hidden "
+        "preference models; a verdict only where the paired 95% interval excludes 0 under every hidden model</h3>"
+        f"<table><tr><th>policy</th>{''.join(f'<th>{c}</th>' for c in [*SIMULATION_METRICS, *verdict_columns])}</tr>"
+        f"{body}</table>"
     )
     figure = run_dir / stage / SIMULATION_FIGURE
     if figure.exists():

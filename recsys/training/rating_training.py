@@ -15,6 +15,7 @@ from recsys.core.seeding import set_seed
 from recsys.data.rating_scale import RatingScale
 from recsys.evaluation import metrics
 from recsys.features.encoding import MOVIE_ROW, ExampleInputs, FeatureEncoder, as_arrays
+from recsys.features.fit_records import FitRecord, fingerprint
 from recsys.models.configs import RatingConfig
 from recsys.models.persistence import read_model_folder, save_model_folder
 from recsys.models.predict import predict
@@ -110,6 +111,15 @@ def training_dataset(inputs: Inputs, ratings: np.ndarray, batch_size: int, seed:
     return epoch_seeds.flat_map(epoch_batches).map(gather).prefetch(2).with_options(options)
 
 
+def inputs_fit_record(inputs: Inputs) -> FitRecord:
+    """The FitRecord of the (user, movie) examples of model inputs, in the encoder's indices (`fit_records`)."""
+    if isinstance(inputs, ExampleInputs):
+        users, movies = inputs.examples["user_id"], inputs.movies["movie_id"][inputs.examples[MOVIE_ROW]]
+    else:
+        users, movies = inputs["user_id"], inputs["movie_id"]
+    return fingerprint(users, movies, ids="encoder")
+
+
 def train_rating_model(
     config: RatingConfig,
     cardinalities: dict[str, int],
@@ -134,9 +144,12 @@ def train_rating_model(
         x_val, y_val: validation data for early stopping (restores the best epoch's weights).
         epochs: for a refit without validation data: how many epochs to run.
         verbose: Keras's per-epoch lines (0: none; `callbacks.history_table` shows the run as a table).
+
+    The model carries `fit_record` (`inputs_fit_record(x_train)`): what it was fitted on, saved with it.
     """
     set_seed(seed)
     model = build_rating_model(cardinalities, config, float(np.mean(y_train)))
+    model.fit_record = inputs_fit_record(x_train)
     timer = EpochTimer()
     callbacks: list = [timer]
     if x_val is not None:
@@ -240,11 +253,18 @@ def save_rating_model(
     fitted_on: Sequence[str],
     scale: RatingScale,
 ) -> Path:
-    """Save weights, config, global mean, the splits it was fitted on, the rating scale and the encoder."""
+    """Save weights, config, global mean, the splits it was fitted on, the rating scale and the encoder.
+
+    With them, the model's `fit_record` (set by `train_rating_model`, kept by `load_rating_model`):
+    the fingerprint of the examples it was fitted on, which the learned ranker matches to the run's
+    splits; `fitted_on` is the caller's label, which must agree with it there.
+    """
+    record = getattr(model, "fit_record", None)
     state = {
         "config": model.config.to_dict(),
         "global_mean": model.global_mean,
         "fitted_on": list(fitted_on),
+        "fit_record": None if record is None else record.to_dict(),
         **scale.to_dict(),
     }
     return save_model_folder(model, encoder, folder, state)
@@ -253,12 +273,15 @@ def save_rating_model(
 def load_rating_model(folder: str | os.PathLike) -> tuple[TwoTowerRatingModel, FeatureEncoder]:
     """Rebuild a model saved by `save_rating_model` and load its weights.
 
-    The model carries `fitted_on` (its splits) and `rating_scale` (what its predictions are clipped to).
+    The model carries `fitted_on` (its label: the splits it was saved as fitted on), `fit_record`
+    (the fingerprint of what it was fitted on; None for a model saved without one) and
+    `rating_scale` (what its predictions are clipped to).
     """
     state, encoder, weights = read_model_folder(folder)
     model = build_rating_model(state["cardinalities"], RatingConfig.from_params(state["config"]), state["global_mean"])
     model.load_weights(weights).expect_partial()
     model.fitted_on = tuple(state["fitted_on"])
+    model.fit_record = FitRecord.from_dict(state.get("fit_record"))
     if "rating_scale" not in state:
         raise ValueError(
             f"{folder} was saved without its rating scale (by an older version): rerun the notebook that trains it"

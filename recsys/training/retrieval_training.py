@@ -146,3 +146,35 @@ def train_retrieval_model(
     wall_s = time.perf_counter() - start
     n = int(inputs["user_id"].shape[0])
     return RetrievalTrainingResult(model, history.history, wall_s, steady_throughput(n, timer.epoch_s), n)
+
+
+def refit_on_train_val(
+    config: RetrievalConfig,
+    encoder: FeatureEncoder,
+    positives: pd.DataFrame,
+    user_table: pd.DataFrame,
+    movie_table: pd.DataFrame,
+    seed: int,
+    epochs: int,
+) -> RetrievalTrainingResult:
+    """A fresh model fitted on the train and val positives for `epochs`, without early stopping.
+
+    The rating models' protocol applied to retrieval: the epochs are chosen on val (the early-stopped
+    run's best epoch, `TrainingCurve.best_epoch`), then the same config and seed learn from train + val,
+    so at test the user vectors have read the same history as EASE and the sequential query
+    (train + val). The encoder stays the one fitted on train (as for the rating model's refit):
+    a movie first rated in val shares the unknown id row.
+
+    Args:
+        positives: the run's positives with their `split` (every split; test is left out here).
+        epochs: the number of epochs to train (>= 1).
+
+    Raises:
+        ValueError: epochs < 1, or no positive in train or val.
+    """
+    if epochs < 1:
+        raise ValueError(f"refit for at least one epoch, got epochs={epochs}")
+    before_test = positives[positives["split"].isin(("train", "val"))]
+    if not before_test["split"].eq("val").any() or not before_test["split"].eq("train").any():
+        raise ValueError("the refit needs train and val positives: check the split and retrieval.min_rating")
+    return train_retrieval_model(config, encoder, before_test, user_table, movie_table, seed, epochs=epochs)

@@ -11,6 +11,7 @@ import pytest
 from scipy import special
 
 from recsys.evaluation import metrics
+from recsys.exploration import hidden_preferences as hp
 from recsys.exploration import simulation as sim
 from recsys.exploration.reranking import standardise_rows
 from recsys.exploration.simulation_policies import PopularityPolicy, RandomPolicy
@@ -24,7 +25,7 @@ def tiny_world(n_users: int = 40, n_movies: int = 60, seed: int = 0):
     train = pd.DataFrame(rows, columns=["user_id", "movie_id"]).assign(rating=4.0)
     start = sim.PolicyLog.start(train, user_ids, movie_ids, np.arange(n_users))
     z = standardise_rows(np.asarray(-np.arange(n_movies)[None, :] + rng.normal(0, 5, (n_users, n_movies)), np.float32))
-    return start, sim.HiddenPreferences(z, 1.0, -1.0)
+    return start, hp.HiddenPreferences(z, 1.0, -1.0)
 
 
 def test_calibration_reproduces_both_measured_rates():
@@ -32,14 +33,14 @@ def test_calibration_reproduces_both_measured_rates():
     z = standardise_rows(rng.normal(size=(200, 300)).astype(np.float32))
     reference = np.argsort(-z, axis=1)[:, :10]  # the users' favourites
     background = rng.integers(0, 300, (200, 50))
-    slope, offset = sim.calibrate(z, reference, 0.35, background, 0.03)
+    slope, offset = hp.calibrate(z, reference, 0.35, background, 0.03)
     rows = np.arange(200)[:, None]
     assert special.expit(slope * z[rows, reference] + offset).mean() == pytest.approx(0.35, abs=1e-6)
     assert special.expit(slope * z[rows, background] + offset).mean() == pytest.approx(0.03, abs=1e-5)
     with pytest.raises(ValueError, match="background_rate"):
-        sim.calibrate(z, reference, 0.01, background, 0.35)  # random movies accepted more than favourites
+        hp.calibrate(z, reference, 0.01, background, 0.35)  # random movies accepted more than favourites
     with pytest.raises(ValueError, match="reference_rate must be in"):
-        sim.calibrate(z, reference, 1.5, background, 0.01)
+        hp.calibrate(z, reference, 1.5, background, 0.01)
 
 
 def test_acceptance_draws_are_common_to_policies_and_fixed_by_seed_and_round():
@@ -201,7 +202,7 @@ def test_measured_rates_on_a_hand_made_log():
     start = sim.PolicyLog.start(interactions[interactions["split"] == "train"], *ids)
     everything = sim.PolicyLog.start(interactions, *ids).matrix
     reference = np.array([[2, 4], [1, 5]])  # user 1: 30 (later), 50; user 2: 20, 60 (later)
-    reference_rate, background_rate = sim.measured_rates(everything, start, reference)
+    reference_rate, background_rate = hp.measured_rates(everything, start, reference)
     assert reference_rate == pytest.approx(0.5)  # 2 of the 4 listed movies were watched later
     assert background_rate == pytest.approx((2 / 4 + 1 / 5) / 2)  # later movies over unseen ones, per user
 
@@ -217,56 +218,61 @@ def skewed_interactions(n_users: int = 80, n_movies: int = 60, seed: int = 0) ->
     return pd.DataFrame(rows, columns=["user_id", "movie_id", "split"]).assign(rating=4.0)
 
 
-def test_hidden_preferences_reproduce_the_rates_measured_on_the_run():
+@pytest.mark.parametrize("model", hp.HIDDEN_MODELS)
+def test_every_hidden_model_reproduces_the_rates_measured_on_test(model):
     interactions = skewed_interactions()
     user_ids, movie_ids = np.arange(1, 81), np.arange(1, 61)
-    start = sim.PolicyLog.start(interactions[interactions["split"] == "train"], user_ids, movie_ids, np.arange(80))
+    known = interactions[interactions["split"].isin(["train", "val"])]  # the world starts from train + val
+    start = sim.PolicyLog.start(known, user_ids, movie_ids, np.arange(80))
     popular = PopularityPolicy()
     popular.update(start)
     reference = popular.recommend(start, 5, np.random.default_rng(0))
-    hidden, calibration = sim.hidden_preferences(interactions, start, reference, 10.0, 20, seed=1)
     everything = sim.PolicyLog.start(interactions, user_ids, movie_ids, start.active).matrix
-    measured = sim.measured_rates(everything, start, reference)
+    hidden, calibration = hp.hidden_preferences(
+        everything, start, reference, model, ease_l2=10.0, svd_rank=8, background_size=20, seed=1
+    )
+    measured = hp.measured_rates(everything, start, reference)
     assert (calibration.reference_rate, calibration.background_rate) == measured
+    # the rates count test hits only: the val movies are in the start log, so never "later"
+    test_only = sim.PolicyLog.start(interactions[interactions["split"] == "test"], user_ids, movie_ids, start.active)
+    hits = test_only.matrix[start.active][np.arange(80)[:, None], reference].toarray()
+    assert measured[0] == pytest.approx(hits.mean())
     np.testing.assert_array_equal(calibration.background, sim.random_unseen(start, 20, np.random.default_rng(1)))
     assert hidden.probability(start.active, reference).mean() == pytest.approx(measured[0], abs=1e-6)
     assert hidden.probability(start.active, calibration.background).mean() == pytest.approx(measured[1], abs=1e-5)
-    assert hidden.z.dtype == np.float32 and hidden.z.shape == (80, 60)
+    assert hidden.z.dtype == np.float32 and hidden.z.shape == (80, 60) and hidden.name == model
     np.testing.assert_allclose(hidden.z.mean(axis=1), 0, atol=1e-5)
 
 
-# ---- the summary over seeds and the tie rule --------------------------------------------------------------
+def test_the_two_hidden_models_are_different_worlds_and_each_is_reproducible():
+    interactions = skewed_interactions()
+    everything = sim.PolicyLog.start(interactions, np.arange(1, 81), np.arange(1, 61), np.arange(80)).matrix
+    ease = hp.hidden_scores(everything, "ease", 10.0, 8, seed=1)
+    svd = hp.hidden_scores(everything, "puresvd", 10.0, 8, seed=1)
+    np.testing.assert_array_equal(svd, hp.hidden_scores(everything, "puresvd", 10.0, 8, seed=1))
+    assert not np.allclose(ease, svd, atol=0.1)
+    # PureSVD of rank r: X V Vᵀ with V the top r right singular vectors
+    dense = everything.toarray().astype(np.float64)
+    vt = np.linalg.svd(dense, full_matrices=False)[2][:8]
+    np.testing.assert_allclose(svd, standardise_rows((dense @ vt.T @ vt).astype(np.float32)), atol=1e-3)
+    with pytest.raises(ValueError, match="hidden_svd_rank"):
+        hp.hidden_scores(everything, "puresvd", 10.0, 60, seed=1)
+    with pytest.raises(ValueError, match="hidden model must be one of"):
+        hp.hidden_scores(everything, "mf", 10.0, 8, seed=1)
+    with pytest.raises(ValueError, match="hidden_models"):
+        hp.calibrated_worlds(everything, None, None, ["ease", "bpr"], ease_l2=1, svd_rank=2, background_size=5, seed=0)
 
 
-def test_the_tie_rule_each_branch():
-    final = pd.DataFrame({"coverage_final": [0.5, 0.8, 0.2, 0.6, 0.75]}, index=["served", "up", "down", "near", "edge"])
-    spread = pd.DataFrame({"coverage_final": [0.125, 0.1, 0.0, 0.01, 0.0]}, index=final.index)
-    difference, verdict, band = sim.compare(final, spread, "up", "coverage_final")
-    assert verdict == "higher" and difference == pytest.approx(0.3) and band == 0.25  # twice the larger spread
-    difference, verdict, band = sim.compare(final, spread, "down", "coverage_final")
-    assert verdict == "lower" and difference == pytest.approx(-0.3) and band == 0.25
-    assert sim.compare(final, spread, "near", "coverage_final")[1] == "a tie"  # 0.1 within 0.25
-    assert sim.compare(final, spread, "edge", "coverage_final") == (0.25, "a tie", 0.25)  # on the band: a tie
-    # the band is twice the larger of the two spreads, whichever policy has it: here the compared one's
-    difference, verdict, band = sim.compare(final, spread, "up", "coverage_final", reference="down")
-    assert verdict == "higher" and difference == pytest.approx(0.6) and band == pytest.approx(0.2)
-
-
-def test_summary_over_seeds_and_its_metrics():
-    start, hidden = tiny_world()
-    popularity = np.full(len(start.movie_ids), 0.5)
-    frames = [
-        sim.simulate({"popularity": PopularityPolicy(), "random": RandomPolicy()}, hidden, start, 3, 5, s, popularity)[
-            0
-        ].assign(seed=s)
-        for s in (7, 8, 9)
-    ]
-    final, spread = sim.summary_over_seeds(pd.concat(frames, ignore_index=True), seed=8)
-    pd.testing.assert_frame_equal(final, sim.summary(frames[1]))
-    per_seed = np.stack([sim.summary(frame)["coverage_final"].to_numpy() for frame in frames])
-    np.testing.assert_allclose(spread["coverage_final"], per_seed.max(axis=0) - per_seed.min(axis=0))
-    assert list(spread.index) == list(final.index) == ["popularity", "random"]
-    metrics_out = sim.summary_metrics(final, spread)
-    assert len(metrics_out) == 2 * (len(sim.SUMMARY_METRICS) + 2)
-    assert metrics_out["coverage_final_random"] == final.loc["random", "coverage_final"]
-    assert metrics_out["accepted_per_user_spread_popularity"] == spread.loc["popularity", "accepted_per_user"]
+def test_a_sequential_retriever_reads_the_log_s_timeline_with_accepted_movies_last():
+    train = pd.DataFrame(
+        {"user_id": [1, 1, 2], "movie_id": [10, 20, 10], "rating": [4.0, 2.0, 5.0], "position": [0, 1, 0]}
+    )
+    start = sim.PolicyLog.start(train, [1, 2], [10, 20, 30, 40], [0, 1])
+    log = start.with_accepted(np.array([0, 0, 1]), np.array([3, 2, 1]), 1)
+    timeline = log.timeline()
+    user_1 = timeline[timeline["user_id"] == 1].sort_values("position")
+    assert user_1["movie_id"].tolist() == [10, 20, 40, 30]  # the start's timeline, then accepted in order
+    assert user_1["rating"].isna().tolist() == [False, False, True, True]
+    assert "position" not in log.interactions().columns  # the feature store's table
+    with pytest.raises(ValueError, match="no `position` column"):
+        sim.PolicyLog.start(train.drop(columns="position"), [1, 2], [10, 20, 30, 40], [0, 1]).timeline()

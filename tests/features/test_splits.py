@@ -166,10 +166,8 @@ def test_global_temporal_puts_every_val_and_test_rating_after_every_train_rating
     assert labelled.map(ranks).astype(int).is_monotonic_increasing  # strictly after, ties by the rule
     stamps = ratings.loc[labelled.index, "timestamp"].groupby(labelled, observed=True)
     assert stamps.max()["train"] <= stamps.min()["val"] and stamps.max()["val"] <= stamps.min()["test"]
-    # the shares are of all ratings: exact before the unscored users' ratings leave
-    n = len(ratings)
-    assert (split.isin(["val", "test"]) | split.isna()).sum() == round(0.25 * n)
-    shares = split.value_counts(normalize=True, dropna=False)
+    # the shares are of the labelled ratings (the users with a train rating)
+    shares = split.value_counts(normalize=True)
     assert abs(shares["test"] - 0.1) < 0.02 and abs(shares["val"] - 0.15) < 0.02
     # and every user's own timeline agrees: train, then val, then test
     frame = ratings.assign(split=split.map(ranks), position=timeline_position(ratings, 5)).dropna()
@@ -187,10 +185,32 @@ def test_global_temporal_leaves_users_without_a_train_rating_unscored():
         }
     )
     split = assign_split(ratings, "global_temporal", val_share=0.1, test_share=0.1, seed=1)
-    # the latest 2 of the 20 ratings (22, 23) to test, the 2 before (20, 21) to val
-    assert split[ratings["user_id"] == 1].tolist() == ["train"] * 6 + ["val", "test"]
+    # users 1 and 3 (18 ratings) can be scored; the first cut-off leaves 4 of their 18 after it (22%, the
+    # closest to 20%): user 3's times 14 and 15 and user 1's 20 and 22; the latest 2 of those to test
+    assert split[ratings["user_id"] == 1].tolist() == ["train"] * 6 + ["test", "test"]
     assert split[ratings["user_id"] == 2].isna().all()  # no train rating: cannot be scored, not evaluated
-    assert (split[ratings["user_id"] == 3] == "train").all()  # everything before the cut-offs
+    assert split[ratings["user_id"] == 3].tolist() == ["train"] * 8 + ["val", "val"]
+
+
+def test_global_temporal_holds_its_shares_of_the_labelled_ratings_when_many_users_arrive_late():
+    # 300 users, each rating in one burst at a random start: cutting the latest 20% of all ratings would leave
+    # the users who stay with far less than 20% held out; the cut-offs are placed for the labelled ratings
+    rng = np.random.default_rng(0)
+    starts, sizes = rng.uniform(0, 1e6, 300).astype(int), rng.integers(20, 60, 300)
+    ratings = pd.DataFrame(
+        {
+            "user_id": np.repeat(np.arange(300), sizes),
+            "movie_id": np.concatenate([np.arange(s) for s in sizes]),
+            "timestamp": np.concatenate([start + rng.integers(0, 3e5, s) for start, s in zip(starts, sizes)]),
+        }
+    )
+    split = assign_split(ratings, "global_temporal", val_share=0.1, test_share=0.1, seed=2)
+    shares = split.value_counts(normalize=True)
+    assert abs(shares["test"] - 0.1) < 0.01 and abs(shares["val"] - 0.1) < 0.01
+    assert split.isna().any()  # the late users
+    labelled = split.dropna()
+    stamps = ratings.loc[labelled.index, "timestamp"].groupby(labelled, observed=True)
+    assert stamps.max()["train"] <= stamps.min()["val"] and stamps.max()["val"] <= stamps.min()["test"]
 
 
 def test_global_temporal_ties_at_a_cut_off_follow_the_seeded_rule_not_the_row_order():

@@ -142,3 +142,22 @@ def test_the_in_place_inverse_mirrors_every_block_and_matches_numpy():
     np.testing.assert_allclose(weights, expected, rtol=1e-5)
     assert weights.flags.c_contiguous and weights.dtype == np.float32
     np.testing.assert_array_equal(gram, A)  # the Gram matrix is left as it was (tune_ease reuses it)
+
+
+def test_the_refitter_gives_ease_s_weights_of_a_grown_matrix():
+    from recsys.models.ease import EaseRefitter
+
+    rng = np.random.default_rng(3)
+    start = sp.csr_matrix((rng.random((40, 30)) < 0.2).astype(np.float32))
+    grown = start.tolil()
+    for row, column in zip(rng.integers(0, 40, 25), rng.integers(0, 30, 25)):
+        grown[row, column] = 1.0
+    grown = grown.tocsr()
+    refitter = EaseRefitter(start, 5.0)
+    np.testing.assert_allclose(refitter.weights(grown), EASE(5.0).fit(grown).weights_, atol=2e-5)
+    np.testing.assert_allclose(refitter.weights(start), EASE(5.0).fit(start).weights_, atol=2e-5)
+    assert refitter.weights(grown).dtype == np.float32
+    shrunk = start.tolil()
+    shrunk[start.nonzero()[0][0], start.nonzero()[1][0]] = 0
+    with pytest.raises(ValueError, match="none removed"):
+        refitter.weights(shrunk.tocsr())

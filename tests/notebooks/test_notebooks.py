@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -122,6 +123,9 @@ def test_smoke_two_tower_beats_the_global_mean(smoke_run):
     assert not (smoke_run / "04_two_tower_rating" / "distributed_jobs").exists()
 
 
+RETRIEVAL_GAP_METRICS = ("recall_at_10", "recall_at_100", "ndcg_at_10")
+
+
 def test_smoke_retrieval_metrics(smoke_run):
     m = metrics(smoke_run, "05_retrieval")
     for model in ("popularity", "ease", "two_tower"):
@@ -134,6 +138,14 @@ def test_smoke_retrieval_metrics(smoke_run):
         m[f"factorized_top_{k}_accuracy"] for k in (1, 5, 10, 50, 100)
     )
     assert 0 < m["recall_at_10_sequential"] <= m["recall_at_100_sequential"] <= 1 and m["ndcg_at_10_sequential"] > 0
+    # the two-tower refitted on train + val (the history EASE reads at test), and every pair with its paired interval
+    assert 0 < m["recall_at_10_two_tower_trainval"] <= m["recall_at_100_two_tower_trainval"] <= 1
+    assert m["ndcg_at_10_two_tower_trainval"] > 0
+    pairs = [("two_tower", "ease"), ("two_tower_trainval", "ease"), ("sequential", "ease"), ("sequential", "two_tower")]
+    for (a, b), metric in itertools.product([*pairs, ("two_tower", "popularity")], RETRIEVAL_GAP_METRICS):
+        gap = f"{metric}_{a}_minus_{b}"
+        assert m[f"{gap}_low"] <= m[gap] <= m[f"{gap}_high"]
+        assert m[gap] == pytest.approx(m[f"{metric}_{a}"] - m[f"{metric}_{b}"])
     for given in (5, 10):
         for model in ("popularity", "ease", "sequential"):
             assert 0 < m[f"recall_at_10_foldin{given}_{model}"] <= 1
@@ -158,6 +170,14 @@ def test_smoke_two_stage_metrics(smoke_run):
         assert 0 < m[f"recall_at_10_{strategy}"] <= 1 and 0 < m[f"ndcg_at_10_{strategy}"] <= 1
         assert 0 < m[f"coverage_at_10_{strategy}"] <= 1 and m[f"novelty_{strategy}"] > 0
     assert m["served_ranker"] == "lambdarank" and m["ndcg_at_10_learned"] == m["ndcg_at_10_lambdarank"]
+    # every row against retrieval alone and EASE: the mean difference inside its 95% paired bootstrap interval
+    rows = ("learned", "lambdarank", "dcn", "two_stage", "lambdarank_no_ease")
+    for name, base, metric in itertools.product(rows, ("retrieval_only", "ease"), ("recall_at_10", "ndcg_at_10")):
+        gap = f"{metric}_{name}_minus_{base}"
+        assert m[f"{gap}_low"] <= m[gap] <= m[f"{gap}_high"]
+        assert m[gap] == pytest.approx(m[f"{metric}_{name}"] - m[f"{metric}_{base}"])
+    assert m["ndcg_at_10_learned_minus_ease_low"] == m["ndcg_at_10_lambdarank_minus_ease_low"]
+    assert "ndcg_at_10_ease_minus_ease" not in m
     # the synthetic users' choices follow taste: the learned rankers must beat the rating-ordered list
     assert min(m["ndcg_at_10_lambdarank"], m["ndcg_at_10_dcn"]) > m["ndcg_at_10_two_stage"]
     assert 0 < m["candidate_recall_at_100"] <= m["candidate_recall_merged_test"] <= 1
@@ -215,23 +235,43 @@ def test_smoke_exploration_metrics(smoke_run):
 SIMULATED_POLICIES = ("served", "weighted_sampling", "gaussian_noise", "least_viewed", "popularity", "random")
 
 
-def test_simulation_runs_every_policy_over_the_rounds_and_two_seeds(smoke_run):
+def test_simulation_runs_every_policy_in_two_worlds_and_judges_by_paired_intervals(smoke_run):
     m10 = metrics(smoke_run, "10_simulation")
     for policy in SIMULATED_POLICIES:
         for key in ("accepted_per_user", "coverage_final", "gini_final", "accepted_popularity"):
             assert 0 <= m10[f"{key}_{policy}"] <= 1 or key == "accepted_per_user"
+            assert f"{key}_{policy}_under_puresvd" in m10
     assert m10["rounds"] == 3 and m10["simulated_users"] > 0
+    assert m10["n_hidden_models"] == 2 and m10["n_seeds"] == 3 and m10["calibrated_on"] == "test"
     # the served list is accepted far more often than random movies; random reaches the most of the catalogue
     assert m10["accepted_per_user_served"] > 3 * m10["accepted_per_user_random"]
     assert m10["coverage_final_random"] > m10["coverage_final_served"] > m10["coverage_final_popularity"]
     assert m10["calibration_reference_rate"] > m10["calibration_background_rate"] > 0
+    # every policy is compared with the served list under both worlds; the verdict follows the rule
+    for policy in SIMULATED_POLICIES[1:]:
+        for measure in ("accepted_per_user", "coverage_final"):
+            name = f"{measure}_{policy}_minus_served"
+            bounds = [(m10[f"{name}_under_{h}_low"], m10[f"{name}_under_{h}_high"]) for h in ("ease", "puresvd")]
+            assert all(low <= m10[f"{name}_under_{h}"] <= high for (low, high), h in zip(bounds, ("ease", "puresvd")))
+            expected = (
+                "higher"
+                if all(low > 0 for low, _ in bounds)
+                else "lower"
+                if all(high < 0 for _, high in bounds)
+                else "no difference shown"
+            )
+            assert m10[f"{name}_verdict"] == expected
+    assert m10["accepted_per_user_random_minus_served_verdict"] == "lower"
+    assert m10["coverage_final_random_minus_served_verdict"] == "higher"
     rounds = pd.read_parquet(smoke_run / "10_simulation" / "rounds.parquet")
-    assert sorted(rounds["seed"].unique()) == [42, 43] and len(rounds) == 2 * 3 * len(SIMULATED_POLICIES)
+    assert sorted(rounds["seed"].unique()) == [42, 43, 44] and set(rounds["hidden"]) == {"ease", "puresvd"}
+    assert len(rounds) == 2 * 3 * 3 * len(SIMULATED_POLICIES)
     # 07 and 08 chose the settings the simulation serves
     assert metrics(smoke_run, "07_explore_weighted_sampling")["chosen_temperature"] >= 0
     assert (smoke_run / "08_explore_gaussian_noise" / "setting.json").exists()
     index = (smoke_run / "reports" / "index.html").read_text()
     assert "Closed-loop simulation" in index and 'src="summary_coverage_over_rounds.png"' in index
+    assert "no difference shown" in index or "higher" in index
     assert (smoke_run / "reports" / "summary_coverage_over_rounds.png").stat().st_size > 10_000
 
 
@@ -245,9 +285,10 @@ def run_beside(smoke_run: Path, run_name: str, *args: str) -> Path:
 
 @pytest.fixture(scope="module")
 def temporal_run(smoke_run) -> Path:
-    """01 and 03-06 on a temporal split serving the sequential retriever (02, the EDA, feeds no later notebook)."""
+    """01 and 03-10 on a temporal split serving the sequential retriever (02, the EDA, feeds no later notebook)."""
     overrides = ["-p", "split.strategy=temporal", "-p", "retrieval.model=sequential"]
-    selection = [arg for stage in ("01", "03", "04", "05", "06") for arg in ("--only", stage)]  # EDA is read by none
+    stages = ("01", "03", "04", "05", "06", "07", "08", "09", "10")
+    selection = [arg for stage in stages for arg in ("--only", stage)]  # EDA is read by none
     return run_beside(smoke_run, "smoke-temporal", *overrides, *selection)
 
 
@@ -299,6 +340,11 @@ def test_temporal_run_serves_the_sequential_retriever_and_compares_with_the_rand
     m5, m6 = metrics(temporal_run, "05_retrieval"), metrics(temporal_run, "06_retrieval_ranking")
     assert m5["split_strategy"] == "temporal" and m6["served_retriever"] == "sequential"
     assert 0 < m6["recall_at_10_retrieval_only"] <= 1 and 0 < m6["ndcg_at_10_learned"] <= 1
+    # after 06, every notebook serves 06's path: the sequential retriever's queries, read from each stage's history
+    m8, m10 = metrics(temporal_run, "08_explore_gaussian_noise"), metrics(temporal_run, "10_simulation")
+    assert m8["setting_chosen_on"] == "val" and m10["served_retriever"] == "sequential"
+    assert m10["accepted_per_user_served"] > m10["accepted_per_user_random"]
+    assert "served retriever: sequential" in (temporal_run / "reports" / "10_simulation.html").read_text()
     index = (temporal_run / "reports" / "index.html").read_text()
     assert "Retrieval under each split strategy" in index and ">smoke<" in index and ">smoke-temporal<" in index
 

@@ -86,6 +86,10 @@ class Distribute:
         where = f"hosts {', '.join(self.hosts)}" if self.hosts else "local workers on 127.0.0.1"
         return f"MultiWorkerMirroredStrategy, {self.n_workers} workers ({where})"
 
+    def metrics(self, prefix: str = "") -> dict[str, str | int]:
+        """`<prefix>trained_by` (the label) and `<prefix>train_workers`, as a run's metrics record them."""
+        return {f"{prefix}trained_by": self.label, f"{prefix}train_workers": self.n_workers}
+
 
 def run(
     job: dict, job_dir: Path, settings: Distribute, on_start=None, keep_backup: bool = False

@@ -121,7 +121,7 @@ def _train_rating(job: dict, strategy) -> dict:
     from recsys.models.rating_model import build_optimizer_state, build_rating_model
     from recsys.training.callbacks import EpochTimer, ValidationEarlyStopping
     from recsys.training.distributed import cluster
-    from recsys.training.rating_training import save_rating_model
+    from recsys.training.rating_training import inputs_fit_record, save_rating_model
 
     config = RatingConfig.from_params(job["config"])
     columns = ["user_id", "movie_id", "rating", "split", "hour", "weekday", "month"]
@@ -156,6 +156,7 @@ def _train_rating(job: dict, strategy) -> dict:
         verbose=0,
     )
     wall_s = time.perf_counter() - start
+    model.fit_record = inputs_fit_record(inputs)  # what it was fitted on, checked by the ranker's leakage guard
     folder = cluster.write_dir(Path(job["out"]) / "model", strategy)
     save_rating_model(model, encoder, folder, job["fit_on"], RatingScale.from_dict(job["rating_scale"]))
     cluster.discard(folder, strategy)
@@ -179,6 +180,7 @@ def _train_retrieval(job: dict, strategy) -> dict:
     from recsys.core.seeding import set_seed
     from recsys.evaluation.full_ranking import split_matrices
     from recsys.features.encoding import FeatureEncoder
+    from recsys.features.fit_records import fingerprint
     from recsys.features.preprocessing import EVENT_COLUMNS
     from recsys.models.configs import RetrievalConfig
     from recsys.models.retrieval_model import build_retrieval_model, save_retrieval_model
@@ -218,6 +220,7 @@ def _train_retrieval(job: dict, strategy) -> dict:
         verbose=0,
     )
     wall_s = time.perf_counter() - start
+    model.fit_record = fingerprint(inputs["user_id"], inputs["movie_id"], "encoder")  # checked by the leakage guard
     folder = cluster.write_dir(Path(job["out"]) / "model", strategy)
     save_retrieval_model(model, encoder, folder)
     cluster.discard(folder, strategy)
