@@ -148,7 +148,10 @@ class ServedRun:
         store = FeatureStore.load(path("feature_store"))
         context = fixed_context(interactions)
         n = online["n_candidates"]
-        sources = learned_ranking.feature_sources(store, path("ease_model"), path("rating_model_train"), n, context)
+        # what each feature source was fitted on is checked from its fit record against the run's splits
+        sources = learned_ranking.feature_sources(
+            store, path("ease_model"), path("rating_model_train"), n, context, interactions
+        )
         ranker = served_rankers.load_served_ranker(path("ranker"), sources, path("rating_model"), context)
         loaded = ["feature_store", "ease_model", "rating_model_train", f"ranker ({ranker.name})"]
         history_args = None
