@@ -122,11 +122,13 @@ class Calibration:
         reference_rate, background_rate: the two measured rates (`measured_rates`).
         background: (n_active, m) columns of random unseen movies per simulated user, where the
             background rate is matched.
+        observed: (n_active,) which simulated users both rates were measured and matched on (`observed`).
     """
 
     reference_rate: float
     background_rate: float
     background: np.ndarray
+    observed: np.ndarray
 
 
 def measured_rates(everything: sp.csr_matrix, start: PolicyLog, reference: np.ndarray) -> tuple[float, float]:
@@ -140,14 +142,31 @@ def measured_rates(everything: sp.csr_matrix, start: PolicyLog, reference: np.nd
     Returns:
         The reference rate: the share of the reference lists' movies that are among the user's later
         movies (not in the start: the test split); the background rate: per user, later movies over
-        unseen movies, averaged over the users: the rate of a random unseen movie.
+        unseen movies, averaged over the users: the rate of a random unseen movie. Both over the
+        `observed` users only: a user with no later movie (possible on a global time split, where
+        some users stop before the test period) says nothing of what an active user accepts.
     """
-    held_out = (everything - start.matrix).tocsr()[start.active]  # each simulated user's test movies
-    held_out.eliminate_zeros()
-    reference_rate = float(held_out[np.arange(len(start.active))[:, None], reference].toarray().mean())
+    held_out = later_movies(everything, start)
+    seen_later = observed(everything, start)
+    if not seen_later.any():
+        raise ValueError("no simulated user has a movie after the start: nothing to calibrate on")
+    hits = held_out[np.arange(len(start.active))[:, None], reference].toarray()
+    reference_rate = float(hits[seen_later].mean())
     unseen = len(start.movie_ids) - np.diff(start.matrix[start.active].indptr)
-    background_rate = float((np.diff(held_out.indptr) / unseen).mean())
+    background_rate = float((np.diff(held_out.indptr) / unseen)[seen_later].mean())
     return reference_rate, background_rate
+
+
+def later_movies(everything: sp.csr_matrix, start: PolicyLog) -> sp.csr_matrix:
+    """Each simulated user's movies after the start (the test split), rows aligned with `start.active`."""
+    held_out = (everything - start.matrix).tocsr()[start.active]
+    held_out.eliminate_zeros()
+    return held_out
+
+
+def observed(everything: sp.csr_matrix, start: PolicyLog) -> np.ndarray:
+    """Which simulated users (rows of `start.active`) have at least one movie after the start: the calibration's users."""
+    return np.diff(later_movies(everything, start).indptr) > 0
 
 
 def hidden_scores(everything: sp.csr_matrix, model: str, ease_l2: float, svd_rank: int, seed: int) -> np.ndarray:
@@ -201,8 +220,9 @@ def hidden_preferences(
     z = hidden_scores(everything, model, ease_l2, svd_rank, seed)
     reference_rate, background_rate = measured_rates(everything, start, reference)
     background = random_unseen(start, background_size, np.random.default_rng(seed))
-    slope, offset = calibrate(z[start.active], reference, reference_rate, background, background_rate)
-    return HiddenPreferences(z, slope, offset, model), Calibration(reference_rate, background_rate, background)
+    rows = observed(everything, start)  # the users the rates were measured on
+    slope, offset = calibrate(z[start.active][rows], reference[rows], reference_rate, background[rows], background_rate)
+    return HiddenPreferences(z, slope, offset, model), Calibration(reference_rate, background_rate, background, rows)
 
 
 def calibrated_worlds(
@@ -244,13 +264,17 @@ def calibration_table(
     for name, (world, calibration) in worlds.items():
         top = metrics.top_k_from_scores(world.z[start.active], 10, exclude=start.matrix[start.active])
         first_top = top if first_top is None else first_top
+        matched = start.active[calibration.observed]  # the users both rates were matched on
         rows[name] = {
             "slope": world.slope,
             "offset": world.offset,
             "served round 0, measured (test)": calibration.reference_rate,
-            "served round 0, model": float(world.probability(start.active, reference).mean()),
+            "served round 0, model": float(world.probability(matched, reference[calibration.observed]).mean()),
             "random unseen, measured (test)": calibration.background_rate,
-            "random unseen, model": float(world.probability(start.active, calibration.background).mean()),
+            "random unseen, model": float(
+                world.probability(matched, calibration.background[calibration.observed]).mean()
+            ),
+            "users calibrated on": int(calibration.observed.sum()),
             "top-10 overlap with the first": overlap_at_k(top, first_top, 10),
         }
     return pd.DataFrame(rows).T

@@ -83,7 +83,7 @@ def noisy_retriever(
     noise: EmbeddingNoise | None = None,
     seed: int = 0,
 ) -> NumpyRetriever:
-    """Exact retrieval over the two-tower's vectors, with `noise` (drawn from `seed`) on them first; None: none.
+    """Exact retrieval over a retriever's user and movie vectors, with `noise` (drawn from `seed`) on them first.
 
     The noisy retrieval of the exploration experiment and of the simulation's noise policy (rows of
     `user_vectors` aligned with `user_ids`, of `movie_vectors` with `movie_ids`).

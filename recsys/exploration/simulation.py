@@ -82,7 +82,7 @@ class PolicyLog:
         rows = pd.Index(user_ids).get_indexer(train["user_id"])
         columns = pd.Index(movie_ids).get_indexer(train["movie_id"])
         if (rows < 0).any() or (columns < 0).any():
-            raise ValueError("train interactions name users or movies outside the simulation's users and catalogue")
+            raise ValueError("start interactions name users or movies outside the simulation's users and catalogue")
         matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, columns)), shape=(len(user_ids), len(movie_ids)))
         matrix.data[:] = 1.0  # duplicates summed by the constructor stay binary
         _read_only(matrix)
@@ -137,7 +137,8 @@ def _read_only(matrix: sp.csr_matrix) -> None:
 
 
 def simulated_users(train: pd.DataFrame, user_ids: np.ndarray, n_users: int, seed: int) -> np.ndarray:
-    """Rows (in `user_ids`) of the simulated users: those with train interactions, or a seeded sample of n_users (0: all)."""
+    """Rows (in `user_ids`) of the simulated users: those with start interactions (`train`: e.g. train + val), or a
+    seeded sample of n_users of them (0: all)."""
     with_train = np.flatnonzero(np.isin(user_ids, train["user_id"].unique()))
     if n_users and n_users < len(with_train):
         return np.sort(np.random.default_rng(seed).choice(with_train, n_users, replace=False))
@@ -203,10 +204,11 @@ def simulate(
         policies: name -> policy (each starts from `start`, whose matrix is read-only, and gets a
             generator seeded by (seed, its position, round)).
         hidden: the acceptance model; only this function reads it.
-        start: the log of round 0 (train).
+        start: the log of round 0 (e.g. train + val: what the served system knows).
         rounds, k: rounds and list length.
         seed: the simulation's seed (acceptance draws and the policies' generators).
-        popularity: (n_movies,) a fixed popularity per movie (share of train users) for the measures.
+        popularity: (n_movies,) a fixed popularity per movie (e.g. the share of simulated users who saw it at
+            the start) for the measures.
 
     Returns:
         (one row per policy and round with MEASURES, `policy_s` (recommend + update) and `round`,

@@ -91,7 +91,7 @@ class ServingParts:
 
     users: pd.DataFrame
     movies: pd.DataFrame
-    user_vectors: np.ndarray
+    user_vectors: np.ndarray | None
     movie_vectors: np.ndarray
     ranker: object
     predicted_rating: Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -246,7 +246,8 @@ def _global_codes(ratings: pd.DataFrame, val_share: float, test_share: float, se
     shares among the users who stay (the ones with a train rating). The first cut-off is instead
     the latest position whose held-out share among the kept users' ratings is at least val_share +
     test_share (the latest such position: the most users in train; the share moves in tiny steps at
-    scale); the second splits those held-out ratings so test gets its share of them (the latest ones). So val and test hold about val_share and test_share of the labelled ratings.
+    scale); the second splits those held-out ratings so test gets its share of them (the latest
+    ones). So val and test hold about val_share and test_share of the labelled ratings.
     """
     users = ratings["user_id"].to_numpy()
     # By timestamp, then the tie rule; (user, movie) pairs are unique, so the order is total.
@@ -260,11 +261,16 @@ def _global_codes(ratings: pd.DataFrame, val_share: float, test_share: float, se
         first = np.full(len(counts), n, dtype=np.int64)
         np.minimum.at(first, user_codes, np.arange(n))  # each user's first position in time
         # kept[a]: ratings of the users whose first rating is before position a (train is positions < a)
-        kept = np.cumsum(np.bincount(first, weights=counts, minlength=n + 1))[:-1]
+        kept = np.concatenate([[0.0], np.cumsum(np.bincount(first, weights=counts, minlength=n))])
         cut = np.arange(1, n)  # one rating at least in train, at least one after the cut
-        share = (kept[cut - 1] - cut) / kept[cut - 1]  # kept[a] counts first < a, i.e. bincount up to a - 1
+        share = (kept[cut] - cut) / kept[cut]  # of the kept users' ratings, the share after the cut
         reaching = np.flatnonzero(share >= held)  # the latest such cut-off keeps the most users in train
-        a = int(cut[reaching[-1]]) if len(reaching) else 1
+        if not len(reaching):
+            raise SplitError(
+                f"no global cut-off leaves split.val_share + split.test_share = {held:g} of the scored users' "
+                f"ratings after it (at most {share.max():.3f}): lower the shares"
+            )
+        a = int(cut[reaching[-1]])
         is_kept = first[user_codes] < a
         after = np.flatnonzero(is_kept & (np.arange(n) >= a))  # the kept users' ratings after the first cut-off
         n_test = min(int(np.floor(test_share / held * len(after) + 0.5)), len(after))

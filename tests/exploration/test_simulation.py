@@ -276,3 +276,30 @@ def test_a_sequential_retriever_reads_the_log_s_timeline_with_accepted_movies_la
     assert "position" not in log.interactions().columns  # the feature store's table
     with pytest.raises(ValueError, match="no `position` column"):
         sim.PolicyLog.start(train.drop(columns="position"), [1, 2], [10, 20, 30, 40], [0, 1]).timeline()
+
+
+def test_calibration_is_measured_and_matched_on_the_users_with_a_later_movie():
+    interactions = skewed_interactions()
+    stopped = interactions["user_id"] <= 20  # 20 users with no test movie, as a global time split leaves them
+    interactions = interactions[~(stopped & (interactions["split"] == "test"))]
+    user_ids, movie_ids = np.arange(1, 81), np.arange(1, 61)
+    start = sim.PolicyLog.start(interactions[interactions["split"] != "test"], user_ids, movie_ids, np.arange(80))
+    popular = PopularityPolicy()
+    popular.update(start)
+    reference = popular.recommend(start, 5, np.random.default_rng(0))
+    everything = sim.PolicyLog.start(interactions, user_ids, movie_ids, start.active).matrix
+    seen_later = hp.observed(everything, start)
+    assert seen_later.tolist() == [False] * 20 + [True] * 60
+    tests = sim.PolicyLog.start(interactions[interactions["split"] == "test"], user_ids, movie_ids, start.active)
+    hits = tests.matrix[start.active][np.arange(80)[:, None], reference].toarray()
+    reference_rate, _ = hp.measured_rates(everything, start, reference)
+    assert reference_rate == pytest.approx(hits[20:].mean())  # the stopped users' zeros do not dilute it
+    hidden, calibration = hp.hidden_preferences(
+        everything, start, reference, "ease", ease_l2=10.0, svd_rank=8, background_size=20, seed=1
+    )
+    assert calibration.observed.tolist() == seen_later.tolist()
+    matched = hidden.probability(start.active[20:], reference[20:]).mean()
+    assert matched == pytest.approx(reference_rate, abs=1e-6)
+    table = hp.calibration_table({"ease": (hidden, calibration)}, start, reference)
+    assert table.loc["ease", "users calibrated on"] == 60
+    assert table.loc["ease", "served round 0, model"] == pytest.approx(reference_rate, abs=1e-6)

@@ -336,3 +336,10 @@ def test_drop_sparse_users():
         drop_sparse_users(ratings, -1)
     with pytest.raises(SplitError, match="split.min_ratings_per_user"):
         drop_sparse_users(ratings, 2.5)
+
+
+def test_global_temporal_refuses_shares_no_cut_off_can_hold():
+    # every user rates once at the start, then the last user rates 30 more: no cut-off leaves 99% held out
+    ratings = pd.DataFrame({"user_id": [1, 2, 3] + [3] * 30, "movie_id": np.arange(33), "timestamp": np.arange(33)})
+    with pytest.raises(SplitError, match="no global cut-off"):
+        assign_split(ratings, "global_temporal", val_share=0.5, test_share=0.49, seed=0)
