@@ -283,15 +283,6 @@ def run_beside(smoke_run: Path, run_name: str, *args: str) -> Path:
     return smoke_run.parent / run_name
 
 
-@pytest.fixture(scope="module")
-def temporal_run(smoke_run) -> Path:
-    """01 and 03-10 on a temporal split serving the sequential retriever (02, the EDA, feeds no later notebook)."""
-    overrides = ["-p", "split.strategy=temporal", "-p", "retrieval.model=sequential"]
-    stages = ("01", "03", "04", "05", "06", "07", "08", "09", "10")
-    selection = [arg for stage in stages for arg in ("--only", stage)]  # EDA is read by none
-    return run_beside(smoke_run, "smoke-temporal", *overrides, *selection)
-
-
 def reuse_from(smoke_run: Path, run_name: str, stages: tuple[str, ...]) -> Path:
     """A new run folder beside the smoke run that starts with the smoke run's outputs (and records) of `stages`.
 
@@ -330,23 +321,6 @@ def test_notebooks_train_on_two_workers_as_well_as_in_one_process(distributed_ru
             assert not (folder / "backup").exists()  # the epoch backups go once the job has ended
     report = (distributed_run / "reports" / "04_two_tower_rating.html").read_text()
     assert "trained by: MultiWorkerMirroredStrategy, 2 workers" in report
-
-
-def test_temporal_run_serves_the_sequential_retriever_and_compares_with_the_random_run(temporal_run, smoke_run):
-    interactions = pd.read_parquet(temporal_run / "01_preprocess" / "interactions.parquet")
-    by_split = interactions.groupby(["user_id", "split"], observed=True)["position"]
-    first, last = by_split.min().unstack(), by_split.max().unstack()
-    assert (last["train"] < first["test"]).all() and (last["val"] < first["test"])[last["val"].notna()].all()
-    m5, m6 = metrics(temporal_run, "05_retrieval"), metrics(temporal_run, "06_retrieval_ranking")
-    assert m5["split_strategy"] == "temporal" and m6["served_retriever"] == "sequential"
-    assert 0 < m6["recall_at_10_retrieval_only"] <= 1 and 0 < m6["ndcg_at_10_learned"] <= 1
-    # after 06, every notebook serves 06's path: the sequential retriever's queries, read from each stage's history
-    m8, m10 = metrics(temporal_run, "08_explore_gaussian_noise"), metrics(temporal_run, "10_simulation")
-    assert m8["setting_chosen_on"] == "val" and m10["served_retriever"] == "sequential"
-    assert m10["accepted_per_user_served"] > m10["accepted_per_user_random"]
-    assert "served retriever: sequential" in (temporal_run / "reports" / "10_simulation.html").read_text()
-    index = (temporal_run / "reports" / "index.html").read_text()
-    assert "Retrieval under each split strategy" in index and ">smoke<" in index and ">smoke-temporal<" in index
 
 
 def test_run_summary_compares_every_strategy(smoke_run):

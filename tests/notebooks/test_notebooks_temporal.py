@@ -1,0 +1,59 @@
+"""The chain on a per-user temporal split serving the sequential retriever, through the simulation.
+
+A chain of its own (its own scope under pytest-xdist, so it runs beside the smoke run's chains on
+the other worker): 01 and 03-10 on the temporal split, beside a random-split run of 01 and 05 on the
+same generated data, which the temporal run's summary compares it with.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import run_all
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def metrics(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / stage / "metrics.json").read_text())
+
+
+def run(artifacts: Path, run_name: str, stages: tuple[str, ...], *overrides: str) -> Path:
+    """A run of `stages` on params/smoke.yaml in `artifacts`, with these overrides."""
+    params = str(PROJECT_ROOT / "params" / "smoke.yaml")
+    selection = [arg for stage in stages for arg in ("--only", stage)]
+    common = ["--artifacts-dir", str(artifacts), "--params", params, "--run-name", run_name]
+    assert run_all.main([*common, *overrides, *selection]) == 0
+    return artifacts / run_name
+
+
+@pytest.fixture(scope="module")
+def temporal_run(tmp_path_factory) -> Path:
+    """01 and 03-10 on a temporal split serving the sequential retriever (02, the EDA, feeds no later notebook),
+    beside the random split's 01 and 05 (what the summary's split comparison reads)."""
+    artifacts = tmp_path_factory.mktemp("temporal")
+    run(artifacts, "smoke", ("01", "05"))
+    overrides = ("-p", "split.strategy=temporal", "-p", "retrieval.model=sequential")
+    return run(artifacts, "smoke-temporal", ("01", "03", "04", "05", "06", "07", "08", "09", "10"), *overrides)
+
+
+def test_temporal_run_serves_the_sequential_retriever_and_compares_with_the_random_run(temporal_run):
+    interactions = pd.read_parquet(temporal_run / "01_preprocess" / "interactions.parquet")
+    by_split = interactions.groupby(["user_id", "split"], observed=True)["position"]
+    first, last = by_split.min().unstack(), by_split.max().unstack()
+    assert (last["train"] < first["test"]).all() and (last["val"] < first["test"])[last["val"].notna()].all()
+    m5, m6 = metrics(temporal_run, "05_retrieval"), metrics(temporal_run, "06_retrieval_ranking")
+    assert m5["split_strategy"] == "temporal" and m6["served_retriever"] == "sequential"
+    assert 0 < m6["recall_at_10_retrieval_only"] <= 1 and 0 < m6["ndcg_at_10_learned"] <= 1
+    # after 06, every notebook serves 06's path: the sequential retriever's queries, read from each stage's history
+    m8, m10 = metrics(temporal_run, "08_explore_gaussian_noise"), metrics(temporal_run, "10_simulation")
+    assert m8["setting_chosen_on"] == "val" and m10["served_retriever"] == "sequential"
+    assert m10["accepted_per_user_served"] > m10["accepted_per_user_random"]
+    assert "served retriever: sequential" in (temporal_run / "reports" / "10_simulation.html").read_text()
+    index = (temporal_run / "reports" / "index.html").read_text()
+    assert "Retrieval under each split strategy" in index and ">smoke<" in index and ">smoke-temporal<" in index
