@@ -335,23 +335,6 @@ def test_run_summary_compares_every_strategy(smoke_run):
         assert f">{name}<" in index
 
 
-TIMING_KEY = re.compile(r"(_s|_ms|_per_s|_gb)$|^fit_s_|_ms_")
-
-
-def without_timings(m: dict) -> dict:
-    return {k: v for k, v in m.items() if not TIMING_KEY.search(k)}
-
-
-def test_rerun_with_the_same_seed_gives_the_same_metrics(smoke_run):
-    """Retrieval (ScaNN included), serving and exploration repeat exactly: metrics.json equal but for timings."""
-    stages = [p.stem for p in run_all.discover_notebooks()][4:]  # 05 onwards: the two-tower, ScaNN, serving
-    before = {s: without_timings(metrics(smoke_run, s)) for s in stages}
-    assert "scann_overlap_at_100" in before["05_retrieval"]
-    params = str(PROJECT_ROOT / "params" / "smoke.yaml")
-    assert run_all.main(["--artifacts-dir", str(smoke_run.parent), "--params", params, "--from", "05"]) == 0
-    assert {s: without_timings(metrics(smoke_run, s)) for s in stages} == before
-
-
 def test_reports_render_in_a_real_browser(smoke_run):
     """Headless Chromium loads the index and a notebook report; every image and link resolves."""
     browser = chromium_binary()

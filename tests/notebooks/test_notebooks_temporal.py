@@ -2,12 +2,14 @@
 
 A chain of its own (its own scope under pytest-xdist, so it runs beside the smoke run's chains on
 the other worker): 01 and 03-10 on the temporal split, beside a random-split run of 01 and 05 on the
-same generated data, which the temporal run's summary compares it with.
+same generated data, which the temporal run's summary compares it with. Rerun from 05 with the same
+seed, it must repeat every metric but the timings.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +19,8 @@ import run_all
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
+TIMING_KEY = re.compile(r"(_s|_ms|_per_s|_gb)$|^fit_s_|_ms_")
+TEMPORAL = ("-p", "split.strategy=temporal", "-p", "retrieval.model=sequential")
 
 
 def metrics(run_dir: Path, stage: str) -> dict:
@@ -38,8 +42,7 @@ def temporal_run(tmp_path_factory) -> Path:
     beside the random split's 01 and 05 (what the summary's split comparison reads)."""
     artifacts = tmp_path_factory.mktemp("temporal")
     run(artifacts, "smoke", ("01", "05"))
-    overrides = ("-p", "split.strategy=temporal", "-p", "retrieval.model=sequential")
-    return run(artifacts, "smoke-temporal", ("01", "03", "04", "05", "06", "07", "08", "09", "10"), *overrides)
+    return run(artifacts, "smoke-temporal", ("01", "03", "04", "05", "06", "07", "08", "09", "10"), *TEMPORAL)
 
 
 def test_temporal_run_serves_the_sequential_retriever_and_compares_with_the_random_run(temporal_run):
@@ -57,3 +60,19 @@ def test_temporal_run_serves_the_sequential_retriever_and_compares_with_the_rand
     assert "served retriever: sequential" in (temporal_run / "reports" / "10_simulation.html").read_text()
     index = (temporal_run / "reports" / "index.html").read_text()
     assert "Retrieval under each split strategy" in index and ">smoke<" in index and ">smoke-temporal<" in index
+
+
+def without_timings(m: dict) -> dict:
+    return {k: v for k, v in m.items() if not TIMING_KEY.search(k)}
+
+
+def test_rerun_with_the_same_seed_gives_the_same_metrics(temporal_run):
+    """Retrieval (ScaNN included), serving, exploration and the simulation repeat exactly: metrics.json equal but
+    for timings (05-10 rerun on the same seed)."""
+    stages = [p.stem for p in run_all.discover_notebooks()][4:]  # 05 onwards: the two-tower, ScaNN, serving
+    before = {s: without_timings(metrics(temporal_run, s)) for s in stages}
+    assert "scann_overlap_at_100" in before["05_retrieval"] and "n_seeds" in before["10_simulation"]
+    params = str(PROJECT_ROOT / "params" / "smoke.yaml")
+    common = ["--artifacts-dir", str(temporal_run.parent), "--params", params, "--run-name", temporal_run.name]
+    assert run_all.main([*common, *TEMPORAL, "--from", "05"]) == 0
+    assert {s: without_timings(metrics(temporal_run, s)) for s in stages} == before
