@@ -139,7 +139,10 @@ class ServingParts:
             user_vectors = user_embeddings(retrieval_model, encoder, encoder.user_table(users), user_ids)
             movie_vectors, sequential = np.load(artifact("movie_embeddings"))[vector_rows], None
         if (vector_rows < 0).any():
-            raise KeyError(f"the served retriever ({retrieval['model']}) has no vector for some movies: rerun 05")
+            raise KeyError(
+                f"the served retriever ({retrieval['model']}) has no vector for some movies: "
+                "rerun the retrieval stage that wrote its vectors"
+            )
         rating_model, rating_encoder = load_rating_model(artifact("rating_model_train"))
         ranker_folder = artifact("ranker")
         store = FeatureStore.build(users, movies, interactions, seen_splits=("train",), history_splits=("train",))
