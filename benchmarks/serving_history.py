@@ -4,9 +4,9 @@
     python benchmarks/serving_history.py [--run artifacts/temporal] [--requests 1000] [--seed 42]
 
 Reads a finished run (05 and 06 done; any `retrieval.model`): the sequential model, its saved
-ScaNN index and the serving feature store. Histories are the fold-in users' first 10 ratings
+served index (`retrieval.index`: ScaNN by default) and the serving feature store. Histories are the fold-in users' first 10 ratings
 (people no model saw), sampled with replacement; each request is timed end to end (validation,
-GRU query, ScaNN search, exclusion of the given movies, the result table) after 50 untimed
+GRU query, index search, exclusion of the given movies, the result table) after 50 untimed
 warm-up requests. Prints p50/p90/p99 and writes benchmarks/results/serving_history.json with the
 load average at the start (the two cores may be shared).
 """
@@ -54,7 +54,7 @@ def main() -> None:
     load = os.getloadavg()[0]
 
     model, vocabulary = load_sequential_model(artifact(args.run, "sequential_model"))
-    index = indexes.load_index(artifact(args.run, "sequential_scann_index"))
+    index = indexes.load_index(artifact(args.run, "sequential_served_index"))
     store = FeatureStore.load(artifact(args.run, "feature_store"))
     interactions = pd.read_parquet(artifact(args.run, "interactions"))
     queries = HistoryQueries(model, vocabulary, interactions[interactions["split"] != "test"])

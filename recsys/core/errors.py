@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class UnknownUserError(KeyError):
@@ -26,3 +26,17 @@ class UnknownMovieError(KeyError):
 
     def __str__(self) -> str:  # KeyError would show the message repr'd, in quotes
         return self.args[0]
+
+
+def raised(action: Callable[[], object], error: type[Exception]) -> str:
+    """The error `action` raises, as "<ErrorName>: <message>", for a report that shows what a caller is told.
+
+    Raises:
+        AssertionError: `action` raised nothing (the report would show an error that did not happen).
+        Exception: an error other than `error` is not caught.
+    """
+    try:
+        action()
+    except error as caught:
+        return f"{type(caught).__name__}: {caught}"
+    raise AssertionError(f"expected {error.__name__}, but nothing was raised")

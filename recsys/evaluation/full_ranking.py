@@ -157,6 +157,28 @@ def metrics_by_model(results: Mapping[str, Mapping[str, float]], keys: Sequence[
     return {f"{key}_{model}": float(values[key]) for model, values in results.items() for key in keys}
 
 
+def results_table(
+    results: Mapping[str, Mapping[str, float]], columns: Sequence[str], ratios: Sequence[tuple[str, str]] = ()
+) -> pd.DataFrame:
+    """Each model's mean metrics as a row (`columns` only), then a row `a / b` per pair: row a divided by row b.
+
+    Args:
+        results: model -> its mean metrics (`mean_metrics`).
+        columns: the metrics shown, in order.
+        ratios: (a, b) pairs of models of `results`.
+
+    Raises:
+        KeyError: a ratio names a model that has no results.
+    """
+    table = pd.DataFrame(results).T[list(columns)]
+    missing = sorted({name for pair in ratios for name in pair} - set(table.index))
+    if missing:
+        raise KeyError(f"ratios name models without results: {missing}; models: {list(table.index)}")
+    for a, b in ratios:
+        table.loc[f"{a} / {b}"] = table.loc[a] / table.loc[b]
+    return table
+
+
 def popularity_scores(X_train: sp.spmatrix) -> np.ndarray:
     """The popularity anchor: every user gets the catalogue ordered by train interaction count.
 

@@ -2,8 +2,10 @@
 
 params/default.yaml is the one place where a value and its default live, and `recsys.runs.params`
 validates every value once; these records only give the groups names and types. They have no
-defaults of their own: build them with `from_params(params["rating"])`, and a test that wants a
-smaller model replaces fields of the default one (`dataclasses.replace`).
+defaults of their own (except fields added after models were saved with their configs, whose
+defaults keep an older saved config loading as the model it was): build them with
+`from_params(params["rating"])`, and a test that wants a smaller model replaces fields of the
+default one (`dataclasses.replace`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from typing import Any, TypeVar
 HEAD_INPUTS = ("features", "towers")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 SERVED_RETRIEVERS = ("two_tower", "sequential")  # what the serving stage retrieves with
+# the two-tower retrieval model's negatives (`RetrievalConfig.negatives`); the first is the model before the choice
+NEGATIVES = ("inbatch_logq", "mixed", "bpr_popular")
+# the approximate index built beside exact search, saved and served (`RetrievalConfig.index`)
+RETRIEVAL_INDEXES = ("scann", "faiss_hnsw", "faiss_ivf", "bruteforce")
 
 _Config = TypeVar("_Config", bound="_FromParams")
 
@@ -24,17 +30,21 @@ class _FromParams:
     def from_params(cls: type[_Config], group: dict[str, Any]) -> _Config:
         """The record of one params group (already validated by `recsys.runs.params.load_params`).
 
+        A field with a default may be absent (a config saved before the field existed).
+
         Raises:
             KeyError: the group lacks a field or has one the record does not know (an out-of-date
                 params file or a record that was not updated with params/default.yaml).
         """
-        fields = [f.name for f in dataclasses.fields(cls)]
-        missing, unknown = sorted(set(fields) - set(group)), sorted(set(group) - set(fields))
+        fields = dataclasses.fields(cls)
+        required = {f.name for f in fields if f.default is f.default_factory is dataclasses.MISSING}
+        names = [f.name for f in fields if f.name in group]
+        missing, unknown = sorted(required - set(group)), sorted(set(group) - {f.name for f in fields})
         if missing or unknown:
             raise KeyError(
                 f"{cls.__name__} needs exactly the keys of its params group: missing {missing}, unknown {unknown}"
             )
-        return cls(**{name: group[name] for name in fields})
+        return cls(**{name: group[name] for name in names})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,6 +149,25 @@ class RetrievalConfig(InBatchSoftmaxConfig):
             watched movie is a positive whatever the rating).
         lazy_adam: update only the embedding rows a batch looks up (`recsys.models.lazy_adam.LazyAdam`)
             instead of Adam's decay of every row at every step, whose cost grows with the tables.
+        negatives: what each positive is contrasted with in training (`NEGATIVES`):
+            "inbatch_logq", the other positives of the batch in a softmax with logQ correction (the
+            TFRS/YouTube line); "mixed", those plus `uniform_negatives` movies drawn uniformly from
+            the catalogue per batch (mixed negative sampling, Yang et al. WWW 2020), the softmax
+            corrected by each movie's probability under the mixture; "bpr_popular", BPR's pairwise
+            loss (Rendle et al. 2009) against `bpr_negatives` movies per positive drawn in
+            proportion to count ** `bpr_alpha` (no logQ correction, and a drawn negative that is
+            the positive's own movie is always masked). The params group may name a list of them, trained
+            side by side and chosen on val (`variants`); `from_params` takes the first.
+        uniform_negatives: M, the catalogue movies drawn uniformly per batch ("mixed"): one pass
+            of the candidate tower over M movies per step.
+        bpr_negatives: K, the negatives of each positive ("bpr_popular").
+        bpr_alpha: the popularity exponent of the BPR negatives: 1 draws movies as often as they
+            are watched (the in-batch negatives' distribution), 0 uniformly over the watched
+            movies; 0.75 (word2vec's unigram ** 3/4) keeps them harder than uniform without
+            making almost every negative a blockbuster (BPR has no logQ correction).
+        index: the index built beside exact search over the movie vectors, saved and served
+            (`RETRIEVAL_INDEXES`): ScaNN, FAISS HNSW or IVF (inner product; settings in the
+            `faiss` group), or exact search itself ("bruteforce").
     """
 
     model: str
@@ -149,6 +178,62 @@ class RetrievalConfig(InBatchSoftmaxConfig):
     l2_normalize: bool
     min_rating: int
     lazy_adam: bool
+    negatives: str = "inbatch_logq"
+    uniform_negatives: int = 256
+    bpr_negatives: int = 8
+    bpr_alpha: float = 0.75
+    index: str = "scann"
+
+    def __post_init__(self):
+        check_negatives(self.negatives)
+        if self.uniform_negatives < 1 or self.bpr_negatives < 1 or self.bpr_alpha < 0:
+            raise ValueError(
+                "retrieval.uniform_negatives and retrieval.bpr_negatives must be >= 1 and retrieval.bpr_alpha >= 0, "
+                f"got {self.uniform_negatives}, {self.bpr_negatives}, {self.bpr_alpha}"
+            )
+
+    @classmethod
+    def from_params(cls, group: dict[str, Any]) -> RetrievalConfig:
+        """The record of the `retrieval` group; `negatives` may be one variant or a list of them (the first is taken).
+
+        Raises:
+            ValueError: a variant that is not one of `NEGATIVES`, or an empty list.
+            KeyError: as `_FromParams.from_params`.
+        """
+        if "negatives" not in group:
+            return super().from_params(group)
+        return super().from_params({**group, "negatives": negative_variants(group["negatives"])[0]})
+
+    @classmethod
+    def variants(cls, group: dict[str, Any]) -> dict[str, RetrievalConfig]:
+        """One config per variant the group's `negatives` names (a string or a list), in its order.
+
+        Each is the group's config with `negatives` set to that variant: the models trained side by
+        side and chosen on val Recall@100.
+        """
+        base = cls.from_params(group)
+        return {name: dataclasses.replace(base, negatives=name) for name in negative_variants(group.get("negatives"))}
+
+
+def check_negatives(name: Any) -> str:
+    """`name` if it is one of `NEGATIVES`, else a ValueError listing them."""
+    if name not in NEGATIVES:
+        raise ValueError(f"retrieval.negatives: {name!r} is not a variant; valid ones are {', '.join(NEGATIVES)}")
+    return name
+
+
+def negative_variants(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """The variants a `retrieval.negatives` value names: one string, or a list of distinct ones (None: the default).
+
+    Raises:
+        ValueError: an unknown variant (the valid ones listed), a repeated one, or an empty list.
+    """
+    names = [NEGATIVES[0]] if value is None else [value] if isinstance(value, str) else list(value)
+    if not names:
+        raise ValueError(f"retrieval.negatives is an empty list: name at least one of {', '.join(NEGATIVES)}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"retrieval.negatives names a variant twice: {names}")
+    return [check_negatives(name) for name in names]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The two-tower retrieval model: query and candidate towers meeting in a dot product, trained by in-batch softmax."""
+"""The two-tower retrieval model: query and candidate towers meeting in a dot product, trained by softmax or BPR."""
 
 from __future__ import annotations
 
@@ -11,11 +11,21 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from recsys.evaluation import full_ranking
 from recsys.evaluation.score_blocks import RowScores
 from recsys.features.encoding import CONTEXT_FEATURES, MOVIE_FEATURES, USER_FEATURES, FeatureEncoder, resolve_features
 from recsys.features.fit_records import FitRecord, fingerprint
 from recsys.models.configs import RetrievalConfig
 from recsys.models.lazy_adam import LazyAdam
+from recsys.models.negative_sampling import (
+    NegativeCatalogue,
+    SamplingTables,
+    bpr_loss,
+    mixed_sampling_probability,
+    popularity_rows,
+    step_seed,
+    uniform_rows,
+)
 from recsys.models.persistence import read_model_folder, save_model_folder
 from recsys.models.towers import ContextEncoder, MovieTower, UserTower
 
@@ -89,6 +99,9 @@ class TwoTowerRetrievalModel(tfrs.Model):
     (BruteForce, ScaNN) can search without running the model per movie. Training is an in-batch
     softmax (TFRS's Retrieval task): each user's watched movie is the positive, the other movies
     of the batch the negatives, with logQ correction for their popularity-proportional sampling.
+    `config.negatives` chooses harder negatives: "mixed" appends movies drawn uniformly from the
+    catalogue to each batch's candidates, "bpr_popular" trains BPR's pairwise loss against movies
+    drawn by popularity (`negative_sampling`); both draw from `catalogue`, held as constants.
 
     FactorizedTopK metrics are not attached to the task: scoring the whole catalogue at every step
     would cost more than the training itself; see `evaluation.factorized_top_k_accuracy`.
@@ -100,11 +113,17 @@ class TwoTowerRetrievalModel(tfrs.Model):
     Args:
         cardinalities: embedding table sizes (FeatureEncoder.cardinalities()).
         config: hyper-parameters and feature switches.
+        catalogue: the movies "mixed" and "bpr_popular" draw negatives from
+            (`retrieval_training.negative_catalogue`); not needed to score, only to train them.
     """
 
-    def __init__(self, cardinalities: dict[str, int], config: RetrievalConfig):
+    def __init__(
+        self, cardinalities: dict[str, int], config: RetrievalConfig, catalogue: NegativeCatalogue | None = None
+    ):
         super().__init__()
         self.config = config
+        sampled = catalogue is not None and config.negatives != "inbatch_logq"
+        self.sampling = SamplingTables(catalogue, config.bpr_alpha) if sampled else None
         self.fit_record: FitRecord | None = None
         self.query_tower = QueryTower(cardinalities, config)
         self.candidate_tower = CandidateTower(cardinalities, config)
@@ -121,6 +140,9 @@ class TwoTowerRetrievalModel(tfrs.Model):
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """In-batch softmax loss of a batch of (user, watched movie) pairs, summed over the pairs.
 
+        With `negatives: mixed` the softmax also holds `uniform_negatives` catalogue movies (`_uniform_negatives`);
+        with `negatives: bpr_popular` the loss is BPR's instead (`_bpr_loss`).
+
         A batch of no pairs (a worker's share of a last global batch with fewer examples than
         workers, `distributed.sharded_batches`) has the sum over nothing: exactly 0, with a zero
         gradient. TFRS cannot compute it (its accidental-hit removal takes an argmax over no
@@ -130,16 +152,24 @@ class TwoTowerRetrievalModel(tfrs.Model):
             features: user, movie (and context) inputs of each pair, plus, with logQ correction,
                 `candidate_sampling_probability`: each movie's share of the training positives.
         """
+        if self.config.negatives == "bpr_popular":
+            return self._bpr_loss(features)
+        tables = self._tables() if self.config.negatives == "mixed" else None
         query_embeddings = self.query_tower(features)
         candidate_embeddings = self.candidate_tower(features)
         probability = features[SAMPLING_PROBABILITY] if self.config.logq_correction else None
+        candidate_ids = features["movie_id"]
+        if tables is not None:
+            candidate_embeddings, probability, candidate_ids = self._uniform_negatives(
+                features, candidate_embeddings, tables
+            )
 
         def softmax_loss() -> tf.Tensor:
             return self.task(
                 query_embeddings,
                 candidate_embeddings,
                 candidate_sampling_probability=probability,
-                candidate_ids=features["movie_id"],
+                candidate_ids=candidate_ids,
                 compute_metrics=False,
             )
 
@@ -148,6 +178,57 @@ class TwoTowerRetrievalModel(tfrs.Model):
 
         # the branch runs on the embeddings, not the tables: a sparse gradient stays sparse (no row for an empty share)
         return tf.cond(tf.size(features["movie_id"]) > 0, softmax_loss, no_pairs)
+
+    def _tables(self) -> SamplingTables:
+        if self.sampling is None:
+            raise ValueError(
+                f"retrieval.negatives {self.config.negatives!r} draws negatives from the catalogue, which this model "
+                "was built without: build it with build_retrieval_model(..., catalogue=negative_catalogue(...)) "
+                "(retrieval_training does); a loaded model scores but does not train this variant"
+            )
+        return self.sampling
+
+    def _step_seed(self, tables: SamplingTables) -> tf.Tensor:
+        optimizer = getattr(self, "optimizer", None)
+        return step_seed(tables.seed, 0 if optimizer is None else optimizer.iterations)
+
+    def _uniform_negatives(
+        self, features: dict[str, tf.Tensor], candidate_embeddings: tf.Tensor, tables: SamplingTables
+    ) -> tuple[tf.Tensor, tf.Tensor | None, tf.Tensor]:
+        """Mixed negative sampling: (candidates, their logQ probabilities, ids) with M uniform catalogue draws appended.
+
+        The extra columns come after the batch's own candidates, so TFRS's labels (tf.eye of queries x
+        candidates) still mark each row's positive, and its accidental-hit removal (with
+        `remove_accidental_hits`, the default), comparing each row's positive id with every column's,
+        also drops a draw that is the row's own movie. An
+        empty batch draws nothing (its loss stays exactly 0). Probabilities: `mixed_sampling_probability`.
+        """
+        batch_ids = features["movie_id"]
+        count = tf.where(tf.size(batch_ids) > 0, self.config.uniform_negatives, 0)
+        rows = uniform_rows(count, tables.n_movies, self._step_seed(tables))
+        candidates = tf.concat([candidate_embeddings, self.candidate_tower(tables.movie_inputs(rows))], axis=0)
+        ids = tf.concat([batch_ids, tf.gather(tables.movie_ids, rows)], axis=0)
+        probability = None
+        if self.config.logq_correction:
+            sampled_share = tf.gather(tables.share, rows)
+            probability = mixed_sampling_probability(features[SAMPLING_PROBABILITY], sampled_share, tables.n_movies)
+        return candidates, probability, ids
+
+    def _bpr_loss(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        """BPR against K popularity-drawn negatives per positive (`negative_sampling.bpr_loss`), summed.
+
+        The candidate tower runs once per distinct drawn movie, not once per draw (B K draws hold at
+        most the catalogue's movies). An empty batch draws nothing: a sum over nothing, 0.
+        """
+        tables, k = self._tables(), self.config.bpr_negatives
+        queries = self.query_tower(features)
+        positives = self.candidate_tower(features)
+        rows = popularity_rows(tf.stack([tf.shape(queries)[0], k]), tables.cdf, self._step_seed(tables))
+        movies, where = tf.unique(tf.reshape(rows, [-1]))
+        vectors = tf.gather(self.candidate_tower(tables.movie_inputs(movies)), where)
+        negatives = tf.reshape(vectors, [-1, k, self.config.embedding_dim])
+        negative_ids = tf.gather(tables.movie_ids, rows)
+        return bpr_loss(queries, positives, negatives, features["movie_id"], negative_ids, self.config.temperature)
 
 
 def model_inputs(config: RetrievalConfig, available: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
@@ -164,8 +245,13 @@ def model_inputs(config: RetrievalConfig, available: Iterable[str]) -> tuple[lis
     return user, movie, context
 
 
-def build_retrieval_model(cardinalities: dict[str, int], config: RetrievalConfig) -> TwoTowerRetrievalModel:
+def build_retrieval_model(
+    cardinalities: dict[str, int], config: RetrievalConfig, catalogue: NegativeCatalogue | None = None
+) -> TwoTowerRetrievalModel:
     """Build and compile the retrieval model (Adam), with the unknown-id rows set to zero.
+
+    `catalogue` (the movies sampled negatives come from) is needed to train `negatives` "mixed"
+    and "bpr_popular"; build it in the distribution strategy's scope like the rest of the model.
 
     Index 0 of the id embeddings stands for an id without training interactions (a movie never
     watched in train, a new user). Training never looks it up, so left random it would give every
@@ -173,7 +259,7 @@ def build_retrieval_model(cardinalities: dict[str, int], config: RetrievalConfig
     unknown movies. Zero (kept zero: Adam moves only rows with gradients) means such a movie is
     scored by its side features alone (cold start) or, for the ids-only model, scores 0.
     """
-    model = TwoTowerRetrievalModel(cardinalities, config)
+    model = TwoTowerRetrievalModel(cardinalities, config, catalogue)
     dummy = {
         "user_id": tf.zeros([1], tf.int32),
         "movie_id": tf.zeros([1], tf.int32),
@@ -233,6 +319,24 @@ def movie_embeddings(
     names = model_inputs(model.config, encoder.cardinalities())[1]
     inputs = encoder.movie_inputs(movie_table)
     return movie_table.index.to_numpy(), _embed(model.candidate_tower, {n: inputs[n] for n in names})
+
+
+def factorized_top_k(
+    model: TwoTowerRetrievalModel,
+    encoder: FeatureEncoder,
+    user_table: pd.DataFrame,
+    movie_ids: np.ndarray,
+    movie_vectors: np.ndarray,
+    pairs: pd.DataFrame,
+) -> dict[str, float]:
+    """TFRS's FactorizedTopK accuracy of the model on held-out (user_id, movie_id) `pairs` (seen movies not excluded).
+
+    The users' query vectors come from `user_embeddings`; the catalogue is `movie_ids`, `movie_vectors`
+    (`movie_embeddings`). See `full_ranking.factorized_top_k_accuracy` for what it counts.
+    """
+    users = np.unique(pairs["user_id"])
+    vectors = user_embeddings(model, encoder, user_table, users)
+    return full_ranking.factorized_top_k_accuracy(pairs, users, vectors, movie_ids, movie_vectors)
 
 
 def full_ranking_scores(

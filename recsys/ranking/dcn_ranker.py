@@ -152,6 +152,28 @@ class DCNRanker:
         self.fit_s = time.perf_counter() - started
         return self
 
+    def x0_columns(self) -> dict[str, slice]:
+        """Each feature's columns of the cross layers' input x0, in `features` order.
+
+        The scorer concatenates the standardised numeric features (one column each, in `numeric`
+        order), then each categorical feature's embedding (`embedding_dim` columns, in `categorical`
+        order): the layout by which the cross layers' weight matrices are indexed.
+        """
+        widths = [1] * len(self.numeric) + [self.params["embedding_dim"]] * len(self.categorical)
+        ends = np.cumsum(widths).tolist()
+        spans = {
+            name: slice(end - width, end) for name, width, end in zip(self.numeric + self.categorical, widths, ends)
+        }
+        return {name: spans[name] for name in self.features}
+
+    def x0(self, X: pd.DataFrame) -> np.ndarray:
+        """The cross layers' input x0 of candidate rows, (rows, x0 width), built as the scorer builds it (numpy)."""
+        if self.model is None:
+            raise RuntimeError("DCNRanker.x0 was called before fit (or load)")
+        numeric, codes = self._inputs(X)
+        tables = [layer.embeddings.numpy() for layer in self.model.embeddings]
+        return np.concatenate([numeric, *(table[codes[:, i]] for i, table in enumerate(tables))], axis=1)
+
     def predict(self, X: pd.DataFrame, batch: int = 65_536) -> np.ndarray:
         """Scores of candidate rows (higher first); only the order within a user means anything."""
         if self.model is None:

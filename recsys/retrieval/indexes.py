@@ -4,12 +4,14 @@ Both are TFRS `factorized_top_k` layers. With a `UserQueryModel` inside they tak
 ids; built without a query model they take query vectors (the sequential retriever's, computed
 from a history). They return (scores, movie ids), best first. A saved index keeps a
 `search(queries, k)` function whose k is chosen per call, so a reloaded index serves any list
-length, as the in-memory one does.
+length, as the in-memory one does. The FAISS indexes (`faiss_indexes`) offer the same call;
+`save_index` and `load_index` take every kind, so a loader need not know which one a folder holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -23,11 +25,14 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from recsys.core.io import atomic_dir
+from recsys.core.io import atomic_dir, write_json
 from recsys.features.encoding import FeatureEncoder
 from recsys.models.retrieval_model import TwoTowerRetrievalModel, model_inputs
+from recsys.retrieval.faiss_indexes import META_FILE as FAISS_META_FILE
+from recsys.retrieval.faiss_indexes import FaissIndex, load_faiss_index
 
 TopK = tfrs.layers.factorized_top_k.TopK
+KIND_FILE = "index_kind.json"  # beside a saved TFRS index: {"kind": "scann" | "bruteforce"}
 
 
 class UserQueryModel(tf.keras.Model):
@@ -163,8 +168,21 @@ def _query_spec(index: TopK) -> tf.TensorSpec:
     return tf.TensorSpec([None, index.query_dim], tf.float32)
 
 
-def save_index(index: TopK, path: str | os.PathLike) -> Path:
-    """Save an index (with its query model) as a SavedModel, atomically (temp folder + rename).
+def index_kind(index: Any) -> str | None:
+    """The kind of an index: "scann", "bruteforce", "faiss_hnsw" or "faiss_ivf" (None: a reloaded index saved
+    before kinds were recorded)."""
+    if isinstance(index, (FaissIndex, LoadedIndex)):
+        return index.kind
+    if isinstance(index, tfrs.layers.factorized_top_k.ScaNN):
+        return "scann"
+    if isinstance(index, tfrs.layers.factorized_top_k.BruteForce):
+        return "bruteforce"
+    raise TypeError(f"not a retrieval index: {type(index).__name__}")
+
+
+def save_index(index: TopK | FaissIndex, path: str | os.PathLike) -> Path:
+    """Save an index (with its query model) atomically (temp folder + rename): a FAISS index as its folder
+    (`FaissIndex.save`), a TFRS index as a SavedModel with its kind in `index_kind.json`.
 
     Besides the layer's own call (which answers with the k it was built with), the SavedModel
     keeps `search(queries, k)` (user ids, or query vectors for an index built without a query
@@ -173,6 +191,9 @@ def save_index(index: TopK, path: str | os.PathLike) -> Path:
     `Scann` op namespace, which SavedModel refuses unless it is whitelisted. The index must have
     been built by `build_bruteforce`/`build_scann` (they call it once, which fixes its signature).
     """
+    if isinstance(index, FaissIndex):
+        return index.save(path)
+    kind = index_kind(index)
     query_spec = _query_spec(index)
     index.search = tf.function(
         lambda queries, k: index(queries, k=k), input_signature=[query_spec, tf.TensorSpec([], tf.int32)]
@@ -181,6 +202,7 @@ def save_index(index: TopK, path: str | os.PathLike) -> Path:
     index.query_dim_saved = tf.Variable(0 if query_spec.shape.rank == 1 else query_spec.shape[1], name="query_dim")
     with atomic_dir(path) as tmp, _quiet_tensorflow_logger():
         tf.saved_model.save(index, str(tmp), options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+        write_json(tmp / KIND_FILE, {"kind": kind})
     return Path(path)
 
 
@@ -199,16 +221,17 @@ def _quiet_tensorflow_logger() -> Iterator[None]:
 
 
 class LoadedIndex:
-    """An index reloaded by `load_index`: call it like the layer, `scores, movie_ids = index(queries, k=...)`.
+    """A TFRS index reloaded by `load_index`: call it like the layer, `scores, movie_ids = index(queries, k=...)`.
 
     `queries` are user ids or query vectors, as the index was built to take.
 
     Attributes:
         n_candidates: the catalogue size (the most a list can hold).
+        kind: "scann" or "bruteforce" (None for an index saved before kinds were recorded).
     """
 
-    def __init__(self, saved: Any):
-        self._saved = saved
+    def __init__(self, saved: Any, kind: str | None = None):
+        self._saved, self.kind = saved, kind
         self.n_candidates = int(saved.n_candidates_saved.numpy())
         dim = int(saved.query_dim_saved.numpy()) if hasattr(saved, "query_dim_saved") else 0
         self._query = tf.TensorSpec([None], tf.int32) if dim == 0 else tf.TensorSpec([None, dim], tf.float32)
@@ -222,22 +245,28 @@ class LoadedIndex:
         return self._search(queries, tf.constant(k, tf.int32))
 
 
-def load_index(path: str | os.PathLike) -> LoadedIndex:
-    """Load an index saved by `save_index` (importing `scann` first registers the ScaNN ops its graph needs).
+def load_index(path: str | os.PathLike) -> LoadedIndex | FaissIndex:
+    """Load an index saved by `save_index`, whichever kind the folder holds: a FAISS folder (`faiss_index.json`)
+    or a SavedModel (importing `scann` first registers the ScaNN ops its graph needs).
 
     Raises:
         FileNotFoundError: `path` holds no index saved by `save_index`.
     """
     path = Path(path)
+    if (path / FAISS_META_FILE).exists():
+        return load_faiss_index(path)
     if not (path / "saved_model.pb").exists():
-        raise FileNotFoundError(f"{path} holds no saved index (saved_model.pb missing): save one with save_index")
+        raise FileNotFoundError(
+            f"{path} holds no saved index (neither saved_model.pb nor {FAISS_META_FILE}): save one with save_index"
+        )
     import scann  # noqa: F401  (registers the Scann ops)
 
-    return LoadedIndex(tf.saved_model.load(str(path)))
+    kind = json.loads((path / KIND_FILE).read_text())["kind"] if (path / KIND_FILE).exists() else None
+    return LoadedIndex(tf.saved_model.load(str(path)), kind)
 
 
 def time_queries(
-    index: TopK | LoadedIndex,
+    index: TopK | LoadedIndex | FaissIndex,
     queries: np.ndarray,
     batch: int = 1024,
     k: int | None = None,
@@ -246,11 +275,12 @@ def time_queries(
 ) -> dict[str, float]:
     """Latency of an index: single queries (median after warm-up) and one batch.
 
-    Both go through one `tf.function` (a reloaded index is one already), as a server would call
-    the index, so the numbers measure the search, not Python's eager overhead.
+    A TFRS index goes through one `tf.function` (a reloaded index is one already), as a server
+    would call it, so the numbers measure the search, not Python's eager overhead; a FAISS index
+    is called as it is served (numpy in FAISS, tensors out).
 
     Args:
-        index: a TopK layer or a LoadedIndex, taking user ids or query vectors.
+        index: a TopK layer, a LoadedIndex or a FaissIndex, taking user ids or query vectors.
         queries: user ids (integers) or query vectors (floats, one per row); the first `batch`
             (repeated if fewer) form the batch.
         batch: size of the batch query (1,024 users).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -12,17 +13,16 @@ from recsys.models import sequential_model
 from recsys.retrieval import indexes
 
 
-def index_reloads_the_same(
-    index: indexes.TopK, path: str | os.PathLike, queries: np.ndarray, k: int, more: int = 50
-) -> bool:
+def index_reloads_the_same(index: Any, path: str | os.PathLike, queries: np.ndarray, k: int, more: int = 50) -> bool:
     """Whether the index saved at `path` gives the live `index`'s top-k lists for `queries`, also when asked for more.
 
     A reloaded index must serve as the one in memory: the same k movies in the same order, for
     a list of k and as the first k of a longer list (k + `more`, capped at the catalogue).
 
     Args:
-        index: the live index (as built), taking user ids or query vectors.
-        path: where `indexes.save_index` wrote it.
+        index: the live index as built (a TFRS layer or a `faiss_indexes.FaissIndex`), taking user ids or
+            query vectors.
+        path: where `indexes.save_index` wrote it (`indexes.load_index` reads any kind).
         queries: user ids (integers) or query vectors (floats, one per row).
         k: list length compared.
         more: how much longer the longer list is.

@@ -58,24 +58,27 @@ class IndexLists(NamedTuple):
 
 
 class IndexRetriever(_OneUser):
-    """Top-n unseen movies from a TFRS `factorized_top_k` index (BruteForce, ScaNN, or one reloaded by `load_index`).
+    """Top-n unseen movies from an index: a TFRS `factorized_top_k` layer (BruteForce, ScaNN), a FAISS index
+    (`faiss_indexes.FaissIndex`), or one reloaded by `load_index`: anything called as `index(queries, k=...)`
+    that returns (scores, ids) tensors, best first, with the catalogue size as `n_candidates`.
 
     An index cannot skip a user's seen movies itself. TFRS 0.7.7 offers
     `TopK.query_with_exclusions`, which asks for k + (exclusion width) candidates, lowers the
     excluded scores and re-runs `tf.math.top_k`; that breaks twice here: ScaNN pads a list it
     cannot fill with NaN scores (and index 0), which `top_k` ranks first, and BruteForce's
     `top_k` fails when k + width exceeds the catalogue. So the index is asked for n + seen
-    candidates (capped at the catalogue) and the padding and seen movies are dropped in numpy.
-    Users are queried in batches sorted by their number of seen movies, so a batch asks for
-    little more than its users need.
+    candidates (capped at the catalogue) and the padding (NaN or -inf scores; a FAISS index pads
+    as ScaNN does) and seen movies are dropped in numpy. Users are queried in batches
+    sorted by their number of seen movies, so a batch asks for little more than its users need.
 
-    A ScaNN list comes back short when its searched leaves hold fewer than n + seen movies: on
-    MovieLens, the few users who have rated a large part of the catalogue. With `fallback` (an
-    exact index), those users are answered by it, as a server would do.
+    A ScaNN or FAISS IVF list comes back short when its searched leaves hold fewer than n + seen
+    movies (an HNSW list when its walk finds fewer): on MovieLens, the few users who have rated a
+    large part of the catalogue. With `fallback` (an exact index), those users are answered by
+    it, as a server would do.
 
     Args:
-        index: an indexed BruteForce or ScaNN layer (with a query model, or queried with vectors
-            that `user_index` gives), or a LoadedIndex.
+        index: an indexed BruteForce or ScaNN layer or a FaissIndex (with a query model, or queried
+            with vectors that `user_index` gives), or an index reloaded by `load_index`.
         user_index: user id -> the query model's input (a pandas Series, a mapping, a callable, or
             an object with a batched `queries(user_ids)` such as `history_queries.HistoryQueries`);
             None passes the MovieLens user id unchanged (as `indexes.UserQueryModel` takes it).
@@ -135,7 +138,7 @@ class IndexRetriever(_OneUser):
             if self.max_k is not None:
                 wanted = min(wanted, self.max_k)
             scores, identifiers = self.index(tf.constant([queries[r] for r in rows]), k=wanted)
-            scores, ids = np.nan_to_num(scores.numpy(), nan=-np.inf), self._ids(identifiers.numpy())
+            scores, ids = np.nan_to_num(scores.numpy(), nan=-np.inf, neginf=-np.inf), self._ids(identifiers.numpy())
             for i, row in enumerate(rows):
                 valid = np.isfinite(scores[i]) & ~np.isin(ids[i], excludes[row])
                 keep = np.flatnonzero(valid)[:n]  # the index returns its lists best first

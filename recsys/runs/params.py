@@ -198,6 +198,16 @@ def _grid(item_check: Callable[[Any], str | None]) -> Callable[[list], str | Non
     return check
 
 
+def _distinct(item_check: Callable[[Any], str | None]) -> Callable[[list], str | None]:
+    """A `_grid` whose items are all different (each names a model trained side by side)."""
+    grid = _grid(item_check)
+
+    def check(values: list) -> str | None:
+        return grid(values) or (None if len(set(values)) == len(values) else "names an item twice")
+
+    return check
+
+
 def _features(v: list) -> str | None:
     from recsys.features.encoding import resolve_features
 
@@ -233,7 +243,7 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
     from recsys.data.geo import GEO_BACKENDS
     from recsys.data.movielens import KNOWN_DATASETS, SYNTHETIC_FORMATS
     from recsys.features.splits import SPLIT_STRATEGIES
-    from recsys.models.configs import HEAD_INPUTS, OPTIMIZERS, SERVED_RETRIEVERS
+    from recsys.models.configs import HEAD_INPUTS, NEGATIVES, OPTIMIZERS, RETRIEVAL_INDEXES, SERVED_RETRIEVERS
     from recsys.ranking.ranker_state import RANKER_NAMES
     from recsys.training.distributed.cluster import STRATEGIES
 
@@ -290,6 +300,16 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "retrieval.patience": _at_least(0),
         "retrieval.min_rating": _one_of(1, 2, 3, 4, 5),
         "retrieval.model": _one_of(*SERVED_RETRIEVERS),
+        "retrieval.negatives": _distinct(_one_of(*NEGATIVES)),
+        "retrieval.uniform_negatives": _at_least(1),
+        "retrieval.bpr_negatives": _at_least(1),
+        "retrieval.bpr_alpha": _at_least(0),
+        "retrieval.index": _one_of(*RETRIEVAL_INDEXES),
+        "faiss.hnsw_m": _at_least(2),
+        "faiss.hnsw_ef_construction": _at_least(1),
+        "faiss.hnsw_ef_search": _at_least(1),
+        "faiss.ivf_nlist": _at_least(1),
+        "faiss.ivf_nprobe": _at_least(1),
         "sequential.history_length": _at_least(1),
         "sequential.window_targets": _at_least(1),
         "sequential.target_horizon": _at_least(1),
@@ -382,6 +402,9 @@ def validate(params: dict) -> None:
             f"scann.num_leaves_to_search={scann['num_leaves_to_search']}: must be <= scann.num_leaves "
             f"({scann['num_leaves']})"
         )
+    faiss = params.get("faiss", {})
+    if faiss and faiss["ivf_nprobe"] > faiss["ivf_nlist"]:
+        raise ParamsError(f"faiss.ivf_nprobe={faiss['ivf_nprobe']}: must be <= faiss.ivf_nlist ({faiss['ivf_nlist']})")
     split = params.get("split", {})
     if split and split["val_share"] + split["test_share"] >= 1.0:
         raise ParamsError(

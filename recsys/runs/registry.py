@@ -37,12 +37,12 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "movie_embeddings": ("05_retrieval", "movie_embeddings.npy"),
     "movie_embedding_ids": ("05_retrieval", "movie_embedding_ids.npy"),
     "bruteforce_index": ("05_retrieval", "bruteforce_index"),
-    "scann_index": ("05_retrieval", "scann_index"),
+    "served_index": ("05_retrieval", "served_index"),  # retrieval.index: ScaNN, FAISS HNSW/IVF or BruteForce
     "ease_model": ("05_retrieval", "ease_model"),
     "sequential_model": ("05_retrieval", "sequential_model"),
     "sequential_movie_embeddings": ("05_retrieval", "sequential_movie_embeddings.npy"),
     "sequential_bruteforce_index": ("05_retrieval", "sequential_bruteforce_index"),
-    "sequential_scann_index": ("05_retrieval", "sequential_scann_index"),
+    "sequential_served_index": ("05_retrieval", "sequential_served_index"),
     "ranker": ("06_retrieval_ranking", "ranker"),  # the learned ranker recommend() serves
     # the exploration settings the simulation (notebook 10) serves, chosen by notebooks 07 and 08
     "weighted_sampling_setting": ("07_explore_weighted_sampling", "setting.json"),

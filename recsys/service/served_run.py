@@ -4,9 +4,10 @@
 serving path reads must come from a notebook that finished and is not stale (`provenance.mark_stale`),
 or it refuses, naming the notebook to rerun. It then assembles exactly what the ranking notebook
 serves: the saved feature store, the served retriever (the two-tower's or the sequential model's
-ScaNN index, with its exact index as the fallback), EASE's candidates when the run merged them, and
-the served ranker with its feature sources. Requests are answered in the run's fixed context (the
-most frequent training hour, weekday and month), as in the notebooks, so a list is reproducible.
+served index, `retrieval.index`, with its exact index as the fallback), EASE's candidates when the
+run merged them, and the served ranker with its feature sources. Requests are answered in the
+run's fixed context (the most frequent training hour, weekday and month), as in the notebooks, so
+a list is reproducible.
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ SERVING_ARTIFACTS = (
     "ease_model",
     "rating_model",
     "rating_model_train",
-    "scann_index",
+    "served_index",
     "bruteforce_index",
 )
 SEQUENTIAL_ARTIFACTS = (
     "sequential_model",
     "sequential_movie_embeddings",
-    "sequential_scann_index",
+    "sequential_served_index",
     "sequential_bruteforce_index",
 )
 SERVING_STAGE = producer("feature_store")
@@ -163,12 +164,12 @@ class ServedRun:
                 "history_queries": parts.histories["test"],
                 "retrieval_index": parts.sequential_index,
             }
-            loaded += [f"{retrieval['model']} retriever", "sequential_model", "sequential_scann_index"]
+            loaded += [f"{retrieval['model']} retriever", "sequential_model", "sequential_served_index"]
         elif retrieval["model"] == "sequential":
             raise RunNotServableError(f"run {run_dir.name!r} serves the sequential retriever but lacks its files")
         else:  # a run without the sequential model: the two-tower's index, EASE for histories
-            retriever = IndexRetriever(load_index(path("scann_index")), fallback=load_index(path("bruteforce_index")))
-            loaded += ["scann_index", "bruteforce_index"]
+            retriever = IndexRetriever(load_index(path("served_index")), fallback=load_index(path("bruteforce_index")))
+            loaded += ["served_index", "bruteforce_index"]
         known = interactions[interactions["split"] != "test"]
         return cls(
             name=run_dir.name,

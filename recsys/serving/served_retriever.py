@@ -57,8 +57,9 @@ class ServedRetriever:
         movie_vectors, movie_vector_ids: the two-tower's movie vectors and their movie ids.
         vocabulary, sequential_movie_vectors: the sequential model's catalogue and its movie vectors.
         histories: stage -> the sequential model's queries from the users' movies before the stage.
-        retrievers: stage -> the served retriever (ScaNN, the exact index for lists that come back short).
-        sequential_index: the sequential model's ScaNN index, queried with vectors (`recommend_for_history`).
+        retrievers: stage -> the served retriever (the served index, `retrieval.index`; the exact index for
+            lists that come back short).
+        sequential_index: the sequential model's served index, queried with vectors (`recommend_for_history`).
     """
 
     model: str
@@ -71,6 +72,12 @@ class ServedRetriever:
     histories: dict[str, HistoryQueries]
     retrievers: dict[str, IndexRetriever]
     sequential_index: Any
+
+    @property
+    def index_kind(self) -> str | None:
+        """The served index's kind, as the retrieval stage saved it (`retrieval.index`: "scann", "faiss_hnsw",
+        "faiss_ivf" or "bruteforce"; None for an index saved before kinds were recorded)."""
+        return indexes.index_kind(self.retrievers["test"].index)
 
     def stage_vectors(self, stage: str, store: FeatureStore, users: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(user vectors, movie vectors) of the served retriever, aligned with the store's users and movies.
@@ -144,8 +151,9 @@ def load_served_retriever(
     Args:
         model: the served retriever (SERVED_RETRIEVERS).
         artifact: artifact key -> its path (e.g. `Run.require`): retrieval_model, movie_embeddings,
-            movie_embedding_ids, scann_index, bruteforce_index, sequential_model,
-            sequential_movie_embeddings, sequential_scann_index, sequential_bruteforce_index.
+            movie_embedding_ids, served_index, bruteforce_index, sequential_model,
+            sequential_movie_embeddings, sequential_served_index, sequential_bruteforce_index. The served
+            indexes are whichever kind `retrieval.index` chose (`indexes.load_index` reads any).
         interactions: the run's interactions (user_id, movie_id, position, rating, split).
         min_rating: the sequential model's positives (what its histories hold), as it was trained.
     """
@@ -154,10 +162,10 @@ def load_served_retriever(
     two_tower, encoder = load_retrieval_model(artifact("retrieval_model"))
     movie_vectors = np.load(artifact("movie_embeddings"))
     movie_vector_ids = np.load(artifact("movie_embedding_ids"))
-    scann, exact = indexes.load_index(artifact("scann_index")), indexes.load_index(artifact("bruteforce_index"))
+    served, exact = indexes.load_index(artifact("served_index")), indexes.load_index(artifact("bruteforce_index"))
     sequential, vocabulary = load_sequential_model(artifact("sequential_model"))
     sequential_movie_vectors = np.load(artifact("sequential_movie_embeddings"))
-    sequential_scann = indexes.load_index(artifact("sequential_scann_index"))
+    sequential_served = indexes.load_index(artifact("sequential_served_index"))
     sequential_exact = indexes.load_index(artifact("sequential_bruteforce_index"))
     watched = positives(interactions, min_rating)
     histories = {
@@ -166,10 +174,10 @@ def load_served_retriever(
     }
     if model == "sequential":
         retrievers = {
-            stage: IndexRetriever(sequential_scann, histories[stage], fallback=sequential_exact) for stage in STAGES
+            stage: IndexRetriever(sequential_served, histories[stage], fallback=sequential_exact) for stage in STAGES
         }
     else:  # queried by user id: one retriever for both stages
-        retrievers = dict.fromkeys(STAGES, IndexRetriever(scann, fallback=exact))
+        retrievers = dict.fromkeys(STAGES, IndexRetriever(served, fallback=exact))
     return ServedRetriever(
         model,
         two_tower,
@@ -180,5 +188,5 @@ def load_served_retriever(
         sequential_movie_vectors,
         histories,
         retrievers,
-        sequential_scann,
+        sequential_served,
     )

@@ -1,8 +1,9 @@
-"""Training the two-tower retrieval model: positives, logQ sampling probabilities, in-batch softmax, early stopping."""
+"""Training the two-tower retrieval model: positives, logQ probabilities, negatives, early stopping, variants."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,10 +11,11 @@ import pandas as pd
 import tensorflow as tf
 
 from recsys.core.seeding import set_seed
-from recsys.evaluation.full_ranking import SplitMatrices
+from recsys.evaluation.full_ranking import SplitMatrices, per_user_scores
 from recsys.evaluation.score_blocks import RowScores
 from recsys.features.encoding import FeatureEncoder
 from recsys.models.configs import RetrievalConfig
+from recsys.models.negative_sampling import NegativeCatalogue
 from recsys.models.retrieval_model import (
     SAMPLING_PROBABILITY,
     TwoTowerRetrievalModel,
@@ -22,6 +24,7 @@ from recsys.models.retrieval_model import (
     model_inputs,
 )
 from recsys.training.callbacks import EpochTimer, FullRankingMonitor, steady_throughput, stop_at_best_recall
+from recsys.training.curves import TrainingCurve
 
 
 def positives(interactions: pd.DataFrame, min_rating: int) -> pd.DataFrame:
@@ -61,6 +64,29 @@ def training_inputs(
     inputs = {name: all_inputs[name] for name in (*user_names, *movie_names, *context_names)}
     inputs[SAMPLING_PROBABILITY] = probability.loc[train["movie_id"]].to_numpy(np.float32)
     return inputs
+
+
+def negative_catalogue(
+    config: RetrievalConfig,
+    encoder: FeatureEncoder,
+    train_interactions: pd.DataFrame,
+    movie_table: pd.DataFrame,
+    seed: int,
+) -> NegativeCatalogue | None:
+    """The movies `config.negatives` draws negatives from, or None for "inbatch_logq" (it draws none).
+
+    Every movie of `movie_table` with an id row of its own (`NegativeCatalogue`), with its share of
+    the positives of `train_interactions` (those the model is fitted on: the same shares as the
+    examples' `candidate_sampling_probability`).
+    """
+    if config.negatives == "inbatch_logq":
+        return None
+    share = candidate_sampling_probability(positives(train_interactions, config.min_rating))
+    known = movie_table[movie_table["movie_id_idx"].to_numpy() > 0]
+    movie_names = model_inputs(config, encoder.cardinalities())[1]
+    inputs = encoder.movie_inputs(known)
+    shares = share.reindex(known.index, fill_value=0.0).to_numpy(np.float32)
+    return NegativeCatalogue({name: inputs[name] for name in movie_names}, shares, seed)
 
 
 def full_ranking_monitor(
@@ -131,7 +157,8 @@ def train_retrieval_model(
     # Keras turns numpy inputs into tensors before training and keeps both alive through `fit`;
     # converting them here, one array at a time, holds the examples once (68 bytes a positive: 1.5 GB at 22M)
     inputs = {name: tf.convert_to_tensor(arrays.pop(name)) for name in list(arrays)}
-    model = build_retrieval_model(encoder.cardinalities(), config)
+    catalogue = negative_catalogue(config, encoder, train_interactions, movie_table, seed)
+    model = build_retrieval_model(encoder.cardinalities(), config, catalogue)
     timer = EpochTimer()
     callbacks: list = [timer] + (stop_at_best_recall(monitor, config.patience) if monitor is not None else [])
     start = time.perf_counter()
@@ -178,3 +205,86 @@ def refit_on_train_val(
     if not before_test["split"].eq("val").any() or not before_test["split"].eq("train").any():
         raise ValueError("the refit needs train and val positives: check the split and retrieval.min_rating")
     return train_retrieval_model(config, encoder, before_test, user_table, movie_table, seed, epochs=epochs)
+
+
+@dataclass
+class NegativesComparison:
+    """The retrieval model trained once per `negatives` variant, and the variant val chose.
+
+    Attributes:
+        configs: each variant's config (`RetrievalConfig.variants`), in the order given.
+        trained: each variant's training result.
+        curves: each variant's training curve (loss and the monitored val recall per epoch).
+        chosen: the variant with the best monitored val recall over its epochs (the first on a tie).
+    """
+
+    configs: dict[str, RetrievalConfig]
+    trained: dict[str, RetrievalTrainingResult]
+    curves: dict[str, TrainingCurve]
+    chosen: str
+
+    @property
+    def best(self) -> tuple[RetrievalConfig, RetrievalTrainingResult, TrainingCurve]:
+        """(config, training result, curve) of the chosen variant: the served two-tower."""
+        return self.configs[self.chosen], self.trained[self.chosen], self.curves[self.chosen]
+
+    def others(self) -> dict[str, TrainingCurve]:
+        """The curves of the variants not chosen (drawn beside the chosen one's)."""
+        return {name: curve for name, curve in self.curves.items() if name != self.chosen}
+
+    def per_user(
+        self, score_users: Callable, matrices: SplitMatrices, split: str = "test", prefix: str = "two_tower"
+    ) -> dict[str, pd.DataFrame]:
+        """Each variant's per-user metrics on `split` as `<prefix>_<variant>`, and the chosen one's also as `<prefix>`.
+
+        Args:
+            score_users: a model -> its full-ranking scores (`FullRankingMonitor.score_users`).
+        """
+        rows = {
+            f"{prefix}_{name}": per_user_scores(score_users(r.model), matrices, split)
+            for name, r in self.trained.items()
+        }
+        return {prefix: rows[f"{prefix}_{self.chosen}"], **rows}
+
+    def table(self) -> pd.DataFrame:
+        """One row per variant: best val recall, its epoch, epochs run, wall time and seconds per epoch."""
+        rows = {
+            name: {
+                curve.monitored: float(curve.table[curve.monitored].max()),
+                "best_epoch": curve.best_epoch,
+                "epochs": len(curve.table),
+                "train_s": self.trained[name].wall_s,
+                "s_per_epoch": self.trained[name].wall_s / len(curve.table),
+            }
+            for name, curve in self.curves.items()
+        }
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("negatives")
+
+    def metrics(self, prefix: str = "two_tower") -> dict[str, float | int | str]:
+        """`<prefix>_negatives` (the chosen variant) and, per variant, `<monitored>_<prefix>_<variant>` (its best val
+        recall), `<prefix>_<variant>_best_epoch` and `<prefix>_<variant>_train_s`."""
+        out: dict[str, float | int | str] = {f"{prefix}_negatives": self.chosen}
+        for name, curve in self.curves.items():
+            out[f"{curve.monitored}_{prefix}_{name}"] = float(curve.table[curve.monitored].max())
+            out.update(curve.metrics(f"{prefix}_{name}", self.trained[name].wall_s))
+        return out
+
+
+def compare_negatives(
+    variants: dict[str, RetrievalConfig], fit: Callable[[RetrievalConfig], RetrievalTrainingResult], monitored: str
+) -> NegativesComparison:
+    """Train one model per variant with `fit` (early-stopped on val) and choose the best by `monitored`.
+
+    Args:
+        variants: `RetrievalConfig.variants(params["retrieval"])`.
+        fit: a config -> its training result, early-stopped on the monitored val recall (in this
+            process, `train_retrieval_model` with a monitor, or on the workers, `jobs.train_retrieval`;
+            `jobs.retrieval_fitter` picks by the `distribute` params).
+        monitored: the history key early stopping watched (`FullRankingMonitor.key`).
+    """
+    if not variants:
+        raise ValueError("no retrieval.negatives variant to train")
+    trained = {name: fit(config) for name, config in variants.items()}
+    curves = {name: TrainingCurve.of(result.history, monitored) for name, result in trained.items()}
+    best = {name: float(curve.table[monitored].max()) for name, curve in curves.items()}
+    return NegativesComparison(dict(variants), trained, curves, max(best, key=best.__getitem__))

@@ -227,3 +227,17 @@ def test_beyond_accuracy_keys_and_values():
         "intra_list_diversity",
         "gini",
     }
+
+
+def test_results_table_keeps_the_columns_and_divides_the_ratio_rows():
+    import pandas as pd
+
+    from recsys.evaluation.full_ranking import results_table
+
+    results = {"a": {"recall": 0.2, "ndcg": 0.1, "other": 9.0}, "b": {"recall": 0.4, "ndcg": 0.4, "other": 1.0}}
+    table = results_table(results, ["recall", "ndcg"], [("a", "b")])
+    assert list(table.columns) == ["recall", "ndcg"]
+    assert list(table.index) == ["a", "b", "a / b"]
+    pd.testing.assert_series_equal(table.loc["a / b"], pd.Series({"recall": 0.5, "ndcg": 0.25}, name="a / b"))
+    with pytest.raises(KeyError, match=r"without results: \['c'\]"):
+        results_table(results, ["recall"], [("a", "c")])

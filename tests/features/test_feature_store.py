@@ -133,3 +133,17 @@ def test_describe_user_names_the_attributes_the_release_has(built):
     assert store.describe_user(987654) == "user 987654: not in the store"
     bare = FeatureStore.build(users[["user_id"]], movies, interactions)
     assert bare.describe_user(3) == f"user 3: no attributes in this release ({row['n_train_ratings']} train ratings)"
+
+
+def test_raised_names_the_error_and_refuses_an_action_that_raises_nothing():
+    from recsys.core.errors import raised
+
+    def unknown():
+        raise UnknownMovieError([999_999])
+
+    shown = raised(unknown, UnknownMovieError)
+    assert shown.startswith("UnknownMovieError: unknown movie id(s) [999999]")
+    with pytest.raises(AssertionError, match="nothing was raised"):
+        raised(lambda: None, UnknownMovieError)
+    with pytest.raises(ValueError):  # another error is not swallowed
+        raised(lambda: int("x"), UnknownMovieError)

@@ -150,14 +150,22 @@ def test_smoke_retrieval_metrics(smoke_run):
         for model in ("popularity", "ease", "sequential"):
             assert 0 < m[f"recall_at_10_foldin{given}_{model}"] <= 1
     assert m["split_strategy"] == "random" and m["sequential_scann_overlap_at_100"] > 0.5
+    # the negatives: every variant trained and scored, the one with the best val Recall@100 served as two_tower
+    variants = ("inbatch_logq", "mixed", "bpr_popular")
+    assert m["two_tower_negatives"] == max(variants, key=lambda v: m[f"val_recall_at_100_two_tower_{v}"])
+    for variant in variants:
+        assert 0 < m[f"recall_at_10_two_tower_{variant}"] <= m[f"recall_at_100_two_tower_{variant}"] <= 1
+        assert m[f"ndcg_at_10_two_tower_{variant}"] > 0
+    assert m["recall_at_100_two_tower"] == m[f"recall_at_100_two_tower_{m['two_tower_negatives']}"]
+    assert m["retrieval_index"] == m["sequential_retrieval_index"] == "scann"
     for artifact in (
         "retrieval_model",
         "movie_embeddings",
         "bruteforce_index",
-        "scann_index",
+        "served_index",
         "sequential_model",
         "sequential_movie_embeddings",
-        "sequential_scann_index",
+        "sequential_served_index",
         "sequential_bruteforce_index",
     ):
         stage, filename = run_all.ARTIFACTS[artifact]
@@ -184,6 +192,10 @@ def test_smoke_two_stage_metrics(smoke_run):
     assert 0 < m["recommend_p50_ms"] <= m["recommend_p99_ms"]
     assert 0 < m["recommend_for_history_p50_ms"] <= m["recommend_for_history_p99_ms"]
     assert m["served_retriever"] == "two_tower"
+    assert m["retrieval_index"] == "scann"
+    # what DCN-v2's first cross layer learned, against LightGBM's gain
+    assert -1 <= m["dcn_lightgbm_importance_spearman"] <= 1 and 0 <= m["dcn_lightgbm_top5_overlap"] <= 5
+    assert " x " in m["dcn_top_cross_pair"]
     assert (smoke_run / "06_retrieval_ranking" / "feature_store").is_dir()
     assert (smoke_run / "06_retrieval_ranking" / "ranker" / "ranker.json").exists()
 

@@ -28,6 +28,8 @@ def csv_run(tmp_path_factory) -> Path:
         str(PROJECT_ROOT / "params" / "smoke.yaml"),
         "-p",
         "synthetic.format=ml-25m",
+        "-p",
+        "retrieval.index=faiss_ivf",  # a FAISS IVF index, saved in 05 and served by 06-10
         "--run-name",
         "smoke-csv",
     )
@@ -91,6 +93,7 @@ def test_rating_models_learn_half_stars_and_ablate_only_existing_groups(csv_run)
 def test_retrieval_and_ranking_go_without_user_attributes(csv_run):
     retrieval = metrics(csv_run, "05_retrieval")
     assert retrieval["recall_at_100_two_tower"] > retrieval["recall_at_100_popularity"]
+    assert retrieval["retrieval_index"] == metrics(csv_run, "06_retrieval_ranking")["retrieval_index"] == "faiss_ivf"
     ranker = json.loads((csv_run / "06_retrieval_ranking" / "ranker" / "ranker.json").read_text())
     assert "log_activity" in ranker["features"]
     assert not {"gender", "age_group", "occupation"} & set(ranker["features"])

@@ -20,7 +20,8 @@ from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 TIMING_KEY = re.compile(r"(_s|_ms|_per_s|_gb)$|^fit_s_|_ms_")
-TEMPORAL = ("-p", "split.strategy=temporal", "-p", "retrieval.model=sequential")
+# served from a FAISS HNSW index: 06-10 load it in fresh kernels, and the rerun must give the same lists
+TEMPORAL = ("-p", "split.strategy=temporal", "-p", "retrieval.model=sequential", "-p", "retrieval.index=faiss_hnsw")
 
 
 def metrics(run_dir: Path, stage: str) -> dict:
@@ -52,6 +53,7 @@ def test_temporal_run_serves_the_sequential_retriever_and_compares_with_the_rand
     assert (last["train"] < first["test"]).all() and (last["val"] < first["test"])[last["val"].notna()].all()
     m5, m6 = metrics(temporal_run, "05_retrieval"), metrics(temporal_run, "06_retrieval_ranking")
     assert m5["split_strategy"] == "temporal" and m6["served_retriever"] == "sequential"
+    assert m5["retrieval_index"] == m6["retrieval_index"] == "faiss_hnsw" and m5["faiss_hnsw_overlap_at_50"] > 0.9
     assert 0 < m6["recall_at_10_retrieval_only"] <= 1 and 0 < m6["ndcg_at_10_learned"] <= 1
     # after 06, every notebook serves 06's path: the sequential retriever's queries, read from each stage's history
     m8, m10 = metrics(temporal_run, "08_explore_gaussian_noise"), metrics(temporal_run, "10_simulation")

@@ -1,4 +1,4 @@
-"""BruteForce against ScaNN on held-out users (recsys.retrieval.index_comparison) and the reload checks of indexes."""
+"""BruteForce against the served index on held-out users (recsys.retrieval.index_comparison) and index reload checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from recsys.core.ids import NO_MOVIE
-from recsys.evaluation.full_ranking import split_matrices
+from recsys.evaluation.full_ranking import overlap_at_k, split_matrices
 from recsys.retrieval import indexes
 from recsys.retrieval.index_comparison import build_index_pair, compare_indexes
 from recsys.retrieval.reload_checks import index_reloads_the_same
@@ -44,13 +44,13 @@ def pair(catalogue):
 
 def test_build_index_pair_builds_both_indexes_at_the_given_k_and_times_them(catalogue, pair):
     movie_ids, movie_vectors, user_vectors, _ = catalogue
-    assert pair.k == 5 and set(pair.build_s) == {"bruteforce", "scann"}
+    assert pair.k == 5 and pair.kind == "scann" and set(pair.build_s) == {"bruteforce", "scann"}
     assert all(seconds > 0 for seconds in pair.build_s.values())
     queries = np.stack([user_vectors[1], user_vectors[2]])
     _, exact_ids = pair.bruteforce(queries)
     expected = movie_ids[np.argsort(-(queries @ movie_vectors.T), axis=1, kind="stable")[:, :5]]
     np.testing.assert_array_equal(exact_ids.numpy(), expected)
-    assert pair.scann(queries)[1].shape == (2, 5)
+    assert pair.served(queries)[1].shape == (2, 5)
     with pytest.raises(ValueError, match="num_leaves_to_search"):
         build_index_pair(None, movie_ids, movie_vectors, {"k": 5, "num_leaves": 6}, seed=3)
 
@@ -96,6 +96,7 @@ def test_compare_indexes_pairs_users_and_exclusions_with_min_rating_above_one(ca
         "scann_query_ms_batch_16",
         "bruteforce_query_ms_batch_16",
         "scann_build_s",
+        "scann_queries_per_s",
     }
     assert f"of {len(with_positives)} users" in comparison.describe()
 
@@ -117,3 +118,50 @@ def test_saved_pair_reloads_the_same_and_a_different_index_does_not(catalogue, p
     assert index_reloads_the_same(pair.bruteforce, tmp_path / "bruteforce", queries, k=5, more=100)  # capped
     other = indexes.build_bruteforce(None, movie_ids, -movie_vectors, 5)  # the worst movies first
     assert not index_reloads_the_same(other, tmp_path / "bruteforce", queries, k=5)
+
+
+def test_scann_keeps_its_metric_keys_and_values(catalogue, pair):
+    """kind scann: the keys the comparison wrote before the served index could be chosen, with the same values
+    (recomputed here as they were: ScaNN with the exact fallback, its overlap with the exact lists)."""
+    movie_ids, movie_vectors, user_vectors, interactions = catalogue
+    matrices = split_matrices(interactions, np.sort(interactions["user_id"].unique()), movie_ids)
+    comparison = compare_indexes(pair, matrices, split="test", user_index=user_vectors, timing_batch=16)
+    rows = matrices.held_out_rows("test")
+    users, seen = matrices.user_ids[rows], matrices.seen_movie_ids("test", rows)
+    scann = indexes.build_scann(None, movie_ids, movie_vectors, 5, 6, 3, 30, seed=3)
+    exact = IndexRetriever(indexes.build_bruteforce(None, movie_ids, movie_vectors, 5), user_vectors)
+    approx = IndexRetriever(scann, user_vectors, fallback=exact.index).query(users, 5, seen)
+    overlap = overlap_at_k(approx.movie_ids, exact.query(users, 5, seen).movie_ids, 5)
+    assert comparison.quality_metrics("sequential_") == {
+        "sequential_retrieval_index": "scann",
+        "sequential_scann_overlap_at_100": overlap,
+        "sequential_scann_overlap_at_5": overlap,
+        "sequential_scann_fallback_users": approx.n_fallback,
+    }
+    assert list(comparison.table.index) == ["bruteforce", "scann"]
+    assert comparison.describe().startswith("ScaNN top-5 overlap with BruteForce")
+
+
+@pytest.mark.parametrize("kind", ["faiss_hnsw", "bruteforce"])
+def test_the_chosen_index_names_its_metrics(catalogue, kind):
+    movie_ids, movie_vectors, user_vectors, interactions = catalogue
+    faiss = {"hnsw_m": 8, "hnsw_ef_construction": 40, "hnsw_ef_search": 60, "ivf_nlist": 6, "ivf_nprobe": 3}
+    chosen = build_index_pair(None, movie_ids, movie_vectors, SCANN, seed=3, kind=kind, faiss=faiss)
+    matrices = split_matrices(interactions, np.sort(interactions["user_id"].unique()), movie_ids)
+    comparison = compare_indexes(chosen, matrices, split="test", user_index=user_vectors, timing_batch=16)
+    quality, timing = comparison.quality_metrics(), comparison.timing_metrics()
+    assert quality["retrieval_index"] == kind and set(quality) == {
+        "retrieval_index",
+        f"{kind}_overlap_at_5",
+        f"{kind}_fallback_users",
+    }
+    names = [kind] if kind == "bruteforce" else [kind, "bruteforce"]
+    assert list(comparison.table.index) == names[::-1]
+    expected = {f"{name}_query_ms_{when}" for name in names for when in ("single", "batch_16")}
+    assert set(timing) == expected | {f"{kind}_build_s", f"{kind}_queries_per_s"}
+    if kind == "bruteforce":  # the exact index serves: its lists are the exact ones
+        assert quality["bruteforce_overlap_at_5"] == 1.0 and quality["bruteforce_fallback_users"] == 0
+        assert comparison.approx is comparison.exact and "exact one" in comparison.describe()
+    else:  # ef_search 60 = the catalogue: exact here
+        assert quality["faiss_hnsw_overlap_at_5"] == 1.0
+        assert comparison.describe().startswith("FAISS HNSW top-5 overlap")

@@ -242,6 +242,12 @@ def test_factorized_top_k_matches_tfrs_metric(data, trained):
     for k, value in zip((1, 5, 10, 50), metric.result()):
         assert ours[f"factorized_top_{k}_accuracy"] == pytest.approx(float(value), abs=1e-6)
     assert 0 < ours["factorized_top_10_accuracy"] < ours["factorized_top_50_accuracy"]
+    # the model-level wrapper reads the same vectors (its default cut-offs)
+    wrapped = retrieval_model.factorized_top_k(
+        model, encoder, data["user_table"], trained["movie_ids"], trained["movie_vectors"], test_pairs
+    )
+    assert wrapped["factorized_top_10_accuracy"] == pytest.approx(ours["factorized_top_10_accuracy"], abs=1e-9)
+    assert wrapped["factorized_top_50_accuracy"] == pytest.approx(ours["factorized_top_50_accuracy"], abs=1e-9)
 
 
 def _numpy_top_k(user_vectors, movie_vectors, movie_ids, seen_ids, k):

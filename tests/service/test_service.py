@@ -49,7 +49,8 @@ def in_process_args(run: Path) -> dict:
         store, artifact(run, "ease_model"), artifact(run, "rating_model_train"), n, context
     )
     retriever = IndexRetriever(
-        indexes.load_index(artifact(run, "scann_index")), fallback=indexes.load_index(artifact(run, "bruteforce_index"))
+        indexes.load_index(artifact(run, "served_index")),
+        fallback=indexes.load_index(artifact(run, "bruteforce_index")),
     )
     ranker = served_rankers.load_served_ranker(artifact(run, "ranker"), sources, artifact(run, "rating_model"), context)
     return {"store": store, "retrieval_index": retriever, "ranker": ranker, "n_candidates": n, "ease": sources.ease}
@@ -146,7 +147,7 @@ def test_malformed_json_is_a_400(client):
 def test_a_run_without_the_sequential_model_answers_histories_with_ease(smoke_run, tmp_path):
     copy = tmp_path / smoke_run.name
     shutil.copytree(smoke_run, copy, ignore=shutil.ignore_patterns("notebooks", "reports"))
-    for name in ("sequential_model", "sequential_scann_index", "sequential_bruteforce_index"):
+    for name in ("sequential_model", "sequential_served_index", "sequential_bruteforce_index"):
         shutil.rmtree(copy / Path(*ARTIFACTS[name]))
     served = ServedRun.load(copy)
     client = TestClient(create_app(served))

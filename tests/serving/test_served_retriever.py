@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from recsys.models.sequential_model import MovieVocabulary
-from recsys.retrieval.retrievers import NumpyRetriever
+from recsys.retrieval.faiss_indexes import build_faiss_ivf
+from recsys.retrieval.retrievers import IndexRetriever, NumpyRetriever
 from recsys.serving import served_retriever
 from recsys.serving.recommender import retrieve_candidates
 from recsys.serving.served_retriever import STAGES, ServedRetriever, load_served_retriever
@@ -124,3 +125,12 @@ def test_an_unknown_served_retriever_is_refused_before_loading_anything(tables):
 
     with pytest.raises(ValueError, match="two_tower"):
         load_served_retriever("bm25", artifact, tables[2], 1)
+
+
+def test_the_served_index_kind_is_read_from_the_index(tables):
+    users, movies, interactions = tables
+    served = served_as("sequential", interactions, movies["movie_id"].to_numpy())
+    vectors = np.random.default_rng(0).normal(size=(len(movies), 4))
+    index = build_faiss_ivf(None, movies["movie_id"].to_numpy(), vectors, k=3, nlist=2, nprobe=1, seed=0)
+    served.retrievers = dict.fromkeys(STAGES, IndexRetriever(index))
+    assert served.index_kind == "faiss_ivf"

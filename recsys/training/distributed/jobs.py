@@ -220,3 +220,27 @@ def train_retrieval(
         steady_throughput(result["n_examples"], result["epoch_s"]),
         result["n_examples"],
     )
+
+
+def retrieval_fitter(settings: Distribute, files: DataFiles, job_dir: Path, inputs, seed: int, monitor):
+    """A retrieval config -> its two-tower, early-stopped on the monitored val recall, where `settings` say it trains.
+
+    In this process (`retrieval_training.train_retrieval_model` with `monitor`), or under
+    `multi_worker` on the workers (`train_retrieval`, with the same early stopping run by every
+    worker), one job folder per negatives variant: `job_dir / two_tower_<negatives>`. What
+    `retrieval_training.compare_negatives` trains each variant with.
+
+    Args:
+        files: the run's tables the workers read (`DataFiles.of_run`).
+        inputs: the run's `retrieval_inputs.RetrievalInputs` (encoder, train positives, user and movie tables).
+        monitor: the val `FullRankingMonitor` (`retrieval_training.full_ranking_monitor`).
+    """
+    from recsys.training.retrieval_training import train_retrieval_model
+
+    def fit(config: RetrievalConfig):
+        if settings.strategy == "none":
+            tables = (inputs.encoder, inputs.train, inputs.user_table, inputs.movie_table)
+            return train_retrieval_model(config, *tables, seed, monitor=monitor)
+        return train_retrieval(config, files, seed, settings, Path(job_dir) / f"two_tower_{config.negatives}")
+
+    return fit

@@ -186,7 +186,12 @@ def _train_retrieval(job: dict, strategy) -> dict:
     from recsys.models.retrieval_model import build_retrieval_model, save_retrieval_model
     from recsys.training.callbacks import EpochTimer, stop_at_best_recall
     from recsys.training.distributed import cluster
-    from recsys.training.retrieval_training import full_ranking_monitor, positives, training_inputs
+    from recsys.training.retrieval_training import (
+        full_ranking_monitor,
+        negative_catalogue,
+        positives,
+        training_inputs,
+    )
 
     config = RetrievalConfig.from_params(job["config"])
     interactions, users, movies = _read(job, list(EVENT_COLUMNS))
@@ -195,12 +200,14 @@ def _train_retrieval(job: dict, strategy) -> dict:
     user_table, movie_table = encoder.user_table(users), encoder.movie_table(movies)
     fit_frame = interactions[interactions["split"].isin(job["fit_on"])]
     inputs = training_inputs(config, encoder, fit_frame, user_table, movie_table)
+    catalogue = negative_catalogue(config, encoder, fit_frame, movie_table, job["seed"])  # None for inbatch_logq
     first_epoch = resume_epoch(job["backup_dir"])
     dataset_fn = cluster.sharded_batches(inputs, None, config.batch_size, job["seed"], first_epoch)
     batches = strategy.distribute_datasets_from_function(dataset_fn)
     set_seed(job["seed"])
     with strategy.scope():
-        model = build_retrieval_model(encoder.cardinalities(), config)  # its variables exist: it ran a dummy batch
+        # its variables exist (it ran a dummy batch); the sampled negatives' catalogue is a constant on every worker
+        model = build_retrieval_model(encoder.cardinalities(), config, catalogue)
         model.optimizer.build(model.trainable_variables)  # slots now, so BackupAndRestore restores them
     timer = EpochTimer()
     callbacks = [timer, *_callbacks(job, strategy)]
