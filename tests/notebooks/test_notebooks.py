@@ -315,6 +315,8 @@ def distributed_run(smoke_run) -> Path:
     """04-05 with both two-tower models trained on 2 local workers (MultiWorkerMirroredStrategy), on the smoke run's 01-03."""
     reuse_from(smoke_run, "smoke-distributed", ("01_preprocess", "02_eda", "03_baselines"))
     overrides = ["-p", "distribute.strategy=multi_worker", "-p", "distribute.workers=2"]
+    # one negatives variant, the one the smoke run chose (the others train on two workers in tests/models/test_negatives.py)
+    overrides += ["-p", "retrieval.negatives=[inbatch_logq]"]
     return run_beside(smoke_run, "smoke-distributed", *overrides, "--from", "04", "--until", "05")
 
 
@@ -326,7 +328,8 @@ def test_notebooks_train_on_two_workers_as_well_as_in_one_process(distributed_ru
     assert m5["two_tower_trained_by"] == m4["trained_by"] and m5["two_tower_train_workers"] == 2
     assert abs(m4["rmse_two_tower"] - one4["rmse_two_tower"]) < 0.02, (m4["rmse_two_tower"], one4["rmse_two_tower"])
     assert abs(m5["recall_at_100_two_tower"] - one5["recall_at_100_two_tower"]) < 0.02
-    for stage, jobs in (("04_two_tower_rating", ("selected", "refit")), ("05_retrieval", ("two_tower",))):
+    assert one5["two_tower_negatives"] == m5["two_tower_negatives"] == "inbatch_logq"
+    for stage, jobs in (("04_two_tower_rating", ("selected", "refit")), ("05_retrieval", ("two_tower_inbatch_logq",))):
         for job in jobs:
             folder = distributed_run / stage / "distributed_jobs" / job
             assert (folder / "result.json").exists() and (folder / "logs" / "attempt-0" / "worker-1.log").exists()

@@ -69,11 +69,11 @@ def without_timings(m: dict) -> dict:
 
 
 def test_rerun_with_the_same_seed_gives_the_same_metrics(temporal_run):
-    """Retrieval (ScaNN included), serving, exploration and the simulation repeat exactly: metrics.json equal but
-    for timings (05-10 rerun on the same seed)."""
-    stages = [p.stem for p in run_all.discover_notebooks()][4:]  # 05 onwards: the two-tower, ScaNN, serving
+    """Retrieval (the FAISS HNSW index included), serving, exploration and the simulation repeat exactly:
+    metrics.json equal but for timings (05-10 rerun on the same seed)."""
+    stages = [p.stem for p in run_all.discover_notebooks()][4:]  # 05 onwards: the two-tower, the index, serving
     before = {s: without_timings(metrics(temporal_run, s)) for s in stages}
-    assert "scann_overlap_at_100" in before["05_retrieval"] and "n_seeds" in before["10_simulation"]
+    assert "faiss_hnsw_overlap_at_50" in before["05_retrieval"] and "n_seeds" in before["10_simulation"]
     params = str(PROJECT_ROOT / "params" / "smoke.yaml")
     common = ["--artifacts-dir", str(temporal_run.parent), "--params", params, "--run-name", temporal_run.name]
     assert run_all.main([*common, *TEMPORAL, "--from", "05"]) == 0
