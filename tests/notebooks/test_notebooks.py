@@ -396,3 +396,20 @@ class LinkCollector(HTMLParser):
             self.images.append(attrs["src"])
         if tag == "a" and attrs.get("href"):
             self.links.append(attrs["href"])
+
+
+def test_serving_index_benchmark_builds_every_kind_over_a_finished_run(smoke_run, tmp_path):
+    """benchmarks/serving_indexes.py: 05's comparison for each kind of served index, each reloaded the same."""
+    from benchmarks import serving_indexes
+
+    out = tmp_path / "serving_indexes.json"
+    result = serving_indexes.main(["--run", str(smoke_run), "--kinds", "faiss_ivf", "bruteforce", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    kinds = result["kinds"]
+    assert set(kinds) == {"faiss_ivf", "bruteforce"} and all(row["reloaded_the_same"] for row in kinds.values())
+    assert (
+        kinds["bruteforce"]["bruteforce_overlap_at_50"] == 1.0
+        and 0 < kinds["faiss_ivf"]["faiss_ivf_overlap_at_50"] <= 1
+    )
+    assert result["negatives"] == metrics(smoke_run, "05_retrieval")["two_tower_negatives"]
+    assert not [key for row in kinds.values() for key in row if "val" in key.split("_")]  # scored on test only
