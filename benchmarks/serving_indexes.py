@@ -28,21 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import recsys  # noqa: E402,F401  (TF_USE_LEGACY_KERAS, quiet TF logs)
+from benchmarks.serving_history import artifact  # noqa: E402  (a run's artifact, or exit saying what to run)
 from recsys.core.io import write_json  # noqa: E402
 from recsys.models.configs import RETRIEVAL_INDEXES, RetrievalConfig  # noqa: E402
 from recsys.models.retrieval_model import load_retrieval_model, movie_embeddings  # noqa: E402
 from recsys.retrieval import index_comparison, indexes  # noqa: E402
-from recsys.runs.registry import ARTIFACTS  # noqa: E402
 from recsys.training.retrieval_inputs import load_retrieval_inputs  # noqa: E402
-
-
-def artifact(run: Path, name: str) -> Path:
-    stage, filename = ARTIFACTS[name]
-    path = run / stage / filename
-    if not path.exists():
-        sys.exit(f"{path} is missing: run notebooks 01-05 into {run} first")
-    return path
 
 
 def run_params(run: Path) -> dict:
