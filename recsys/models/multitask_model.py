@@ -21,9 +21,7 @@ from recsys.models.configs import RatingConfig, _FromParams
 from recsys.models.persistence import read_model_folder, save_model_folder
 from recsys.models.predict import predict
 from recsys.models.rating_model import TwoTowerRatingModel
-from recsys.models.retrieval_model import SAMPLING_PROBABILITY
-
-VECTOR_BATCH = 8192  # users or movies per tower call when computing vectors
+from recsys.models.retrieval_model import SAMPLING_PROBABILITY, embed_in_batches
 
 
 @dataclass
@@ -348,15 +346,6 @@ def predict_ratings(model: MultitaskModel, inputs: dict[str, np.ndarray]) -> np.
     return predict(model, inputs)
 
 
-def _vectors(encode, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    n = len(next(iter(inputs.values())))
-    parts = [
-        encode({k: tf.constant(v[i : i + VECTOR_BATCH]) for k, v in inputs.items()}).numpy()
-        for i in range(0, n, VECTOR_BATCH)
-    ]
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
 def user_vectors(
     model: MultitaskModel, encoder: FeatureEncoder, user_table: pd.DataFrame, users: Sequence[int] | np.ndarray
 ) -> np.ndarray:
@@ -364,14 +353,14 @@ def user_vectors(
     rows = user_table.index.get_indexer(np.asarray(users))
     if (rows < 0).any():
         raise KeyError(f"users {np.asarray(users)[rows < 0][:5].tolist()} are not in the user table")
-    return _vectors(model.query_vectors, encoder.user_inputs(user_table.iloc[rows]))
+    return embed_in_batches(model.query_vectors, encoder.user_inputs(user_table.iloc[rows]))
 
 
 def movie_vectors(
     model: MultitaskModel, encoder: FeatureEncoder, movie_table: pd.DataFrame
 ) -> tuple[np.ndarray, np.ndarray]:
     """(movie ids in table order, unit candidate vectors (n_movies, embedding_dim) float32) of `movie_table`."""
-    return movie_table.index.to_numpy(), _vectors(model.candidate_vectors, encoder.movie_inputs(movie_table))
+    return movie_table.index.to_numpy(), embed_in_batches(model.candidate_vectors, encoder.movie_inputs(movie_table))
 
 
 def pair_scores(model: MultitaskModel, encoder: FeatureEncoder, user_table, movie_table, pairs) -> pd.DataFrame:

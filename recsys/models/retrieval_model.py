@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -283,7 +283,8 @@ def build_retrieval_model(
 # ---- embeddings ---------------------------------------------------------------------------------
 
 
-def _embed(tower: tf.keras.layers.Layer, inputs: dict[str, np.ndarray]) -> np.ndarray:
+def embed_in_batches(tower: Callable[[dict[str, tf.Tensor]], tf.Tensor], inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """`tower`'s vectors of every row of `inputs` (a dict of equal-length arrays), EMBED_BATCH rows per call."""
     n = len(next(iter(inputs.values())))
     parts = [
         tower({k: tf.constant(v[i : i + EMBED_BATCH]) for k, v in inputs.items()}).numpy()
@@ -305,7 +306,7 @@ def user_embeddings(
         raise KeyError(f"users {np.asarray(users)[rows < 0][:5].tolist()} are not in the user table")
     names = model_inputs(model.config, encoder.cardinalities())[0]
     inputs = encoder.user_inputs(user_table.iloc[rows])
-    return _embed(model.query_tower, {n: inputs[n] for n in names})
+    return embed_in_batches(model.query_tower, {n: inputs[n] for n in names})
 
 
 def movie_embeddings(
@@ -318,7 +319,7 @@ def movie_embeddings(
     """
     names = model_inputs(model.config, encoder.cardinalities())[1]
     inputs = encoder.movie_inputs(movie_table)
-    return movie_table.index.to_numpy(), _embed(model.candidate_tower, {n: inputs[n] for n in names})
+    return movie_table.index.to_numpy(), embed_in_batches(model.candidate_tower, {n: inputs[n] for n in names})
 
 
 def factorized_top_k(
