@@ -15,13 +15,14 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from recsys.data.rating_scale import RatingScale
-from recsys.features.encoding import CONTEXT_FEATURES, EXAMPLE_WEIGHT, USER_FEATURES, FeatureEncoder, resolve_features
+from recsys.features.encoding import CONTEXT_FEATURES, EXAMPLE_WEIGHT, FeatureEncoder, resolve_features
 from recsys.features.fit_records import FitRecord
 from recsys.models.configs import RatingConfig, _FromParams
 from recsys.models.persistence import read_model_folder, save_model_folder
 from recsys.models.predict import predict
 from recsys.models.rating_model import TwoTowerRatingModel
 from recsys.models.retrieval_model import SAMPLING_PROBABILITY, embed_in_batches
+from recsys.models.towers import dummy_inputs
 
 
 @dataclass
@@ -308,19 +309,6 @@ class MultitaskModel(TwoTowerRatingModel):
         return {"rating": rating, "retrieval": [v for layer in projections for v in layer.weights]}
 
 
-def _dummy_inputs(cardinalities: dict[str, int]) -> dict[str, tf.Tensor]:
-    """One example of every input a tower or head may read (all index 0), to create the variables."""
-    dummy = {
-        "user_id": tf.zeros([1], tf.int32),
-        "movie_id": tf.zeros([1], tf.int32),
-        "genres": tf.zeros([1, cardinalities["genres"]], tf.int8),
-        "title": tf.zeros([1, 1], tf.int32),
-    }
-    for name in (*USER_FEATURES, "release_year", *CONTEXT_FEATURES):
-        dummy[name] = tf.zeros([1], tf.int32)
-    return dummy
-
-
 def build_multitask_model(
     cardinalities: dict[str, int], config: MultitaskConfig, weights, global_mean: float
 ) -> MultitaskModel:
@@ -331,7 +319,7 @@ def build_multitask_model(
     direction and could flood a user's top-k; at zero it is scored by its side features alone.
     """
     model = MultitaskModel(cardinalities, config, weights, global_mean)
-    dummy = _dummy_inputs(cardinalities)
+    dummy = dummy_inputs(cardinalities, tf.int8)
     model(dummy, training=False)
     model.query_vectors(dummy)
     model.candidate_vectors(dummy)

@@ -27,7 +27,7 @@ from recsys.models.negative_sampling import (
     uniform_rows,
 )
 from recsys.models.persistence import read_model_folder, save_model_folder
-from recsys.models.towers import ContextEncoder, MovieTower, UserTower
+from recsys.models.towers import ContextEncoder, MovieTower, UserTower, dummy_inputs
 
 EMBED_BATCH = 8192
 SAMPLING_PROBABILITY = "candidate_sampling_probability"  # the per-example input that carries logQ
@@ -260,14 +260,7 @@ def build_retrieval_model(
     scored by its side features alone (cold start) or, for the ids-only model, scores 0.
     """
     model = TwoTowerRetrievalModel(cardinalities, config, catalogue)
-    dummy = {
-        "user_id": tf.zeros([1], tf.int32),
-        "movie_id": tf.zeros([1], tf.int32),
-        "genres": tf.zeros([1, cardinalities["genres"]], tf.float32),
-        "title": tf.zeros([1, 1], tf.int32),
-    }
-    for name in (*USER_FEATURES, "release_year", *CONTEXT_FEATURES):
-        dummy[name] = tf.zeros([1], tf.int32)
+    dummy = dummy_inputs(cardinalities)
     model.query_tower(dummy)
     model.candidate_tower(dummy)
     for table in (

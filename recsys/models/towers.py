@@ -134,3 +134,21 @@ class ContextEncoder(tf.keras.layers.Layer):
 
     def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         return tf.concat([layer(features[name]) for name, layer in self.embeddings.items()], axis=-1)
+
+
+def dummy_inputs(cardinalities: dict[str, int], genres_dtype: tf.DType = tf.float32) -> dict[str, tf.Tensor]:
+    """One example of every input a tower or head may read (all index 0), to create a model's variables.
+
+    Args:
+        cardinalities: embedding table sizes (FeatureEncoder.cardinalities()); "genres" sizes the multi-hot row.
+        genres_dtype: the multi-hot genres' dtype, as the model is fed them.
+    """
+    dummy = {
+        "user_id": tf.zeros([1], tf.int32),
+        "movie_id": tf.zeros([1], tf.int32),
+        "genres": tf.zeros([1, cardinalities["genres"]], genres_dtype),
+        "title": tf.zeros([1, 1], tf.int32),
+    }
+    for name in (*USER_FEATURES, "release_year", *CONTEXT_FEATURES):
+        dummy[name] = tf.zeros([1], tf.int32)
+    return dummy
