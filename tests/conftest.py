@@ -41,6 +41,37 @@ def smoke_run(tmp_path_factory) -> Path:
     return run_pipeline(tmp_path_factory.mktemp("smoke"), "--params", str(PROJECT_ROOT / "params" / "smoke.yaml"))
 
 
+def run_stages(artifacts: Path, run_name: str, stages: tuple[str, ...], *overrides: str) -> Path:
+    """A run of `stages` on params/smoke.yaml in `artifacts`, with these overrides; the run's folder."""
+    import run_all
+
+    params = str(PROJECT_ROOT / "params" / "smoke.yaml")
+    selection = [arg for stage in stages for arg in ("--only", stage)]
+    common = ["--artifacts-dir", str(artifacts), "--params", params, "--run-name", run_name]
+    assert run_all.main([*common, *overrides, *selection]) == 0
+    return artifacts / run_name
+
+
+# The second chain: a release without a users file (generated data in ML-25M's CSV format: no
+# demographics, half stars) on a per-user temporal split, serving the sequential retriever from a
+# FAISS HNSW index. tests/notebooks/test_notebooks_csv_release.py and test_notebooks_temporal.py
+# both assert on it: one chain for the two, instead of one each. Its notebook 10 runs the
+# simulations in two processes (the smoke run's in the kernel).
+RELEASE = ("-p", "synthetic.format=ml-25m")
+TEMPORAL = ("-p", "split.strategy=temporal", "-p", "retrieval.model=sequential", "-p", "retrieval.index=faiss_hnsw")
+SECOND_CHAIN = (*RELEASE, *TEMPORAL, "-p", "simulation.processes=2")
+ALL_STAGES = ("01", "02", "03", "04", "05", "06", "07", "08", "09", "10")
+
+
+@pytest.fixture(scope="session")
+def temporal_release_run(tmp_path_factory) -> Path:
+    """01-10 on the temporal split of a release without users, beside the random split's 01 and 05 on the same
+    data (what the run summary's split comparison reads)."""
+    artifacts = tmp_path_factory.mktemp("temporal-release")
+    run_stages(artifacts, "smoke", ("01", "05"), *RELEASE)
+    return run_stages(artifacts, "smoke-temporal", ALL_STAGES, *SECOND_CHAIN)
+
+
 # headless Chromium as root on a closed network: no sandbox, no GPU, and no calls home
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -58,16 +89,18 @@ def chromium_binary() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-# tests of the session's smoke run: under pytest-xdist they share one worker, so the run is made once
+# tests of the session's smoke run, and of the second chain: under pytest-xdist the tests of one chain
+# share one worker, so each chain is made once
 SMOKE_RUN_TESTS = ("tests/notebooks/test_notebooks.py", "tests/service/")
+RELEASE_RUN_TESTS = ("tests/notebooks/test_notebooks_temporal.py", "tests/notebooks/test_notebooks_csv_release.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
     """`make test` runs two pytest-xdist workers: each chain of notebooks on one worker, the rest spread out.
 
-    The smoke run is a session fixture and each chain file has module fixtures, so the tests of a chain
-    are one scope (made once, on one worker) while the other worker takes the unit tests and the other
-    chain. (xdist's `loadgroup` marks do not take effect under this pytest, hence the scopes by path.)
+    The two chains are session fixtures, so the tests of a chain are one scope (made once, on one
+    worker) while the other worker takes the unit tests and the other chain. (xdist's `loadgroup`
+    marks do not take effect under this pytest, hence the scopes by path.)
     """
     from xdist.scheduler import LoadScopeScheduling
 
@@ -76,6 +109,8 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             if path.startswith(SMOKE_RUN_TESTS):
                 return "smoke_run"
+            if path.startswith(RELEASE_RUN_TESTS):
+                return "temporal_release_run"
             return path if path.startswith("tests/notebooks/") else nodeid
 
     return ChainScopes(config, log)

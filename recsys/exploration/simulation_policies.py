@@ -28,6 +28,7 @@ from recsys.exploration import reranking
 from recsys.exploration.noise import EmbeddingNoise, noisy_retriever
 from recsys.exploration.simulation import PolicyLog, random_unseen
 from recsys.features.feature_store import FeatureStore
+from recsys.features.preprocessing import EVENT_COLUMNS
 from recsys.features.request_context import fixed_context
 from recsys.models.ease import EaseRefitter, load_ease
 from recsys.models.retrieval_model import load_retrieval_model, user_embeddings
@@ -102,7 +103,7 @@ class ServingParts:
     retriever: str = "two_tower"
     sequential: tuple | None = None
     min_rating: int = 1
-    _refitters: dict = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # the start state, the EASE refitter
 
     @classmethod
     def load(
@@ -165,13 +166,35 @@ class ServingParts:
             min_rating=retrieval["min_rating"],
         )
 
+    def start_state(self, log: PolicyLog) -> tuple[EaseSource, FeatureStore, np.ndarray]:
+        """What a two-stage policy updates from a log of round 0 (EASE, the feature store with the retriever's
+        vectors, the query vectors): the same for every policy and every run from that start, so made once."""
+        if log.start_matrix is None or log.matrix is not log.start_matrix:
+            raise ValueError("start_state is for a log of round 0 (PolicyLog.start)")
+        cached = self._cache.get("start_state")
+        if cached is None or cached[0] is not log.start_matrix:
+            cached = (log.start_matrix, self.updated_state(log))
+            self._cache["start_state"] = cached
+        return cached[1]
+
+    def updated_state(self, log: PolicyLog) -> tuple[EaseSource, FeatureStore, np.ndarray]:
+        """EASE refitted on the log, a feature store built from it with the retriever's vectors, the query vectors."""
+        if not log.user_ids.tolist() == self.users["user_id"].tolist():
+            raise ValueError("the log's users must be the serving parts' users, in the same order")
+        ease = EaseSource(self.ease_weights(log), log.movie_ids)
+        store = FeatureStore.build(
+            self.users, self.movies, log.interactions(), seen_splits=("train",), history_splits=("train",)
+        )
+        user_vectors = self.query_vectors(log)
+        return ease, store.with_vectors(user_vectors, self.movie_vectors), user_vectors
+
     def ease_weights(self, log: PolicyLog) -> np.ndarray:
         """EASE's B refitted on the log (`EaseRefitter`: XᵀX of the log's start computed once for every policy)."""
         if log.start_matrix is None:
             raise ValueError("the log has no start matrix: make it with PolicyLog.start")
-        if self._refitters.get("start") is not log.start_matrix:  # one start at a time: its XᵀX is n_movies² floats
-            self._refitters.update(start=log.start_matrix, refitter=EaseRefitter(log.start_matrix, self.ease_l2))
-        return self._refitters["refitter"].weights(log.matrix)
+        if self._cache.get("start") is not log.start_matrix:  # one start at a time: its XᵀX is n_movies² floats
+            self._cache.update(start=log.start_matrix, refitter=EaseRefitter(log.start_matrix, self.ease_l2))
+        return self._cache["refitter"].weights(log.matrix)
 
     def query_vectors(self, log: PolicyLog) -> np.ndarray:
         """The served retriever's user vectors for a log, rows aligned with `users`: the two-tower's (fixed), or the
@@ -216,15 +239,10 @@ class TwoStagePolicy:
         self._user_vectors: np.ndarray | None = None
 
     def update(self, log: PolicyLog) -> None:
-        parts = self.parts
-        if not log.user_ids.tolist() == parts.users["user_id"].tolist():
-            raise ValueError("the log's users must be the serving parts' users, in the same order")
-        self._ease = EaseSource(parts.ease_weights(log), log.movie_ids)
-        store = FeatureStore.build(
-            parts.users, parts.movies, log.interactions(), seen_splits=("train",), history_splits=("train",)
-        )
-        self._user_vectors = parts.query_vectors(log)
-        self._store = store.with_vectors(self._user_vectors, parts.movie_vectors)
+        if log.start_matrix is not None and log.matrix is log.start_matrix:  # round 0: shared by every policy and run
+            self._ease, self._store, self._user_vectors = self.parts.start_state(log)
+        else:
+            self._ease, self._store, self._user_vectors = self.parts.updated_state(log)
 
     def _retriever(self, rng: np.random.Generator) -> NumpyRetriever:
         """Exact retrieval over the served retriever's vectors (the run's ScaNN index agrees on about 99% of the
@@ -321,6 +339,64 @@ def fresh_policies(parts: ServingParts, explorations: Mapping[str, object]) -> d
         "popularity": PopularityPolicy(),
         "random": RandomPolicy(),
     }
+
+
+def serving_artifacts(retrieval: Mapping) -> tuple[str, ...]:
+    """The artifacts `ServingParts.load` reads for the served retriever (`retrieval["model"]`)."""
+    if retrieval["model"] == "sequential":
+        vectors = ("sequential_model", "sequential_movie_embeddings")
+    else:
+        vectors = ("retrieval_model", "movie_embeddings", "movie_embedding_ids")
+    return ("ease_model", *vectors, "rating_model_train", "ranker")
+
+
+@dataclass(frozen=True)
+class PolicyFactory:
+    """Fresh policies over a run's serving parts (`fresh_policies`), for `simulation.simulate_worlds`.
+
+    Picklable: a simulation process gets the file paths, loads the parts from them once (the saved
+    models, the tables) and makes every run's policies from them. In the process that made it, the
+    parts it was given are used as they are (they are not pickled).
+
+    Attributes:
+        tables: paths of the run's users, movies and interactions tables.
+        artifacts: an artifact's name -> its path, for every name of `serving_artifacts(retrieval)`.
+        online, retrieval: as for `ServingParts.load`.
+        explorations: the two-stage policies' explorations (`explorations_of`).
+        parts: the parts already loaded in this process, or None.
+    """
+
+    tables: Mapping[str, Path]
+    artifacts: Mapping[str, Path]
+    online: Mapping
+    retrieval: Mapping
+    explorations: Mapping[str, object]
+    parts: ServingParts | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        missing = [name for name in ("users", "movies", "interactions") if name not in self.tables]
+        missing += [name for name in serving_artifacts(self.retrieval) if name not in self.artifacts]
+        if missing:
+            raise ValueError(f"the policy factory lacks the paths of {missing}")
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "parts": None}  # a process loads its own
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def serving_parts(self) -> ServingParts:
+        if self.parts is None:
+            users, movies = pd.read_parquet(self.tables["users"]), pd.read_parquet(self.tables["movies"])
+            interactions = pd.read_parquet(self.tables["interactions"], columns=list(EVENT_COLUMNS))
+            parts = ServingParts.load(
+                users, movies, interactions, self.artifacts.__getitem__, self.online, self.retrieval
+            )
+            object.__setattr__(self, "parts", parts)
+        return self.parts
+
+    def __call__(self) -> dict[str, object]:
+        return fresh_policies(self.serving_parts(), self.explorations)
 
 
 def describe_policies(parts: ServingParts, explorations: Mapping[str, object]) -> pd.Series:

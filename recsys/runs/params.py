@@ -370,6 +370,7 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "simulation.hidden_models": _hidden_models,
         "simulation.hidden_svd_rank": _at_least(1),
         "simulation.background_sample": _at_least(10),
+        "simulation.processes": _at_least(1),
         "distribute.strategy": _one_of(*STRATEGIES),
         "distribute.workers": _at_least(1),
         "distribute.hosts": _hosts,

@@ -303,3 +303,82 @@ def test_calibration_is_measured_and_matched_on_the_users_with_a_later_movie():
     table = hp.calibration_table({"ease": (hidden, calibration)}, start, reference)
     assert table.loc["ease", "users calibrated on"] == 60
     assert table.loc["ease", "served round 0, model"] == pytest.approx(reference_rate, abs=1e-6)
+
+
+class BaselinePolicies:
+    """Fresh popularity and random policies: a picklable maker for `simulate_worlds` in processes."""
+
+    def __call__(self):
+        return {"popularity": PopularityPolicy(), "random": RandomPolicy()}
+
+
+def test_simulations_in_processes_give_the_rows_of_one_process():
+    start, ease_like = tiny_world()
+    other = hp.HiddenPreferences(ease_like.z[:, ::-1].copy(), 1.5, -2.0, "puresvd")
+    worlds, popularity = {"ease": ease_like, "puresvd": other}, np.full(len(start.movie_ids), 0.5)
+    alone, alone_s = sim.simulate_worlds(BaselinePolicies(), worlds, start, 3, 5, [7, 8, 9], popularity)
+    side_by_side, side_s = sim.simulate_worlds(
+        BaselinePolicies(), worlds, start, 3, 5, [7, 8, 9], popularity, processes=2
+    )
+    pd.testing.assert_frame_equal(alone.drop(columns="policy_s"), side_by_side.drop(columns="policy_s"))
+    assert list(alone.drop_duplicates(["hidden", "seed"])[["hidden", "seed"]].itertuples(index=False)) == [
+        ("ease", 7),
+        ("ease", 8),
+        ("ease", 9),
+        ("puresvd", 7),
+        ("puresvd", 8),
+        ("puresvd", 9),
+    ]
+    assert set(alone_s) == set(side_s) == {"ease", "puresvd"} and all(s > 0 for s in side_s.values())
+    assert not start.matrix.data.flags.writeable  # the parent's start log is still locked
+    with pytest.raises(ValueError, match="processes must be at least 1"):
+        sim.simulate_worlds(BaselinePolicies(), worlds, start, 3, 5, [7], popularity, processes=0)
+
+
+def test_two_stage_policies_share_the_state_of_round_zero(monkeypatch):
+    from recsys.exploration.simulation_policies import ServingParts, TwoStagePolicy
+
+    start, _ = tiny_world()
+    made = []
+    monkeypatch.setattr(ServingParts, "updated_state", lambda self, log: made.append(log) or (log, len(made), None))
+    tables = {"users": pd.DataFrame({"user_id": start.user_ids}), "movies": pd.DataFrame({"movie_id": start.movie_ids})}
+    parts = ServingParts(
+        **tables,
+        user_vectors=None,
+        movie_vectors=np.zeros((60, 2)),
+        ranker=None,
+        predicted_rating=None,
+        rating_fitted_on=(),
+        ease_l2=1.0,
+        n_candidates=10,
+    )
+    first, second = TwoStagePolicy(parts), TwoStagePolicy(parts)
+    first.update(start)
+    second.update(start)
+    assert len(made) == 1 and first._store is second._store  # made once for every policy (and run) from this start
+    grown = start.with_accepted(np.array([0]), np.array([int(np.flatnonzero(start.matrix[0].toarray()[0] == 0)[0])]), 1)
+    first.update(grown)
+    assert made[-1] is grown and first._store == 2  # a later round's log is the policy's own
+    with pytest.raises(ValueError, match="round 0"):
+        parts.start_state(grown)
+    other_start, _ = tiny_world(seed=1)
+    TwoStagePolicy(parts).update(other_start)
+    assert made[-1] is other_start  # another start: its own state
+
+
+def test_a_policy_factory_travels_without_its_loaded_parts(tmp_path):
+    import pickle
+
+    from recsys.exploration.simulation_policies import PolicyFactory, serving_artifacts
+
+    tables = {name: tmp_path / f"{name}.parquet" for name in ("users", "movies", "interactions")}
+    retrieval = {"model": "sequential", "min_rating": 4}
+    saved = {name: tmp_path / name for name in serving_artifacts(retrieval)}
+    assert {"sequential_model", "ease_model", "ranker", "rating_model_train"} <= set(saved)
+    loaded = object()  # stands for ServingParts loaded in this process
+    factory = PolicyFactory(tables, saved, {"n_candidates": 10}, retrieval, {"served": None}, loaded)
+    assert factory.serving_parts() is loaded
+    travelled = pickle.loads(pickle.dumps(factory))
+    assert travelled.parts is None and travelled.artifacts == saved and travelled.explorations == {"served": None}
+    with pytest.raises(ValueError, match="lacks the paths of \\['retrieval_model'"):
+        PolicyFactory(tables, saved, {}, {"model": "two_tower"}, {})

@@ -317,11 +317,14 @@ def distributed_run(smoke_run) -> Path:
     overrides = ["-p", "distribute.strategy=multi_worker", "-p", "distribute.workers=2"]
     # one negatives variant, the one the smoke run chose (the others train on two workers in tests/models/test_negatives.py)
     overrides += ["-p", "retrieval.negatives=[inbatch_logq]"]
+    # 05 builds a FAISS IVF index (the smoke run a ScaNN one, the temporal chain a FAISS HNSW one)
+    overrides += ["-p", "retrieval.index=faiss_ivf"]
     return run_beside(smoke_run, "smoke-distributed", *overrides, "--from", "04", "--until", "05")
 
 
 def test_notebooks_train_on_two_workers_as_well_as_in_one_process(distributed_run, smoke_run):
-    """Notebooks 04 and 05 with `distribute.strategy: multi_worker`: same protocol, same quality, said in the reports."""
+    """Notebooks 04 and 05 with `distribute.strategy: multi_worker`: same protocol, same quality, said in the reports;
+    05 serving from a FAISS IVF index."""
     m4, one4 = metrics(distributed_run, "04_two_tower_rating"), metrics(smoke_run, "04_two_tower_rating")
     m5, one5 = metrics(distributed_run, "05_retrieval"), metrics(smoke_run, "05_retrieval")
     assert m4["trained_by"].startswith("MultiWorkerMirroredStrategy, 2 workers") and m4["train_workers"] == 2
@@ -329,6 +332,8 @@ def test_notebooks_train_on_two_workers_as_well_as_in_one_process(distributed_ru
     assert abs(m4["rmse_two_tower"] - one4["rmse_two_tower"]) < 0.02, (m4["rmse_two_tower"], one4["rmse_two_tower"])
     assert abs(m5["recall_at_100_two_tower"] - one5["recall_at_100_two_tower"]) < 0.02
     assert one5["two_tower_negatives"] == m5["two_tower_negatives"] == "inbatch_logq"
+    assert m5["retrieval_index"] == "faiss_ivf" and 0 < m5["faiss_ivf_overlap_at_50"] <= 1
+    assert (distributed_run / "05_retrieval" / "served_index").is_dir()
     for stage, jobs in (("04_two_tower_rating", ("selected", "refit")), ("05_retrieval", ("two_tower_inbatch_logq",))):
         for job in jobs:
             folder = distributed_run / stage / "distributed_jobs" / job

@@ -2,7 +2,9 @@
 
 ML-10M, ML-20M and ML-25M have no demographics and no ZIP codes, and half-star ratings. The
 same notebooks must run on them, say what they skip, and never show an empty plot or a column of
-silent zeros. params/smoke.yaml with `synthetic.format: ml-25m` stands in for those releases.
+silent zeros. params/smoke.yaml with `synthetic.format: ml-25m` stands in for those releases: the
+second chain of `make test` (tests/conftest.py: `temporal_release_run`, a per-user temporal split
+serving the sequential retriever from a FAISS index), which test_notebooks_temporal.py reads too.
 """
 
 from __future__ import annotations
@@ -14,25 +16,14 @@ import pandas as pd
 import pytest
 
 import run_all
-from tests.conftest import PROJECT_ROOT, run_pipeline
 from tests.notebooks.test_notebooks import metrics
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def csv_run(tmp_path_factory) -> Path:
-    return run_pipeline(
-        tmp_path_factory.mktemp("smoke-csv"),
-        "--params",
-        str(PROJECT_ROOT / "params" / "smoke.yaml"),
-        "-p",
-        "synthetic.format=ml-25m",
-        "-p",
-        "retrieval.index=faiss_ivf",  # a FAISS IVF index, saved in 05 and served by 06-10
-        "--run-name",
-        "smoke-csv",
-    )
+@pytest.fixture
+def csv_run(temporal_release_run) -> Path:
+    return temporal_release_run
 
 
 def _printed(run_dir: Path, notebook: str) -> str:
@@ -93,7 +84,7 @@ def test_rating_models_learn_half_stars_and_ablate_only_existing_groups(csv_run)
 def test_retrieval_and_ranking_go_without_user_attributes(csv_run):
     retrieval = metrics(csv_run, "05_retrieval")
     assert retrieval["recall_at_100_two_tower"] > retrieval["recall_at_100_popularity"]
-    assert retrieval["retrieval_index"] == metrics(csv_run, "06_retrieval_ranking")["retrieval_index"] == "faiss_ivf"
+    assert retrieval["retrieval_index"] == metrics(csv_run, "06_retrieval_ranking")["retrieval_index"] == "faiss_hnsw"
     ranker = json.loads((csv_run / "06_retrieval_ranking" / "ranker" / "ranker.json").read_text())
     assert "log_activity" in ranker["features"]
     assert not {"gender", "age_group", "occupation"} & set(ranker["features"])

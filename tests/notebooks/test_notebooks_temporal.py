@@ -1,9 +1,9 @@
 """The chain on a per-user temporal split serving the sequential retriever, through the simulation.
 
-A chain of its own (its own scope under pytest-xdist, so it runs beside the smoke run's chains on
-the other worker): 01 and 03-10 on the temporal split, beside a random-split run of 01 and 05 on the
-same generated data, which the temporal run's summary compares it with. Rerun from 05 with the same
-seed, it must repeat every metric but the timings.
+The second chain of `make test` (tests/conftest.py: `temporal_release_run`, on generated data in
+ML-25M's CSV format, which tests/notebooks/test_notebooks_csv_release.py reads too), beside a
+random-split run of 01 and 05 on the same data, which the temporal run's summary compares it with.
+Rerun from 05 with the same seed, it must repeat every metric but the timings.
 """
 
 from __future__ import annotations
@@ -16,34 +16,21 @@ import pandas as pd
 import pytest
 
 import run_all
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, SECOND_CHAIN
 
 pytestmark = pytest.mark.slow
 TIMING_KEY = re.compile(r"(_s|_ms|_per_s|_gb)$|^fit_s_|_ms_")
-# served from a FAISS HNSW index: 06-10 load it in fresh kernels, and the rerun must give the same lists
-TEMPORAL = ("-p", "split.strategy=temporal", "-p", "retrieval.model=sequential", "-p", "retrieval.index=faiss_hnsw")
 
 
 def metrics(run_dir: Path, stage: str) -> dict:
     return json.loads((run_dir / stage / "metrics.json").read_text())
 
 
-def run(artifacts: Path, run_name: str, stages: tuple[str, ...], *overrides: str) -> Path:
-    """A run of `stages` on params/smoke.yaml in `artifacts`, with these overrides."""
-    params = str(PROJECT_ROOT / "params" / "smoke.yaml")
-    selection = [arg for stage in stages for arg in ("--only", stage)]
-    common = ["--artifacts-dir", str(artifacts), "--params", params, "--run-name", run_name]
-    assert run_all.main([*common, *overrides, *selection]) == 0
-    return artifacts / run_name
-
-
-@pytest.fixture(scope="module")
-def temporal_run(tmp_path_factory) -> Path:
-    """01 and 03-10 on a temporal split serving the sequential retriever (02, the EDA, feeds no later notebook),
-    beside the random split's 01 and 05 (what the summary's split comparison reads)."""
-    artifacts = tmp_path_factory.mktemp("temporal")
-    run(artifacts, "smoke", ("01", "05"))
-    return run(artifacts, "smoke-temporal", ("01", "03", "04", "05", "06", "07", "08", "09", "10"), *TEMPORAL)
+@pytest.fixture
+def temporal_run(temporal_release_run) -> Path:
+    """The temporal chain: served from a FAISS HNSW index, which 06-10 load in fresh kernels, so the rerun
+    must give the same lists."""
+    return temporal_release_run
 
 
 def test_temporal_run_serves_the_sequential_retriever_and_compares_with_the_random_run(temporal_run):
@@ -58,6 +45,7 @@ def test_temporal_run_serves_the_sequential_retriever_and_compares_with_the_rand
     # after 06, every notebook serves 06's path: the sequential retriever's queries, read from each stage's history
     m8, m10 = metrics(temporal_run, "08_explore_gaussian_noise"), metrics(temporal_run, "10_simulation")
     assert m8["setting_chosen_on"] == "val" and m10["served_retriever"] == "sequential"
+    assert "(2 processes:" in (temporal_run / "reports" / "10_simulation.html").read_text()
     assert m10["accepted_per_user_served"] > m10["accepted_per_user_random"]
     assert "served retriever: sequential" in (temporal_run / "reports" / "10_simulation.html").read_text()
     index = (temporal_run / "reports" / "index.html").read_text()
@@ -76,5 +64,5 @@ def test_rerun_with_the_same_seed_gives_the_same_metrics(temporal_run):
     assert "faiss_hnsw_overlap_at_50" in before["05_retrieval"] and "n_seeds" in before["10_simulation"]
     params = str(PROJECT_ROOT / "params" / "smoke.yaml")
     common = ["--artifacts-dir", str(temporal_run.parent), "--params", params, "--run-name", temporal_run.name]
-    assert run_all.main([*common, *TEMPORAL, "--from", "05"]) == 0
+    assert run_all.main([*common, *SECOND_CHAIN, "--from", "05"]) == 0
     assert {s: without_timings(metrics(temporal_run, s)) for s in stages} == before
