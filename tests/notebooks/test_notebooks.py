@@ -319,6 +319,8 @@ def distributed_run(smoke_run) -> Path:
     overrides += ["-p", "retrieval.negatives=[inbatch_logq]"]
     # 05 builds a FAISS IVF index (the smoke run a ScaNN one, the temporal chain a FAISS HNSW one)
     overrides += ["-p", "retrieval.index=faiss_ivf"]
+    # 04's feature ablation trains in the notebook's process whatever the strategy: the smoke run has it
+    overrides += ["-p", "rating.ablation=false"]
     return run_beside(smoke_run, "smoke-distributed", *overrides, "--from", "04", "--until", "05")
 
 
