@@ -15,6 +15,7 @@ from recsys.exploration import hidden_preferences as hp
 from recsys.exploration import simulation as sim
 from recsys.exploration.reranking import standardise_rows
 from recsys.exploration.simulation_policies import PopularityPolicy, RandomPolicy
+from tests.exploration.simple_policies import SimplePolicies
 
 
 def tiny_world(n_users: int = 40, n_movies: int = 60, seed: int = 0):
@@ -305,20 +306,13 @@ def test_calibration_is_measured_and_matched_on_the_users_with_a_later_movie():
     assert table.loc["ease", "served round 0, model"] == pytest.approx(reference_rate, abs=1e-6)
 
 
-class BaselinePolicies:
-    """Fresh popularity and random policies: a picklable maker for `simulate_worlds` in processes."""
-
-    def __call__(self):
-        return {"popularity": PopularityPolicy(), "random": RandomPolicy()}
-
-
 def test_simulations_in_processes_give_the_rows_of_one_process():
     start, ease_like = tiny_world()
     other = hp.HiddenPreferences(ease_like.z[:, ::-1].copy(), 1.5, -2.0, "puresvd")
     worlds, popularity = {"ease": ease_like, "puresvd": other}, np.full(len(start.movie_ids), 0.5)
-    alone, alone_s = sim.simulate_worlds(BaselinePolicies(), worlds, start, 3, 5, [7, 8, 9], popularity)
+    alone, alone_s = sim.simulate_worlds(SimplePolicies(), worlds, start, 3, 5, [7, 8, 9], popularity)
     side_by_side, side_s = sim.simulate_worlds(
-        BaselinePolicies(), worlds, start, 3, 5, [7, 8, 9], popularity, processes=2
+        SimplePolicies(), worlds, start, 3, 5, [7, 8, 9], popularity, processes=2
     )
     pd.testing.assert_frame_equal(alone.drop(columns="policy_s"), side_by_side.drop(columns="policy_s"))
     assert list(alone.drop_duplicates(["hidden", "seed"])[["hidden", "seed"]].itertuples(index=False)) == [
@@ -332,7 +326,7 @@ def test_simulations_in_processes_give_the_rows_of_one_process():
     assert set(alone_s) == set(side_s) == {"ease", "puresvd"} and all(s > 0 for s in side_s.values())
     assert not start.matrix.data.flags.writeable  # the parent's start log is still locked
     with pytest.raises(ValueError, match="processes must be at least 1"):
-        sim.simulate_worlds(BaselinePolicies(), worlds, start, 3, 5, [7], popularity, processes=0)
+        sim.simulate_worlds(SimplePolicies(), worlds, start, 3, 5, [7], popularity, processes=0)
 
 
 def test_two_stage_policies_share_the_state_of_round_zero(monkeypatch):
