@@ -167,6 +167,30 @@ class Policy(Protocol):
         ...
 
 
+class PopularityPolicy:
+    """The k movies most users in the log have seen, the user's own excluded."""
+
+    def __init__(self):
+        self._counts: np.ndarray | None = None
+
+    def update(self, log: PolicyLog) -> None:
+        self._counts = log.counts().astype(np.float32)
+
+    def recommend(self, log: PolicyLog, k: int, rng: np.random.Generator) -> np.ndarray:
+        scores = np.broadcast_to(self._counts, (len(log.active), len(self._counts)))
+        return metrics.top_k_from_scores(scores, k, exclude=log.matrix[log.active])
+
+
+class RandomPolicy:
+    """k movies drawn uniformly among the user's unseen ones."""
+
+    def update(self, log: PolicyLog) -> None:
+        pass
+
+    def recommend(self, log: PolicyLog, k: int, rng: np.random.Generator) -> np.ndarray:
+        return random_unseen(log, k, rng)
+
+
 # ---- the rounds --------------------------------------------------------------------------------------
 
 
@@ -313,20 +337,19 @@ def simulate_worlds(
     if processes < 1:
         raise ValueError(f"simulation.processes must be at least 1, got {processes}")
     runs = [(name, seed) for name in worlds for seed in seeds]
+    shared = _Runs(make_policies, dict(worlds), start, popularity)
     if processes == 1 or len(runs) == 1:
-        _SHARED.update(make_policies=make_policies, worlds=worlds, start=start, popularity=popularity)
-        try:
-            results = [_simulate_one(name, seed, rounds, k) for name, seed in runs]
-        finally:
-            _SHARED.clear()
+        results = [shared.run(name, seed, rounds, k) for name, seed in runs]
     else:
         context = multiprocessing.get_context("spawn")
-        shared = (make_policies, dict(worlds), start, popularity)
         # one thread per process for BLAS, OpenMP (LightGBM) and TensorFlow: the processes share the cores
         # (processes that each spin a pool of threads the size of the machine slow one another down);
         # spawned processes read the environment as it is when they start, during the submissions below
-        with _environment(ONE_THREAD), ProcessPoolExecutor(min(processes, len(runs)), context, _share, shared) as pool:
-            futures = [pool.submit(_simulate_one, name, seed, rounds, k) for name, seed in runs]
+        with (
+            _environment(ONE_THREAD),
+            ProcessPoolExecutor(min(processes, len(runs)), context, _share, (shared,)) as pool,
+        ):
+            futures = [pool.submit(_run_in_process, name, seed, rounds, k) for name, seed in runs]
             results = [future.result() for future in futures]
     frames, seconds = [], dict.fromkeys(worlds, 0.0)
     for (name, seed), (per_round, run_s) in zip(runs, results, strict=True):
@@ -356,19 +379,31 @@ def _environment(values: Mapping[str, str]):
                 os.environ[name] = value
 
 
-_SHARED: dict = {}  # what every run of `simulate_worlds` reads: its policies' maker, the worlds, start, popularity
+@dataclass(frozen=True)
+class _Runs:
+    """What every run of `simulate_worlds` reads: its policies' maker, the worlds, the start log, the popularity."""
+
+    make_policies: Callable[[], Mapping[str, Policy]]
+    worlds: Mapping[str, AcceptanceModel]
+    start: PolicyLog
+    popularity: np.ndarray
+
+    def run(self, name: str, seed: int, rounds: int, k: int) -> tuple[pd.DataFrame, float]:
+        """One world and seed with fresh policies: its per-round rows and seconds."""
+        started = time.perf_counter()
+        per_round, _ = simulate(self.make_policies(), self.worlds[name], self.start, rounds, k, seed, self.popularity)
+        return per_round, time.perf_counter() - started
 
 
-def _share(make_policies, worlds, start: PolicyLog, popularity) -> None:
-    """A simulation process's initializer: keep what every run reads (the start log locked again, as in the parent)."""
-    for matrix in {id(m): m for m in (start.matrix, start.start_matrix) if m is not None}.values():
+_PROCESS_RUNS: list[_Runs] = []  # in a simulation process: the runs its initializer received
+
+
+def _share(runs: _Runs) -> None:
+    """A simulation process's initializer: keep the runs' inputs (the start log locked again, as in the parent)."""
+    for matrix in {id(m): m for m in (runs.start.matrix, runs.start.start_matrix) if m is not None}.values():
         _read_only(matrix)
-    _SHARED.update(make_policies=make_policies, worlds=worlds, start=start, popularity=popularity)
+    _PROCESS_RUNS[:] = [runs]
 
 
-def _simulate_one(name: str, seed: int, rounds: int, k: int) -> tuple[pd.DataFrame, float]:
-    """One world and seed with fresh policies: its per-round rows and seconds."""
-    started = time.perf_counter()
-    policies = _SHARED["make_policies"]()
-    per_round, _ = simulate(policies, _SHARED["worlds"][name], _SHARED["start"], rounds, k, seed, _SHARED["popularity"])
-    return per_round, time.perf_counter() - started
+def _run_in_process(name: str, seed: int, rounds: int, k: int) -> tuple[pd.DataFrame, float]:
+    return _PROCESS_RUNS[0].run(name, seed, rounds, k)

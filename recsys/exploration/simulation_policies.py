@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.evaluation import metrics
 from recsys.evaluation.full_ranking import ranked_lists
 from recsys.exploration import reranking
 from recsys.exploration.noise import EmbeddingNoise, noisy_retriever
-from recsys.exploration.simulation import PolicyLog, random_unseen
+from recsys.exploration.simulation import PolicyLog, PopularityPolicy, RandomPolicy
 from recsys.features.feature_store import FeatureStore
 from recsys.features.preprocessing import EVENT_COLUMNS
 from recsys.features.request_context import fixed_context
@@ -43,30 +42,6 @@ from recsys.retrieval.history_queries import HistoryQueries
 from recsys.retrieval.retrievers import NumpyRetriever
 from recsys.serving import recommender
 from recsys.training.rating_training import load_rating_model
-
-
-class PopularityPolicy:
-    """The k movies most users in the log have seen, the user's own excluded."""
-
-    def __init__(self):
-        self._counts: np.ndarray | None = None
-
-    def update(self, log: PolicyLog) -> None:
-        self._counts = log.counts().astype(np.float32)
-
-    def recommend(self, log: PolicyLog, k: int, rng: np.random.Generator) -> np.ndarray:
-        scores = np.broadcast_to(self._counts, (len(log.active), len(self._counts)))
-        return metrics.top_k_from_scores(scores, k, exclude=log.matrix[log.active])
-
-
-class RandomPolicy:
-    """k movies drawn uniformly among the user's unseen ones."""
-
-    def update(self, log: PolicyLog) -> None:
-        pass
-
-    def recommend(self, log: PolicyLog, k: int, rng: np.random.Generator) -> np.ndarray:
-        return random_unseen(log, k, rng)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from recsys.evaluation import metrics
 from recsys.exploration import hidden_preferences as hp
 from recsys.exploration import simulation as sim
 from recsys.exploration.reranking import standardise_rows
-from recsys.exploration.simulation_policies import PopularityPolicy, RandomPolicy
+from recsys.exploration.simulation import PopularityPolicy, RandomPolicy
 from tests.exploration.simple_policies import SimplePolicies
 
 
