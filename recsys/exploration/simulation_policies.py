@@ -357,9 +357,6 @@ class PolicyFactory:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "parts": None}  # a process loads its own
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-
     def serving_parts(self) -> ServingParts:
         if self.parts is None:
             users, movies = pd.read_parquet(self.tables["users"]), pd.read_parquet(self.tables["movies"])

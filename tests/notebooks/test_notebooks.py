@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import run_all
-from tests.conftest import CHROMIUM_FLAGS, PROJECT_ROOT, chromium_binary, run_pipeline
+from tests.conftest import CHROMIUM_FLAGS, chromium_binary, run_on_smoke_params, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -289,10 +289,7 @@ def test_simulation_runs_every_policy_in_two_worlds_and_judges_by_paired_interva
 
 def run_beside(smoke_run: Path, run_name: str, *args: str) -> Path:
     """Another run on params/smoke.yaml (same data and seed) beside the smoke run, with these overrides."""
-    params = str(PROJECT_ROOT / "params" / "smoke.yaml")
-    common = ["--artifacts-dir", str(smoke_run.parent), "--params", params, "--run-name", run_name]
-    assert run_all.main([*common, *args]) == 0
-    return smoke_run.parent / run_name
+    return run_on_smoke_params(smoke_run.parent, run_name, *args)
 
 
 def reuse_from(smoke_run: Path, run_name: str, stages: tuple[str, ...]) -> Path:

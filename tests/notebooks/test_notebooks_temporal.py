@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import run_all
-from tests.conftest import PROJECT_ROOT, SECOND_CHAIN
+from tests.conftest import SECOND_CHAIN, run_on_smoke_params
 
 pytestmark = pytest.mark.slow
 TIMING_KEY = re.compile(r"(_s|_ms|_per_s|_gb)$|^fit_s_|_ms_")
@@ -62,7 +62,5 @@ def test_rerun_with_the_same_seed_gives_the_same_metrics(temporal_run):
     stages = [p.stem for p in run_all.discover_notebooks()][4:]  # 05 onwards: the two-tower, the index, serving
     before = {s: without_timings(metrics(temporal_run, s)) for s in stages}
     assert "faiss_hnsw_overlap_at_50" in before["05_retrieval"] and "n_seeds" in before["10_simulation"]
-    params = str(PROJECT_ROOT / "params" / "smoke.yaml")
-    common = ["--artifacts-dir", str(temporal_run.parent), "--params", params, "--run-name", temporal_run.name]
-    assert run_all.main([*common, *SECOND_CHAIN, "--from", "05"]) == 0
+    run_on_smoke_params(temporal_run.parent, temporal_run.name, *SECOND_CHAIN, "--from", "05")
     assert {s: without_timings(metrics(temporal_run, s)) for s in stages} == before
