@@ -133,7 +133,9 @@ class LambdaRankRanker:
         """Scores of candidate rows (higher first); only the order within a user means anything."""
         if self.booster is None:
             raise RuntimeError("LambdaRankRanker.predict was called before fit (or load)")
-        values = X[self.features].to_numpy(np.float64)  # numpy: no per-call pandas checks on the serving path
+        # numpy: no per-call pandas checks on the serving path; no column selection when X holds exactly the features
+        columns = X if list(X.columns) == list(self.features) else X[self.features]
+        values = columns.to_numpy(np.float64)
         return self.booster.predict(values, num_iteration=self.best_iteration, num_threads=1)
 
     def importance(self) -> pd.Series:

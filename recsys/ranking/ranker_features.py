@@ -159,17 +159,18 @@ class FeatureSources:
         self.check(stage)
         store = self.store
         user_ids = candidates["user_id"].to_numpy(np.int64)
+        movie_ids = candidates["movie_id"].to_numpy(np.int64)
         users = store.user_positions(user_ids)
-        movies = store.movie_positions(candidates["movie_id"].to_numpy(np.int64))
+        movies = store.movie_positions(movie_ids)
         missing_rank = self.n_candidates + 1
         columns: dict[str, np.ndarray] = {
             "retrieval_score": np.einsum("ij,ij->i", store.user_vectors[users], store.movie_vectors[movies]),
             "retrieval_rank": _rank(candidates["retrieval_rank"], missing_rank),
         }
-        distinct, row_of = np.unique(user_ids, return_inverse=True)
-        histories = [store.history_movies(u) for u in distinct]
         if self.ease is not None:
-            columns["ease_score"] = _ease_scores(self.ease, histories, row_of, candidates["movie_id"].to_numpy())
+            distinct, row_of = np.unique(user_ids, return_inverse=True)
+            histories = [store.history_movies(u) for u in distinct]
+            columns["ease_score"] = _ease_scores(self.ease, histories, row_of, movie_ids)
             columns["ease_rank"] = _rank(candidates["ease_rank"], missing_rank)
         if self.predicted_rating is not None:
             columns["predicted_rating"] = self.predicted_rating(users, movies)
@@ -179,7 +180,13 @@ class FeatureSources:
         for name, values in user_columns.items():
             columns[name] = values[users]
         columns["genre_affinity"] = _genre_affinity(store, users, movies)
-        return pd.DataFrame({name: np.asarray(columns[name], np.float32) for name in self.features})
+        # one float32 block, laid out as pandas lays out a table built column by column (a column a row of
+        # the block), so what reads it sums in the same order; building it that way costs about 1 ms a request
+        names = self.features
+        block = np.empty((len(names), len(candidates)), np.float32)
+        for j, name in enumerate(names):
+            block[j] = columns[name]
+        return pd.DataFrame(block.T, columns=list(names), copy=False)
 
 
 def _store_columns(store: FeatureStore) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

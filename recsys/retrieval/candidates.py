@@ -106,11 +106,26 @@ def merge_sources(
     Returns:
         Columns CANDIDATE_COLUMNS (see the module docstring), a (user, movie) pair at most once.
     """
-    user_ids = retrieved["user_id"].to_numpy(np.int64)
-    movie_ids = retrieved["movie_id"].to_numpy(np.int64)
+    return merge_lists(
+        retrieved["user_id"].to_numpy(np.int64),
+        retrieved["movie_id"].to_numpy(np.int64),
+        retrieved["retrieval_score"].to_numpy(np.float64),
+        ease_ids,
+        ease_scores,
+    )
+
+
+def merge_lists(
+    user_ids: np.ndarray,
+    movie_ids: np.ndarray,
+    retrieval_scores: np.ndarray,
+    ease_ids: np.ndarray | None = None,
+    ease_scores: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """`merge_sources` on retrieval's rows given as aligned arrays (the serving path: no table to build first)."""
     user_row, users = pd.factorize(user_ids, sort=False)
-    starts = np.r_[0, np.flatnonzero(np.diff(user_row)) + 1] if len(user_row) else np.zeros(0, np.int64)
-    retrieval_rank = np.arange(len(user_row)) - np.repeat(starts, np.diff(np.r_[starts, len(user_row)])) + 1
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(user_row)) + 1]) if len(user_row) else np.zeros(0, np.int64)
+    retrieval_rank = np.arange(len(user_row)) - np.repeat(starts, np.diff(np.append(starts, len(user_row)))) + 1
     if ease_ids is None:
         return pd.DataFrame(
             {
@@ -118,11 +133,11 @@ def merge_sources(
                 "movie_id": movie_ids,
                 "source": pd.Categorical.from_codes(np.zeros(len(user_ids), np.int8), dtype=SOURCE_DTYPE),
                 "retrieval_rank": retrieval_rank,
-                "retrieval_score": retrieved["retrieval_score"].to_numpy(np.float64),
+                "retrieval_score": np.asarray(retrieval_scores, np.float64),
                 "ease_rank": np.zeros(len(user_ids), np.int64),
                 "ease_score": np.full(len(user_ids), np.nan),
             }
-        )[CANDIDATE_COLUMNS]
+        )
     if len(users) != len(ease_ids):
         raise ValueError(f"{len(users)} users retrieved but {len(ease_ids)} EASE lists")
     # one integer key per (user, movie): the user's row and the movie id
@@ -143,24 +158,24 @@ def merge_sources(
     extra = ~in_retrieval  # EASE's movies retrieval did not propose, after retrieval's, in EASE's order
     extra_row = ease_keys[extra] // base
     n_extra = int(extra.sum())
-    row = np.r_[user_row, extra_row]
-    key = np.r_[retrieval_rank, 10**6 + ease_rank_of[extra]]
+    row = np.concatenate([user_row, extra_row])
+    key = np.concatenate([retrieval_rank, 10**6 + ease_rank_of[extra]])
     order = np.lexsort((key, row))
-    retrieval_ranks = np.r_[retrieval_rank, np.zeros(n_extra, np.int64)][order]
-    ease_ranks = np.r_[first_rank, ease_rank_of[extra]][order]
+    retrieval_ranks = np.concatenate([retrieval_rank, np.zeros(n_extra, np.int64)])[order]
+    ease_ranks = np.concatenate([first_rank, ease_rank_of[extra]])[order]
     codes = np.where(retrieval_ranks > 0, np.where(ease_ranks > 0, 2, 0), 1)
     source = pd.Categorical.from_codes(codes, dtype=SOURCE_DTYPE)
     return pd.DataFrame(
         {
-            "user_id": np.r_[user_ids, np.asarray(users)[extra_row]][order],
-            "movie_id": np.r_[movie_ids, ease_keys[extra] % base][order],
+            "user_id": np.concatenate([user_ids, np.asarray(users)[extra_row]])[order],
+            "movie_id": np.concatenate([movie_ids, ease_keys[extra] % base])[order],
             "source": source,
             "retrieval_rank": retrieval_ranks,
-            "retrieval_score": np.r_[retrieved["retrieval_score"].to_numpy(np.float64), np.full(n_extra, np.nan)][
+            "retrieval_score": np.concatenate([np.asarray(retrieval_scores, np.float64), np.full(n_extra, np.nan)])[
                 order
             ],
             "ease_rank": ease_ranks,
-            "ease_score": np.r_[first_score, ease_score_of[extra]][order],
+            "ease_score": np.concatenate([first_score, ease_score_of[extra]])[order],
         }
     )
 

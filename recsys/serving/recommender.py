@@ -22,7 +22,7 @@ from recsys.retrieval.candidates import (
     SOURCE_POPULAR,
     SOURCE_POPULAR_EMPTY_HISTORY,
     EaseSource,
-    merge_sources,
+    merge_lists,
 )
 from recsys.retrieval.retrievers import Retriever
 
@@ -105,14 +105,12 @@ def retrieve_candidates(
     seen_ids = np.concatenate([*seen, np.empty(0, np.int64)])
     key_base = int(max(flat_ids.max(initial=0), seen_ids.max(initial=0))) + 1
     valid = (flat_ids != NO_MOVIE) & ~np.isin(owner * key_base + flat_ids, seen_owner * key_base + seen_ids)
-    retrieved = pd.DataFrame(
-        {"user_id": known[owner[valid]], "movie_id": flat_ids[valid], "retrieval_score": flat_scores[valid]}
-    )
+    retrieved = known[owner[valid]], flat_ids[valid], flat_scores[valid]
     if ease is None or not len(served):
-        return merge_sources(retrieved)
+        return merge_lists(*retrieved)
     histories = [store.history_movies(u) for u in known[served]]
     ease_ids, ease_scores = ease.top(histories, n_candidates, [seen[i] for i in served])
-    return merge_sources(retrieved, ease_ids, ease_scores)
+    return merge_lists(*retrieved, ease_ids, ease_scores)
 
 
 def rank_candidates(candidates: pd.DataFrame, k: int, *, store: FeatureStore, ranker) -> pd.DataFrame:
@@ -130,25 +128,29 @@ def rank_candidates(candidates: pd.DataFrame, k: int, *, store: FeatureStore, ra
     """
     if candidates.empty:  # nobody to rank: an empty list, not a ranker error
         return pd.DataFrame({name: [] for name in ["user_id", *RESULT_COLUMNS]})
-    user_group, _ = pd.factorize(candidates["user_id"], sort=False)
+    return pd.DataFrame(_ranked_columns(candidates, k, store, ranker))
+
+
+def _ranked_columns(candidates: pd.DataFrame, k: int, store: FeatureStore, ranker) -> dict[str, object]:
+    """`rank_candidates`' columns (user_id + RESULT_COLUMNS), each candidate column read once."""
+    user_ids = candidates["user_id"].to_numpy(np.int64)
+    movie_ids = candidates["movie_id"].to_numpy(np.int64)
+    user_group, _ = pd.factorize(user_ids, sort=False)
     scores = np.asarray(ranker.score(candidates), np.float64)
     retrieval_scores = candidates["retrieval_score"].to_numpy(np.float64)
     order = np.lexsort((np.arange(len(scores)), -np.nan_to_num(retrieval_scores, nan=-np.inf), -scores, user_group))
     group_sorted = user_group[order]
     rank = np.arange(len(order)) - np.searchsorted(group_sorted, group_sorted)
     order, rank = order[rank < k], rank[rank < k]
-    movie_positions = store.movie_positions(candidates["movie_id"].to_numpy()[order])
-    return pd.DataFrame(
-        {
-            "user_id": candidates["user_id"].to_numpy(np.int64)[order],
-            "rank": rank + 1,
-            "movie_id": candidates["movie_id"].to_numpy(np.int64)[order],
-            **store.movie_display(movie_positions),
-            "source": candidates["source"].array.take(order),
-            "retrieval_score": retrieval_scores[order],
-            "score": ranker.display(scores[order]),
-        }
-    )
+    return {
+        "user_id": user_ids[order],
+        "rank": rank + 1,
+        "movie_id": movie_ids[order],
+        **store.movie_display(store.movie_positions(movie_ids[order])),
+        "source": candidates["source"].array.take(order),
+        "retrieval_score": retrieval_scores[order],
+        "score": ranker.display(scores[order]),
+    }
 
 
 def _popular_table(store: FeatureStore, k: int, exclude: np.ndarray, source: str = SOURCE_POPULAR) -> pd.DataFrame:
@@ -223,22 +225,38 @@ def recommend_batch(
     return table.iloc[np.argsort(np.concatenate(requests), kind="stable")].reset_index(drop=True)
 
 
-def recommend(user_id: int, k: int = 10, **kwargs) -> pd.DataFrame:
+def recommend(
+    user_id: int,
+    k: int = 10,
+    *,
+    store: FeatureStore,
+    retrieval_index: Retriever | Callable,
+    ranker,
+    n_candidates: int = 100,
+    ease: EaseSource | None = None,
+) -> pd.DataFrame:
     """Top-k movies for one user, as an online service would compute them per request.
 
     Retrieval (and EASE, when given) narrows the catalogue to the user's unseen candidates; the
     ranker scores each and the k best are returned. A user unknown to the store (or to the
-    retriever) gets the most popular movies instead.
+    retriever) gets the most popular movies instead. The same steps as `recommend_batch` (so the
+    same list), without its bookkeeping for many requests.
 
     Args:
         user_id: the requesting user.
         k: list length.
-        **kwargs: as for `recommend_batch` (store, retrieval_index, ranker, n_candidates, ease).
+        store, retrieval_index, ranker, n_candidates, ease: as for `recommend_batch`.
 
     Returns:
         k rows (fewer if retrieval returns fewer unseen movies), columns RESULT_COLUMNS, best first.
     """
-    return recommend_batch([user_id], k, **kwargs).drop(columns="user_id")
+    user = np.array([user_id], dtype=np.int64)
+    candidates = retrieve_candidates(user, n_candidates, store=store, retrieval_index=retrieval_index, ease=ease)
+    if candidates.empty:  # unknown to the store or the retriever
+        return _popular_table(store, k, store.seen_movies(int(user[0])))
+    columns = _ranked_columns(candidates, k, store, ranker)
+    del columns["user_id"]
+    return pd.DataFrame(columns)
 
 
 def served_matches_offline(
