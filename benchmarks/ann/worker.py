@@ -19,6 +19,7 @@ from benchmarks.ann.datasets import save_npy
 from benchmarks.ann.protocol import MEASURE_REPEATS, batched, choose, single_query_latency, tune
 from benchmarks.ann.searchers.base import Searcher
 from benchmarks.ann.searchers.bruteforce import tf_searcher
+from benchmarks.ann.searchers.faiss_flat import faiss_flat_searcher
 from benchmarks.ann.searchers.faiss_hnsw import faiss_hnsw_searcher
 from benchmarks.ann.searchers.faiss_ivfpq import faiss_ivfpq_searcher
 from benchmarks.ann.searchers.scann_index import scann_searcher
@@ -28,6 +29,7 @@ from recsys.core.io import write_json
 SEARCHERS: dict[str, Callable[[Path, argparse.Namespace], Searcher]] = {
     "bruteforce": lambda cache, _args: tf_searcher(cache, BATCH_THREADS),
     "bruteforce_single": lambda cache, _args: tf_searcher(cache, 1),
+    "faiss_flat": faiss_flat_searcher,
     "scann": scann_searcher,
     "faiss_hnsw": faiss_hnsw_searcher,
     "faiss_ivfpq": faiss_ivfpq_searcher,
