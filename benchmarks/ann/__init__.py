@@ -1,7 +1,7 @@
-"""BruteForce (TF), ScaNN and FAISS (HNSW, IVF-PQ) on up to 10,000,000 candidates: queries/s, latency, recall@10.
+"""Exact search (TF BruteForce, FAISS Flat), ScaNN and FAISS (HNSW, IVF-PQ) on up to 10M candidates: queries/s, recall@10.
 
     python -m benchmarks.ann [--n 10000000] [--dim 64] [--dataset-kind overlap_skewed|separated]
-        [--clusters N] [--n-queries 1000] [--seed 42] [--methods bruteforce scann faiss_hnsw faiss_ivfpq]
+        [--clusters N] [--n-queries 1000] [--seed 42] [--methods bruteforce faiss_flat scann faiss_ivfpq faiss_hnsw]
         [--reuse] [--hnsw-m 32] [--hnsw-ef-construction 40] [--cache-dir DIR] [--out ...json] [--figure ...png]
 
 Candidate sets (`--dataset-kind`), searched by inner product for the top k=10, as the retrieval
@@ -70,6 +70,15 @@ Methods:
   recall is still computed); "build" is the copy. Its single-query latency is timed in a worker
   of its own, because TF's thread counts (1 there, 2 for the batched figures) can only be set
   before TF initialises.
+- faiss_flat: `IndexFlatIP`, FAISS's exact search (BLAS sgemm over blocks of 4,096 queries x 1,024
+  candidates, a k-heap per query, 2 OpenMP threads; 1 for single queries): exact like BruteForce,
+  but it never materialises a block's full score matrix, so it takes the queries in blocks of any
+  size; grid: queries per `search` call {32, 256, 1,024}. FAISS 1.15 only takes the BLAS route
+  from 128,000 queries a call (`distance_compute_blas_threshold`) and otherwise scores one query at
+  a time: 77 queries/s at 1M candidates against 375 through BLAS, the same lists, so the threshold
+  is set to 20 (FAISS's before 1.8). The faster of the two exact methods in a
+  run is the exact baseline (`exact_best_method`, `exact_best_qps`), which every method's
+  `_speedup_exact` is measured against.
 - scann: `scann_ops_pybind` (the C++ searcher; TFRS's ScaNN layer wraps it in TF ops and adds
   per-call overhead): a tree of round(2 sqrt(n)) leaves (2,000 at 1M, 6,325 at 10M) trained on
   min(n, 500k) points, asymmetric hashing with 2 dimensions per block (lut16) and anisotropic
@@ -99,12 +108,16 @@ Methods:
 
 Writes benchmarks/results/ann.json: the keys this benchmark always had for its headline (ScaNN
 against BruteForce: speedup_qps, target_met = ScaNN >= 30x BruteForce queries/s at measured
-recall@10 >= 0.95, settings and tuning = ScaNN's), plus dataset_kind, hardness, and per method
+recall@10 >= 0.95, settings and tuning = ScaNN's); the exact baseline (exact_best_method,
+exact_best_qps, scann_exact_target_met = ScaNN >= 10x the fastest exact search at measured
+recall@10 >= 0.95 and ahead of the fastest FAISS index at that recall, faiss_best_method /
+faiss_best_qps); plus dataset_kind, hardness, and per method
 `<method>_qps`, `_recall_at_10`, `_build_s`, `_single_query_ms`, `_single_query_p95_ms`,
 `_peak_rss_gb`, `_settings`, `_tuning` (every grid point, the chosen one flagged),
-`_speedup_qps` and the worker's other records; and a figure, benchmarks/results/ann.png: recall@10
-against batched queries/s of every grid point. Time at 10M here: data and exact lists 2 minutes,
-BruteForce 8, ScaNN 6, IVF-PQ 16, HNSW 28 (25 of them building) the first time. Run it alone:
+`_speedup_qps` (against BruteForce), `_speedup_exact` and the worker's other records; and a
+figure, benchmarks/results/ann.png: recall@10 against batched queries/s of every grid point. Time
+at 10M here: data and exact lists 2 minutes, BruteForce 8, FAISS Flat about 5, ScaNN 6, IVF-PQ 16,
+HNSW 28 (25 of them building) the first time. Run it alone:
 another job on the two cores makes the timings meaningless; the load averages are recorded.
 
 Layout: `settings` (what every part shares), `datasets` (the candidate sets, the cache, hardness),

@@ -24,6 +24,7 @@ import tensorflow_recommenders as tfrs
 
 from recsys.core.errors import UnknownMovieError
 from recsys.core.io import atomic_dir
+from recsys.core.tables import IdIndex
 from recsys.evaluation.score_blocks import RowScores
 from recsys.features.sequences import PAD, causal_histories, latest_histories
 from recsys.models.configs import SequentialConfig
@@ -36,18 +37,18 @@ class MovieVocabulary:
 
     def __init__(self, movie_ids: np.ndarray):
         self.movie_ids = np.asarray(movie_ids, np.int64)
-        self._index = pd.Index(self.movie_ids)
-        if not self._index.is_unique:
+        if not pd.Index(self.movie_ids).is_unique:
             raise ValueError("the catalogue repeats a movie id")
+        self._index = IdIndex(self.movie_ids)  # a binary search: no pandas overhead on a request's history
 
     def __len__(self) -> int:
         return len(self.movie_ids)
 
     def encode(self, movie_ids: np.ndarray) -> np.ndarray:
         """Indices (int32) of `movie_ids`; an id outside the catalogue raises UnknownMovieError naming it."""
-        positions = self._index.get_indexer(np.asarray(movie_ids, np.int64))
+        positions = self._index.positions(movie_ids)
         if (positions < 0).any():
-            raise UnknownMovieError(pd.unique(np.asarray(movie_ids)[positions < 0]))
+            raise UnknownMovieError(pd.unique(np.asarray(movie_ids).reshape(-1)[positions < 0]))
         return (positions + 1).astype(np.int32)
 
 

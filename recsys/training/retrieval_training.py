@@ -246,6 +246,11 @@ class NegativesComparison:
         }
         return {prefix: rows[f"{prefix}_{self.chosen}"], **rows}
 
+    def pairs(self, prefix: str = "two_tower") -> list[tuple[str, str]]:
+        """(`<prefix>_<variant>`, `<prefix>`) for each variant not chosen: its gap to the served one, to be shown
+        with a paired interval (val chose; test only says whether the gap is a shown difference)."""
+        return [(f"{prefix}_{name}", prefix) for name in self.curves if name != self.chosen]
+
     def table(self) -> pd.DataFrame:
         """One row per variant: best val recall, its epoch, epochs run, wall time and seconds per epoch."""
         rows = {

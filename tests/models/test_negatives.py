@@ -314,6 +314,8 @@ def test_compare_negatives_chooses_the_best_val_recall():
     config, result, curve = comparison.best
     assert config.negatives == "mixed" and result is results["mixed"] and curve.best_epoch == 1
     assert list(comparison.others()) == ["inbatch_logq", "bpr_popular"]
+    # each variant val did not choose is compared with the chosen one (served as "two_tower") on test, paired
+    assert comparison.pairs() == [("two_tower_inbatch_logq", "two_tower"), ("two_tower_bpr_popular", "two_tower")]
     metrics = comparison.metrics()
     assert metrics["two_tower_negatives"] == "mixed" and metrics["val_recall_at_100_two_tower_bpr_popular"] == 0.35
     assert metrics["two_tower_mixed_best_epoch"] == 1 and isinstance(comparison.table(), pd.DataFrame)

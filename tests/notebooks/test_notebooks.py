@@ -157,6 +157,12 @@ def test_smoke_retrieval_metrics(smoke_run):
         assert 0 < m[f"recall_at_10_two_tower_{variant}"] <= m[f"recall_at_100_two_tower_{variant}"] <= 1
         assert m[f"ndcg_at_10_two_tower_{variant}"] > 0
     assert m["recall_at_100_two_tower"] == m[f"recall_at_100_two_tower_{m['two_tower_negatives']}"]
+    for variant in set(variants) - {m["two_tower_negatives"]}:  # each other variant against the chosen, paired
+        for metric in RETRIEVAL_GAP_METRICS:
+            gap = f"{metric}_two_tower_{variant}_minus_two_tower"
+            assert m[f"{gap}_low"] <= m[gap] <= m[f"{gap}_high"]
+            assert m[gap] == pytest.approx(m[f"{metric}_two_tower_{variant}"] - m[f"{metric}_two_tower"])
+    assert not any(f"two_tower_{m['two_tower_negatives']}_minus_two_tower" in key for key in m)  # not with itself
     assert m["retrieval_index"] == m["sequential_retrieval_index"] == "scann"
     for artifact in (
         "retrieval_model",
