@@ -76,9 +76,9 @@ Methods:
   size; grid: queries per `search` call {32, 256, 1,024}. FAISS 1.15 only takes the BLAS route
   from 128,000 queries a call (`distance_compute_blas_threshold`) and otherwise scores one query at
   a time: 77 queries/s at 1M candidates against 375 through BLAS, the same lists, so the threshold
-  is set to 20 (FAISS's before 1.8). The faster of the two exact methods in a
-  run is the exact baseline (`exact_best_method`, `exact_best_qps`), which every method's
-  `_speedup_exact` is measured against.
+  is set to 20 (FAISS's before 1.8). The faster of the two exact methods in a run is the exact
+  baseline (`exact_best_method`, `exact_best_qps`), which every method's `_speedup_exact` is
+  measured against.
 - scann: `scann_ops_pybind` (the C++ searcher; TFRS's ScaNN layer wraps it in TF ops and adds
   per-call overhead): a tree of round(2 sqrt(n)) leaves (2,000 at 1M, 6,325 at 10M) trained on
   min(n, 500k) points, asymmetric hashing with 2 dimensions per block (lut16) and anisotropic
@@ -116,8 +116,9 @@ faiss_best_qps); plus dataset_kind, hardness, and per method
 `_peak_rss_gb`, `_settings`, `_tuning` (every grid point, the chosen one flagged),
 `_speedup_qps` (against BruteForce), `_speedup_exact` and the worker's other records; and a
 figure, benchmarks/results/ann.png: recall@10 against batched queries/s of every grid point. Time
-at 10M here: data and exact lists 2 minutes, BruteForce 8, FAISS Flat about 5, ScaNN 6, IVF-PQ 16,
-HNSW 28 (25 of them building) the first time. Run it alone:
+at 10M here: data and exact lists 2 minutes, BruteForce 5 to 8, FAISS Flat 14 (18 passes of 1,000
+queries at 22 to 28 queries/s, 220 single queries at half a second), ScaNN 5, IVF-PQ 16 to 20, HNSW 13 to 28 (11 to 25
+of them building) the first time. Run it alone:
 another job on the two cores makes the timings meaningless; the load averages are recorded.
 
 Layout: `settings` (what every part shares), `datasets` (the candidate sets, the cache, hardness),
