@@ -115,6 +115,29 @@ def test_history_queries_read_the_latest_movies_and_follow_new_ones(trained):
     assert np.allclose(queries[user], queries.for_history(np.r_[ordered, unseen]), atol=1e-5)
 
 
+def test_a_single_history_query_in_numpy_equals_the_models(trained):
+    from recsys.models.single_history_query import SingleHistoryQuery
+
+    model = trained[0].model
+    single = SingleHistoryQuery(model)
+    rng = np.random.default_rng(5)
+    for length in [1, 2, CONFIG.history_length]:
+        for _ in range(5):
+            items = rng.integers(1, model.n_movies + 1, length).astype(np.int32)
+            expected = model.query(tf.constant(items[None, :])).numpy()[0]
+            np.testing.assert_allclose(single(items), expected, atol=1e-6)
+    for bad in ([], [3, 0]):
+        with pytest.raises(ValueError, match="at least one movie and no PAD"):
+            single(np.array(bad, np.int32))
+    activation = model.gru.cell.activation
+    model.gru.cell.activation = tf.keras.activations.relu
+    try:
+        with pytest.raises(TypeError, match="tanh, sigmoid"):
+            SingleHistoryQuery(model)
+    finally:
+        model.gru.cell.activation = activation
+
+
 def test_a_vector_index_saves_reloads_and_serves_users_through_history_queries(trained, tmp_path):
     result, vocabulary, interactions, _, _ = trained
     vectors = movie_vectors(result.model)
