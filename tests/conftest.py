@@ -94,6 +94,16 @@ SMOKE_RUN_TESTS = ("tests/notebooks/test_notebooks.py", "tests/service/")
 RELEASE_RUN_TESTS = ("tests/notebooks/test_notebooks_temporal.py", "tests/notebooks/test_notebooks_csv_release.py")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, each group in its collected order.
+
+    Under pytest-xdist a worker takes the next test when it is done with its own; a test of a minute
+    collected last would end the run on one worker while the other waits. Started first, the long
+    ones are spread between the workers and the short ones fill in the end.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_xdist_make_scheduler(config, log):
     """`make test` runs two pytest-xdist workers: each chain of notebooks on one worker, the rest spread out.
 

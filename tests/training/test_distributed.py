@@ -338,3 +338,35 @@ def test_two_workers_reach_the_single_process_retrieval_recall(smoke_data, tmp_p
     recall_single, recall_two = recall_at_100(single.model), recall_at_100(two.model)
     assert recall_two > 0.6  # the workers learnt: 100 of the 250 movies drawn at random find about 0.4
     assert abs(recall_two - recall_single) < 0.01, (recall_two, recall_single)
+
+
+def test_small_sparse_gradients_are_made_dense_and_update_the_variables_the_same():
+    """Under a strategy the small tables' gradients are all-reduced dense: same update as the sparse one."""
+    import tensorflow as tf
+
+    from recsys.models.lazy_adam import LazyAdam
+    from recsys.training.distributed.gradients import aggregate_small_tables_dense, densify_small
+
+    small, large = tf.Variable(tf.ones([5, 2])), tf.Variable(tf.ones([50, 2]))
+    rows = tf.constant([1, 3, 1])  # a repeated row: Keras sums it before the update
+    sparse = tf.IndexedSlices(tf.constant([[1.0, 2.0], [3.0, 4.0], [0.5, 0.5]]), rows, tf.constant([5, 2]))
+    big = tf.IndexedSlices(tf.ones([2, 2]), tf.constant([0, 9]), tf.constant([50, 2]))
+    (dense, _), (kept, _) = densify_small([(sparse, small), (big, large)], limit_bytes=5 * 2 * 4)
+    assert isinstance(dense, tf.Tensor) and isinstance(kept, tf.IndexedSlices)  # 40 bytes dense, 400 kept sparse
+    np.testing.assert_allclose(dense.numpy(), [[0, 0], [1.5, 2.5], [0, 0], [3, 4], [0, 0]])
+
+    for optimizer_class in (tf.keras.optimizers.Adam, tf.keras.optimizers.SGD):
+        moved = {}
+        for densify in (False, True):
+            variable = tf.Variable(tf.ones([5, 2]))
+            optimizer = optimizer_class(0.1)
+            if densify:
+                aggregate_small_tables_dense(optimizer)
+            for _ in range(3):
+                optimizer.apply_gradients([(sparse, variable)])
+            moved[densify] = variable.numpy()
+        np.testing.assert_allclose(moved[True], moved[False], rtol=1e-6)
+        assert not np.allclose(moved[True], 1.0)
+    lazy = LazyAdam(0.1)
+    aggregate_small_tables_dense(lazy)
+    assert "aggregate_gradients" not in vars(lazy)  # its row-wise updates need the sparse rows

@@ -121,6 +121,7 @@ def _train_rating(job: dict, strategy) -> dict:
     from recsys.models.rating_model import build_optimizer_state, build_rating_model
     from recsys.training.callbacks import EpochTimer, ValidationEarlyStopping
     from recsys.training.distributed import cluster
+    from recsys.training.distributed.gradients import aggregate_small_tables_dense
     from recsys.training.rating_training import inputs_fit_record, save_rating_model
 
     config = RatingConfig.from_params(job["config"])
@@ -142,6 +143,8 @@ def _train_rating(job: dict, strategy) -> dict:
         model = build_rating_model(encoder.cardinalities(), config, float(np.mean(ratings)))
         one_example = ExampleInputs({name: value[:1] for name, value in inputs.examples.items()}, inputs.movies)
         build_optimizer_state(model, one_example.flat())
+        for optimizer in filter(None, (model.optimizer, model.id_optimizer)):
+            aggregate_small_tables_dense(optimizer)  # a few dense all-reduces a step, not dozens of all-gathers
     timer = EpochTimer()
     callbacks = [timer, *_callbacks(job, strategy)]
     if job["epochs"] is None:
@@ -186,6 +189,7 @@ def _train_retrieval(job: dict, strategy) -> dict:
     from recsys.models.retrieval_model import build_retrieval_model, save_retrieval_model
     from recsys.training.callbacks import EpochTimer, stop_at_best_recall
     from recsys.training.distributed import cluster
+    from recsys.training.distributed.gradients import aggregate_small_tables_dense
     from recsys.training.retrieval_training import (
         full_ranking_monitor,
         negative_catalogue,
@@ -209,6 +213,7 @@ def _train_retrieval(job: dict, strategy) -> dict:
         # its variables exist (it ran a dummy batch); the sampled negatives' catalogue is a constant on every worker
         model = build_retrieval_model(encoder.cardinalities(), config, catalogue)
         model.optimizer.build(model.trainable_variables)  # slots now, so BackupAndRestore restores them
+        aggregate_small_tables_dense(model.optimizer)
     timer = EpochTimer()
     callbacks = [timer, *_callbacks(job, strategy)]
     if job["epochs"] is None:
