@@ -55,17 +55,11 @@ def _score_positions(
 
     The context is resolved once ("now" cannot move between chunks) and encoded once (or comes
     encoded, as `context_inputs(encoder, context, 1)`); the pairs are scored in calls of at most
-    `chunk` rows.
+    `chunk` rows (`PrecomputedRating` chunks them).
     """
     context_row = context if _is_encoded(context) else context_inputs(encoder, context, 1)
     context_row = {name: np.asarray(value[:1], np.int32) for name, value in context_row.items()}
-    score = _position_scorer(store, model, encoder)
-    user_positions, movie_positions = np.asarray(user_positions, np.int64), np.asarray(movie_positions, np.int64)
-    predicted = np.empty(len(movie_positions), dtype=np.float32)
-    for start in range(0, len(predicted), chunk):
-        part = slice(start, start + chunk)
-        predicted[part] = score(user_positions[part], movie_positions[part], context_row)
-    return predicted
+    return _position_scorer(store, model, encoder)(user_positions, movie_positions, context_row, chunk)
 
 
 def _is_encoded(context) -> bool:
