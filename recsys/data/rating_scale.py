@@ -30,6 +30,10 @@ class RatingScale:
     def bounds(self) -> tuple[float, float]:
         return (float(self.low), float(self.high))
 
+    def clip(self, predictions) -> np.ndarray:
+        """Predictions clipped to [low, high], as every rating metric scores them (float64)."""
+        return np.clip(np.asarray(predictions, dtype=np.float64), self.low, self.high)
+
     def levels(self) -> np.ndarray:
         """Every rating on the scale, lowest first."""
         return self.low + self.step * np.arange(round((self.high - self.low) / self.step) + 1)

@@ -125,3 +125,91 @@ def paired_differences(
             rows.append([a, b, metric, mean_a, mean_b, ratio, float(gap["mean"]), low, high, verdict])
     table = pd.DataFrame(rows, columns=columns).set_index(["a", "b", "metric"])
     return PairedDifferences(table, len(users), n_resamples)
+
+
+@dataclass(frozen=True)
+class RmseDifference:
+    """Two rating models' RMSE on the same rated pairs, and the paired bootstrap interval of RMSE a - RMSE b.
+
+    Attributes:
+        rmse_a, rmse_b: each model's RMSE over every pair.
+        difference: rmse_a - rmse_b (negative: a errs less).
+        low, high: the 2.5% and 97.5% quantiles of the difference over resamples of the users.
+        n_users, n_ratings, n_resamples: what the interval was computed over.
+    """
+
+    rmse_a: float
+    rmse_b: float
+    difference: float
+    low: float
+    high: float
+    n_users: int
+    n_ratings: int
+    n_resamples: int
+
+    def describe(self, a: str, b: str) -> str:
+        """`RMSE a - b: ` and `describe_difference` (lower is better here: a negative difference favours a)."""
+        return f"RMSE {a} - {b}: " + describe_difference(self.difference, self.low, self.high)
+
+
+def paired_rmse_difference(
+    user_ids,
+    ratings,
+    predictions_a,
+    predictions_b,
+    n_resamples: int,
+    seed: int,
+) -> RmseDifference:
+    """RMSE a - RMSE b over the same rated pairs, with a 95% interval from resampling the users.
+
+    A user's ratings are not independent draws (a user who is hard for one model is hard for the
+    other), so the resampling unit is the user, not the rating: each resample draws the users
+    with replacement (as `bootstrap_spread` does), keeps every rating of each drawn user, and
+    computes both RMSEs over those ratings. The interval is of the RMSE difference itself, in
+    stars; it excludes 0 exactly when the interval of the mean-squared-error difference does.
+
+    Args:
+        user_ids: the user of each rated pair.
+        ratings: the observed ratings.
+        predictions_a, predictions_b: each model's predictions for the same pairs, in the same
+            order, already clipped to the rating scale as the reported RMSE is.
+        n_resamples: bootstrap resamples of the users.
+        seed: seeds the resampling.
+
+    Raises:
+        ValueError: the arrays differ in length, are empty, hold NaN, or n_resamples < 1.
+    """
+    arrays = [np.asarray(values, dtype=np.float64).ravel() for values in (ratings, predictions_a, predictions_b)]
+    users = np.asarray(user_ids).ravel()
+    lengths = {"user_ids": users.size, "ratings": arrays[0].size, "predictions_a": arrays[1].size}
+    lengths["predictions_b"] = arrays[2].size
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"one value per rated pair is needed in every array; their lengths are {lengths}")
+    if users.size == 0:
+        raise ValueError("no rated pairs to compare: the arrays are empty")
+    for name, values in zip(("ratings", "predictions_a", "predictions_b"), arrays):
+        if np.isnan(values).any():
+            raise ValueError(f"{name} holds {int(np.isnan(values).sum())} NaN values: predict every pair")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    truth, a, b = arrays
+    _, user_index = np.unique(users, return_inverse=True)
+    n_users = int(user_index.max()) + 1
+    # per user: rated pairs, summed squared errors of a and of b
+    counts = np.bincount(user_index, minlength=n_users).astype(np.float64)
+    squared_a = np.bincount(user_index, weights=(truth - a) ** 2, minlength=n_users)
+    squared_b = np.bincount(user_index, weights=(truth - b) ** 2, minlength=n_users)
+    picks = np.random.default_rng(seed).integers(0, n_users, size=(n_resamples, n_users))
+    pairs = counts[picks].sum(axis=1)
+    differences = np.sqrt(squared_a[picks].sum(axis=1) / pairs) - np.sqrt(squared_b[picks].sum(axis=1) / pairs)
+    rmse_a, rmse_b = float(np.sqrt(squared_a.sum() / counts.sum())), float(np.sqrt(squared_b.sum() / counts.sum()))
+    return RmseDifference(
+        rmse_a=rmse_a,
+        rmse_b=rmse_b,
+        difference=rmse_a - rmse_b,
+        low=float(np.quantile(differences, 0.025)),
+        high=float(np.quantile(differences, 0.975)),
+        n_users=n_users,
+        n_ratings=int(users.size),
+        n_resamples=n_resamples,
+    )

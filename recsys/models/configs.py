@@ -11,6 +11,7 @@ default one (`dataclasses.replace`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -81,6 +82,12 @@ class RatingConfig(_FromParams):
         max_epochs: the most epochs; early stopping on val RMSE ends sooner.
         patience: epochs without a better val RMSE before stopping.
         ablation: also fit the ids-only, + user and + movie variants (the feature ablation).
+        val_grid: settings tried on val, {field: [values]}: each combination of the values replaces
+            those fields (`grid_points`), is fitted on train and early-stopped on val; the lowest
+            val RMSE is refit on train + val. A field with [] keeps the value above; an empty grid
+            is this config alone.
+        bootstrap: resamples of the test users behind the paired interval of the RMSE difference
+            with the tuned SVD baseline.
     """
 
     features: list[str]
@@ -99,6 +106,24 @@ class RatingConfig(_FromParams):
     max_epochs: int
     patience: int
     ablation: bool
+    # added after models were saved with their configs
+    val_grid: dict[str, list] = dataclasses.field(default_factory=dict)
+    bootstrap: int = 1000
+
+    def __post_init__(self):
+        fields = {f.name for f in dataclasses.fields(self)} - {"val_grid", "bootstrap", "ablation"}
+        unknown = sorted(set(self.val_grid) - fields)
+        if unknown:
+            raise KeyError(
+                f"rating.val_grid names {unknown}, which are not settings of the rating model: {sorted(fields)}"
+            )
+
+    def grid_points(self) -> list[RatingConfig]:
+        """This config with each combination of `val_grid`'s values, in the grid's key order (the last
+        key varies fastest); each point has an empty grid. No values to try: [this config without its grid]."""
+        varied = {name: values for name, values in self.val_grid.items() if values}
+        combinations = itertools.product(*varied.values())
+        return [dataclasses.replace(self, val_grid={}, **dict(zip(varied, values))) for values in combinations]
 
 
 @dataclass

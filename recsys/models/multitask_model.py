@@ -84,7 +84,7 @@ class MultitaskConfig(_FromParams):
     def rating_config(self) -> RatingConfig:
         """The rating half as the rating model's config: the joint model is that model plus a retrieval head."""
         fixed = {"head_on": "features", "optimizer": "adam", "ablation": False}
-        shared = [f.name for f in dataclasses.fields(RatingConfig) if f.name not in fixed]
+        shared = [f.name for f in dataclasses.fields(RatingConfig) if f.name not in fixed and hasattr(self, f.name)]
         return RatingConfig(**{name: getattr(self, name) for name in shared}, **fixed)
 
 

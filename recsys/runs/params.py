@@ -186,12 +186,12 @@ def _positive(v: float) -> str | None:
     return None if v > 0 else "must be > 0"
 
 
-def _grid(item_check: Callable[[Any], str | None]) -> Callable[[list], str | None]:
-    """A non-empty list whose every item passes `item_check`."""
+def _grid(item_check: Callable[[Any], str | None], may_be_empty: bool = False) -> Callable[[list], str | None]:
+    """A list (non-empty unless `may_be_empty`) whose every item passes `item_check`."""
 
     def check(values: list) -> str | None:
         if not values:
-            return "must not be empty"
+            return None if may_be_empty else "must not be empty"
         problems = [f"item {i} ({v!r}) {item_check(v)}" for i, v in enumerate(values) if item_check(v)]
         return "; ".join(problems) or None
 
@@ -289,6 +289,13 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "rating.batch_size": _at_least(1),
         "rating.max_epochs": _at_least(1),
         "rating.patience": _at_least(0),
+        "rating.val_grid.learning_rate": _grid(_positive, may_be_empty=True),
+        "rating.val_grid.l2": _grid(_at_least(0), may_be_empty=True),
+        "rating.val_grid.bias_l2": _grid(_at_least(0), may_be_empty=True),
+        "rating.val_grid.id_learning_rate": _grid(_at_least(0), may_be_empty=True),
+        "rating.val_grid.embedding_dim": _grid(_at_least(1), may_be_empty=True),
+        "rating.val_grid.dropout": _grid(_share, may_be_empty=True),
+        "rating.bootstrap": _at_least(1),
         "retrieval.features": _features,
         "retrieval.embedding_dim": _at_least(1),
         "retrieval.side_dim": _at_least(1),

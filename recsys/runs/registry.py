@@ -23,6 +23,8 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "data_quality": ("01_preprocess", "data_quality.parquet"),
     "dataset_info": ("01_preprocess", "dataset.json"),  # the release: rating scale, feature groups
     "baseline_results": ("03_baselines", "results.parquet"),
+    # test ratings with the tuned bias and SVD predictions (clipped), for paired comparisons (04)
+    "baseline_test_predictions": ("03_baselines", "test_predictions.parquet"),
     "rating_model": ("04_two_tower_rating", "rating_model"),  # refitted on train + val
     "rating_model_train": ("04_two_tower_rating", "rating_model_train"),  # fitted on train only
     "rating_jobs": ("04_two_tower_rating", "distributed_jobs"),  # distribute.strategy multi_worker: jobs, logs

@@ -23,7 +23,7 @@ def select_refit_evaluate(
     scale: RatingScale,
     n_jobs: int = 1,
     refit: bool = True,
-) -> tuple[dict, pd.DataFrame]:
+) -> tuple[dict, pd.DataFrame, RatingPredictor]:
     """Tune on val, refit the winner on train + val (or keep its train fit), score it once on test.
 
     Args:
@@ -38,7 +38,8 @@ def select_refit_evaluate(
             (`n_jobs` is not used), and `fit_s` is the winner's fit on train.
 
     Returns:
-        (a results row: model, params, rmse_val, rmse_test, mae_test, fit_s, predict_s; the tuning table)
+        (a results row: model, params, rmse_val, rmse_test, mae_test, fit_s, predict_s; the tuning
+        table; the scored model, for its test predictions)
     """
     if refit:
         best, tuning = tune_on_val(make_model, grid, train, val, scale, n_jobs=n_jobs)
@@ -59,7 +60,7 @@ def select_refit_evaluate(
         "fit_s": fit_s,
         "predict_s": scores["predict_s"],
     }
-    return row, tuning
+    return row, tuning, model
 
 
 def evaluate_draws(

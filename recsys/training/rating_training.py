@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from recsys.core.seeding import set_seed
@@ -202,20 +203,30 @@ def early_stopping_refit_test(
     scale: RatingScale,
     verbose: int = 0,
 ) -> dict:
-    """The rating model's protocol: early stopping on val picks the epochs, refit on train + val, score once on test.
+    """The rating model's protocol: choose the settings and epochs on val, refit on train + val, score once on test.
+
+    Each point of `config.grid_points()` (the config alone when its `val_grid` is empty) is fitted
+    on train with early stopping on val (`choose_on_val`); the lowest val RMSE is refit from scratch
+    on train + val for its best epoch count and scored once on test.
 
     Args:
         data: {"train": (inputs, ratings), "val": (...), "test": (...)}.
         scale: the dataset's rating scale (test predictions are clipped to it).
 
     Returns:
-        A dict with the early-stopped and refitted TrainingResults ("selected", "refit"), val RMSE
-        of the chosen epoch, test RMSE/MAE of the refit model, and total training wall time.
+        `protocol_result`'s record: the chosen early-stopped fit and its refit ("selected", "refit"),
+        the chosen config and the grid table, val RMSE of the chosen epoch, the refit's test
+        RMSE/MAE and test predictions, and the training wall time of every fit.
     """
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = data["train"], data["val"], data["test"]
-    selected = train_rating_model(config, cardinalities, x_train, y_train, seed, x_val, y_val, verbose=verbose)
-    refit = train_rating_model(
+    chosen, selected, grid = choose_on_val(
         config,
+        lambda point, _: train_rating_model(
+            point, cardinalities, x_train, y_train, seed, x_val, y_val, verbose=verbose
+        ),
+    )
+    refit = train_rating_model(
+        chosen,
         cardinalities,
         concat_inputs(x_train, x_val),
         np.concatenate([y_train, y_val]),
@@ -223,22 +234,73 @@ def early_stopping_refit_test(
         epochs=selected.best_epoch,
         verbose=verbose,
     )
-    return protocol_result(selected, refit, x_test, y_test, scale)
+    return protocol_result(selected, refit, x_test, y_test, scale, chosen, grid)
+
+
+def choose_on_val(
+    config: RatingConfig, fit: Callable[[RatingConfig, int], TrainingResult]
+) -> tuple[RatingConfig, TrainingResult, pd.DataFrame]:
+    """Fit every grid point of `config` on train (early-stopped on val) and keep the lowest val RMSE.
+
+    Args:
+        config: its `val_grid` names the settings to try (`RatingConfig.grid_points`).
+        fit: (grid point, its position) -> the point's early-stopped fit on train; only the best
+            fit so far is kept in memory.
+
+    Returns:
+        (the chosen grid point, its fit, a table with one row per point: the grid's settings,
+        rmse_val, best_epoch, wall_s and chosen). On equal val RMSE the earlier point wins; a point
+        whose val RMSE is NaN (a diverged fit) never does.
+
+    Raises:
+        ValueError: every point's val RMSE is NaN.
+    """
+    points = config.grid_points()
+    varied = [name for name, values in config.val_grid.items() if values]
+    rows, best, best_fit = [], None, None
+    for position, point in enumerate(points):
+        fitted = fit(point, position)
+        rmse_val = float(np.min(fitted.history["val_root_mean_squared_error"]))
+        rows.append(
+            {
+                **{name: getattr(point, name) for name in varied},
+                "rmse_val": rmse_val,
+                "best_epoch": fitted.best_epoch,
+                "wall_s": fitted.wall_s,
+            }
+        )
+        if not np.isnan(rmse_val) and (best is None or rmse_val < rows[best]["rmse_val"]):
+            best, best_fit = position, fitted
+        del fitted  # only the best fit so far stays in memory
+    if best is None:
+        raise ValueError(f"every one of the {len(points)} rating settings tried on val diverged (val RMSE NaN)")
+    table = pd.DataFrame(rows)
+    table["chosen"] = table.index == best
+    return points[best], best_fit, table
 
 
 def protocol_result(
-    selected: TrainingResult, refit: TrainingResult, x_test: Inputs, y_test: np.ndarray, scale: RatingScale
+    selected: TrainingResult,
+    refit: TrainingResult,
+    x_test: Inputs,
+    y_test: np.ndarray,
+    scale: RatingScale,
+    chosen: RatingConfig,
+    grid: pd.DataFrame,
 ) -> dict:
-    """`early_stopping_refit_test`'s record: both fits, val RMSE of the chosen epoch, the refit's test scores."""
-    scores = evaluate_ratings(refit.model, x_test, y_test, scale)
+    """`early_stopping_refit_test`'s record: the fits, the choice, val RMSE of the chosen epoch, the refit's test scores."""
+    predictions = scale.clip(predict_ratings(refit.model, x_test))
     return {
         "selected": selected,
         "refit": refit,
+        "config": chosen,
+        "grid": grid,
         "best_epoch": selected.best_epoch,
         "rmse_val": float(np.min(selected.history["val_root_mean_squared_error"])),
-        "rmse_test": scores["rmse"],
-        "mae_test": scores["mae"],
-        "train_wall_s": selected.wall_s + refit.wall_s,
+        "rmse_test": metrics.rmse(y_test, predictions, scale),
+        "mae_test": metrics.mae(y_test, predictions, scale),
+        "test_predictions": predictions,
+        "train_wall_s": float(grid["wall_s"].sum()) + refit.wall_s,
         "examples_per_s": refit.examples_per_s,
     }
 

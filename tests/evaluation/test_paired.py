@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys.evaluation import full_ranking, metrics
-from recsys.evaluation.paired import NO_DIFFERENCE, describe_difference, paired_differences
+from recsys.evaluation.paired import NO_DIFFERENCE, describe_difference, paired_differences, paired_rmse_difference
 
 N_USERS, N_RESAMPLES, SEED = 400, 200, 11
 
@@ -118,3 +118,56 @@ def test_per_user_scores_are_what_evaluate_scores_averages():
     expected = metrics.retrieval_metrics(top, matrices.test, ks=(3,))
     assert full_ranking.evaluate_scores(scores, matrices, "test", ks=(3,)) == expected
     assert full_ranking.mean_metrics(per_user) == expected
+
+
+def _rated_pairs(n_users=300, per_user=8, seed=0):
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users) * 7 + 3, per_user)  # ids need not be 0..n-1
+    truth = rng.integers(1, 6, users.size).astype(float)
+    return users, truth, rng
+
+
+def test_paired_rmse_difference_matches_the_rmses_and_finds_a_clearly_better_model():
+    users, truth, rng = _rated_pairs()
+    close = truth + rng.normal(0, 0.5, truth.size)
+    far = truth + rng.normal(0, 1.0, truth.size)
+    result = paired_rmse_difference(users, truth, close, far, n_resamples=500, seed=1)
+    assert result.rmse_a == pytest.approx(metrics.rmse(truth, close, None))
+    assert result.rmse_b == pytest.approx(metrics.rmse(truth, far, None))
+    assert result.difference == pytest.approx(result.rmse_a - result.rmse_b)
+    assert result.low < result.difference < result.high < 0
+    assert (result.n_users, result.n_ratings, result.n_resamples) == (300, 2400, 500)
+    assert "no difference shown" not in result.describe("close", "far")
+    swapped = paired_rmse_difference(users, truth, far, close, n_resamples=500, seed=1)
+    assert (swapped.low, swapped.high) == pytest.approx((-result.high, -result.low))
+
+
+def test_paired_rmse_difference_of_two_equally_good_models_crosses_zero():
+    users, truth, rng = _rated_pairs()
+    a, b = truth + rng.normal(0, 0.8, truth.size), truth + rng.normal(0, 0.8, truth.size)
+    result = paired_rmse_difference(users, truth, a, b, n_resamples=500, seed=1)
+    assert result.low < 0 < result.high
+    assert result.describe("a", "b").endswith("no difference shown")
+
+
+def test_paired_rmse_difference_resamples_users_not_ratings():
+    # every error of model a sits on one user: resampling users makes the interval wide (that user is
+    # drawn 0, 1, 2... times), resampling ratings would make it narrow
+    users, truth, _ = _rated_pairs(n_users=50, per_user=20)
+    a, b = truth.copy(), truth.copy()
+    a[users == users[0]] += 2.0
+    result = paired_rmse_difference(users, truth, a, b, n_resamples=2000, seed=1)
+    assert result.low == pytest.approx(0.0)  # resamples without that user: no difference at all
+    assert result.high > 1.5 * result.difference
+
+
+def test_paired_rmse_difference_refuses_mismatched_or_empty_input():
+    users, truth, _ = _rated_pairs(n_users=5, per_user=2)
+    with pytest.raises(ValueError, match="lengths"):
+        paired_rmse_difference(users, truth, truth[:-1], truth, 10, 0)
+    with pytest.raises(ValueError, match="empty"):
+        paired_rmse_difference([], [], [], [], 10, 0)
+    with pytest.raises(ValueError, match="predictions_b holds 1 NaN"):
+        paired_rmse_difference(users, truth, truth, np.where(np.arange(truth.size) == 3, np.nan, truth), 10, 0)
+    with pytest.raises(ValueError, match="n_resamples"):
+        paired_rmse_difference(users, truth, truth, truth, 0, 0)

@@ -174,13 +174,14 @@ def test_select_refit_evaluate_refits_on_train_and_val_or_keeps_the_train_fit(re
     train = ratings_table([(1, 1, 1), (1, 2, 1)])  # mean 1
     val = ratings_table([(2, 1, 3), (2, 2, 3)])  # shift 2 wins on val (1 + 2 = 3)
     test = ratings_table([(3, 1, 4)])
-    row, tuning = select_refit_evaluate(
+    row, tuning, model = select_refit_evaluate(
         "m", lambda p: ShiftedMean(**p), {"shift": [0.0, 2.0, 4.0]}, train, val, test, WHOLE_STARS, refit=refit
     )
     assert row["params"] == {"shift": 2.0} and row["rmse_val"] == pytest.approx(0.0)
     # refit: mean of train + val is 2, predicts 4 (exact); the train fit predicts 3
     assert row["rmse_test"] == pytest.approx(0.0 if refit else 1.0)
     assert len(tuning) == 3
+    assert model.predict(test).tolist() == [4.0 if refit else 3.0]  # the model that was scored
 
 
 def test_a_nan_val_score_never_wins_and_all_nan_is_an_error():

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -290,3 +291,83 @@ def test_configs_take_exactly_their_params_group():
     assert retrieval == {**params["retrieval"], "negatives": params["retrieval"]["negatives"][0]}
     with pytest.raises(KeyError, match=r"missing \['ablation'\], unknown \['extra'\]"):
         RatingConfig.from_params({**{k: v for k, v in params["rating"].items() if k != "ablation"}, "extra": 1})
+
+
+def test_grid_points_replace_the_grid_settings_in_order_and_keep_the_rest():
+    from recsys.models.configs import RatingConfig
+
+    grid = {"learning_rate": [0.001, 0.002], "l2": [], "id_learning_rate": [0.003, 0.005]}
+    config = small_config(val_grid=grid, l2=0.07)
+    points = config.grid_points()
+    assert [(p.learning_rate, p.id_learning_rate) for p in points] == [
+        (0.001, 0.003),
+        (0.001, 0.005),
+        (0.002, 0.003),
+        (0.002, 0.005),
+    ]
+    assert all(p.l2 == 0.07 and p.val_grid == {} and p.embedding_dim == 8 for p in points)
+    assert small_config(val_grid={"l2": []}).grid_points() == [small_config(val_grid={})]
+    with pytest.raises(KeyError, match=r"names \['epochs'\]"):
+        small_config(val_grid={"epochs": [1, 2]})
+    assert RatingConfig.from_params({**load_params()["rating"], "val_grid": {}}).grid_points()[0].val_grid == {}
+
+
+def fake_fit(val_by_rate):
+    """A `choose_on_val` fit whose val RMSE curve depends on the point's learning rate; records what it fitted."""
+    from recsys.training.rating_training import TrainingResult
+
+    fitted = []
+
+    def fit(point, position):
+        fitted.append((position, point.learning_rate))
+        curve = val_by_rate[point.learning_rate]
+        return TrainingResult(
+            f"model {position}",
+            {"val_root_mean_squared_error": curve},
+            len(curve),
+            int(np.nanargmin(curve)) + 1 if not np.isnan(curve).all() else 1,
+            1.5,
+            100.0,
+            [1.5],
+        )
+
+    return fit, fitted
+
+
+def test_choose_on_val_keeps_the_lowest_val_rmse_earlier_on_ties_never_nan():
+    from recsys.training.rating_training import choose_on_val
+
+    config = small_config(val_grid={"learning_rate": [0.1, 0.2, 0.3, 0.4]})
+    fit, fitted = fake_fit({0.1: [0.95, 0.9], 0.2: [0.9, 0.85, 0.86], 0.3: [0.85, 0.9], 0.4: [np.nan, np.nan]})
+    chosen, selected, table = choose_on_val(config, fit)
+    assert fitted == [(0, 0.1), (1, 0.2), (2, 0.3), (3, 0.4)]
+    assert chosen.learning_rate == 0.2 and selected.model == "model 1"  # 0.3 ties at 0.85: the earlier point
+    assert table["learning_rate"].tolist() == [0.1, 0.2, 0.3, 0.4] and table["chosen"].tolist() == [0, 1, 0, 0]
+    assert table["best_epoch"].tolist()[:3] == [2, 2, 1] and table["wall_s"].sum() == 6.0
+    nan_only = small_config(val_grid={"learning_rate": [0.4]})
+    with pytest.raises(ValueError, match="every one of the 1 rating settings tried on val diverged"):
+        choose_on_val(nan_only, fake_fit({0.4: [np.nan]})[0])
+
+
+def test_distributed_protocol_runs_each_grid_point_as_its_own_job(monkeypatch, tmp_path):
+    from recsys.training.distributed import jobs
+    from recsys.training.rating_training import TrainingResult
+
+    folders = []
+
+    def train_rating(point, files, seed, scale, settings, job_dir, fit_on=("train",), epochs=None):
+        folders.append((Path(job_dir).name, fit_on, epochs, point.learning_rate))
+        curve = [0.9, 0.8] if point.learning_rate == 0.002 else [0.95]
+        return TrainingResult(None, {"val_root_mean_squared_error": curve}, len(curve), len(curve), 1.0, 10.0, [1.0])
+
+    monkeypatch.setattr(jobs, "train_rating", train_rating)
+    monkeypatch.setattr("recsys.training.rating_training.protocol_result", lambda *args: args)
+    scale = RatingScale(1, 5, 1)
+    for grid, names in (({"learning_rate": [0.001, 0.002]}, ["selected_0", "selected_1"]), ({}, ["selected"])):
+        folders.clear()
+        config = small_config(val_grid=grid, learning_rate=0.002)
+        selected, refit, *_, chosen, table = jobs.early_stopping_refit_test(
+            config, None, {"test": (None, None)}, 1, scale, None, tmp_path
+        )
+        assert [name for name, *_ in folders] == [*names, "refit"]
+        assert folders[-1] == ("refit", ("train", "val"), 2, 0.002) and chosen.learning_rate == 0.002

@@ -324,6 +324,8 @@ def distributed_run(smoke_run) -> Path:
     overrides += ["-p", "retrieval.index=faiss_ivf"]
     # 04's feature ablation trains in the notebook's process whatever the strategy: the smoke run has it
     overrides += ["-p", "rating.ablation=false"]
+    # one rating setting: each grid point is its own job (`test_distributed_protocol_runs_each_grid_point_as_its_own_job`)
+    overrides += ["-p", "rating.val_grid.id_learning_rate=[]"]
     return run_beside(smoke_run, "smoke-distributed", *overrides, "--from", "04", "--until", "05")
 
 

@@ -185,16 +185,24 @@ def early_stopping_refit_test(
 ) -> dict:
     """The rating model's protocol (`rating_training.early_stopping_refit_test`), each fit on the workers.
 
+    Each grid point's early-stopped fit is a job in `selected` (one point) or `selected_<position>`.
+
     Args:
         data: {"test": (inputs, ratings)}: the test split, scored in this process.
     """
-    from recsys.training.rating_training import protocol_result
+    from recsys.training.rating_training import choose_on_val, protocol_result
 
-    selected = train_rating(config, files, seed, scale, settings, Path(job_dir) / "selected")
-    refit = train_rating(
-        config, files, seed, scale, settings, Path(job_dir) / "refit", ("train", "val"), selected.best_epoch
+    one_point = len(config.grid_points()) == 1
+    chosen, selected, grid = choose_on_val(
+        config,
+        lambda point, position: train_rating(
+            point, files, seed, scale, settings, Path(job_dir) / ("selected" if one_point else f"selected_{position}")
+        ),
     )
-    return protocol_result(selected, refit, *data["test"], scale)
+    refit = train_rating(
+        chosen, files, seed, scale, settings, Path(job_dir) / "refit", ("train", "val"), selected.best_epoch
+    )
+    return protocol_result(selected, refit, *data["test"], scale, chosen, grid)
 
 
 def train_retrieval(
