@@ -190,6 +190,29 @@ def foldin_users(user_ids: np.ndarray, share: float, seed: int) -> np.ndarray:
     return np.sort(rng.choice(distinct, size=n, replace=False))
 
 
+def new_movies(movie_ids: np.ndarray, share: float, min_ratings: int, seed: int) -> np.ndarray:
+    """A seeded sample of well-rated movies held out as *new*: no model learns from any of their ratings.
+
+    Args:
+        movie_ids: the movie of each rating (the order does not matter).
+        share: round(share * eligible movies) are drawn (halves round up); 0 draws none.
+        min_ratings: a movie is eligible with at least this many ratings (enough to score it on).
+        seed: the run's seed; the draw depends only on it and the eligible movies.
+
+    Returns:
+        The drawn movie ids, sorted.
+    """
+    if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0 <= share < 1:
+        raise SplitError(f"split.new_movie_share must be a number in [0, 1), got {share!r}")
+    if isinstance(min_ratings, bool) or not isinstance(min_ratings, numbers.Integral) or min_ratings < 1:
+        raise SplitError(f"split.new_movie_min_ratings must be an integer >= 1, got {min_ratings!r}")
+    movies, counts = np.unique(np.asarray(movie_ids, np.int64), return_counts=True)
+    eligible = movies[counts >= min_ratings]
+    n = int(np.floor(share * len(eligible) + 0.5))
+    rng = np.random.default_rng([int(seed), 0x4E3])  # a stream of its own, apart from the fold-in draw
+    return np.sort(rng.choice(eligible, size=n, replace=False))
+
+
 def held_out_for_sample(
     split: pd.Series,
     user_ids: pd.Series,

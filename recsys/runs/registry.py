@@ -20,6 +20,8 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "movies": ("01_preprocess", "movies.parquet"),
     "interactions": ("01_preprocess", "interactions.parquet"),  # every user but the fold-in ones
     "foldin_interactions": ("01_preprocess", "foldin_interactions.parquet"),  # kept out of every model
+    # ratings of the new movies (cold start) by users with test ratings: kept out of every model, scored in 09
+    "new_movie_interactions": ("01_preprocess", "new_movie_interactions.parquet"),
     "data_quality": ("01_preprocess", "data_quality.parquet"),
     "dataset_info": ("01_preprocess", "dataset.json"),  # the release: rating scale, feature groups
     "baseline_results": ("03_baselines", "results.parquet"),

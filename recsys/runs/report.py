@@ -96,6 +96,7 @@ def strategy_table(run_dir: Path) -> list[dict]:
             for k in metrics
             if k.startswith("recall_at_10_")
             and not k.startswith("recall_at_10_foldin")  # not test-split lists
+            and not k.startswith("recall_at_10_cold")  # rankings of the new movies only
             and "_minus_" not in k  # paired differences and their intervals, not lists
             and not k.endswith("_std")  # a list's spread
         ]

@@ -13,6 +13,7 @@ from recsys.features.splits import (
     drop_sparse_users,
     foldin_users,
     held_out_for_sample,
+    new_movies,
     tie_break_key,
     timeline_position,
 )
@@ -293,6 +294,21 @@ def test_foldin_users_are_seeded_and_sized():
     assert len(foldin_users(users, 0.0, 42)) == 0
     with pytest.raises(SplitError, match="split.foldin_share"):
         foldin_users(users, 1.0, 42)
+
+
+def test_new_movies_are_seeded_sized_and_drawn_among_well_rated_movies():
+    # movies 1..40 rated 25 times, 41..60 rated 5 times: only the first 40 are eligible at 20 ratings
+    movie_ids = np.concatenate([np.repeat(np.arange(1, 41), 25), np.repeat(np.arange(41, 61), 5)])
+    drawn = new_movies(movie_ids, 0.1, 20, 42)
+    assert len(drawn) == 4 and np.all(np.diff(drawn) > 0) and drawn.max() <= 40
+    assert np.array_equal(drawn, new_movies(movie_ids[::-1], 0.1, 20, 42))
+    assert not np.array_equal(drawn, new_movies(movie_ids, 0.1, 20, 43))
+    assert len(new_movies(movie_ids, 0.0, 20, 42)) == 0 and len(new_movies(movie_ids, 0.5, 26, 42)) == 0
+    assert len(new_movies(movie_ids, 0.1, 5, 42)) == 6  # 60 eligible at 5 ratings
+    with pytest.raises(SplitError, match="split.new_movie_share"):
+        new_movies(movie_ids, 1.0, 20, 42)
+    with pytest.raises(SplitError, match="split.new_movie_min_ratings"):
+        new_movies(movie_ids, 0.1, 0, 42)
 
 
 def test_empty_ratings_give_an_empty_split():
