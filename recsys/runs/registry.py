@@ -20,6 +20,7 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "movies": ("01_preprocess", "movies.parquet"),
     "interactions": ("01_preprocess", "interactions.parquet"),  # every user but the fold-in ones
     "foldin_interactions": ("01_preprocess", "foldin_interactions.parquet"),  # kept out of every model
+    "new_movies": ("01_preprocess", "new_movies.parquet"),  # item cold start: not in `movies`, the catalogue
     # ratings of the new movies (cold start) by users with test ratings: kept out of every model, scored in 09
     "new_movie_interactions": ("01_preprocess", "new_movie_interactions.parquet"),
     "data_quality": ("01_preprocess", "data_quality.parquet"),

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import run_all
+from recsys.runs.report import strategy_table
 from tests.conftest import CHROMIUM_FLAGS, chromium_binary, run_on_smoke_params, run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -71,12 +72,16 @@ def test_smoke_eda_metrics(smoke_run):
     assert len(list((smoke_run / "02_eda").glob("*.png"))) >= 6
 
 
+# 5% of the movies with at least 20 ratings (ML-100K: 939 of them); the mean rating of the others' ratings
+NEW_100K, MEAN_100K, MEAN_1M_HALF = 47, 3.5329, 3.5743
+
+
 @pytest.mark.shared_data
 @pytest.mark.parametrize(
     "dataset, folder, expected",
     [
-        ("ml-100k", "ml-100k", {"n_users": 943, "n_ratings": 100_000}),
-        ("ml-1m", "ml-1m-half", {"n_users": 2999, "n_ratings": 487_650, "n_users_listed": 6040}),
+        ("ml-100k", "ml-100k", {"n_users": 943, "n_ratings": 100_000, "n_new_movies": NEW_100K}),
+        ("ml-1m", "ml-1m-half", {"n_users": 2999, "n_ratings": 487_650, "n_users_listed": 6040, "n_new_movies": 132}),
     ],
 )
 def test_real_data_preprocess_and_eda(tmp_path, shared_data, dataset, folder, expected):
@@ -92,12 +97,15 @@ def test_real_data_preprocess_and_eda(tmp_path, shared_data, dataset, folder, ex
         "02",
     )
     m1 = metrics(run_dir, "01_preprocess")
-    m1 = {**m1, "n_users": m1["n_users"] + m1["n_foldin_users"], "n_ratings": m1["n_ratings"] + m1["n_foldin_ratings"]}
+    # every rating read is in interactions, with a fold-in user, or of a new movie (used in 09 or not)
+    set_apart = m1["n_foldin_ratings"] + m1["n_new_movie_ratings"] + m1["n_new_movie_ratings_unused"]
+    m1 = {**m1, "n_users": m1["n_users"] + m1["n_foldin_users"], "n_ratings": m1["n_ratings"] + set_apart}
     assert {k: m1[k] for k in expected} == expected
     assert m1["n_rows_dropped"] == 0
     assert m1["zip_state_resolved_share"] > 0.95
     m2 = metrics(run_dir, "02_eda")
-    assert m2["global_mean_rating"] == pytest.approx(3.52986 if dataset == "ml-100k" else 3.5719, abs=1e-3)
+    # the mean of the ratings the models see: the new movies' (well-rated movies, 5% of them) are set apart
+    assert m2["global_mean_rating"] == pytest.approx(MEAN_100K if dataset == "ml-100k" else MEAN_1M_HALF, abs=1e-3)
     assert m2["top_state"] == "CA"
 
 
@@ -250,6 +258,34 @@ def test_smoke_exploration_metrics(smoke_run):
     assert m9[f"novelty_{explore}"] > m9["novelty_retrieval_ranked"]
 
 
+def test_new_movies_are_kept_out_of_every_model_and_ranked_for_their_raters(smoke_run):
+    """Item cold start: 01 sets the new movies' ratings apart, 09 ranks the new movies for the users who rated them."""
+    m1, m9 = metrics(smoke_run, "01_preprocess"), metrics(smoke_run, "09_explore_least_viewed")
+    stage = smoke_run / "01_preprocess"
+    new = pd.read_parquet(stage / "new_movie_interactions.parquet")
+    interactions = pd.read_parquet(stage / "interactions.parquet", columns=["user_id", "movie_id", "split"])
+    foldin = pd.read_parquet(stage / "foldin_interactions.parquet", columns=["movie_id"])
+    assert m1["n_new_movies"] == new["movie_id"].nunique() > 0 and m1["n_new_movie_ratings"] == len(new)
+    assert (
+        not new["movie_id"].isin(interactions["movie_id"]).any() and not new["movie_id"].isin(foldin["movie_id"]).any()
+    )
+    assert (new["split"] == "test").all()
+    catalogue, new_movies = (pd.read_parquet(stage / f"{name}.parquet") for name in ("movies", "new_movies"))
+    assert (
+        set(new_movies["movie_id"]) >= set(new["movie_id"])
+        and not new_movies["movie_id"].isin(catalogue["movie_id"]).any()
+    )
+    assert new["user_id"].isin(interactions.loc[interactions["split"] == "test", "user_id"]).all()
+    for model in ("two_tower", "genre_profile", "random"):
+        assert 0 <= m9[f"ndcg_at_10_cold_{model}"] <= m9[f"recall_at_10_cold_{model}"] <= 1
+    for metric in ("recall_at_10", "ndcg_at_10"):
+        low, high = (m9[f"{metric}_cold_two_tower_minus_genre_profile_{b}"] for b in ("low", "high"))
+        assert low <= m9[f"{metric}_cold_two_tower_minus_genre_profile"] <= high
+    # the synthetic movie factors lean on genres: the two-tower's feature-only vectors rank the new movies above chance
+    assert m9["ndcg_at_10_cold_two_tower"] > m9["ndcg_at_10_cold_random"]
+    assert not [row for row in strategy_table(smoke_run) if row["strategy"].startswith("cold")]
+
+
 SIMULATED_POLICIES = ("served", "weighted_sampling", "gaussian_noise", "least_viewed", "popularity", "random")
 
 
@@ -324,8 +360,10 @@ def distributed_run(smoke_run) -> Path:
     overrides += ["-p", "retrieval.index=faiss_ivf"]
     # 04's feature ablation trains in the notebook's process whatever the strategy: the smoke run has it
     overrides += ["-p", "rating.ablation=false"]
-    # one rating setting: each grid point is its own job (`test_distributed_protocol_runs_each_grid_point_as_its_own_job`)
-    overrides += ["-p", "rating.val_grid.id_learning_rate=[]"]
+    # one rating setting, the one the smoke run chose on val (a grid point per job is tested in
+    # `test_distributed_protocol_runs_each_grid_point_as_its_own_job`)
+    chosen = metrics(smoke_run, "04_two_tower_rating")["rating_id_learning_rate"]
+    overrides += ["-p", f"rating.val_grid.id_learning_rate=[{chosen}]"]
     return run_beside(smoke_run, "smoke-distributed", *overrides, "--from", "04", "--until", "05")
 
 
