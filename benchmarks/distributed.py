@@ -6,8 +6,8 @@
 Notebook 01 prepares the run (through run_all.py); then, with the default params and the same
 global batch and number of epochs everywhere:
 
-* the rating model: fitted on train for the epochs notebook 04 would choose (early stopping on
-  val in one process), in one process and on 2 workers; val RMSE of each;
+* the rating model (the default setting, `rating.val_grid` not swept): fitted on train for the epochs
+  early stopping on val chooses in one process, in one process and on 2 workers; val RMSE of each;
 * the retrieval model: fitted on train for `retrieval.epochs` epochs, in one process and on 2
   workers; val Recall@100 (full ranking, as notebook 05 reports it);
 * steady-state examples/second of each (on this 2-core machine 2 workers share the cores: not
@@ -81,7 +81,7 @@ def main() -> int:
     jobs = ROOT / "artifacts" / args.run_name / "distributed"
     result: dict = {"dataset": args.dataset, "data_dir": str(args.data_dir), "cpu_count": os.cpu_count()}
 
-    # the rating model: the epochs notebook 04 would choose, then that many epochs everywhere
+    # the rating model at the default setting: the epochs early stopping chooses, then that many epochs everywhere
     rating = RatingConfig.from_params(params["rating"])
     chosen = rating_training.train_rating_model(
         rating, encoder.cardinalities(), *data["train"], seed, *data["val"]

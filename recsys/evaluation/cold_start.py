@@ -30,15 +30,18 @@ class ColdStartTask:
         users: the users with a rating of a new movie, sorted (the rows of every score matrix).
         movies: the new movies, sorted (the columns).
         relevant: (users, movies) CSR, 1 where the user rated the movie.
+        tie_order: a seeded order of the columns that breaks equal scores (a genre profile gives the
+            same score to every movie of one genre set; by column, ties would follow movie ids).
     """
 
     users: np.ndarray
     movies: np.ndarray
     relevant: sp.csr_matrix
+    tie_order: np.ndarray
 
     @classmethod
-    def of(cls, new_movie_interactions: pd.DataFrame, movies: np.ndarray) -> ColdStartTask:
-        """The task of the run's `new_movie_interactions` over the new movies `movies`.
+    def of(cls, new_movie_interactions: pd.DataFrame, movies: np.ndarray, seed: int) -> ColdStartTask:
+        """The task of the run's `new_movie_interactions` over the new movies `movies` (all of them, rated or not).
 
         Raises:
             ValueError: no new movies, no ratings of them, or a rating of a movie that is not new.
@@ -59,7 +62,8 @@ class ColdStartTask:
             (np.ones(len(columns), np.float32), (user_rows, columns)), shape=(len(users), len(movies))
         )
         relevant.data[:] = 1.0  # a movie rated twice is one relevant movie
-        return cls(users, movies, relevant)
+        tie_order = np.random.default_rng([int(seed), 0x71E]).permutation(len(movies))
+        return cls(users, movies, relevant, tie_order)
 
 
 def genre_profile_scores(interactions: pd.DataFrame, movies: pd.DataFrame, task: ColdStartTask) -> np.ndarray:
@@ -93,11 +97,13 @@ def per_user_metrics(task: ColdStartTask, scores: np.ndarray, k: int = 10) -> pd
     """Recall@k and NDCG@k of each user's ranking of the new movies, indexed by user_id.
 
     With fewer than k new movies, every list holds them all (k is then the number of new movies).
+    Equal scores are ordered by the task's seeded `tie_order`, the same for every ranker.
     """
     if scores.shape != task.relevant.shape:
         raise ValueError(f"scores are {scores.shape} but the task is {task.relevant.shape} (users x new movies)")
     depth = min(k, len(task.movies))
-    top = metrics.top_k_from_scores(np.asarray(scores, np.float64), depth)
+    order = task.tie_order
+    top = order[metrics.top_k_from_scores(np.asarray(scores, np.float64)[:, order], depth)]
     values = metrics.per_user_retrieval_metrics(top, task.relevant, ks=(depth,))
     return pd.DataFrame(
         {f"recall_at_{k}": values[f"recall_at_{depth}"], f"ndcg_at_{k}": values[f"ndcg_at_{depth}"]},

@@ -166,7 +166,7 @@ def paired_rmse_difference(
     other), so the resampling unit is the user, not the rating: each resample draws the users
     with replacement (as `bootstrap_spread` does), keeps every rating of each drawn user, and
     computes both RMSEs over those ratings. The interval is of the RMSE difference itself, in
-    stars; it excludes 0 exactly when the interval of the mean-squared-error difference does.
+    stars (its sign is the sign of the mean-squared-error difference on every resample).
 
     Args:
         user_ids: the user of each rated pair.

@@ -250,7 +250,7 @@ def choose_on_val(
     Returns:
         (the chosen grid point, its fit, a table with one row per point: the grid's settings,
         rmse_val, best_epoch, wall_s and chosen). On equal val RMSE the earlier point wins; a point
-        whose val RMSE is NaN (a diverged fit) never does.
+        whose every val RMSE is NaN (a diverged fit) never does; NaN epochs after its best are skipped.
 
     Raises:
         ValueError: every point's val RMSE is NaN.
@@ -260,7 +260,7 @@ def choose_on_val(
     rows, best, best_fit = [], None, None
     for position, point in enumerate(points):
         fitted = fit(point, position)
-        rmse_val = float(np.min(fitted.history["val_root_mean_squared_error"]))
+        rmse_val = best_val_rmse(fitted)
         rows.append(
             {
                 **{name: getattr(point, name) for name in varied},
@@ -277,6 +277,12 @@ def choose_on_val(
     table = pd.DataFrame(rows)
     table["chosen"] = table.index == best
     return points[best], best_fit, table
+
+
+def best_val_rmse(fitted: TrainingResult) -> float:
+    """The lowest val RMSE of a fit's epochs (the epoch early stopping restored), NaN epochs skipped; NaN if all are."""
+    curve = np.asarray(fitted.history["val_root_mean_squared_error"], np.float64)
+    return float(curve[~np.isnan(curve)].min()) if (~np.isnan(curve)).any() else float("nan")
 
 
 def protocol_result(
@@ -296,7 +302,7 @@ def protocol_result(
         "config": chosen,
         "grid": grid,
         "best_epoch": selected.best_epoch,
-        "rmse_val": float(np.min(selected.history["val_root_mean_squared_error"])),
+        "rmse_val": best_val_rmse(selected),
         "rmse_test": metrics.rmse(y_test, predictions, scale),
         "mae_test": metrics.mae(y_test, predictions, scale),
         "test_predictions": predictions,

