@@ -355,7 +355,7 @@ def distributed_run(smoke_run) -> Path:
     reuse_from(smoke_run, "smoke-distributed", ("01_preprocess", "02_eda", "03_baselines"))
     overrides = ["-p", "distribute.strategy=multi_worker", "-p", "distribute.workers=2"]
     # one negatives variant, the one the smoke run chose (the others train on two workers in tests/models/test_negatives.py)
-    overrides += ["-p", "retrieval.negatives=[inbatch_logq]"]
+    overrides += ["-p", f"retrieval.negatives=[{metrics(smoke_run, '05_retrieval')['two_tower_negatives']}]"]
     # 05 builds a FAISS IVF index (the smoke run a ScaNN one, the temporal chain a FAISS HNSW one)
     overrides += ["-p", "retrieval.index=faiss_ivf"]
     # 04's feature ablation trains in the notebook's process whatever the strategy: the smoke run has it
@@ -376,10 +376,11 @@ def test_notebooks_train_on_two_workers_as_well_as_in_one_process(distributed_ru
     assert m5["two_tower_trained_by"] == m4["trained_by"] and m5["two_tower_train_workers"] == 2
     assert abs(m4["rmse_two_tower"] - one4["rmse_two_tower"]) < 0.02, (m4["rmse_two_tower"], one4["rmse_two_tower"])
     assert abs(m5["recall_at_100_two_tower"] - one5["recall_at_100_two_tower"]) < 0.02
-    assert one5["two_tower_negatives"] == m5["two_tower_negatives"] == "inbatch_logq"
+    assert one5["two_tower_negatives"] == m5["two_tower_negatives"]
     assert m5["retrieval_index"] == "faiss_ivf" and 0 < m5["faiss_ivf_overlap_at_50"] <= 1
     assert (distributed_run / "05_retrieval" / "served_index").is_dir()
-    for stage, jobs in (("04_two_tower_rating", ("selected", "refit")), ("05_retrieval", ("two_tower_inbatch_logq",))):
+    two_tower_job = f"two_tower_{m5['two_tower_negatives']}"
+    for stage, jobs in (("04_two_tower_rating", ("selected", "refit")), ("05_retrieval", (two_tower_job,))):
         for job in jobs:
             folder = distributed_run / stage / "distributed_jobs" / job
             assert (folder / "result.json").exists() and (folder / "logs" / "attempt-0" / "worker-1.log").exists()
