@@ -138,8 +138,4 @@ def metric_keys(table: pd.DataFrame, paired: PairedDifferences) -> dict[str, flo
     """`compare`'s results as metrics.json keys: `<metric>_cold_<model>` and `<metric>_cold_<a>_minus_<b>`
     with `_low` / `_high` (never read as lists of the test split: they rank the new movies only)."""
     keys = {f"{metric}_cold_{model}": float(value) for model, row in table.iterrows() for metric, value in row.items()}
-    for (a, b, metric), row in paired.table.iterrows():
-        name = f"{metric}_cold_{a}_minus_{b}"
-        keys[name] = float(row["difference"])
-        keys[f"{name}_low"], keys[f"{name}_high"] = float(row["low_2.5%"]), float(row["high_97.5%"])
-    return keys
+    return keys | paired.metrics(tag="cold")

@@ -51,11 +51,12 @@ class PairedDifferences:
     n_users: int
     n_resamples: int
 
-    def metrics(self) -> dict[str, float]:
-        """A flat record: `<metric>_<a>_minus_<b>` (the mean difference) with `_low` and `_high` (its interval)."""
+    def metrics(self, tag: str = "") -> dict[str, float]:
+        """A flat record: `<metric>_<a>_minus_<b>` (the mean difference) with `_low` and `_high` (its interval);
+        a `tag` goes after the metric's name (`<metric>_<tag>_<a>_minus_<b>`), e.g. for a task of its own."""
         out = {}
         for (a, b, metric), row in self.table.iterrows():
-            name = f"{metric}_{a}_minus_{b}"
+            name = f"{metric}_{tag}_{a}_minus_{b}" if tag else f"{metric}_{a}_minus_{b}"
             out[name] = float(row["difference"])
             out[f"{name}_low"], out[f"{name}_high"] = float(row["low_2.5%"]), float(row["high_97.5%"])
         return out
