@@ -41,7 +41,7 @@ from recsys.runs.provenance import (
     producer,
     run_lock,
 )
-from recsys.runs.registry import ARTIFACTS
+from recsys.runs.registry import ARTIFACTS, STAGE_NUMBER, stage_number
 from recsys.runs.report import build_index, render_notebook_html
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -99,10 +99,10 @@ class RunnerError(RuntimeError):
 
 
 def discover_notebooks(notebooks_dir: Path | None = None) -> list[Path]:
-    """The pipeline: every notebooks/NN_*.ipynb, in number order."""
+    """The pipeline: every notebooks/NN_*.ipynb (or NNa_*.ipynb, inserted after NN), in number order."""
     notebooks_dir = notebooks_dir or NOTEBOOKS_DIR
-    notebooks = sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
-    numbers = [p.name[:2] for p in notebooks]
+    notebooks = sorted(p for p in notebooks_dir.glob("[0-9][0-9]*_*.ipynb") if STAGE_NUMBER.match(p.name))
+    numbers = [stage_number(p.name) for p in notebooks]
     duplicated = sorted({n for n in numbers if numbers.count(n) > 1})
     if duplicated:
         raise RunnerError(f"two notebooks share the number(s) {', '.join(duplicated)} in {notebooks_dir}")
@@ -110,23 +110,26 @@ def discover_notebooks(notebooks_dir: Path | None = None) -> list[Path]:
 
 
 def select_notebooks(notebooks: list[Path], only: list[str] | None, start: str | None, until: str | None) -> list[Path]:
-    """Apply --only / --from / --until (two-digit numbers or full stage names)."""
-    numbers = [p.name[:2] for p in notebooks]
+    """Apply --only / --from / --until (numbers such as 4, 04 or 05b, or full stage names), in pipeline order."""
+    numbers = [stage_number(p.name) for p in notebooks]
 
     def number(value: str, flag: str) -> str:
-        value = value[:2].zfill(2) if value[:2].isdigit() else value
+        digits = len(value) - len(value.lstrip("0123456789"))
+        if digits == 1:  # "4" means 04, "5b" 05b
+            value = "0" + value
+        value = stage_number(value + "_") if STAGE_NUMBER.match(value + "_") else value
         if value not in numbers:
             raise RunnerError(f"{flag} {value}: no such notebook; known: {', '.join(numbers)}")
         return value
 
     if only:
         wanted = {number(v, "--only") for v in only}
-        return [p for p in notebooks if p.name[:2] in wanted]
-    first = number(start, "--from") if start else numbers[0]
-    last = number(until, "--until") if until else numbers[-1]
-    selected = [p for p in notebooks if first <= p.name[:2] <= last]
+        return [p for p, n in zip(notebooks, numbers) if n in wanted]
+    first = numbers.index(number(start, "--from")) if start else 0
+    last = numbers.index(number(until, "--until")) if until else len(numbers) - 1
+    selected = notebooks[first : last + 1]
     if not selected:
-        raise RunnerError(f"--from {first} --until {last} selects no notebook")
+        raise RunnerError(f"--from {numbers[first]} --until {numbers[last]} selects no notebook")
     return selected
 
 
@@ -178,7 +181,7 @@ def check_notebooks(infos: list[dict], params: dict, run_dir: Path) -> None:
             if artifact not in produced_here and not (run_dir / writer / filename).exists():
                 raise RunnerError(
                     f"{info['name']} needs {artifact} from {writer}, which is neither selected nor "
-                    f"present in {run_dir}: run notebook {writer} first (e.g. --from {writer[:2]})"
+                    f"present in {run_dir}: run notebook {writer} first (e.g. --from {stage_number(writer)})"
                 )
 
 
@@ -338,7 +341,7 @@ def _run(
     if stale:
         print(
             f"run_all.py: note: {', '.join(stale)} read outputs that this run has replaced; "
-            f"rerun them (--from {stale[0][:2]}) before reading their results",
+            f"rerun them (--from {stage_number(stale[0])}) before reading their results",
             file=sys.stderr,
         )
     manifest.update(ended=now(), wall_s=round(time.perf_counter() - run_start, 2))

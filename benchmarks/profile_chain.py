@@ -159,14 +159,17 @@ def figure(notebooks: pd.DataFrame, cells: pd.DataFrame, top: int, path: Path) -
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.5), gridspec_kw={"width_ratios": [1, 1, 1.4]})
-    names = notebooks["notebook"].str.slice(0, 2)
+    names = notebooks["notebook"].str.split("_").str[0]
     axes[0].bar(names, notebooks["seconds"], color="#4C72B0")
     axes[0].set(title=f"Wall time per notebook (total {notebooks['seconds'].sum():.0f} s)", ylabel="seconds")
     axes[1].bar(names, notebooks["peak_gb"].fillna(0), color="#DD8452")
     sampled = notebooks["peak_gb"].notna().any()
     axes[1].set(title="Peak resident memory per notebook" + ("" if sampled else " (not sampled)"), ylabel="GB")
     worst = cells.nlargest(top, "seconds").iloc[::-1]
-    labels = [f"{n[:2]}·{c}: {line[:45]}" for n, c, line in zip(worst["notebook"], worst["cell"], worst["first_line"])]
+    labels = [
+        f"{n.split('_')[0]}·{c}: {line[:45]}"
+        for n, c, line in zip(worst["notebook"], worst["cell"], worst["first_line"])
+    ]
     axes[2].barh(labels, worst["seconds"], color="#55A868")
     axes[2].set(title=f"The {top} most expensive cells", xlabel="seconds")
     axes[2].tick_params(axis="y", labelsize=7)

@@ -30,9 +30,10 @@ from recsys.features.feature_store import FeatureStore
 from recsys.features.preprocessing import EVENT_COLUMNS
 from recsys.features.request_context import fixed_context
 from recsys.models.ease import EaseRefitter, load_ease
+from recsys.models.multitask_model import load_multitask_model
 from recsys.models.retrieval_model import load_retrieval_model, user_embeddings
 from recsys.models.sequential_model import load_sequential_model
-from recsys.ranking.learned_ranking import top_k_lists
+from recsys.ranking.learned_ranking import joint_vectors, top_k_lists
 from recsys.ranking.ranker_features import FeatureSources
 from recsys.ranking.ranker_state import read_state
 from recsys.ranking.rankers import load_ranker
@@ -57,6 +58,8 @@ class ServingParts:
         predicted_rating: (user positions, movie positions) -> the train-only rating model's
             predictions (positions in a store built from `users` and `movies`).
         rating_fitted_on: the splits that rating model was fitted on.
+        joint_vectors: the joint multitask model's (user, movie) retrieval vectors for the ranker's joint
+            score, rows aligned with `users` and `movies` (`learned_ranking.joint_vectors`), fitted on train.
         ease_l2: EASE's penalty (the one chosen on val for the run's EASE).
         n_candidates: candidates per source.
         ease_candidates: EASE proposes candidates too (`online.ease_candidates`); its features are always used.
@@ -78,6 +81,7 @@ class ServingParts:
     retriever: str = "two_tower"
     sequential: tuple | None = None
     min_rating: int = 1
+    joint_vectors: tuple[np.ndarray, np.ndarray] | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)  # the start state, the EASE refitter
 
     @classmethod
@@ -95,7 +99,7 @@ class ServingParts:
         Args:
             users, movies, interactions: the run's tables (interactions: every split, for the requests' context).
             artifact: an artifact's name -> its path (e.g. `Run.require`); reads ease_model, retrieval_model,
-                movie_embeddings, movie_embedding_ids, rating_model_train and ranker.
+                movie_embeddings, movie_embedding_ids, rating_model_train, multitask_model_train and ranker.
             online: the served path's settings: n_candidates, ease_candidates, and ranker ("rating" orders by
                 the predicted rating even when the run's served ranker is a learned one).
             retrieval: the served retriever's settings: model ("two_tower" reads retrieval_model,
@@ -122,6 +126,11 @@ class ServingParts:
         rating_model, rating_encoder = load_rating_model(artifact("rating_model_train"))
         ranker_folder = artifact("ranker")
         store = FeatureStore.build(users, movies, interactions, seen_splits=("train",), history_splits=("train",))
+        joint_model, joint_encoder = load_multitask_model(artifact("multitask_model_train"))
+        if tuple(joint_model.fitted_on) != ("train",):
+            raise ValueError(
+                f"the ranker's joint score must come from a model fitted on train, not {joint_model.fitted_on}"
+            )
         context = fixed_context(interactions)
         return cls(
             users=users,
@@ -139,6 +148,7 @@ class ServingParts:
             retriever=retrieval["model"],
             sequential=sequential,
             min_rating=retrieval["min_rating"],
+            joint_vectors=joint_vectors(store, joint_model, joint_encoder),
         )
 
     def start_state(self, log: PolicyLog) -> tuple[EaseSource, FeatureStore, np.ndarray]:
@@ -266,7 +276,13 @@ class TwoStagePolicy:
             parts.n_candidates,
             self._ease,
             parts.predicted_rating,
-            {"retrieval": ("train",), "ease": ("train",), "rating_model": parts.rating_fitted_on},
+            {
+                "retrieval": ("train",),
+                "ease": ("train",),
+                "rating_model": parts.rating_fitted_on,
+                "joint_model": ("train",),
+            },
+            joint_vectors=parts.joint_vectors,
         )
         if parts.ranker is None:  # a run that serves by predicted rating (online.ranker: rating)
             scores = parts.predicted_rating(
@@ -322,7 +338,7 @@ def serving_artifacts(retrieval: Mapping) -> tuple[str, ...]:
         vectors = ("sequential_model", "sequential_movie_embeddings")
     else:
         vectors = ("retrieval_model", "movie_embeddings", "movie_embedding_ids")
-    return ("ease_model", *vectors, "rating_model_train", "ranker")
+    return ("ease_model", *vectors, "rating_model_train", "multitask_model_train", "ranker")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ def feature_sources(
     context: dict,
     interactions: pd.DataFrame | RunInteractions | None = None,
     retriever: tuple | None = None,
+    joint_folder: str | None = None,
 ) -> FeatureSources:
     """The features' sources from saved models: EASE and the rating model fitted on train, the store's vectors.
 
@@ -55,7 +56,10 @@ def feature_sources(
             of them (built once for both stages); None takes the saved labels as they are.
         retriever: (model, encoder) of the served two-tower, whose fit record is checked too; None (the
             sequential retriever, or no check) takes it as fitted on train.
+        joint_folder: the joint multitask model fitted on train (`multitask_model.save_multitask_model`),
+            for the joint score (`joint_vectors`); None leaves that feature out.
     """
+    from recsys.models.multitask_model import load_multitask_model
     from recsys.ranking.served_rankers import RatingRanker
     from recsys.training.rating_training import load_rating_model
 
@@ -65,18 +69,35 @@ def feature_sources(
     retrieval = ("train",)  # as the retrieval step fits it, unless its record says otherwise (none: sequential)
     if retriever is not None and retriever[0].fit_record is not None:
         retrieval = checked_fitted_on("retrieval", retriever[0].fit_record, None, fits, retriever[1])
+    fitted_on = {
+        "retrieval": retrieval,
+        "ease": checked_fitted_on("ease", ease_model.fit_record, ease_label, fits),
+        "rating_model": checked_fitted_on("rating_model", model.fit_record, model.fitted_on, fits, encoder),
+    }
+    joint = None
+    if joint_folder is not None:
+        joint_model, joint_encoder = load_multitask_model(joint_folder)
+        fitted_on["joint_model"] = checked_fitted_on(
+            "joint_model", joint_model.fit_record, joint_model.fitted_on, fits, joint_encoder
+        )
+        joint = joint_vectors(store, joint_model, joint_encoder)
+    rating = RatingRanker(store, model, encoder, context).predicted_ratings
     return FeatureSources(
-        store,
-        n_candidates,
-        EaseSource(ease_model.weights_, ease_movie_ids),
-        RatingRanker(store, model, encoder, context).predicted_ratings,
-        {
-            "retrieval": retrieval,
-            "ease": checked_fitted_on("ease", ease_model.fit_record, ease_label, fits),
-            "rating_model": checked_fitted_on("rating_model", model.fit_record, model.fitted_on, fits, encoder),
-        },
-        fits,
+        store, n_candidates, EaseSource(ease_model.weights_, ease_movie_ids), rating, fitted_on, fits, joint
     )
+
+
+def joint_vectors(store: FeatureStore, model, encoder) -> tuple[np.ndarray, np.ndarray]:
+    """The joint model's unit retrieval vectors of every user and movie of the store, rows aligned with its tables.
+
+    Computed once (a pass over the store's users and movies): a request's joint score is then a dot
+    product, as the retrieval score is.
+    """
+    from recsys.models.retrieval_model import embed_in_batches
+
+    users = embed_in_batches(model.query_vectors, store.user_inputs(np.arange(len(store.users)), encoder))
+    movies = embed_in_batches(model.candidate_vectors, store.movie_inputs(np.arange(len(store.movies)), encoder))
+    return np.asarray(users, np.float32), np.asarray(movies, np.float32)
 
 
 def with_rating_model(sources: FeatureSources, model, encoder, context: dict | None) -> FeatureSources:

@@ -27,6 +27,7 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "retrieval": ("retrieval_score", "retrieval_rank"),
     "ease": ("ease_score", "ease_rank"),
     "rating": ("predicted_rating",),
+    "joint": ("joint_score",),  # the joint rating + retrieval model's retrieval cosine
     "movie": ("log_popularity", "mean_rating", "year"),
     "user": ("log_activity", "gender", "age_group", "occupation"),
     "affinity": ("genre_affinity",),
@@ -102,8 +103,11 @@ class FeatureSources:
             features out.
         predicted_rating: (user positions, movie positions) in the store -> predicted ratings of a
             rating model; None leaves the feature out.
+        joint_vectors: (user vectors, movie vectors) of the joint multitask model's retrieval head,
+            rows aligned with the store's users and movies (`learned_ranking.joint_vectors`); the
+            joint score of a pair is their dot product (a cosine). None leaves the feature out.
         fitted_on: part name -> the splits it was fitted on ("store", "retrieval", "ease",
-            "rating_model"): what `check` reads (`checked_fitted_on`: from the parts' fit records).
+            "rating_model", "joint_model"): what `check` reads (`checked_fitted_on`: from the parts' fit records).
         fits: the run's interactions the parts' fit records were matched to; None: the labels were taken as given.
     """
 
@@ -113,6 +117,7 @@ class FeatureSources:
     predicted_rating: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     fitted_on: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     fits: RunInteractions | None = None
+    joint_vectors: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -126,6 +131,8 @@ class FeatureSources:
             skipped |= set(FEATURE_GROUPS["ease"])
         if self.predicted_rating is None:
             skipped |= set(FEATURE_GROUPS["rating"])
+        if self.joint_vectors is None:
+            skipped |= set(FEATURE_GROUPS["joint"])
         return tuple(name for name in FEATURES if name not in skipped)
 
     def check(self, stage: str) -> None:
@@ -174,6 +181,9 @@ class FeatureSources:
             columns["ease_rank"] = _rank(candidates["ease_rank"], missing_rank)
         if self.predicted_rating is not None:
             columns["predicted_rating"] = self.predicted_rating(users, movies)
+        if self.joint_vectors is not None:
+            joint_users, joint_movies = self.joint_vectors
+            columns["joint_score"] = np.einsum("ij,ij->i", joint_users[users], joint_movies[movies])
         movie_columns, user_columns = _store_columns(store)
         for name, values in movie_columns.items():
             columns[name] = values[movies]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.core.io import save_figure, write_json
-from recsys.runs.registry import MissingArtifactError, _registered, read_metrics
+from recsys.runs.registry import MissingArtifactError, _registered, read_metrics, stage_number
 
 
 class Run:
@@ -62,7 +62,7 @@ class Run:
         if not path.exists():
             raise MissingArtifactError(
                 f"{path} does not exist: run notebook {stage} first for run {self.name!r} "
-                f"(python run_all.py --run-name {self.name} --until {stage[:2]})"
+                f"(python run_all.py --run-name {self.name} --until {stage_number(stage)})"
             )
         if self._by_hand is not None:
             from recsys.runs import provenance

@@ -33,7 +33,7 @@ from typing import Any
 
 from recsys.core.io import write_json
 from recsys.runs.params import params_hash, resolve_paths
-from recsys.runs.registry import ARTIFACTS, MANIFEST
+from recsys.runs.registry import ARTIFACTS, MANIFEST, stage_number
 
 RUNNER_ENV = "RECSYS_RUN_ALL_PID"  # set by run_all.py for the kernels it starts
 NOT_PARAMS = ("run_name", "artifacts_dir")  # where a run goes, not what it computes
@@ -156,7 +156,7 @@ def check_inputs(
     if problems:
         earliest = min(problems)
         listing = "\n".join(f"  - {stage}: {reason}" for stage in sorted(problems) for reason in problems[stage])
-        how = fix.format(earliest=earliest, number=earliest[:2])
+        how = fix.format(earliest=earliest, number=stage_number(earliest))
         raise ProvenanceError(
             "stale or mixed inputs: the run folder holds outputs of other parameters (old -> now):\n"
             f"{listing}\nTo use these parameters, {how}, or use another --run-name."

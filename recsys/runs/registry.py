@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+# a notebook's number: two digits, and a letter for one inserted between two others (05b runs after 05, before 06)
+STAGE_NUMBER = re.compile(r"(\d\d[a-z]?)_")
+
+
+def stage_number(stage: str) -> str:
+    """The number of a notebook (`05b` of `05b_multitask`), as run_all.py's --only/--from/--until take it."""
+    found = STAGE_NUMBER.match(stage)
+    if found is None:
+        raise ValueError(
+            f"{stage!r} is not a notebook's name: it starts with its number (NN_ or NNa_), e.g. 05_retrieval"
+        )
+    return found.group(1)
 
 
 class MissingArtifactError(FileNotFoundError):
@@ -38,6 +51,8 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "val_stage_candidates": ("06_retrieval_ranking", "val_candidates.parquet"),  # with the served ranker's score
     # the retrieval model folder holds its own encoder.json (a refit on train + val has its own vocabularies)
     "retrieval_model": ("05_retrieval", "retrieval_model"),
+    "multitask_model": ("05b_multitask", "multitask_model"),  # the chosen joint setting refitted on train + val
+    "multitask_model_train": ("05b_multitask", "multitask_model_train"),  # the same setting fitted on train only
     "retrieval_jobs": ("05_retrieval", "distributed_jobs"),  # distribute.strategy multi_worker: jobs, logs
     "movie_embeddings": ("05_retrieval", "movie_embeddings.npy"),
     "movie_embedding_ids": ("05_retrieval", "movie_embedding_ids.npy"),

@@ -26,7 +26,7 @@ from recsys.features.feature_store import FeatureStore
 from recsys.features.preprocessing import EVENT_COLUMNS
 from recsys.features.request_context import fixed_context
 from recsys.runs.provenance import mark_stale, producer
-from recsys.runs.registry import ARTIFACTS, MANIFEST
+from recsys.runs.registry import ARTIFACTS, MANIFEST, stage_number
 
 # what every served list reads; the sequential model's files are read when the run has them
 SERVING_ARTIFACTS = (
@@ -39,6 +39,7 @@ SERVING_ARTIFACTS = (
     "ease_model",
     "rating_model",
     "rating_model_train",
+    "multitask_model_train",
     "served_index",
     "bruteforce_index",
 )
@@ -75,7 +76,7 @@ def check_servable(run_dir: Path) -> tuple[dict[str, dict], bool]:
     if not path.exists():
         raise RunNotServableError(
             f"{run_dir} holds no {MANIFEST}: it is not a run folder, or its notebooks never ran "
-            f"(run `{rerun} --until {SERVING_STAGE[:2]}` first)"
+            f"(run `{rerun} --until {stage_number(SERVING_STAGE)}` first)"
         )
     entries = copy.deepcopy(json.loads(path.read_text())["notebooks"])
     mark_stale(entries)
@@ -97,7 +98,7 @@ def check_servable(run_dir: Path) -> tuple[dict[str, dict], bool]:
         lines = "\n".join(f"  - {text}" for _, text in problems)
         raise RunNotServableError(
             f"run {run_dir.name!r} cannot be served:\n{lines}\n"
-            f"Run `{rerun} --from {earliest[:2]} --until {SERVING_STAGE[:2]}` first."
+            f"Run `{rerun} --from {stage_number(earliest)} --until {stage_number(SERVING_STAGE)}` first."
         )
     return entries_by_name, has_sequential
 
@@ -151,10 +152,22 @@ class ServedRun:
         n = online["n_candidates"]
         # what each feature source was fitted on is checked from its fit record against the run's splits
         sources = learned_ranking.feature_sources(
-            store, path("ease_model"), path("rating_model_train"), n, context, interactions
+            store,
+            path("ease_model"),
+            path("rating_model_train"),
+            n,
+            context,
+            interactions,
+            joint_folder=path("multitask_model_train"),
         )
         ranker = served_rankers.load_served_ranker(path("ranker"), sources, path("rating_model"), context)
-        loaded = ["feature_store", "ease_model", "rating_model_train", f"ranker ({ranker.name})"]
+        loaded = [
+            "feature_store",
+            "ease_model",
+            "rating_model_train",
+            "multitask_model_train",
+            f"ranker ({ranker.name})",
+        ]
         history_args = None
         if has_sequential:  # the test stage of what the ranking notebook serves: one loader for both
             parts = load_served_retriever(retrieval["model"], path, interactions, retrieval["min_rating"])

@@ -20,6 +20,7 @@ from recsys.models.configs import RatingConfig
 from recsys.models.multitask_model import MultitaskConfig, TaskWeights, build_multitask_model
 from recsys.models.retrieval_model import SAMPLING_PROBABILITY
 from recsys.runs.params import load_params
+from recsys.training import multitask_sweep as ms
 from recsys.training import multitask_training as mt
 from recsys.training import rating_training, retrieval_training
 from tests.retrieval.test_retrieval import small_config
@@ -182,15 +183,15 @@ def test_choose_on_val_keeps_the_best_recall_within_the_tolerance():
         },
         index=["1,0", "0,1", "1,0.1", "1,0.3", "1,1"],
     )
-    choice = mt.choose_on_val(table, 0.005)  # the sweep's own specialists
+    choice = ms.choose_on_val(table, 0.005)  # the sweep's own specialists
     assert choice.label == "1,0.3" and choice.weights == TaskWeights(1, 0.3) and choice.qualified
     assert choice.table.loc["1,0.3", "meets_recall_target"]  # 0.59 >= 0.98 x 0.60
     assert not choice.table.loc["1,0.1", "meets_recall_target"]
     # against a stronger rating specialist nothing qualifies: the lowest val RMSE, said so
-    fallback = mt.choose_on_val(table, 0.005, specialist_val_rmse=0.850, specialist_val_recall=0.62)
+    fallback = ms.choose_on_val(table, 0.005, specialist_val_rmse=0.850, specialist_val_recall=0.62)
     assert fallback.label == "1,0" and not fallback.qualified and "fallback" in fallback.reason
     with pytest.raises(ValueError, match="specialist"):
-        mt.choose_on_val(table.drop(index="0,1"), 0.005)
+        ms.choose_on_val(table.drop(index="0,1"), 0.005)
 
 
 # ---- training, the sweep, save and load -------------------------------------------------------------
@@ -235,7 +236,7 @@ def test_refit_trains_on_train_and_val_for_the_given_epochs(data):
 
 def test_sweep_table_choice_figure_and_metrics(data):
     config = dataclasses.replace(CONFIG, max_epochs=2)
-    result = mt.sweep(config.weight_pairs, config, data, seed=5)
+    result = ms.sweep(config.weight_pairs, config, data, seed=5)
     table = result.table
     assert list(table.index) == ["1,0", "0,1", "1,0.5"]
     assert (table[["val_rmse", "rmse"]] > 0).all().all()
@@ -243,18 +244,18 @@ def test_sweep_table_choice_figure_and_metrics(data):
         assert table[column].between(0, 1).all(), column
     assert (table["test_fitted_on"] == "train").all()
     assert "val_recall_at_100" not in result.fits["1,0"].history  # rating only: recall once, at the end
-    choice = mt.choose_on_val(table, config.rmse_tolerance)
-    figure = mt.tradeoff_figure(choice.table, "val", 0.9, 0.5, config.rmse_tolerance, chosen=choice.label)
+    choice = ms.choose_on_val(table, config.rmse_tolerance)
+    figure = ms.tradeoff_figure(choice.table, "val", 0.9, 0.5, config.rmse_tolerance, chosen=choice.label)
     assert isinstance(figure, matplotlib.figure.Figure)
     chosen = result.fits[choice.label]
     scores = mt.evaluate_on_test(chosen.model, data)
-    out = mt.multitask_metrics(result, choice, scores, chosen.best_epoch)
+    out = ms.multitask_metrics(result, choice, scores, chosen.best_epoch)
     for key in ("rmse_multitask", "recall_at_100_multitask", "recall_at_10_multitask", "ndcg_at_10_multitask"):
         assert isinstance(out[key], float)
     assert out["multitask_weights"] == choice.label
     assert {"val_rmse_multitask_r1_t0", "recall_at_100_multitask_r0_t1", "ndcg_at_10_multitask_r1_t0p5"} <= set(out)
     with pytest.raises(ValueError, match="distinct weight pairs"):
-        mt.sweep([(1, 0), "1,0"], config, data, seed=5)
+        ms.sweep([(1, 0), "1,0"], config, data, seed=5)
 
 
 def test_save_and_load_give_the_same_scores(data, trained, tmp_path):
@@ -300,3 +301,19 @@ def test_specialists_score_the_saved_models_as_their_notebooks_do(tables, data, 
     assert numbers["val_rmse"] == pytest.approx(min(fitted.history["val_root_mean_squared_error"]), rel=1e-5)
     assert numbers["rmse"] <= numbers["val_rmse"] + 1  # test, clipped to the scale
     assert 0 < numbers["val_recall_at_100"] <= 1 and 0 < numbers["recall_at_100"] <= 1
+
+
+def test_against_specialists_compares_each_target_on_its_specialists_footing():
+    """RMSE: the refit against the rating model's refit; Recall@100: the fit on train against the two-tower's fit."""
+    table = pd.DataFrame(
+        {"recall_at_100": [0.50, 0.60], "test_fitted_on": ["train", "train"]}, index=pd.Index(["1,0", "1,1"])
+    )
+    specialist = {"rmse": 0.860, "recall_at_100": 0.600}
+    out = ms.against_specialists(table, "1,1", {"rmse": 0.864, "recall_at_100": 0.99}, specialist, 0.005)
+    assert out.loc["test RMSE", "gap or ratio"] == pytest.approx(0.004) and out.loc["test RMSE", "met"]
+    assert out.loc["test Recall@100", "joint"] == 0.60  # the sweep's row (train), not the refit's 0.99
+    assert out.loc["test Recall@100", "gap or ratio"] == pytest.approx(1.0) and out.loc["test Recall@100", "met"]
+    missed = ms.against_specialists(table, "1,0", {"rmse": 0.866}, specialist, 0.005)
+    assert missed["met"].tolist() == [False, False]  # 0.006 over; 0.833 x
+    with pytest.raises(ValueError, match="fit on train"):
+        ms.against_specialists(table.assign(test_fitted_on="train+val"), "1,1", {"rmse": 0.86}, specialist, 0.005)

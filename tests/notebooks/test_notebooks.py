@@ -186,6 +186,33 @@ def test_smoke_retrieval_metrics(smoke_run):
         assert (smoke_run / stage / filename).exists()
 
 
+def test_smoke_multitask_sweep(smoke_run):
+    """05b: a joint model per weight pair, one chosen on val, refitted and scored once; both fits saved and reloadable."""
+    m, rating = metrics(smoke_run, "05b_multitask"), metrics(smoke_run, "04_two_tower_rating")
+    settings = ("r1_t0", "r0_t1", "r1_t0p3")  # params/smoke.yaml's weight pairs
+    for key in settings:
+        assert 0 < m[f"val_rmse_multitask_{key}"] < 2 and 0 < m[f"val_recall_at_100_multitask_{key}"] <= 1
+        assert 1 <= m[f"multitask_best_epoch_{key}"] <= 6  # params/smoke.yaml: max_epochs
+        assert 0 < m[f"recall_at_10_multitask_{key}"] <= m[f"recall_at_100_multitask_{key}"] <= 1
+    assert m["multitask_weights"] in ("1,0", "0,1", "1,0.3") and m["multitask_qualified"] in (0, 1)
+    chosen = "r" + m["multitask_weights"].replace(",", "_t").replace(".", "p")
+    if m["multitask_qualified"]:  # within the tolerance of the rating specialist's val RMSE: the best val recall
+        fits = [k for k in settings if m[f"val_rmse_multitask_{k}"] <= m["val_rmse_specialist"] + 0.005]
+        assert chosen == max(fits, key=lambda k: (m[f"val_recall_at_100_multitask_{k}"], -m[f"val_rmse_multitask_{k}"]))
+    else:  # none is: the lowest val RMSE
+        assert chosen == min(settings, key=lambda k: m[f"val_rmse_multitask_{k}"])
+    assert 0.5 < m["rmse_multitask"] < 2 and 0 < m["recall_at_10_multitask"] <= m["recall_at_100_multitask"] <= 1
+    assert m["rmse_specialist"] == pytest.approx(rating["rmse_two_tower"])  # 04's served model on the same test
+    assert m["recall_at_100_specialist"] == pytest.approx(metrics(smoke_run, "05_retrieval")["recall_at_100_two_tower"])
+    assert m["multitask_rmse_gap"] == pytest.approx(m["rmse_multitask"] - m["rmse_specialist"])
+    ratio = m[f"recall_at_100_multitask_{chosen}"] / m["recall_at_100_specialist"]  # both fitted on train
+    assert m["multitask_recall_at_100_ratio"] == pytest.approx(ratio)
+    for artifact in ("multitask_model", "multitask_model_train"):
+        stage, filename = run_all.ARTIFACTS[artifact]
+        assert (smoke_run / stage / filename).is_dir()
+    assert len(list((smoke_run / "05b_multitask").glob("multitask_tradeoff_*.png"))) == 2
+
+
 def test_smoke_two_stage_metrics(smoke_run):
     m = metrics(smoke_run, "06_retrieval_ranking")
     for strategy in ("retrieval_only", "ease", "two_stage", "learned", "lambdarank", "dcn", "lambdarank_no_ease"):

@@ -156,3 +156,30 @@ def test_the_two_tower_records_its_training_positives_and_a_train_val_fit_is_ref
     assert leaky.fitted_on["retrieval"] == ("train", "val")
     with pytest.raises(LeakageError, match=r"val stage.*'retrieval': \['train', 'val'\]"):
         leaky.build(candidates(run, "val"), "val")
+
+
+def test_the_joint_model_is_read_as_fitted_on_what_its_ratings_were(run):
+    """The joint score's model: a fit on train is a train source; a refit on train + val saved as 'train' is refused."""
+    from recsys.models.multitask_model import MultitaskConfig, save_multitask_model
+    from recsys.training import multitask_training as mt
+
+    users, movies = run["tables"]
+    data = mt.multitask_data(users, movies, run["interactions"], SCALE)
+    config = dataclasses.replace(
+        MultitaskConfig.from_params(DEFAULTS["multitask"]), embedding_dim=4, side_dim=2, batch_size=64, max_epochs=1
+    )
+    on_train = mt.fit_for_epochs(config, (1.0, 1.0), data, ("train",), 0, 1).model
+    on_train_val = mt.refit_on_train_val(config, (1.0, 1.0), data, 0, 1).model
+    folder = run["folder"]
+    train_folder = save_multitask_model(on_train, data.encoder, folder / "joint_train", ("train",), SCALE)
+    mislabelled = save_multitask_model(on_train_val, data.encoder, folder / "joint_mislabelled", ("train",), SCALE)
+    honest = save_multitask_model(on_train_val, data.encoder, folder / "joint_honest", ("train", "val"), SCALE)
+    fits = RunInteractions(run["interactions"])
+    sources = sources_of(run, "val", interactions=fits, joint_folder=str(train_folder))
+    assert sources.fitted_on["joint_model"] == ("train",) and "joint_score" in sources.features
+    sources.build(candidates(run, "val"), "val")
+    with pytest.raises(SourceRecordError, match=r"'joint_model' is labelled as fitted on \['train'\], but the data"):
+        sources_of(run, "val", interactions=fits, joint_folder=str(mislabelled))
+    with pytest.raises(LeakageError, match=r"val stage.*'joint_model': \['train', 'val'\]"):
+        sources_of(run, "val", interactions=fits, joint_folder=str(honest)).build(candidates(run, "val"), "val")
+    sources_of(run, "test", interactions=fits, joint_folder=str(honest)).build(candidates(run, "test"), "test")

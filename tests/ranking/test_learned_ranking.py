@@ -451,3 +451,31 @@ def test_stage_summary_counts_candidates_users_and_the_relevant_share():
         "relevant_share": pytest.approx(float(data.labels.mean())),
     }
     assert data.users(np.arange(30) < 10).summary()["candidates"] == 40
+
+
+def test_the_joint_score_is_the_joint_models_cosine_and_refused_at_the_val_stage_when_fitted_on_val(world):
+    """joint_vectors: the joint model's retrieval vectors of the store's rows; joint_score their dot product."""
+    from recsys.models.multitask_model import MultitaskConfig, build_multitask_model, movie_vectors, user_vectors
+    from recsys.ranking.learned_ranking import joint_vectors
+
+    store, encoder, (users, movies) = world["store"], world["encoder"], world["tables"]
+    config = dataclasses.replace(MultitaskConfig.from_params(DEFAULTS["multitask"]), embedding_dim=4, side_dim=2)
+    model = build_multitask_model(encoder.cardinalities(), config, (1.0, 1.0), 3.5)
+    vectors = joint_vectors(store, model, encoder)
+    expected_users = user_vectors(model, encoder, encoder.user_table(users), store.users.index.to_numpy())
+    _, expected_movies = movie_vectors(model, encoder, encoder.movie_table(movies).loc[store.movies.index])
+    np.testing.assert_allclose(vectors[0], expected_users, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vectors[1], expected_movies, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vectors[0], axis=1), 1.0, rtol=1e-5)  # unit vectors: a cosine
+    fitted = {**world["sources"].fitted_on, "joint_model": ("train",)}
+    sources = dataclasses.replace(world["sources"], joint_vectors=vectors, fitted_on=fitted)
+    assert "joint_score" not in world["sources"].features
+    assert sources.features.index("joint_score") == sources.features.index("predicted_rating") + 1
+    candidates = candidates_of(world)
+    features = sources.build(candidates, "val")
+    u, m = store.user_positions(candidates["user_id"]), store.movie_positions(candidates["movie_id"])
+    np.testing.assert_allclose(features["joint_score"], (vectors[0][u] * vectors[1][m]).sum(axis=1), rtol=1e-5)
+    leaky = dataclasses.replace(sources, fitted_on={**fitted, "joint_model": ("train", "val")})
+    with pytest.raises(LeakageError, match="joint_model"):
+        leaky.build(candidates, "val")
+    assert len(leaky.build(candidates, "test")) == len(candidates)  # test labels were never seen

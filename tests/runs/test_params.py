@@ -80,6 +80,16 @@ def test_override_values_are_yaml_typed():
         ("baselines.svd_grid.n_epochs=[]", "must not be empty"),
         ("baselines.svd_grid.lr_all=[0.005, -1]", "item 1 (-1.0) must be > 0"),
         ("baselines.svd_grid.biased=[true]", "unknown parameter 'baselines.svd_grid.biased'"),
+        ("multitask.weight_pairs=[]", "must list at least one (w_rating, w_retrieval) pair"),
+        ("multitask.weight_pairs=[[1.0, 0.0], [0.0, 0.0]]", "item 1 ([0.0, 0.0]) must have weights >= 0, not both 0"),
+        ("multitask.weight_pairs=[[1.0, -0.5]]", "item 0 ([1.0, -0.5]) must have weights >= 0"),
+        ("multitask.weight_pairs=[[1.0, 0.3, 2.0]]", "must be a pair of numbers [w_rating, w_retrieval]"),
+        (
+            "multitask.weight_pairs=[[1.0, 0.3], [1, 0.3]]",
+            "multitask.weight_pairs=[[1.0, 0.3], [1.0, 0.3]]: lists a pair twice",
+        ),
+        ("multitask.retrieval_group=-1", "multitask.retrieval_group=-1: must be >= 0"),
+        ("multitask.rmse_tolerance=-0.01", "multitask.rmse_tolerance=-0.01: must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_key(override, fragment):

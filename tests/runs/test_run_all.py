@@ -31,6 +31,20 @@ def test_discovery_orders_and_selects(notebooks_dir):
         run_all.select_notebooks(found, ["07"], None, None)
 
 
+def test_a_lettered_notebook_runs_between_its_neighbours(notebooks_dir):
+    """05b_x is inserted after 05 and before 06: it is found, ordered and selected by its own number."""
+    for name in ("06_c", "05b_x", "05_a", "04_z"):
+        make_notebook(notebooks_dir / f"{name}.ipynb", "x = 1")
+    found = run_all.discover_notebooks(notebooks_dir)
+    assert [p.stem for p in found] == ["04_z", "05_a", "05b_x", "06_c"]
+    assert [p.stem for p in run_all.select_notebooks(found, ["5b"], None, None)] == ["05b_x"]
+    assert [p.stem for p in run_all.select_notebooks(found, None, "05b", None)] == ["05b_x", "06_c"]
+    assert [p.stem for p in run_all.select_notebooks(found, None, "05", "05b_x")] == ["05_a", "05b_x"]
+    assert [p.stem for p in run_all.select_notebooks(found, None, None, "05")] == ["04_z", "05_a"]
+    with pytest.raises(run_all.RunnerError, match="no such notebook"):
+        run_all.select_notebooks(found, ["05c"], None, None)
+
+
 def test_list_prints_reads_and_writes(capsys):
     assert run_all.main(["--list"]) == 0
     out = capsys.readouterr().out

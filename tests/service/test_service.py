@@ -45,9 +45,8 @@ def in_process_args(run: Path) -> dict:
     params = json.loads((run / "manifest.json").read_text())["params"]
     store = FeatureStore.load(artifact(run, "feature_store"))
     context, n = fixed_context(interactions), params["online"]["n_candidates"]
-    sources = learned_ranking.feature_sources(
-        store, artifact(run, "ease_model"), artifact(run, "rating_model_train"), n, context
-    )
+    folders = [artifact(run, name) for name in ("ease_model", "rating_model_train", "multitask_model_train")]
+    sources = learned_ranking.feature_sources(store, *folders[:2], n, context, joint_folder=folders[2])
     retriever = IndexRetriever(
         indexes.load_index(artifact(run, "served_index")),
         fallback=indexes.load_index(artifact(run, "bruteforce_index")),
