@@ -7,7 +7,8 @@
     python run_all.py --from 03 --until 04              # a slice (earlier outputs must exist)
     python run_all.py --list                            # what each notebook reads and writes
 
-A notebook joins the pipeline by being dropped into notebooks/ as NN_name.ipynb: the runner finds
+A notebook joins the pipeline by being dropped into notebooks/ as NN_name.ipynb (or NNa_name.ipynb, run
+after NN and before the next number, as 05b_multitask): the runner finds
 it, injects the parameters its `parameters` cell declares, and lists the artifacts it declares in
 its metadata (`recsys.reads`). Outputs land in artifacts/<run_name>/: each notebook's folder, the
 executed notebooks, `reports/NN_name.html`, `reports/index.html` and `manifest.json`.

@@ -1,4 +1,7 @@
-"""Training the joint multitask model: early stopping on val RMSE and Recall@100, the refit, the weight sweep and its choice."""
+"""Training the joint multitask model: its data, early stopping on val RMSE and Recall@100, the refit, test scores.
+
+The weight sweep, its choice on val and the comparison with the specialists are in `multitask_sweep`.
+"""
 
 from __future__ import annotations
 

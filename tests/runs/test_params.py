@@ -9,6 +9,7 @@ import nbformat
 import pytest
 import yaml
 
+import run_all
 from recsys.runs.params import DEFAULT_PARAMS_FILE, ParamsError, load_params, params_hash, parse_override
 from tests.conftest import PROJECT_ROOT
 
@@ -146,7 +147,7 @@ def test_shipped_parameter_files_validate():
 def test_notebook_parameter_cells_match_default_yaml():
     """An analyst running a notebook alone in Jupyter gets the same defaults as run_all.py."""
     defaults = yaml.safe_load(DEFAULT_PARAMS_FILE.read_text())
-    notebooks = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = run_all.discover_notebooks()
     assert notebooks, "no notebooks found"
     for path in notebooks:
         notebook = nbformat.read(str(path), as_version=4)
@@ -166,7 +167,7 @@ def test_notebook_parameter_cells_match_default_yaml():
 
 def test_each_notebook_opens_its_run_with_exactly_its_parameters():
     """By hand, a notebook checks its inputs against the values of all the keys it declares, and only those."""
-    for path in sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in run_all.discover_notebooks():
         notebook = nbformat.read(str(path), as_version=4)
         (cell,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
         declared = {node.targets[0].id for node in ast.parse(cell.source).body} - {"run_name", "artifacts_dir"}
