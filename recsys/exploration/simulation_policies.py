@@ -126,20 +126,23 @@ class ServingParts:
         rating_model, rating_encoder = load_rating_model(artifact("rating_model_train"))
         ranker_folder = artifact("ranker")
         store = FeatureStore.build(users, movies, interactions, seen_splits=("train",), history_splits=("train",))
-        joint_model, joint_encoder = load_multitask_model(artifact("multitask_model_train"))
-        if tuple(joint_model.fitted_on) != ("train",):
-            raise ValueError(
-                f"the ranker's joint score must come from a model fitted on train, not {joint_model.fitted_on}"
-            )
+        served_by_rating = read_state(ranker_folder)["name"] == "rating" or online["ranker"] == "rating"
+        ranker = None if served_by_rating else load_ranker(ranker_folder)
+        joint = None
+        if ranker is not None and "joint_score" in ranker.features:  # the joint model only for a ranker reading it
+            joint_model, joint_encoder = load_multitask_model(artifact("multitask_model_train"))
+            if tuple(joint_model.fitted_on) != ("train",):
+                raise ValueError(
+                    f"the ranker's joint score must come from a model fitted on train, not {joint_model.fitted_on}"
+                )
+            joint = joint_vectors(store, joint_model, joint_encoder)
         context = fixed_context(interactions)
         return cls(
             users=users,
             movies=movies,
             user_vectors=user_vectors,
             movie_vectors=movie_vectors,
-            ranker=None
-            if read_state(ranker_folder)["name"] == "rating" or online["ranker"] == "rating"
-            else load_ranker(ranker_folder),
+            ranker=ranker,
             predicted_rating=RatingRanker(store, rating_model, rating_encoder, context).predicted_ratings,
             rating_fitted_on=tuple(rating_model.fitted_on),
             ease_l2=ease_model.l2,
@@ -148,7 +151,7 @@ class ServingParts:
             retriever=retrieval["model"],
             sequential=sequential,
             min_rating=retrieval["min_rating"],
-            joint_vectors=joint_vectors(store, joint_model, joint_encoder),
+            joint_vectors=joint,
         )
 
     def start_state(self, log: PolicyLog) -> tuple[EaseSource, FeatureStore, np.ndarray]:
