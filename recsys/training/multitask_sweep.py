@@ -173,7 +173,7 @@ def tradeoff_figure(
     ax.set_xlim(low - 2 * rmse_tolerance, right + 0.3 * (right - low))
     ax.set(xlabel=f"{split} RMSE (lower is better)", ylabel=f"{split} Recall@100 (higher is better)")
     ax.set_title(f"Joint model: one point per (w_rating, w_retrieval), {split} split")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="center right")  # the corners sit top left (mixes), top right and bottom left
     return fig
 
 
