@@ -16,6 +16,14 @@ commands |= {
     f"{main.parent.name}/": [sys.executable, "-m", f"benchmarks.{main.parent.name}"]
     for main in here.glob("*/__main__.py")
 }
+# the val-only studies behind a default read finished runs the caller names: not run here, their command shown
+NEEDS_RUNS = {
+    "rating_val_grid.py": "python benchmarks/rating_val_grid.py --run artifacts/<run> '<json settings>' ...",
+    "candidate_sources_val.py": "python benchmarks/candidate_sources_val.py --base artifacts/<run> --other artifacts/<run>",
+}
+for name, usage in NEEDS_RUNS.items():
+    del commands[name]
+    print(f"=== {name}: needs finished runs, not run here: {usage}", flush=True)
 codes = []
 for name in sorted(commands):
     print(f"=== {name}", flush=True)

@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from recsys.retrieval.candidates import CANDIDATE_COLUMNS, SOURCE_DTYPE, SOURCE_LEAST_VIEWED, SOURCE_RETRIEVAL
+from recsys.retrieval.candidates import (
+    CANDIDATE_COLUMNS,
+    LIST_SOURCES,
+    SOURCE_DTYPE,
+    SOURCE_LEAST_VIEWED,
+    SOURCE_RETRIEVAL,
+)
 
 # ---- weighted re-ranking ------------------------------------------------------------------------------
 
@@ -299,9 +305,8 @@ def add_least_viewed(
     pool = least_viewed_pool(candidates, least_viewed, user_ids, seen, per_user, seed)
     pairs = pool[["user_id", "movie_id"]]
     table = pairs.merge(ranks.drop(columns="source"), on=["user_id", "movie_id"], how="left")
-    table = table.fillna({"retrieval_rank": 0, "ease_rank": 0}).astype(
-        {"retrieval_rank": np.int64, "ease_rank": np.int64}
-    )
+    rank_columns = [f"{name}_rank" for name in LIST_SOURCES]
+    table = table.fillna(dict.fromkeys(rank_columns, 0)).astype(dict.fromkeys(rank_columns, np.int64))
     own = pairs.merge(candidates[["user_id", "movie_id", "source"]], on=["user_id", "movie_id"], how="left")["source"]
     added = pool["source"].to_numpy() == SOURCE_LEAST_VIEWED
     table["source"] = pd.Categorical(np.where(added, SOURCE_LEAST_VIEWED, own.astype(object)), dtype=SOURCE_DTYPE)

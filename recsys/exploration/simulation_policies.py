@@ -38,7 +38,7 @@ from recsys.ranking.ranker_features import FeatureSources
 from recsys.ranking.ranker_state import read_state
 from recsys.ranking.rankers import load_ranker
 from recsys.ranking.served_rankers import LearnedRanker, RatingRanker
-from recsys.retrieval.candidates import EaseSource
+from recsys.retrieval.candidates import EaseSource, VectorSource
 from recsys.retrieval.history_queries import HistoryQueries
 from recsys.retrieval.retrievers import NumpyRetriever
 from recsys.serving import recommender
@@ -63,6 +63,8 @@ class ServingParts:
         ease_l2: EASE's penalty (the one chosen on val for the run's EASE).
         n_candidates: candidates per source.
         ease_candidates: EASE proposes candidates too (`online.ease_candidates`); its features are always used.
+        joint_candidates: the joint model proposes candidates too (`online.joint_candidates`): its exact top n
+            over `joint_vectors`.
         retriever: the served retriever ("two_tower" or "sequential").
         sequential: (the sequential model, its vocabulary) when it is the served retriever.
         min_rating: the sequential model's positives (ratings below it are not in its histories).
@@ -82,6 +84,7 @@ class ServingParts:
     sequential: tuple | None = None
     min_rating: int = 1
     joint_vectors: tuple[np.ndarray, np.ndarray] | None = None
+    joint_candidates: bool = False
     _cache: dict = field(default_factory=dict, repr=False, compare=False)  # the start state, the EASE refitter
 
     @classmethod
@@ -100,8 +103,8 @@ class ServingParts:
             users, movies, interactions: the run's tables (interactions: every split, for the requests' context).
             artifact: an artifact's name -> its path (e.g. `Run.require`); reads ease_model, retrieval_model,
                 movie_embeddings, movie_embedding_ids, rating_model_train, multitask_model_train and ranker.
-            online: the served path's settings: n_candidates, ease_candidates, and ranker ("rating" orders by
-                the predicted rating even when the run's served ranker is a learned one).
+            online: the served path's settings: n_candidates, ease_candidates, joint_candidates, and ranker
+                ("rating" orders by the predicted rating even when the run's served ranker is a learned one).
             retrieval: the served retriever's settings: model ("two_tower" reads retrieval_model,
                 movie_embeddings, movie_embedding_ids; "sequential" reads sequential_model and
                 sequential_movie_embeddings) and min_rating.
@@ -129,11 +132,13 @@ class ServingParts:
         served_by_rating = read_state(ranker_folder)["name"] == "rating" or online["ranker"] == "rating"
         ranker = None if served_by_rating else load_ranker(ranker_folder)
         joint = None
-        if ranker is not None and "joint_score" in ranker.features:  # the joint model only for a ranker reading it
+        reads_joint = ranker is not None and "joint_score" in ranker.features
+        if reads_joint or online["joint_candidates"]:  # the joint model only where its score or its lists are used
             joint_model, joint_encoder = load_multitask_model(artifact("multitask_model_train"))
             if tuple(joint_model.fitted_on) != ("train",):
                 raise ValueError(
-                    f"the ranker's joint score must come from a model fitted on train, not {joint_model.fitted_on}"
+                    f"the joint model's scores and lists must come from a model fitted on train, not "
+                    f"{joint_model.fitted_on}"
                 )
             joint = joint_vectors(store, joint_model, joint_encoder)
         context = fixed_context(interactions)
@@ -152,7 +157,20 @@ class ServingParts:
             sequential=sequential,
             min_rating=retrieval["min_rating"],
             joint_vectors=joint,
+            joint_candidates=online["joint_candidates"],
         )
+
+    def joint_source(self) -> VectorSource | None:
+        """The joint model's candidate source (its exact top n over `joint_vectors`), None unless it proposes."""
+        if not self.joint_candidates:
+            return None
+        if self.joint_vectors is None:
+            raise ValueError("joint_candidates needs the joint model's vectors (joint_vectors)")
+        if "joint_source" not in self._cache:  # fitted on train: the same every round
+            self._cache["joint_source"] = VectorSource(
+                *self.joint_vectors, self.users["user_id"].to_numpy(), self.movies["movie_id"].to_numpy()
+            )
+        return self._cache["joint_source"]
 
     def start_state(self, log: PolicyLog) -> tuple[EaseSource, FeatureStore, np.ndarray]:
         """What a two-stage policy updates from a log of round 0 (EASE, the feature store with the retriever's
@@ -255,6 +273,7 @@ class TwoStagePolicy:
             store=self._store,
             retrieval_index=self._retriever(rng),
             ease=self._ease if self.parts.ease_candidates else None,
+            joint=self.parts.joint_source(),
         )
         if isinstance(self.exploration, LeastViewed):  # retrieval's top retrieval_k + the least viewed
             counts = pd.Series(log.counts(), index=log.movie_ids)
@@ -393,7 +412,8 @@ class PolicyFactory:
 def describe_policies(parts: ServingParts, explorations: Mapping[str, object]) -> pd.Series:
     """What each policy of `fresh_policies` serves, in a sentence."""
     ordering = "learned ranker" if parts.ranker is not None else "predicted rating"
-    sources = f"{parts.n_candidates} {parts.retriever}{' + EASE' if parts.ease_candidates else ''} candidates"
+    extra = (" + EASE" if parts.ease_candidates else "") + (" + joint model" if parts.joint_candidates else "")
+    sources = f"{parts.n_candidates} {parts.retriever}{extra} candidates"
     said = {}
     for name, exploration in explorations.items():
         if isinstance(exploration, WeightedRerank):

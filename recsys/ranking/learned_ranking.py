@@ -173,14 +173,15 @@ def holdout_mask(n_users: int, share: float, seed: int) -> np.ndarray:
     return mask
 
 
-def train_lambdarank(
+def lambdarank_grid(
     data: StageData, features: list[str], params: dict, holdout_share: float, seed: int
-) -> tuple[Ranker, pd.DataFrame]:
-    """LambdaRank: each grid point fitted on the training users and early-stopped on the held-out ones; the
-    best (held-out NDCG@10) refitted on every user of the stage with its number of trees.
+) -> tuple[dict, Ranker, list[dict]]:
+    """LambdaRank's grid: each point fitted on the stage's training users and early-stopped on the held-out ones
+    (`holdout_mask`).
 
     Returns:
-        (the refitted ranker, one row per grid point: its settings, trees, held-out NDCG@10, fit_s).
+        (the best point's settings, its ranker fitted on the training users, one row per point: its settings,
+        trees, held-out NDCG@10, fit_s).
     """
     held = holdout_mask(len(data.groups), holdout_share, seed)
     fit, valid = data.users(~held), data.users(held)
@@ -213,7 +214,19 @@ def train_lambdarank(
         )
         if best is None or ranker.valid_ndcg_at_10 > best[1].valid_ndcg_at_10:
             best = (setting, ranker)
-    setting, chosen = best
+    return *best, rows
+
+
+def train_lambdarank(
+    data: StageData, features: list[str], params: dict, holdout_share: float, seed: int
+) -> tuple[Ranker, pd.DataFrame]:
+    """LambdaRank: the grid on the held-out users (`lambdarank_grid`), the best point refitted on every user of the
+    stage with its number of trees.
+
+    Returns:
+        (the refitted ranker, one row per grid point: its settings, trees, held-out NDCG@10, fit_s).
+    """
+    setting, chosen, rows = lambdarank_grid(data, features, params, holdout_share, seed)
     started = time.perf_counter()
     refit = make_ranker("lambdarank", features, setting, seed).fit(
         data.features, data.labels, data.groups, rounds=chosen.best_iteration

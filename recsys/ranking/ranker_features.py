@@ -21,7 +21,7 @@ import pandas as pd
 
 from recsys.features.feature_store import FeatureStore
 from recsys.features.fit_records import FitRecord, RunInteractions
-from recsys.retrieval.candidates import EaseSource
+from recsys.retrieval.candidates import EaseSource, VectorSource
 
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "retrieval": ("retrieval_score", "retrieval_rank"),
@@ -134,6 +134,29 @@ class FeatureSources:
         if self.joint_vectors is None:
             skipped |= set(FEATURE_GROUPS["joint"])
         return tuple(name for name in FEATURES if name not in skipped)
+
+    def candidate_sources(self, ease: bool, joint: bool) -> dict[str, EaseSource | VectorSource | None]:
+        """The sources that propose candidates beside retrieval, as `recommender.retrieve_candidates`' keyword
+        arguments: EASE (`online.ease_candidates`) and the joint model's exact top n over its vectors
+        (`online.joint_candidates`), each None when not asked for.
+
+        Raises:
+            ValueError: a source asked for that these sources lack (no EASE, or no joint vectors).
+        """
+        if (ease and self.ease is None) or (joint and self.joint_vectors is None):
+            missing = [
+                name
+                for name, wanted, have in (("ease", ease, self.ease), ("joint", joint, self.joint_vectors))
+                if wanted and have is None
+            ]
+            raise ValueError(
+                f"candidates asked of {missing}, which these feature sources lack: load them, or set "
+                f"online.{missing[0]}_candidates: false"
+            )
+        joint_source = None
+        if joint:
+            joint_source = VectorSource(*self.joint_vectors, self.store.users.index, self.store.movies.index)
+        return {"ease": self.ease if ease else None, "joint": joint_source}
 
     def check(self, stage: str) -> None:
         """Refuse sources fitted on the labels of `stage` ("val": learning; "test": scoring).

@@ -1,14 +1,15 @@
-"""Candidates for ranking: what each came from (two-tower retrieval, EASE), merged per user, and their recall.
+"""Candidates for ranking: what each came from (two-tower retrieval, EASE, the joint model), merged per user, and their recall.
 
 A candidate table has one row per (user, movie) with the columns of CANDIDATE_COLUMNS: the source
 label, and for each source its rank (1 = its best; 0 = that source did not propose the movie)
 and its score (NaN where it did not propose it). Each user's rows come in retrieval order, then
-EASE's extra movies in EASE's order.
+EASE's extra movies in EASE's order, then the joint model's extra movies in its order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -18,18 +19,38 @@ from recsys.core.ids import NO_MOVIE
 from recsys.core.tables import IdIndex
 from recsys.evaluation import metrics
 
-# The source of each served or candidate movie, shown beside it in lists and reports.
+# The sources that propose candidates, in the order their extra movies follow each other in a user's rows.
+LIST_SOURCES = ("retrieval", "ease", "joint")
+# The source of each served or candidate movie, shown beside it in lists and reports: the sources that
+# proposed it, joined by "+" in LIST_SOURCES order.
 SOURCE_RETRIEVAL = "retrieval"
 SOURCE_EASE = "ease"
 SOURCE_BOTH = "retrieval+ease"
+SOURCE_JOINT = "joint"
 SOURCE_LEAST_VIEWED = "least-viewed"
 SOURCE_POPULAR = "popular (unknown user)"
 SOURCE_HISTORY = "history (sequential)"  # a list for an ad-hoc history (serving.recommend_for_history)
 SOURCE_POPULAR_EMPTY_HISTORY = "popular (empty history)"
 
-SOURCES = [SOURCE_RETRIEVAL, SOURCE_EASE, SOURCE_BOTH, SOURCE_LEAST_VIEWED]
+# code c of a proposed movie: bit i set when LIST_SOURCES[i] proposed it; the label of code c is _LABELS[c]
+_LABELS = {
+    sum(1 << LIST_SOURCES.index(name) for name in chosen): "+".join(chosen)
+    for size in range(1, len(LIST_SOURCES) + 1)
+    for chosen in combinations(LIST_SOURCES, size)
+}
+CANDIDATE_LABELS = tuple(_LABELS.values())  # the label of each set of proposing sources
+# the first four keep the categories (and codes) candidate tables had before the joint source
+SOURCES = [SOURCE_RETRIEVAL, SOURCE_EASE, SOURCE_BOTH, SOURCE_LEAST_VIEWED] + [
+    label for _, label in sorted(_LABELS.items()) if label not in (SOURCE_RETRIEVAL, SOURCE_EASE, SOURCE_BOTH)
+]
 SOURCE_DTYPE = pd.CategoricalDtype(SOURCES)  # a candidate's source column (built once: it costs per table)
-CANDIDATE_COLUMNS = ["user_id", "movie_id", "source", "retrieval_rank", "retrieval_score", "ease_rank", "ease_score"]
+_CATEGORY_OF_CODE = np.array([SOURCES.index(_LABELS[c]) if c in _LABELS else -1 for c in range(1 << len(LIST_SOURCES))])
+CANDIDATE_COLUMNS = [
+    "user_id",
+    "movie_id",
+    "source",
+    *(f"{name}_{column}" for name in LIST_SOURCES for column in ("rank", "score")),
+]
 
 
 class EaseSource:
@@ -80,28 +101,94 @@ class EaseSource:
         for start in range(0, len(histories), block):
             part = slice(start, start + block)
             dense = self.scores(histories[part]).copy()  # one request's row is cached by `scores`: do not touch it
-            if len(histories) == 1:  # one request: no sparse matrix for a handful of excluded movies
-                excluded = self.column.positions(np.asarray(excludes[0]))
-                dense[0, excluded[excluded >= 0]] = -np.inf
-            else:
-                seen = self.history_matrix(excludes[part])
-                dense[np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr)), seen.indices] = -np.inf
-            top = metrics.top_k_from_scores(dense, n)
-            top_scores = np.take_along_axis(dense, top, axis=1)
-            ids[part] = np.where(np.isfinite(top_scores), self.movie_ids[top], NO_MOVIE)
-            scores[part] = top_scores
+            ids[part], scores[part] = _top_unseen(dense, n, excludes[part], self.column, self.movie_ids)
         return ids, scores
 
 
+class VectorSource:
+    """A candidate source that scores every movie by the dot product of a user's vector and the movie's, exactly.
+
+    The joint rating + retrieval model proposes candidates this way: its vectors are
+    L2-normalised, so a score is a cosine. Exact search over the catalogue costs a (users, dim) by
+    (dim, movies) product: 64 × 3,706 multiply-adds a user on ML-1M, a few µs, so no ANN index is
+    built for it (an index's per-query overhead is larger).
+
+    Args:
+        user_vectors, movie_vectors: (n_users, dim) and (n_movies, dim) vectors.
+        user_ids, movie_ids: the id of each row of `user_vectors` and of `movie_vectors`.
+    """
+
+    def __init__(self, user_vectors: np.ndarray, movie_vectors: np.ndarray, user_ids, movie_ids):
+        self.user_vectors = np.asarray(user_vectors, dtype=np.float32)
+        self.movie_vectors = np.asarray(movie_vectors, dtype=np.float32)
+        self.movie_ids = np.asarray(movie_ids, dtype=np.int64)
+        self.row = IdIndex(np.asarray(user_ids, dtype=np.int64))
+        self.column = IdIndex(self.movie_ids)
+        if len(self.user_vectors) != len(self.row.sorted) or len(self.movie_vectors) != len(self.movie_ids):
+            raise ValueError(
+                f"{len(self.user_vectors)} user vectors for {len(self.row.sorted)} user ids, "
+                f"{len(self.movie_vectors)} movie vectors for {len(self.movie_ids)} movie ids"
+            )
+        if self.user_vectors.shape[1:] != self.movie_vectors.shape[1:]:
+            raise ValueError(
+                f"user vectors {self.user_vectors.shape} and movie vectors {self.movie_vectors.shape} differ in dimension"
+            )
+
+    def top(
+        self, user_ids: Sequence[int], n: int, excludes: Sequence[np.ndarray], block: int = 1024
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's n best movies outside `excludes`: ((n_users, n) movie ids, their scores), best first.
+
+        Ties go to the movie listed first; a slot with no movie left to propose holds NO_MOVIE and -inf.
+
+        Raises:
+            KeyError: a user without a vector, named.
+        """
+        rows = self.row.positions(user_ids)
+        if (rows < 0).any():
+            unknown = np.asarray(user_ids, np.int64).reshape(-1)[rows < 0]
+            raise KeyError(f"the vector source has no vector for users {unknown[:5].tolist()}")
+        n = min(n, len(self.movie_ids))
+        ids = np.empty((len(rows), n), np.int64)
+        scores = np.empty((len(rows), n), np.float32)
+        for start in range(0, len(rows), block):
+            part = slice(start, start + block)
+            dense = self.user_vectors[rows[part]] @ self.movie_vectors.T
+            ids[part], scores[part] = _top_unseen(dense, n, excludes[part], self.column, self.movie_ids)
+        return ids, scores
+
+
+def _top_unseen(
+    dense: np.ndarray, n: int, excludes: Sequence[np.ndarray], column: IdIndex, movie_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's n best columns of `dense` (modified) outside its excluded movies: (movie ids, scores)."""
+    if len(dense) == 1:  # one request: no sparse matrix for a handful of excluded movies
+        excluded = column.positions(np.asarray(excludes[0]))
+        dense[0, excluded[excluded >= 0]] = -np.inf
+    else:
+        lengths = [len(e) for e in excludes]
+        columns = column.positions(np.concatenate([*map(np.asarray, excludes), np.empty(0, np.int64)]))
+        rows = np.repeat(np.arange(len(excludes)), lengths)
+        dense[rows[columns >= 0], columns[columns >= 0]] = -np.inf
+    top = metrics.top_k_from_scores(dense, n)
+    top_scores = np.take_along_axis(dense, top, axis=1)
+    return np.where(np.isfinite(top_scores), movie_ids[top], NO_MOVIE), top_scores
+
+
 def merge_sources(
-    retrieved: pd.DataFrame, ease_ids: np.ndarray | None = None, ease_scores: np.ndarray | None = None
+    retrieved: pd.DataFrame,
+    ease_ids: np.ndarray | None = None,
+    ease_scores: np.ndarray | None = None,
+    joint_ids: np.ndarray | None = None,
+    joint_scores: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One candidate table from retrieval's lists and (optionally) EASE's lists of the same users.
+    """One candidate table from retrieval's lists and (optionally) EASE's and the joint model's lists of the same users.
 
     Args:
         retrieved: (user_id, movie_id, retrieval_score) rows, each user's rows best first.
         ease_ids, ease_scores: (n_users, n) EASE lists of the users of `retrieved`, in their order
             of first appearance (NO_MOVIE padding allowed).
+        joint_ids, joint_scores: the joint model's lists (`VectorSource.top`), as EASE's.
 
     Returns:
         Columns CANDIDATE_COLUMNS (see the module docstring), a (user, movie) pair at most once.
@@ -112,6 +199,8 @@ def merge_sources(
         retrieved["retrieval_score"].to_numpy(np.float64),
         ease_ids,
         ease_scores,
+        joint_ids,
+        joint_scores,
     )
 
 
@@ -121,62 +210,71 @@ def merge_lists(
     retrieval_scores: np.ndarray,
     ease_ids: np.ndarray | None = None,
     ease_scores: np.ndarray | None = None,
+    joint_ids: np.ndarray | None = None,
+    joint_scores: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """`merge_sources` on retrieval's rows given as aligned arrays (the serving path: no table to build first)."""
-    user_row, users = pd.factorize(user_ids, sort=False)
+    user_ids = np.asarray(user_ids, np.int64)
+    if len(user_ids) and (user_ids == user_ids[0]).all():  # one request's rows: no factorisation to pay for
+        user_row, users = np.zeros(len(user_ids), np.int64), user_ids[:1]
+    else:
+        user_row, users = pd.factorize(user_ids, sort=False)
     starts = np.concatenate([[0], np.flatnonzero(np.diff(user_row)) + 1]) if len(user_row) else np.zeros(0, np.int64)
     retrieval_rank = np.arange(len(user_row)) - np.repeat(starts, np.diff(np.append(starts, len(user_row)))) + 1
-    if ease_ids is None:
-        return pd.DataFrame(
-            {
-                "user_id": user_ids,
-                "movie_id": movie_ids,
-                "source": pd.Categorical.from_codes(np.zeros(len(user_ids), np.int8), dtype=SOURCE_DTYPE),
-                "retrieval_rank": retrieval_rank,
-                "retrieval_score": np.asarray(retrieval_scores, np.float64),
-                "ease_rank": np.zeros(len(user_ids), np.int64),
-                "ease_score": np.full(len(user_ids), np.nan),
-            }
-        )
-    if len(users) != len(ease_ids):
-        raise ValueError(f"{len(users)} users retrieved but {len(ease_ids)} EASE lists")
-    # one integer key per (user, movie): the user's row and the movie id
-    base = int(max(movie_ids.max(initial=0), ease_ids.max(initial=0))) + 1
-    retrieved_keys = user_row.astype(np.int64) * base + movie_ids
-    ease_row = np.repeat(np.arange(len(users)), ease_ids.shape[1])
-    ease_rank_all = np.tile(np.arange(1, ease_ids.shape[1] + 1), len(users))
-    valid = ease_ids.ravel() != NO_MOVIE
-    ease_keys = ease_row[valid] * base + ease_ids.ravel()[valid]
-    ease_rank_of, ease_score_of = ease_rank_all[valid], ease_scores.ravel()[valid].astype(np.float64)
-    in_retrieval = np.isin(ease_keys, retrieved_keys)
-    # retrieval's rows, with EASE's rank and score where EASE proposed the movie too
-    order = np.argsort(ease_keys, kind="stable")
-    at = np.clip(np.searchsorted(ease_keys[order], retrieved_keys), 0, max(len(order) - 1, 0))
-    matched = (ease_keys[order][at] == retrieved_keys) if len(order) else np.zeros(len(retrieved_keys), bool)
-    first_rank = np.where(matched, ease_rank_of[order][at] if len(order) else 0, 0)
-    first_score = np.where(matched, ease_score_of[order][at] if len(order) else np.nan, np.nan)
-    extra = ~in_retrieval  # EASE's movies retrieval did not propose, after retrieval's, in EASE's order
-    extra_row = ease_keys[extra] // base
-    n_extra = int(extra.sum())
-    row = np.concatenate([user_row, extra_row])
-    key = np.concatenate([retrieval_rank, 10**6 + ease_rank_of[extra]])
-    order = np.lexsort((key, row))
-    retrieval_ranks = np.concatenate([retrieval_rank, np.zeros(n_extra, np.int64)])[order]
-    ease_ranks = np.concatenate([first_rank, ease_rank_of[extra]])[order]
-    codes = np.where(retrieval_ranks > 0, np.where(ease_ranks > 0, 2, 0), 1)
-    source = pd.Categorical.from_codes(codes, dtype=SOURCE_DTYPE)
+    rows, movies, order_key = user_row.astype(np.int64), np.asarray(movie_ids, np.int64), retrieval_rank
+    ranks = {"retrieval": retrieval_rank}
+    scores = {"retrieval": np.asarray(retrieval_scores, np.float64)}
+    lists = {"ease": (ease_ids, ease_scores), "joint": (joint_ids, joint_scores)}
+    for position, (name, (ids, list_scores)) in enumerate(lists.items(), start=1):
+        if ids is None:
+            ranks[name], scores[name] = np.zeros(len(rows), np.int64), np.full(len(rows), np.nan)
+            continue
+        if len(users) != len(ids):
+            raise ValueError(f"{len(users)} users retrieved but {len(ids)} {name} lists")
+        # one integer key per (user, movie): the user's row and the movie id
+        base = int(max(movies.max(initial=0), ids.max(initial=0))) + 1
+        keys = rows * base + movies
+        valid = ids.ravel() != NO_MOVIE
+        list_keys = (np.repeat(np.arange(len(users)), ids.shape[1]) * base + ids.ravel())[valid]
+        list_rank = np.tile(np.arange(1, ids.shape[1] + 1), len(users))[valid]
+        list_score = np.asarray(list_scores).ravel()[valid].astype(np.float64)
+        # the rows so far, with this source's rank and score where it proposed the movie too
+        at = IdIndex(list_keys).positions(keys)
+        found = at >= 0
+        ranks[name], scores[name] = np.zeros(len(keys), np.int64), np.full(len(keys), np.nan)
+        ranks[name][found], scores[name][found] = list_rank[at[found]], list_score[at[found]]
+        extra = np.ones(len(list_keys), bool)  # its movies no earlier source proposed, after theirs, in its order
+        extra[at[found]] = False
+        n_extra = int(extra.sum())
+        for earlier in ranks:
+            if earlier != name:
+                ranks[earlier] = np.concatenate([ranks[earlier], np.zeros(n_extra, np.int64)])
+                scores[earlier] = np.concatenate([scores[earlier], np.full(n_extra, np.nan)])
+        ranks[name] = np.concatenate([ranks[name], list_rank[extra]])
+        scores[name] = np.concatenate([scores[name], list_score[extra]])
+        rows = np.concatenate([rows, list_keys[extra] // base])
+        movies = np.concatenate([movies, list_keys[extra] % base])
+        order_key = np.concatenate([order_key, position * 10**6 + list_rank[extra]])
+    order = np.lexsort((order_key, rows))
+    codes = sum((ranks[name][order] > 0).astype(np.int64) << bit for bit, name in enumerate(LIST_SOURCES))
     return pd.DataFrame(
         {
-            "user_id": np.concatenate([user_ids, np.asarray(users)[extra_row]])[order],
-            "movie_id": np.concatenate([movie_ids, ease_keys[extra] % base])[order],
-            "source": source,
-            "retrieval_rank": retrieval_ranks,
-            "retrieval_score": np.concatenate([np.asarray(retrieval_scores, np.float64), np.full(n_extra, np.nan)])[
-                order
-            ],
-            "ease_rank": ease_ranks,
-            "ease_score": np.concatenate([first_score, ease_score_of[extra]])[order],
+            "user_id": np.asarray(users, np.int64)[rows[order]] if len(rows) else np.asarray(user_ids, np.int64),
+            "movie_id": movies[order],
+            "source": pd.Categorical.from_codes(_CATEGORY_OF_CODE[codes], dtype=SOURCE_DTYPE),
+            **{
+                column: values
+                for name in LIST_SOURCES
+                for column, values in ((f"{name}_rank", ranks[name][order]), (f"{name}_score", scores[name][order]))
+            },
         }
+    )
+
+
+def proposed_by(candidates: pd.DataFrame) -> tuple[str, ...]:
+    """The sources (LIST_SOURCES) that proposed at least one candidate of a candidate table, in LIST_SOURCES order."""
+    return tuple(
+        name for name in LIST_SOURCES if f"{name}_rank" in candidates and (candidates[f"{name}_rank"] > 0).any()
     )
 
 
@@ -193,17 +291,17 @@ def candidate_recall(candidates: pd.DataFrame, relevant: pd.DataFrame) -> dict[s
         relevant: (user_id, movie_id) held-out pairs.
 
     Returns:
-        {"candidate_recall_<source>": ...} for retrieval, ease (when present) and merged.
+        {"candidate_recall_<source>": ...} for retrieval, ease and joint (those that proposed any
+        candidate) and merged.
     """
     held = relevant[["user_id", "movie_id"]].drop_duplicates()
     n_held = held.groupby("user_id").size()
     hit = candidates.merge(held.assign(_hit=True), on=["user_id", "movie_id"], how="left")["_hit"].notna().to_numpy()
     result = {}
-    for name, mask in (
-        ("retrieval", candidates["retrieval_rank"].to_numpy() > 0),
-        ("ease", candidates["ease_rank"].to_numpy() > 0),
-        ("merged", np.ones(len(candidates), dtype=bool)),
-    ):
+    proposed = {
+        name: candidates[f"{name}_rank"].to_numpy() > 0 for name in LIST_SOURCES if f"{name}_rank" in candidates
+    }
+    for name, mask in {**proposed, "merged": np.ones(len(candidates), dtype=bool)}.items():
         if not mask.any():
             continue
         users = candidates["user_id"].to_numpy()[mask]

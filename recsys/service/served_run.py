@@ -25,6 +25,7 @@ import pandas as pd
 from recsys.features.feature_store import FeatureStore
 from recsys.features.preprocessing import EVENT_COLUMNS
 from recsys.features.request_context import fixed_context
+from recsys.retrieval.candidates import CANDIDATE_LABELS
 from recsys.runs.provenance import mark_stale, producer
 from recsys.runs.registry import ARTIFACTS, MANIFEST, stage_number
 
@@ -196,7 +197,8 @@ class ServedRun:
                 "retrieval_index": retriever,
                 "ranker": ranker,
                 "n_candidates": n,
-                "ease": sources.ease if online["ease_candidates"] else None,
+                # EASE and the joint model beside retrieval, as 06 served them (a run before the joint source: none)
+                **sources.candidate_sources(online["ease_candidates"], online.get("joint_candidates", False)),
             },
             history_args=history_args,
             ease=sources.ease,
@@ -255,7 +257,11 @@ class ServedRun:
         than the ranking's model call).
         """
         retriever = "two-tower" if self.served_retriever == "two_tower" else "sequential"
-        names = {**_SOURCE_NAMES, "retrieval": retriever, "retrieval+ease": f"{retriever} + EASE"}
+        parts = {"retrieval": retriever, "ease": "EASE", "joint": "joint model"}  # a candidate's proposing sources
+        names = {
+            **{label: " + ".join(parts[p] for p in label.split("+")) for label in CANDIDATE_LABELS},
+            **_SOURCE_NAMES,
+        }
         columns = {name: table[name].tolist() for name in ("rank", "movie_id", "title", "year", "genres", "source")}
         scores = {name: table[name].to_numpy(np.float64) for name in ("score", "retrieval_score")}
         rows = []

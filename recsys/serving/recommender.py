@@ -22,6 +22,7 @@ from recsys.retrieval.candidates import (
     SOURCE_POPULAR,
     SOURCE_POPULAR_EMPTY_HISTORY,
     EaseSource,
+    VectorSource,
     merge_lists,
 )
 from recsys.retrieval.retrievers import Retriever
@@ -74,12 +75,13 @@ def retrieve_candidates(
     store: FeatureStore,
     retrieval_index: Retriever | Callable,
     ease: EaseSource | None = None,
+    joint: VectorSource | None = None,
     exclude: str = "seen",
 ) -> pd.DataFrame:
     """Each user's unseen candidates: the first step of a request.
 
-    Retrieval's top `n_candidates`, merged with EASE's top `n_candidates` when `ease` is given,
-    each labelled by source (recsys.retrieval.candidates). Users the store does not know, or the retriever
+    Retrieval's top `n_candidates`, merged with EASE's top `n_candidates` when `ease` is given and
+    the joint model's when `joint` is, each labelled by source (recsys.retrieval.candidates). Users the store does not know, or the retriever
     cannot serve, get no rows (`recommend_batch` serves them popular movies). The excluded movies
     are dropped here even if a source returns them.
 
@@ -106,11 +108,15 @@ def retrieve_candidates(
     key_base = int(max(flat_ids.max(initial=0), seen_ids.max(initial=0))) + 1
     valid = (flat_ids != NO_MOVIE) & ~np.isin(owner * key_base + flat_ids, seen_owner * key_base + seen_ids)
     retrieved = known[owner[valid]], flat_ids[valid], flat_scores[valid]
-    if ease is None or not len(served):
+    if (ease is None and joint is None) or not len(served):
         return merge_lists(*retrieved)
-    histories = [store.history_movies(u) for u in known[served]]
-    ease_ids, ease_scores = ease.top(histories, n_candidates, [seen[i] for i in served])
-    return merge_lists(*retrieved, ease_ids, ease_scores)
+    served_seen = [seen[i] for i in served]
+    ease_lists = joint_lists = (None, None)
+    if ease is not None:
+        ease_lists = ease.top([store.history_movies(u) for u in known[served]], n_candidates, served_seen)
+    if joint is not None:
+        joint_lists = joint.top(known[served], n_candidates, served_seen)
+    return merge_lists(*retrieved, *ease_lists, *joint_lists)
 
 
 def rank_candidates(candidates: pd.DataFrame, k: int, *, store: FeatureStore, ranker) -> pd.DataFrame:
@@ -181,6 +187,7 @@ def recommend_batch(
     ranker,
     n_candidates: int = 100,
     ease: EaseSource | None = None,
+    joint: VectorSource | None = None,
 ) -> pd.DataFrame:
     """Top-k movies for many users: `retrieve_candidates` then `rank_candidates`, popular movies for the rest.
 
@@ -194,7 +201,8 @@ def recommend_batch(
         retrieval_index: a Retriever (or a function with `Retriever.retrieve`'s signature).
         ranker: a RatingRanker or a LearnedRanker.
         n_candidates: how many candidates each source hands to ranking.
-        ease: EASE as a second candidate source (None: retrieval alone).
+        ease: EASE as a second candidate source (None: not proposing).
+        joint: the joint model's exact top n (`VectorSource`) as a third candidate source (None: not proposing).
 
     Returns:
         Columns user_id + RESULT_COLUMNS, users in the order given, each user's rows best first
@@ -202,7 +210,9 @@ def recommend_batch(
     """
     user_ids = np.asarray(user_ids, dtype=np.int64)
     distinct = np.unique(user_ids)
-    candidates = retrieve_candidates(distinct, n_candidates, store=store, retrieval_index=retrieval_index, ease=ease)
+    candidates = retrieve_candidates(
+        distinct, n_candidates, store=store, retrieval_index=retrieval_index, ease=ease, joint=joint
+    )
     ranked = rank_candidates(candidates, k, store=store, ranker=ranker)
     # ranked holds each distinct user's list, users ascending: slice it once per request
     ranked_users = ranked["user_id"].to_numpy()
@@ -234,10 +244,11 @@ def recommend(
     ranker,
     n_candidates: int = 100,
     ease: EaseSource | None = None,
+    joint: VectorSource | None = None,
 ) -> pd.DataFrame:
     """Top-k movies for one user, as an online service would compute them per request.
 
-    Retrieval (and EASE, when given) narrows the catalogue to the user's unseen candidates; the
+    Retrieval (and EASE and the joint model, when given) narrows the catalogue to the user's unseen candidates; the
     ranker scores each and the k best are returned. A user unknown to the store (or to the
     retriever) gets the most popular movies instead. The same steps as `recommend_batch` (so the
     same list), without its bookkeeping for many requests.
@@ -245,13 +256,15 @@ def recommend(
     Args:
         user_id: the requesting user.
         k: list length.
-        store, retrieval_index, ranker, n_candidates, ease: as for `recommend_batch`.
+        store, retrieval_index, ranker, n_candidates, ease, joint: as for `recommend_batch`.
 
     Returns:
         k rows (fewer if retrieval returns fewer unseen movies), columns RESULT_COLUMNS, best first.
     """
     user = np.array([user_id], dtype=np.int64)
-    candidates = retrieve_candidates(user, n_candidates, store=store, retrieval_index=retrieval_index, ease=ease)
+    candidates = retrieve_candidates(
+        user, n_candidates, store=store, retrieval_index=retrieval_index, ease=ease, joint=joint
+    )
     if candidates.empty:  # unknown to the store or the retriever
         return _popular_table(store, k, store.seen_movies(int(user[0])))
     columns = _ranked_columns(candidates, k, store, ranker)

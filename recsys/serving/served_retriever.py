@@ -25,7 +25,7 @@ from recsys.models.configs import SERVED_RETRIEVERS
 from recsys.models.retrieval_model import TwoTowerRetrievalModel, load_retrieval_model, user_embeddings
 from recsys.models.sequential_model import MovieVocabulary, load_sequential_model
 from recsys.retrieval import indexes
-from recsys.retrieval.candidates import EaseSource
+from recsys.retrieval.candidates import EaseSource, VectorSource
 from recsys.retrieval.history_queries import HistoryQueries
 from recsys.retrieval.retrievers import IndexRetriever
 from recsys.serving.recommender import retrieve_candidates
@@ -118,17 +118,18 @@ class ServedRetriever:
         stores: Mapping[str, FeatureStore],
         held_out: Mapping[str, pd.DataFrame],
         n_candidates: int,
-        ease: Mapping[str, EaseSource | None],
+        proposing: Mapping[str, Mapping[str, EaseSource | VectorSource | None]],
     ) -> dict[str, pd.DataFrame]:
         """stage -> the candidates of every user with held-out movies at that stage, users ascending.
 
-        The served retriever's top `n_candidates` merged with EASE's (when `ease[stage]` is given),
+        The served retriever's top `n_candidates` merged with the other sources' (EASE, the joint model),
         excluding the history at the val stage and everything seen at the test stage (STAGE_EXCLUDE).
 
         Args:
             stores: stage -> its feature store (`stage_stores`).
             held_out: stage -> the (user_id, movie_id) pairs held out at that stage (its split).
-            ease: stage -> EASE as a second source, or None (retrieval alone).
+            proposing: stage -> the sources that propose candidates beside retrieval, as keyword arguments of
+                `retrieve_candidates` (`FeatureSources.candidate_sources`: ease=, joint=); {} for retrieval alone.
         """
         return {
             stage: retrieve_candidates(
@@ -136,8 +137,8 @@ class ServedRetriever:
                 n_candidates,
                 store=stores[stage],
                 retrieval_index=self.retrievers[stage],
-                ease=ease[stage],
                 exclude=STAGE_EXCLUDE[stage],
+                **proposing[stage],
             )
             for stage in STAGES
         }

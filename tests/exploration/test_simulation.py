@@ -376,3 +376,31 @@ def test_a_policy_factory_travels_without_its_loaded_parts(tmp_path):
     assert travelled.parts is None and travelled.artifacts == saved and travelled.explorations == {"served": None}
     with pytest.raises(ValueError, match="lacks the paths of \\['retrieval_model'"):
         PolicyFactory(tables, saved, {}, {"model": "two_tower"}, {})
+
+
+def test_the_served_paths_joint_candidates_come_from_the_joint_models_vectors_made_once():
+    from recsys.exploration.simulation_policies import ServingParts
+    from recsys.retrieval.candidates import VectorSource
+
+    start, _ = tiny_world()
+    rng = np.random.default_rng(2)
+    joint = rng.normal(size=(len(start.user_ids), 3)), rng.normal(size=(len(start.movie_ids), 3))
+    tables = {"users": pd.DataFrame({"user_id": start.user_ids}), "movies": pd.DataFrame({"movie_id": start.movie_ids})}
+    common = {
+        "user_vectors": None,
+        "movie_vectors": np.zeros((len(start.movie_ids), 2)),
+        "ranker": None,
+        "predicted_rating": None,
+        "rating_fitted_on": (),
+        "ease_l2": 1.0,
+        "n_candidates": 10,
+    }
+    parts = ServingParts(**tables, **common, joint_vectors=joint, joint_candidates=True)
+    source = parts.joint_source()
+    assert isinstance(source, VectorSource) and parts.joint_source() is source  # fitted on train: made once
+    user = int(start.user_ids[3])
+    ids, _ = source.top([user], 5, [np.array([], np.int64)])
+    np.testing.assert_array_equal(ids[0], start.movie_ids[np.argsort(-(joint[1] @ joint[0][3]), kind="stable")[:5]])
+    assert ServingParts(**tables, **common, joint_vectors=joint).joint_source() is None  # joint_candidates off
+    with pytest.raises(ValueError, match="joint_candidates needs the joint model's vectors"):
+        ServingParts(**tables, **common, joint_candidates=True).joint_source()

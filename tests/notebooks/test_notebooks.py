@@ -230,6 +230,11 @@ def test_smoke_two_stage_metrics(smoke_run):
     # the synthetic users' choices follow taste: the learned rankers must beat the rating-ordered list
     assert min(m["ndcg_at_10_lambdarank"], m["ndcg_at_10_dcn"]) > m["ndcg_at_10_two_stage"]
     assert 0 < m["candidate_recall_at_100"] <= m["candidate_recall_merged_test"] <= 1
+    # the three candidate sources (online.ease_candidates, online.joint_candidates), each inside the merged set
+    for source in ("ease", "joint"):
+        assert 0 < m[f"candidate_recall_{source}_test"] <= m["candidate_recall_merged_test"]
+    candidates = pd.read_parquet(smoke_run / "06_retrieval_ranking" / "candidates.parquet")
+    assert (candidates["source"].astype(str).str.contains("joint")).any() and (candidates["joint_rank"] > 0).any()
     assert 0 < m["recommend_p50_ms"] <= m["recommend_p99_ms"]
     assert 0 < m["recommend_for_history_p50_ms"] <= m["recommend_for_history_p99_ms"]
     assert m["served_retriever"] == "two_tower"
@@ -239,6 +244,32 @@ def test_smoke_two_stage_metrics(smoke_run):
     assert " x " in m["dcn_top_cross_pair"]
     assert (smoke_run / "06_retrieval_ranking" / "feature_store").is_dir()
     assert (smoke_run / "06_retrieval_ranking" / "ranker" / "ranker.json").exists()
+
+
+def test_candidate_sources_are_compared_on_held_out_val_users(smoke_run, tmp_path):
+    """benchmarks/candidate_sources_val.py: two runs that differ in `online` only, LambdaRank refitted as 06 fits it."""
+    from benchmarks import candidate_sources_val as bench
+
+    base = tmp_path / "base"
+    shutil.copytree(smoke_run, base)
+    manifest = json.loads((base / "manifest.json").read_text())
+    manifest["params"]["online"]["joint_candidates"] = False  # the same files: only the settings differ
+    (base / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "candidate_sources_val.json"
+    assert bench.main(["--base", str(base), "--other", str(smoke_run), "--bootstrap", "50", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["differing_online"] == {"joint_candidates": [False, True]}
+    # the same candidates and the same seeded fits on both sides: the same lists, a difference of exactly 0
+    for row in result["other_minus_base"].values():
+        assert row["difference"] == row["low"] == row["high"] == 0 and row["verdict"] == "no difference shown"
+    summary = result["summaries"]["other"]
+    assert 0 < summary["candidate_recall_joint"] <= summary["candidate_recall_merged"] and summary["held_out_users"] > 0
+    assert not [key for key in summary if "test" in key]  # val alone
+    params = json.loads((smoke_run / "manifest.json").read_text())["params"]
+    with pytest.raises(SystemExit, match="differ beyond `online`, in \\['seed'\\]"):
+        bench.check_comparable(params, {**params, "seed": 1})
+    with pytest.raises(SystemExit, match="same online settings"):
+        bench.check_comparable(params, params)
 
 
 EXPLORATION_KEYS = ("recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini")

@@ -52,7 +52,9 @@ def in_process_args(run: Path) -> dict:
         fallback=indexes.load_index(artifact(run, "bruteforce_index")),
     )
     ranker = served_rankers.load_served_ranker(artifact(run, "ranker"), sources, artifact(run, "rating_model"), context)
-    return {"store": store, "retrieval_index": retriever, "ranker": ranker, "n_candidates": n, "ease": sources.ease}
+    online = params["online"]
+    proposing = sources.candidate_sources(online["ease_candidates"], online["joint_candidates"])
+    return {"store": store, "retrieval_index": retriever, "ranker": ranker, "n_candidates": n, **proposing}
 
 
 def test_health_names_the_run_and_what_it_loaded(client, smoke_run):
@@ -74,7 +76,10 @@ def test_recommend_serves_the_in_process_list(client, served, smoke_run):
         assert [item["movie_id"] for item in body["items"]] == expected["movie_id"].tolist()
         np.testing.assert_allclose([item["score"] for item in body["items"]], expected["score"].to_numpy())
         assert [item["rank"] for item in body["items"]] == list(range(1, 11))
-        assert {item["source"] for item in body["items"]} <= {"two-tower", "EASE", "two-tower + EASE"}
+        # each movie's proposing sources, named for a reader, with the recommender's own label beside it
+        named = {"retrieval": "two-tower", "ease": "EASE", "joint": "joint model"}
+        for item, label in zip(body["items"], expected["source"].astype(str)):
+            assert item["source_detail"] == label and item["source"] == " + ".join(map(named.get, label.split("+")))
         first = body["items"][0]
         assert first["title"] and isinstance(first["genres"], list) and isinstance(first["year"], int)
 

@@ -100,7 +100,7 @@ def test_stage_candidates_exclude_the_history_at_val_and_everything_seen_at_test
     )
     served.retrievers = dict.fromkeys(STAGES, retriever)
     held_out = {s: interactions[interactions["split"] == s][["user_id", "movie_id"]].iloc[::-1] for s in STAGES}
-    candidates = served.stage_candidates(stores, held_out, len(movies), dict.fromkeys(STAGES))
+    candidates = served.stage_candidates(stores, held_out, len(movies), {s: {} for s in STAGES})
     for stage, excluded in (("val", ("train",)), ("test", ("train", "val"))):
         table = candidates[stage]
         assert table["user_id"].is_monotonic_increasing

@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Two runs' candidate sources compared on val alone: the evidence behind `online.joint_candidates` in params/default.yaml.
+
+    python benchmarks/candidate_sources_val.py --base artifacts/<run without> --other artifacts/<run with>
+
+The two runs must differ in `online` settings only (e.g. `online.joint_candidates`). For each, notebook
+06's val stage is rebuilt from the run's saved files: its val-stage candidates and feature store,
+the features from the train-only models (`learned_ranking.feature_sources`), and LambdaRank fitted
+as 06 fits its grid (each `ranker.lambdarank.num_leaves` on the training val users, early-stopped on
+the held-out ones, `ranker.holdout_share`, the best kept). The held-out users' top 10 is then scored
+against all their val movies over the whole catalogue (`setting_choice.ValEvaluator`), and the
+difference other - base gets a 95% paired bootstrap interval (`paired.paired_differences`). The
+held-out users are the same in both runs (the same seed and val users). Test is never read.
+
+Writes benchmarks/results/candidate_sources_val.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from recsys.core.io import write_json  # noqa: E402
+from recsys.evaluation import metrics  # noqa: E402
+from recsys.evaluation.full_ranking import catalogue_columns  # noqa: E402
+from recsys.evaluation.paired import paired_differences  # noqa: E402
+from recsys.exploration.setting_choice import ValEvaluator  # noqa: E402
+from recsys.features.preprocessing import EVENT_COLUMNS  # noqa: E402
+from recsys.retrieval.candidates import candidate_recall  # noqa: E402
+from recsys.runs.registry import ARTIFACTS, MANIFEST  # noqa: E402
+
+METRICS = ("recall_at_10", "ndcg_at_10")
+
+
+def run_params(run: Path) -> dict:
+    manifest = run / MANIFEST
+    if not manifest.exists():
+        raise SystemExit(f"{run} has no {MANIFEST}: pass a run folder that notebook 06 has written")
+    return json.loads(manifest.read_text())["params"]
+
+
+def check_comparable(base: dict, other: dict) -> list[str]:
+    """The `online` settings that differ; SystemExit if any other group differs (the comparison would be unfair)."""
+    groups = sorted(
+        name for name in base.keys() | other.keys() if name != "online" and base.get(name) != other.get(name)
+    )
+    if groups:
+        raise SystemExit(f"the runs differ beyond `online`, in {groups}: compare runs that differ in online only")
+    online = sorted(
+        k for k in base["online"].keys() | other["online"].keys() if base["online"].get(k) != other["online"].get(k)
+    )
+    if not online:
+        raise SystemExit("the runs have the same online settings: nothing to compare")
+    return online
+
+
+def held_out_lists(run: Path, params: dict) -> tuple[pd.DataFrame, dict]:
+    """Per held-out val user, Recall@10 and NDCG@10 of LambdaRank's top 10 (fitted as 06 fits it), and the stage's
+    candidate recall."""
+    from recsys.features.feature_store import FeatureStore
+    from recsys.features.request_context import fixed_context
+    from recsys.ranking import learned_ranking
+
+    def artifact(name: str) -> Path:
+        stage, filename = ARTIFACTS[name]
+        return run / stage / filename
+
+    interactions = pd.read_parquet(artifact("interactions"), columns=list(EVENT_COLUMNS))
+    movies = pd.read_parquet(artifact("movies"))
+    store = FeatureStore.load(artifact("val_feature_store"))
+    candidates = pd.read_parquet(artifact("val_stage_candidates")).drop(columns=["score"])
+    online, ranker = params["online"], params["ranker"]
+    sources = learned_ranking.feature_sources(
+        store,
+        artifact("ease_model"),
+        artifact("rating_model_train"),
+        online["n_candidates"],
+        fixed_context(interactions),
+        interactions,
+        joint_folder=artifact("multitask_model_train"),
+    )
+    val = interactions[interactions["split"] == "val"][["user_id", "movie_id"]]
+    data = learned_ranking.stage_data(candidates, sources, "val", val)
+    setting, model, _ = learned_ranking.lambdarank_grid(
+        data, list(sources.features), ranker["lambdarank"], ranker["holdout_share"], params["seed"]
+    )
+    held = learned_ranking.holdout_mask(len(data.groups), ranker["holdout_share"], params["seed"])
+    valid = data.users(held)  # the users the grid stopped on, never trained on
+    users = np.unique(valid.candidates["user_id"].to_numpy())
+    lists = learned_ranking.top_k_lists(valid.candidates, model.predict(valid.features), users, 10)
+    evaluator = ValEvaluator.build(interactions, movies)
+    relevant = evaluator.relevant[np.searchsorted(evaluator.users, users)]
+    per_user = metrics.per_user_retrieval_metrics(catalogue_columns(evaluator.catalogue, lists), relevant, (10,))
+    table = pd.DataFrame({name: per_user[name] for name in METRICS}, index=users[per_user["user_rows"]])
+    summary = {
+        **{key: float(value) for key, value in candidate_recall(candidates, val).items()},
+        "candidates_per_user": len(candidates) / candidates["user_id"].nunique(),
+        "held_out_users": len(table),
+        "num_leaves": setting["num_leaves"],
+        "trees": int(model.best_iteration),
+        **{name: float(table[name].mean()) for name in METRICS},
+    }
+    return table, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, required=True, help="the run the difference is taken against")
+    parser.add_argument("--other", type=Path, required=True, help="the run that differs in online settings only")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples of the users")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "candidate_sources_val.json")
+    args = parser.parse_args(argv)
+    params = {"base": run_params(args.base), "other": run_params(args.other)}
+    differing = check_comparable(params["base"], params["other"])
+    per_user, summaries = {}, {}
+    for name, run in (("base", args.base), ("other", args.other)):
+        per_user[name], summaries[name] = held_out_lists(run, params[name])
+        print(
+            name,
+            {key: round(value, 4) if isinstance(value, float) else value for key, value in summaries[name].items()},
+        )
+    if not per_user["base"].index.equals(per_user["other"].index):
+        raise SystemExit("the held-out val users differ between the runs: were they made from the same split and seed?")
+    differences = paired_differences(per_user, [("other", "base")], METRICS, args.bootstrap, params["base"]["seed"])
+    print(differences.table.round(4).to_string())
+    result = {
+        "base": str(args.base),
+        "other": str(args.other),
+        "differing_online": {
+            key: [params["base"]["online"].get(key), params["other"]["online"].get(key)] for key in differing
+        },
+        "summaries": summaries,
+        "other_minus_base": {
+            metric: {
+                "difference": float(row["difference"]),
+                "low": float(row["low_2.5%"]),
+                "high": float(row["high_97.5%"]),
+                "verdict": str(row["verdict"]),
+            }
+            for (_, _, metric), row in differences.table.iterrows()
+        },
+    }
+    write_json(args.out, result)
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
