@@ -6,11 +6,13 @@
 The two runs must differ in `online` settings only (e.g. `online.joint_candidates`). For each, notebook
 06's val stage is rebuilt from the run's saved files: its val-stage candidates and feature store,
 the features from the train-only models (`learned_ranking.feature_sources`), and LambdaRank fitted
-as 06 fits its grid (each `ranker.lambdarank.num_leaves` on the training val users, early-stopped on
-the held-out ones, `ranker.holdout_share`, the best kept). The held-out users' top 10 is then scored
-against all their val movies over the whole catalogue (`setting_choice.ValEvaluator`), and the
-difference other - base gets a 95% paired bootstrap interval (`paired.paired_differences`). The
-held-out users are the same in both runs (the same seed and val users). Test is never read.
+as 06 fits its grid (`learned_ranking.lambdarank_grid`: each point fitted on 06's training val users).
+06's held-out users (`ranker.holdout_share`) are cut in two by a seeded draw: one half early-stops
+the grid and chooses its point, the other half is scored. Their top 10 is scored against all their
+val movies over the whole catalogue (`setting_choice.ValEvaluator`), and the difference other - base
+gets a 95% paired bootstrap interval over those users (`paired.paired_differences`): one fit per
+run, so the interval covers the users' spread, not the fits'. The users are the same in both runs
+(the same seed and val users). Test is never read.
 
 Writes benchmarks/results/candidate_sources_val.json.
 """
@@ -63,7 +65,7 @@ def check_comparable(base: dict, other: dict) -> list[str]:
 
 
 def held_out_lists(run: Path, params: dict) -> tuple[pd.DataFrame, dict]:
-    """Per held-out val user, Recall@10 and NDCG@10 of LambdaRank's top 10 (fitted as 06 fits it), and the stage's
+    """Per scored val user, Recall@10 and NDCG@10 of LambdaRank's top 10 (fitted as 06 fits it), and the stage's
     candidate recall."""
     from recsys.features.feature_store import FeatureStore
     from recsys.features.request_context import fixed_context
@@ -89,13 +91,18 @@ def held_out_lists(run: Path, params: dict) -> tuple[pd.DataFrame, dict]:
     )
     val = interactions[interactions["split"] == "val"][["user_id", "movie_id"]]
     data = learned_ranking.stage_data(candidates, sources, "val", val)
-    setting, model, _ = learned_ranking.lambdarank_grid(
-        data, list(sources.features), ranker["lambdarank"], ranker["holdout_share"], params["seed"]
-    )
+    # 06's training users; 06's held-out users cut in two by a seeded draw: one half stops and chooses the grid,
+    # the other is scored, so the lists are judged on users nothing was fitted or chosen on
     held = learned_ranking.holdout_mask(len(data.groups), ranker["holdout_share"], params["seed"])
-    valid = data.users(held)  # the users the grid stopped on, never trained on
-    users = np.unique(valid.candidates["user_id"].to_numpy())
-    lists = learned_ranking.top_k_lists(valid.candidates, model.predict(valid.features), users, 10)
+    scored = np.zeros(len(held), bool)
+    held_rows = np.flatnonzero(held)
+    scored[np.random.default_rng(params["seed"]).permutation(held_rows)[: len(held_rows) // 2]] = True
+    setting, model, _ = learned_ranking.lambdarank_grid(
+        data.users(~held), data.users(held & ~scored), list(sources.features), ranker["lambdarank"], params["seed"]
+    )
+    judged = data.users(scored)
+    users = np.unique(judged.candidates["user_id"].to_numpy())
+    lists = learned_ranking.top_k_lists(judged.candidates, model.predict(judged.features), users, 10)
     evaluator = ValEvaluator.build(interactions, movies)
     relevant = evaluator.relevant[np.searchsorted(evaluator.users, users)]
     per_user = metrics.per_user_retrieval_metrics(catalogue_columns(evaluator.catalogue, lists), relevant, (10,))
@@ -103,7 +110,7 @@ def held_out_lists(run: Path, params: dict) -> tuple[pd.DataFrame, dict]:
     summary = {
         **{key: float(value) for key, value in candidate_recall(candidates, val).items()},
         "candidates_per_user": len(candidates) / candidates["user_id"].nunique(),
-        "held_out_users": len(table),
+        "scored_users": len(table),
         "num_leaves": setting["num_leaves"],
         "trees": int(model.best_iteration),
         **{name: float(table[name].mean()) for name in METRICS},

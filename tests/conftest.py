@@ -56,10 +56,11 @@ def run_on_smoke_params(artifacts: Path, run_name: str, *args: str) -> Path:
 # demographics, half stars) on a per-user temporal split, serving the sequential retriever from a
 # FAISS HNSW index. tests/notebooks/test_notebooks_csv_release.py and test_notebooks_temporal.py
 # both assert on it: one chain for the two, instead of one each. Its notebook 10 runs the
-# simulations in two processes (the smoke run's in the kernel).
+# simulations in two processes (the smoke run's in the kernel). It serves two candidate sources, as
+# the default parameters do (the smoke run serves the joint model's as well).
 RELEASE = ("-p", "synthetic.format=ml-25m")
 TEMPORAL = ("-p", "split.strategy=temporal", "-p", "retrieval.model=sequential", "-p", "retrieval.index=faiss_hnsw")
-SECOND_CHAIN = (*RELEASE, *TEMPORAL, "-p", "simulation.processes=2")
+SECOND_CHAIN = (*RELEASE, *TEMPORAL, "-p", "simulation.processes=2", "-p", "online.joint_candidates=false")
 
 
 @pytest.fixture(scope="session")

@@ -236,7 +236,8 @@ class LeastViewed:
 
 
 class TwoStagePolicy:
-    """The served list (retrieval + EASE candidates, learned ranker), optionally with an exploration."""
+    """The served list (retrieval + EASE candidates, + the joint model's when on; learned ranker), optionally with an
+    exploration."""
 
     def __init__(self, parts: ServingParts, exploration_: WeightedRerank | EmbeddingNoise | LeastViewed | None = None):
         self.parts, self.exploration = parts, exploration_

@@ -174,17 +174,14 @@ def holdout_mask(n_users: int, share: float, seed: int) -> np.ndarray:
 
 
 def lambdarank_grid(
-    data: StageData, features: list[str], params: dict, holdout_share: float, seed: int
+    fit: StageData, valid: StageData, features: list[str], params: dict, seed: int
 ) -> tuple[dict, Ranker, list[dict]]:
-    """LambdaRank's grid: each point fitted on the stage's training users and early-stopped on the held-out ones
-    (`holdout_mask`).
+    """LambdaRank's grid: each point fitted on `fit`'s users, early-stopped on `valid`'s; the best on `valid` kept.
 
     Returns:
-        (the best point's settings, its ranker fitted on the training users, one row per point: its settings,
-        trees, held-out NDCG@10, fit_s).
+        (the best point's settings, its ranker fitted on `fit`, one row per point: its settings, trees,
+        NDCG@10 on `valid` (holdout_ndcg_at_10), fit_s).
     """
-    held = holdout_mask(len(data.groups), holdout_share, seed)
-    fit, valid = data.users(~held), data.users(held)
     grid = list(itertools.product(params["num_leaves"], params["min_child_samples"]))
     rows, best = [], None
     for num_leaves, min_child_samples in grid:
@@ -226,7 +223,8 @@ def train_lambdarank(
     Returns:
         (the refitted ranker, one row per grid point: its settings, trees, held-out NDCG@10, fit_s).
     """
-    setting, chosen, rows = lambdarank_grid(data, features, params, holdout_share, seed)
+    held = holdout_mask(len(data.groups), holdout_share, seed)
+    setting, chosen, rows = lambdarank_grid(data.users(~held), data.users(held), features, params, seed)
     started = time.perf_counter()
     refit = make_ranker("lambdarank", features, setting, seed).fit(
         data.features, data.labels, data.groups, rounds=chosen.best_iteration

@@ -145,6 +145,8 @@ class VectorSource:
             KeyError: a user without a vector, named.
         """
         rows = self.row.positions(user_ids)
+        if len(excludes) != len(rows):
+            raise ValueError(f"{len(rows)} users but {len(excludes)} lists of movies to exclude")
         if (rows < 0).any():
             unknown = np.asarray(user_ids, np.int64).reshape(-1)[rows < 0]
             raise KeyError(f"the vector source has no vector for users {unknown[:5].tolist()}")

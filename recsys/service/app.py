@@ -40,7 +40,7 @@ class Recommendation(Movie):
     rank: int
     score: float | None = Field(description="what ordered the list (the served ranker's score; null for popular)")
     retrieval_score: float | None
-    source: str = Field(description="two-tower, sequential, EASE, a mix of them, popular, or least-viewed")
+    source: str = Field(description="two-tower, sequential, EASE, joint model, a mix of them, popular, or least-viewed")
     source_detail: str = Field(description="the recommender's own label of the source")
 
 

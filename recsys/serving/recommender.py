@@ -282,7 +282,7 @@ def served_matches_offline(
         offline_lists: (len(user_ids), k) movie ids, each row the list evaluated for that user.
         k: list length.
         n_single: how many of the users (the first) are also requested one by one with `recommend`.
-        **kwargs: as for `recommend_batch` (store, retrieval_index, ranker, n_candidates, ease).
+        **kwargs: as for `recommend_batch` (store, retrieval_index, ranker, n_candidates, ease, joint).
 
     Returns:
         recommend_equals_batch: `recommend` gives each of the first n_single users the list

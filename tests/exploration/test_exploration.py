@@ -306,6 +306,11 @@ def test_add_least_viewed_keeps_the_candidates_labels_and_takes_ranks_from_the_l
     assert table["source"].tolist() == ["retrieval", "retrieval", "least-viewed", "least-viewed", "least-viewed"]
     # movie 60 was EASE's second candidate of user 1: it keeps that rank; nothing proposed it for user 2
     assert table["ease_rank"].tolist() == [0, 0, 2, 0, 0] and table["retrieval_rank"].tolist() == [1, 1, 0, 0, 0]
+    # a table saved before the joint source (no joint columns) gets them, unproposed
+    old = full.drop(columns=["joint_rank", "joint_score"])
+    before = reranking.add_least_viewed(old[old["retrieval_rank"] == 1], [60, 30], [1, 2], seen, ranks=old)
+    assert list(before.columns) == CANDIDATE_COLUMNS and before["ease_rank"].tolist() == table["ease_rank"].tolist()
+    assert (before["joint_rank"] == 0).all() and before["joint_score"].isna().all()
 
 
 def test_choose_setting_takes_the_widest_coverage_within_the_accuracy_loss():

@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -246,25 +247,38 @@ def test_smoke_two_stage_metrics(smoke_run):
     assert (smoke_run / "06_retrieval_ranking" / "ranker" / "ranker.json").exists()
 
 
-def test_candidate_sources_are_compared_on_held_out_val_users(smoke_run, tmp_path):
+def test_candidate_sources_are_compared_on_val_users_nothing_was_fitted_or_chosen_on(smoke_run, tmp_path):
     """benchmarks/candidate_sources_val.py: two runs that differ in `online` only, LambdaRank refitted as 06 fits it."""
     from benchmarks import candidate_sources_val as bench
+    from recsys.retrieval.candidates import SOURCE_DTYPE
 
+    # the base: the smoke run as if 06 had run without the joint source (its val candidates without the joint
+    # model's movies or ranks)
     base = tmp_path / "base"
     shutil.copytree(smoke_run, base)
     manifest = json.loads((base / "manifest.json").read_text())
-    manifest["params"]["online"]["joint_candidates"] = False  # the same files: only the settings differ
+    manifest["params"]["online"]["joint_candidates"] = False
     (base / "manifest.json").write_text(json.dumps(manifest))
+    saved = base / "06_retrieval_ranking" / "val_candidates.parquet"
+    table = pd.read_parquet(saved)
+    table = table[(table["retrieval_rank"] > 0) | (table["ease_rank"] > 0)].assign(joint_rank=0, joint_score=np.nan)
+    label = np.where(
+        table["retrieval_rank"] > 0, np.where(table["ease_rank"] > 0, "retrieval+ease", "retrieval"), "ease"
+    )
+    table.assign(source=pd.Categorical(label, dtype=SOURCE_DTYPE)).to_parquet(saved)
     out = tmp_path / "candidate_sources_val.json"
     assert bench.main(["--base", str(base), "--other", str(smoke_run), "--bootstrap", "50", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["differing_online"] == {"joint_candidates": [False, True]}
-    # the same candidates and the same seeded fits on both sides: the same lists, a difference of exactly 0
-    for row in result["other_minus_base"].values():
-        assert row["difference"] == row["low"] == row["high"] == 0 and row["verdict"] == "no difference shown"
-    summary = result["summaries"]["other"]
-    assert 0 < summary["candidate_recall_joint"] <= summary["candidate_recall_merged"] and summary["held_out_users"] > 0
-    assert not [key for key in summary if "test" in key]  # val alone
+    summaries = result["summaries"]
+    assert "candidate_recall_joint" not in summaries["base"] and summaries["other"]["candidate_recall_joint"] > 0
+    assert summaries["base"]["candidates_per_user"] < summaries["other"]["candidates_per_user"]
+    assert summaries["base"]["candidate_recall_merged"] <= summaries["other"]["candidate_recall_merged"]
+    assert summaries["base"]["scored_users"] == summaries["other"]["scored_users"] > 0
+    for metric, row in result["other_minus_base"].items():
+        difference = summaries["other"][metric] - summaries["base"][metric]
+        assert row["low"] <= row["difference"] <= row["high"] and row["difference"] == pytest.approx(difference)
+    assert not [key for summary in summaries.values() for key in summary if "test" in key]  # val alone
     params = json.loads((smoke_run / "manifest.json").read_text())["params"]
     with pytest.raises(SystemExit, match="differ beyond `online`, in \\['seed'\\]"):
         bench.check_comparable(params, {**params, "seed": 1})

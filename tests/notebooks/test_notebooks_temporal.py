@@ -42,6 +42,10 @@ def test_temporal_run_serves_the_sequential_retriever_and_compares_with_the_rand
     assert m5["split_strategy"] == "temporal" and m6["served_retriever"] == "sequential"
     assert m5["retrieval_index"] == m6["retrieval_index"] == "faiss_hnsw" and m5["faiss_hnsw_overlap_at_50"] > 0.9
     assert 0 < m6["recall_at_10_retrieval_only"] <= 1 and 0 < m6["ndcg_at_10_learned"] <= 1
+    # the default's two candidate sources (online.joint_candidates: false): no joint model's candidates
+    assert "candidate_recall_joint_test" not in m6 and m6["candidate_recall_ease_test"] > 0
+    candidates = pd.read_parquet(temporal_run / "06_retrieval_ranking" / "candidates.parquet")
+    assert (candidates["joint_rank"] == 0).all() and not candidates["source"].astype(str).str.contains("joint").any()
     # after 06, every notebook serves 06's path: the sequential retriever's queries, read from each stage's history
     m8, m10 = metrics(temporal_run, "08_explore_gaussian_noise"), metrics(temporal_run, "10_simulation")
     assert m8["setting_chosen_on"] == "val" and m10["served_retriever"] == "sequential"

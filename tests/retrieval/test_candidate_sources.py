@@ -106,6 +106,10 @@ def test_vector_source_is_exact_search_without_the_excluded_movies():
     one_ids, one_scores = source.top([30], 4, excludes[:1])
     np.testing.assert_array_equal(one_ids[0], ids[0])
     np.testing.assert_allclose(one_scores[0], scores[0])
+    # blocks of one user: the same lists as one block
+    blocked_ids, blocked_scores = source.top([30, 40], 4, excludes, block=1)
+    np.testing.assert_array_equal(blocked_ids, ids)
+    np.testing.assert_allclose(blocked_scores, scores)
     # more movies asked than are left: NO_MOVIE and -inf fill the slots
     ids, scores = source.top([10], 9, [movie_ids[:7]])
     assert ids[0, 2:].tolist() == [NO_MOVIE] * 7 and np.isneginf(scores[0, 2:]).all()
@@ -116,6 +120,8 @@ def test_vector_source_refuses_unknown_users_and_mismatched_vectors():
     source = VectorSource(users, movies, [1, 2, 3, 4], np.arange(9))
     with pytest.raises(KeyError, match=r"no vector for users \[77\]"):
         source.top([2, 77], 3, [np.array([], np.int64)] * 2)
+    with pytest.raises(ValueError, match="2 users but 1 lists of movies to exclude"):
+        source.top([2, 3], 3, [np.array([], np.int64)])
     with pytest.raises(ValueError, match="4 user vectors for 3 user ids"):
         VectorSource(users, movies, [1, 2, 3], np.arange(9))
     with pytest.raises(ValueError, match="differ in dimension"):
@@ -155,7 +161,7 @@ def test_candidate_sources_give_the_joint_models_exact_lists_and_refuse_what_the
 
 
 def test_retrieve_candidates_merges_the_joint_models_unseen_movies(store_world):
-    from recsys.serving.recommender import recommend_batch, retrieve_candidates
+    from recsys.serving.recommender import recommend_batch, retrieve_candidates, served_matches_offline
 
     store, sources, retriever, _ = store_world
     users = store.users.index.to_numpy()
@@ -183,7 +189,12 @@ def test_retrieve_candidates_merges_the_joint_models_unseen_movies(store_world):
         def display(self, scores):
             return scores
 
-    served = recommend_batch(
-        users[:3], 2, store=store, retrieval_index=retriever, ranker=ByRetrievalScore(), n_candidates=3, joint=joint
-    )
-    assert served.groupby("user_id").size().max() <= 2 and set(served["user_id"]) == set(users[:3])
+    args = {"store": store, "retrieval_index": retriever, "ranker": ByRetrievalScore(), "n_candidates": 3}
+    served = recommend_batch(users, 2, **args, joint=joint)
+    assert (served.groupby("user_id").size() == 2).all() and set(served["user_id"]) == set(users)
+    # one request at a time serves the batch's lists: the three-source merge of one user is the batch's
+    lists = served["movie_id"].to_numpy().reshape(len(users), 2)
+    assert served_matches_offline(users, lists, 2, n_single=len(users), **args, joint=joint) == {
+        "recommend_equals_batch": True,
+        "batch_equals_offline": True,
+    }

@@ -57,6 +57,35 @@ def in_process_args(run: Path) -> dict:
     return {"store": store, "retrieval_index": retriever, "ranker": ranker, "n_candidates": n, **proposing}
 
 
+def test_every_candidate_label_is_named_for_a_reader(served):
+    from recsys.retrieval.candidates import CANDIDATE_LABELS
+
+    labels = [*CANDIDATE_LABELS, "least-viewed", "popular (unknown user)"]
+    movies = served.store.movies.index.to_numpy()[: len(labels)]
+    table = pd.DataFrame(
+        {
+            "rank": np.arange(1, len(labels) + 1),
+            "movie_id": movies,
+            **served.store.movie_display(served.store.movie_positions(movies)),
+            "source": labels,
+            "retrieval_score": 0.5,
+            "score": 1.0,
+        }
+    )
+    names = {row["source_detail"]: row["source"] for row in served._named_sources(table)}
+    assert names == {
+        "retrieval": "two-tower",
+        "ease": "EASE",
+        "joint": "joint model",
+        "retrieval+ease": "two-tower + EASE",
+        "retrieval+joint": "two-tower + joint model",
+        "ease+joint": "EASE + joint model",
+        "retrieval+ease+joint": "two-tower + EASE + joint model",
+        "least-viewed": "least-viewed",
+        "popular (unknown user)": "popular",
+    }
+
+
 def test_health_names_the_run_and_what_it_loaded(client, smoke_run):
     body = client.get("/health").json()
     manifest = json.loads((smoke_run / "manifest.json").read_text())
