@@ -143,12 +143,12 @@ class FeatureSources:
         Raises:
             ValueError: a source asked for that these sources lack (no EASE, or no joint vectors).
         """
-        if (ease and self.ease is None) or (joint and self.joint_vectors is None):
-            missing = [
-                name
-                for name, wanted, have in (("ease", ease, self.ease), ("joint", joint, self.joint_vectors))
-                if wanted and have is None
-            ]
+        missing = [
+            name
+            for name, wanted, have in (("ease", ease, self.ease), ("joint", joint, self.joint_vectors))
+            if wanted and have is None
+        ]
+        if missing:
             raise ValueError(
                 f"candidates asked of {missing}, which these feature sources lack: load them, or set "
                 f"online.{missing[0]}_candidates: false"

@@ -1,4 +1,5 @@
-"""Candidates for ranking: what each came from (two-tower retrieval, EASE, the joint model), merged per user, and their recall.
+"""Candidates for ranking: what each came from (the served retriever, EASE, the joint model), merged per user, and
+their recall.
 
 A candidate table has one row per (user, movie) with the columns of CANDIDATE_COLUMNS: the source
 label, and for each source its rank (1 = its best; 0 = that source did not propose the movie)
@@ -164,14 +165,9 @@ def _top_unseen(
     dense: np.ndarray, n: int, excludes: Sequence[np.ndarray], column: IdIndex, movie_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's n best columns of `dense` (modified) outside its excluded movies: (movie ids, scores)."""
-    if len(dense) == 1:  # one request: no sparse matrix for a handful of excluded movies
-        excluded = column.positions(np.asarray(excludes[0]))
-        dense[0, excluded[excluded >= 0]] = -np.inf
-    else:
-        lengths = [len(e) for e in excludes]
-        columns = column.positions(np.concatenate([*map(np.asarray, excludes), np.empty(0, np.int64)]))
-        rows = np.repeat(np.arange(len(excludes)), lengths)
-        dense[rows[columns >= 0], columns[columns >= 0]] = -np.inf
+    columns = column.positions(np.concatenate([*map(np.asarray, excludes), np.empty(0, np.int64)]))
+    rows = np.repeat(np.arange(len(excludes)), [len(e) for e in excludes])
+    dense[rows[columns >= 0], columns[columns >= 0]] = -np.inf  # movies outside the catalogue are ignored
     top = metrics.top_k_from_scores(dense, n)
     top_scores = np.take_along_axis(dense, top, axis=1)
     return np.where(np.isfinite(top_scores), movie_ids[top], NO_MOVIE), top_scores
