@@ -306,7 +306,7 @@ def add_least_viewed(
     pairs = pool[["user_id", "movie_id"]]
     table = pairs.merge(ranks.drop(columns="source"), on=["user_id", "movie_id"], how="left")
     # a table saved before a source existed (e.g. 06's candidates before the joint source) lacks its columns
-    table = table.reindex(columns=["user_id", "movie_id", *CANDIDATE_COLUMNS[3:]])
+    table = table.reindex(columns=[name for name in CANDIDATE_COLUMNS if name != "source"])
     rank_columns = [f"{name}_rank" for name in LIST_SOURCES]
     table = table.fillna(dict.fromkeys(rank_columns, 0)).astype(dict.fromkeys(rank_columns, np.int64))
     own = pairs.merge(candidates[["user_id", "movie_id", "source"]], on=["user_id", "movie_id"], how="left")["source"]

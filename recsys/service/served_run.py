@@ -13,6 +13,7 @@ a list is reproducible.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import threading
 from collections.abc import Sequence
@@ -54,15 +55,25 @@ SERVING_STAGE = producer("feature_store")
 MAX_K = 100  # the longest list served (no more than the candidates each source hands to ranking)
 MAX_HISTORY = 200  # the most movies an ad-hoc history may name
 
-# the recommender's source labels -> what a reader of the list is told (the served retriever is filled in)
+# the labels that name no candidate source -> what a reader of the list is told (`_reader_names` adds the rest)
 _SOURCE_NAMES = {
-    "ease": "EASE",
     "least-viewed": "least-viewed",
     "popular (unknown user)": "popular",
     "popular (empty history)": "popular",
     "history (sequential)": "sequential",
     "history (EASE)": "EASE",
 }
+
+
+@functools.cache
+def _reader_names(served_retriever: str) -> dict[str, str]:
+    """Every source label a list may carry -> what a reader is told (made once per served retriever, not per request)."""
+    retriever = "two-tower" if served_retriever == "two_tower" else "sequential"
+    parts = {"retrieval": retriever, "ease": "EASE", "joint": "joint model"}  # a candidate's proposing sources
+    return {
+        **{label: " + ".join(parts[p] for p in label.split("+")) for label in CANDIDATE_LABELS},
+        **_SOURCE_NAMES,
+    }
 
 
 class RunNotServableError(RuntimeError):
@@ -256,12 +267,7 @@ class ServedRun:
         Built from each column's values once (a 10-row table through pandas' row machinery costs more
         than the ranking's model call).
         """
-        retriever = "two-tower" if self.served_retriever == "two_tower" else "sequential"
-        parts = {"retrieval": retriever, "ease": "EASE", "joint": "joint model"}  # a candidate's proposing sources
-        names = {
-            **{label: " + ".join(parts[p] for p in label.split("+")) for label in CANDIDATE_LABELS},
-            **_SOURCE_NAMES,
-        }
+        names = _reader_names(self.served_retriever)
         columns = {name: table[name].tolist() for name in ("rank", "movie_id", "title", "year", "genres", "source")}
         scores = {name: table[name].to_numpy(np.float64) for name in ("score", "retrieval_score")}
         rows = []

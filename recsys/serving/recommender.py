@@ -81,9 +81,9 @@ def retrieve_candidates(
     """Each user's unseen candidates: the first step of a request.
 
     Retrieval's top `n_candidates`, merged with EASE's top `n_candidates` when `ease` is given and
-    the joint model's when `joint` is, each labelled by source (recsys.retrieval.candidates). Users the store does not know, or the retriever
-    cannot serve, get no rows (`recommend_batch` serves them popular movies). The excluded movies
-    are dropped here even if a source returns them.
+    the joint model's when `joint` is, each labelled by source (recsys.retrieval.candidates). Users
+    the store does not know, or the retriever cannot serve, get no rows (`recommend_batch` serves
+    them popular movies). The excluded movies are dropped here even if a source returns them.
 
     Args:
         user_ids: distinct users.
@@ -248,8 +248,8 @@ def recommend(
 ) -> pd.DataFrame:
     """Top-k movies for one user, as an online service would compute them per request.
 
-    Retrieval (and EASE and the joint model, when given) narrows the catalogue to the user's unseen candidates; the
-    ranker scores each and the k best are returned. A user unknown to the store (or to the
+    Retrieval (and EASE and the joint model, when given) narrows the catalogue to the user's unseen
+    candidates; the ranker scores each and the k best are returned. A user unknown to the store (or to the
     retriever) gets the most popular movies instead. The same steps as `recommend_batch` (so the
     same list), without its bookkeeping for many requests.
 
