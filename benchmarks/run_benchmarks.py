@@ -16,10 +16,12 @@ commands |= {
     f"{main.parent.name}/": [sys.executable, "-m", f"benchmarks.{main.parent.name}"]
     for main in here.glob("*/__main__.py")
 }
-# the val-only studies behind a default read finished runs the caller names: not run here, their command shown
+# the val-only studies behind a default, and the request latency of a run, read finished runs the caller names:
+# not run here, their command shown
 NEEDS_RUNS = {
     "rating_val_grid.py": "python benchmarks/rating_val_grid.py --run artifacts/<run> '<json settings>' ...",
     "candidate_sources_val.py": "python benchmarks/candidate_sources_val.py --base artifacts/<run> --other artifacts/<run>",
+    "recommend_latency.py": "python benchmarks/recommend_latency.py --run artifacts/<run>",
 }
 for name, usage in NEEDS_RUNS.items():
     del commands[name]

@@ -34,13 +34,13 @@ import tensorflow as tf
 
 from recsys.core.ids import NO_MOVIE
 from recsys.core.io import atomic_dir, write_json
+from recsys.retrieval.stored_queries import query_model_vectors, vectors_of_users
 
 FAISS_KINDS = ("faiss_hnsw", "faiss_ivf")
 META_FILE = "faiss_index.json"  # marks a folder as a saved FaissIndex
 # the folder's other files: FAISS's own, the id of each row, and (an index taking user ids) the stored query vectors
 _INDEX_FILE, _MOVIE_IDS = "index.faiss", "movie_ids.npy"
 _USER_VECTORS, _ROW_OF_USER = "user_vectors.npy", "row_of_user.npy"
-_QUERY_BATCH = 8192  # users per call of the query model when the user vectors are computed
 
 
 @contextlib.contextmanager
@@ -54,26 +54,6 @@ def _one_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def query_model_vectors(query_model: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Every user's query vector from a `UserQueryModel`, computed once: (row_of_user, user_vectors).
-
-    `user_vectors` holds the vector of each user the query model knows at the row the query
-    model gives them, and the unknown user's (an id it does not know) in its last row;
-    `row_of_user[user_id]` is the user's row (the last row for an id without features). The
-    vectors come from calling the query model on the ids, as a TFRS index does.
-    """
-    row_of_user = np.asarray(query_model.row_of_user.numpy(), np.int32)
-    unknown_row = int(next(iter(query_model.user_features.values())).shape[0]) - 1
-    user_ids = np.flatnonzero(row_of_user < unknown_row).astype(np.int32)
-    unknown = query_model(tf.constant([-1], tf.int32)).numpy()
-    vectors = np.empty((unknown_row + 1, unknown.shape[1]), np.float32)
-    vectors[unknown_row] = unknown[0]
-    for start in range(0, len(user_ids), _QUERY_BATCH):
-        chunk = user_ids[start : start + _QUERY_BATCH]
-        vectors[row_of_user[chunk]] = query_model(tf.constant(chunk)).numpy()
-    return row_of_user, vectors
-
-
 class FaissIndex:
     """A FAISS index over the movie vectors, called like a TFRS index: `scores, movie_ids = index(queries, k=...)`.
 
@@ -84,7 +64,7 @@ class FaissIndex:
         k: the default list length.
         n_candidates: the catalogue size (the most a list can hold).
         query_dim: the vectors' dimension.
-        user_vectors, row_of_user: the stored query vectors (`query_model_vectors`), or None for
+        user_vectors, row_of_user: the stored query vectors (`stored_queries.query_model_vectors`), or None for
             an index queried with vectors.
         settings: what it was built with (kind-specific; saved with it and re-applied on load).
     """
@@ -122,17 +102,12 @@ class FaissIndex:
 
     def query_vectors(self, queries: Any) -> np.ndarray:
         """The (n, query_dim) float32 vectors searched for `queries` (user ids -> their stored vectors)."""
+        if self.takes_user_ids:
+            return vectors_of_users(queries, self.row_of_user, self.user_vectors)
         queries = np.asarray(queries.numpy() if hasattr(queries, "numpy") else queries)
-        if not self.takes_user_ids:
-            if queries.ndim != 2 or queries.shape[1] != self.query_dim:
-                raise ValueError(f"this index takes query vectors of shape (n, {self.query_dim}), got {queries.shape}")
-            return np.ascontiguousarray(queries, np.float32)
-        if queries.ndim != 1 or queries.dtype.kind not in "iu":
-            raise ValueError(f"this index takes a 1-d batch of integer user ids, got {queries.dtype} {queries.shape}")
-        ids = queries.astype(np.int64)
-        known = (ids >= 0) & (ids < len(self.row_of_user))
-        rows = np.where(known, self.row_of_user[np.clip(ids, 0, len(self.row_of_user) - 1)], len(self.user_vectors) - 1)
-        return self.user_vectors[rows]
+        if queries.ndim != 2 or queries.shape[1] != self.query_dim:
+            raise ValueError(f"this index takes query vectors of shape (n, {self.query_dim}), got {queries.shape}")
+        return np.ascontiguousarray(queries, np.float32)
 
     def __call__(self, queries: Any, k: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """(scores, movie ids), each (n, k), best first; an unfilled slot holds a NaN score and NO_MOVIE."""

@@ -286,6 +286,31 @@ def test_candidate_sources_are_compared_on_val_users_nothing_was_fitted_or_chose
         bench.check_comparable(params, params)
 
 
+def test_request_latency_is_measured_on_the_run_as_the_service_loads_it(smoke_run, tmp_path):
+    """benchmarks/recommend_latency.py: `recommend`, its parts and `recommend_for_history`, timed on a finished run."""
+    from benchmarks import recommend_latency
+
+    out, lists = tmp_path / "recommend_latency.json", tmp_path / "lists.npz"
+    assert (
+        recommend_latency.main(["--run", str(smoke_run), "--passes", "2", "--out", str(out), "--lists", str(lists)])
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert len(result["passes"]) == 2 and result["index_kind"] == "scann" and result["ranker"] == "lambdarank"
+    for name in ("recommend", "index_search", "candidates", "ranking", "recommend_for_history"):
+        assert 0 < result[f"{name}_p50_ms"] <= result[f"{name}_p99_ms"]
+        assert result[f"{name}_p50_ms"] == np.median([p[f"{name}_p50_ms"] for p in result["passes"]])
+    # the saved lists are the served ones: `recommend` gives each drawn user theirs
+    from recsys.service.served_run import ServedRun
+    from recsys.serving import recommender
+
+    saved = np.load(lists)
+    served = ServedRun.load(smoke_run)
+    for user in np.unique(saved["user_id"])[:5]:
+        expected = recommender.recommend(int(user), 10, **served.recommend_args)["movie_id"].to_numpy()
+        np.testing.assert_array_equal(saved["movie_id"][saved["user_id"] == user], expected)
+
+
 EXPLORATION_KEYS = ("recall_at_10", "ndcg_at_10", "coverage_at_10", "novelty", "intra_list_diversity", "gini")
 
 

@@ -524,3 +524,43 @@ def test_retrieval_inputs_keep_the_positives_and_every_rater_as_a_row(data, tmp_
     no_users = data["users"][["user_id"]]  # a release without a users file: the user features are not there
     sparse = retrieval_inputs.retrieval_inputs(no_users, data["movies"], data["interactions"], config)
     assert "gender" in sparse.not_in_release
+
+
+@pytest.mark.parametrize("leaves_searched", [4, 1])  # 1 of 8 leaves: short lists, padded
+def test_reloaded_scann_is_searched_without_tensorflow_and_answers_as_the_live_layer(
+    tmp_path, data, trained, leaves_searched
+):
+    query_model = indexes.UserQueryModel(trained["result"].model, data["encoder"], data["user_table"])
+    settings = {"k": 10, "num_leaves": 8, "num_leaves_to_search": leaves_searched, "seed": 42}
+    settings["num_reordering_candidates"] = None
+    live = indexes.build_scann(query_model, trained["movie_ids"], trained["movie_vectors"], **settings)
+    loaded = indexes.load_index(indexes.save_index(live, tmp_path / "scann"))
+    assert loaded._searcher is not None and loaded._user_vectors is not None  # the TensorFlow-free path
+    users = np.append(trained["matrices"].user_ids[:50], [10**6, -1]).astype(np.int32)  # two unknown ids
+    for k in (10, 60, len(trained["movie_ids"])):
+        live_scores, live_ids = (t.numpy() for t in live(tf.constant(users), k=k))
+        scores, ids = (t.numpy() for t in loaded(tf.constant(users), k=k))
+        np.testing.assert_array_equal(ids, live_ids)
+        np.testing.assert_allclose(scores, live_scores, rtol=1e-5, atol=1e-6)  # NaN padding in the same slots
+    if leaves_searched == 1:
+        assert np.isnan(scores).any()
+    # queried with vectors (as the sequential retriever's index is): a batch of more than 256 (the layer searches in
+    # mini-batches of 256, on which a list can depend), and one query at a time
+    rng = np.random.default_rng(0)
+    movie_vectors = trained["movie_vectors"]
+    vectors = movie_vectors[rng.integers(0, len(movie_vectors), 600)] + 0.1 * rng.normal(
+        size=(600, movie_vectors.shape[1])
+    )
+    vectors = vectors.astype(np.float32)
+    by_vector = indexes.build_scann(None, trained["movie_ids"], movie_vectors, **settings)
+    loaded_by_vector = indexes.load_index(indexes.save_index(by_vector, tmp_path / "scann_vectors"))
+    np.testing.assert_array_equal(
+        loaded_by_vector(vectors, k=30)[1].numpy(), by_vector(tf.constant(vectors), k=30)[1].numpy()
+    )
+    for query in vectors[:5]:
+        one = query[None, :]
+        np.testing.assert_array_equal(
+            loaded_by_vector(one, k=30)[1].numpy(), by_vector(tf.constant(one), k=30)[1].numpy()
+        )
+    with pytest.raises(ValueError, match="1-d batch of integer user ids"):
+        loaded(tf.constant([[1.0, 2.0]]), k=5)
