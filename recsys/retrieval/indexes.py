@@ -236,14 +236,17 @@ _SCANN_STATE_FILES = {
 }
 
 
+_SCANN_MINI_BATCH = 256  # queries per batched search, as ScaNN's parallel search (TFRS's layer) splits a batch
+
+
 def scann_searcher_from_state(state: Any) -> Any:
     """ScaNN's own searcher (`scann_ops_pybind`) over the searcher state a TFRS ScaNN layer saved.
 
     The state is what the layer's TensorFlow op rebuilds its searcher from at every call (its
     config, partitioner, codebook, hashed and raw datasets). Written out as the files ScaNN's
     serialisation uses and loaded by `scann_ops_pybind.load_searcher`, it is the same searcher in
-    the same C++ library, called without TensorFlow: its `search_batched_parallel` (mini-batches of
-    256 queries, as the layer searches) returns the layer's lists and scores. A part the configuration does not use is saved as an empty scalar and not
+    the same C++ library, called without TensorFlow: its `search_batched` over mini-batches of 256
+    queries (as the layer's parallel search splits a batch) returns the layer's lists and scores. A part the configuration does not use is saved as an empty scalar and not
     written.
     """
     from scann.scann_ops.py import scann_ops_pybind, scann_ops_pybind_backcompat
@@ -306,8 +309,14 @@ class LoadedIndex:
         else:
             vectors = np.asarray(queries.numpy() if hasattr(queries, "numpy") else queries, np.float32)
         # as TFRS's layer searches (`parallelize_batch_searches`, its default): in mini-batches of 256 queries, on
-        # which a query's list depends (ScaNN's batched search of more queries at once can differ in a few lists)
-        rows, scores = self._searcher.search_batched_parallel(vectors, final_num_neighbors=int(k), batch_size=256)
+        # which a query's list depends (ScaNN's batched search of more queries at once can differ in a few lists);
+        # one mini-batch after another, without ScaNN's thread pool (its threads would compete with the ranking)
+        found = [
+            self._searcher.search_batched(vectors[start : start + _SCANN_MINI_BATCH], final_num_neighbors=int(k))
+            for start in range(0, len(vectors), _SCANN_MINI_BATCH)
+        ]
+        rows = np.concatenate([part[0] for part in found]) if found else np.zeros((0, 0), np.int32)
+        scores = np.concatenate([part[1] for part in found]) if found else np.zeros((0, 0), np.float32)
         # a list it cannot fill is padded with NaN scores (row 0) up to k; the op keeps only as many columns
         # as the longest list of the batch holds: so do these lists
         width = int((~np.isnan(scores)).sum(axis=1).max(initial=0))
@@ -346,9 +355,10 @@ def time_queries(
 ) -> dict[str, float]:
     """Latency of an index: single queries (median after warm-up) and one batch.
 
-    A TFRS index goes through one `tf.function` (a reloaded index is one already), as a server
-    would call it, so the numbers measure the search, not Python's eager overhead; a FAISS index
-    is called as it is served (numpy in FAISS, tensors out).
+    A TFRS layer goes through one `tf.function`, as a server would call it, so the numbers measure
+    the search, not Python's eager overhead; a reloaded index (`LoadedIndex`: a ScaNN index
+    searched by ScaNN's own searcher, a BruteForce one through its saved graph) and a FAISS index
+    are called as they are served.
 
     Args:
         index: a TopK layer, a LoadedIndex or a FaissIndex, taking user ids or query vectors.
