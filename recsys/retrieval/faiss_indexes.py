@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from recsys.core.ids import NO_MOVIE
 from recsys.core.io import atomic_dir, write_json
-from recsys.retrieval.stored_queries import query_model_vectors, vectors_of_users
+from recsys.retrieval.stored_queries import as_numpy, query_model_vectors, vectors_of_users
 
 FAISS_KINDS = ("faiss_hnsw", "faiss_ivf")
 META_FILE = "faiss_index.json"  # marks a folder as a saved FaissIndex
@@ -104,7 +104,7 @@ class FaissIndex:
         """The (n, query_dim) float32 vectors searched for `queries` (user ids -> their stored vectors)."""
         if self.takes_user_ids:
             return vectors_of_users(queries, self.row_of_user, self.user_vectors)
-        queries = np.asarray(queries.numpy() if hasattr(queries, "numpy") else queries)
+        queries = as_numpy(queries)
         if queries.ndim != 2 or queries.shape[1] != self.query_dim:
             raise ValueError(f"this index takes query vectors of shape (n, {self.query_dim}), got {queries.shape}")
         return np.ascontiguousarray(queries, np.float32)

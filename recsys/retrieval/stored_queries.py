@@ -37,13 +37,18 @@ def query_model_vectors(query_model: Any) -> tuple[np.ndarray, np.ndarray]:
     return row_of_user, vectors
 
 
+def as_numpy(queries: Any) -> np.ndarray:
+    """A batch of queries (a tensor, an array or a list) as a numpy array."""
+    return np.asarray(queries.numpy() if hasattr(queries, "numpy") else queries)
+
+
 def vectors_of_users(queries: Any, row_of_user: np.ndarray, user_vectors: np.ndarray) -> np.ndarray:
     """The stored vectors of a 1-d batch of user ids (a tensor or an array); an id without a row gets the unknown user's.
 
     Raises:
         ValueError: `queries` is not a 1-d batch of integer ids.
     """
-    ids = np.asarray(queries.numpy() if hasattr(queries, "numpy") else queries)
+    ids = as_numpy(queries)
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise ValueError(f"this index takes a 1-d batch of integer user ids, got {ids.dtype} {ids.shape}")
     ids = ids.astype(np.int64)
