@@ -234,7 +234,6 @@ _SCANN_STATE_FILES = {
     "dp_norms": "dp_norms.npy",
     "dataset": "dataset.npy",
 }
-_SCANN_MINI_BATCH = 256  # queries per batched search, as ScaNN's parallel search (TFRS's layer) splits a batch
 
 
 def scann_searcher_from_state(state: Any) -> Any:
@@ -311,18 +310,17 @@ class LoadedIndex:
     def _scann_search(self, vectors: np.ndarray, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         """The layer's (scores, ids) for query vectors, from ScaNN's own searcher.
 
-        As TFRS's layer searches (`parallelize_batch_searches`, its default): in mini-batches of
-        256 queries, on which a query's list depends (ScaNN's batched search of more queries at
-        once can differ in a few lists); one mini-batch after another, without ScaNN's thread pool
-        (its threads would compete with the ranking). A list it cannot fill is padded with NaN
-        scores (row 0) up to k; the layer keeps only as many columns as the longest list of the
-        batch holds, and so does this.
+        Searched as TFRS's layer searches (`parallelize_batch_searches`, its default): ScaNN's
+        parallel batched search, which splits a batch into mini-batches whose size depends on the
+        batch and on the machine's threads (at most 256), and a query's list can depend on its
+        mini-batch. The same call with the same rule gives the layer's lists on any machine. A
+        list it cannot fill is padded with NaN scores (row 0) up to k; the layer keeps only as
+        many columns as the longest list of the batch holds, and so does this.
         """
-        found = [
-            self._searcher.search_batched(vectors[start : start + _SCANN_MINI_BATCH], final_num_neighbors=k)
-            for start in range(0, len(vectors), _SCANN_MINI_BATCH)
-        ] or [(np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32))]
-        rows, scores = np.concatenate([part[0] for part in found]), np.concatenate([part[1] for part in found])
+        if not len(vectors):
+            rows, scores = np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32)
+        else:
+            rows, scores = self._searcher.search_batched_parallel(vectors, final_num_neighbors=k)
         width = int((~np.isnan(scores)).sum(axis=1).max(initial=0))
         rows, scores = rows[:, :width].astype(np.int32), scores[:, :width]
         ids = rows if self._identifiers is None else self._identifiers[rows]

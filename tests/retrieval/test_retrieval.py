@@ -544,8 +544,9 @@ def test_reloaded_scann_is_searched_without_tensorflow_and_answers_as_the_live_l
         np.testing.assert_allclose(scores, live_scores, rtol=1e-5, atol=1e-6)  # NaN padding in the same slots
     if leaves_searched == 1:
         assert np.isnan(scores).any()
-    # queried with vectors (as the sequential retriever's index is): a batch of more than 256 (the layer searches in
-    # mini-batches of 256, on which a list can depend), and one query at a time
+    # queried with vectors (as the sequential retriever's index is): batches of 600 and of 1 to 5 (the layer's
+    # parallel search splits a batch into mini-batches sized by the batch and the machine's threads, at most 256,
+    # and a list can depend on its mini-batch)
     rng = np.random.default_rng(0)
     movie_vectors = trained["movie_vectors"]
     vectors = movie_vectors[rng.integers(0, len(movie_vectors), 600)] + 0.1 * rng.normal(
@@ -557,10 +558,10 @@ def test_reloaded_scann_is_searched_without_tensorflow_and_answers_as_the_live_l
     np.testing.assert_array_equal(
         loaded_by_vector(vectors, k=30)[1].numpy(), by_vector(tf.constant(vectors), k=30)[1].numpy()
     )
-    for query in vectors[:5]:
-        one = query[None, :]
+    for size in (1, 2, 3, 5):
+        small = vectors[10 : 10 + size]
         np.testing.assert_array_equal(
-            loaded_by_vector(one, k=30)[1].numpy(), by_vector(tf.constant(one), k=30)[1].numpy()
+            loaded_by_vector(small, k=30)[1].numpy(), by_vector(tf.constant(small), k=30)[1].numpy()
         )
     with pytest.raises(ValueError, match="1-d batch of integer user ids"):
         loaded(tf.constant([[1.0, 2.0]]), k=5)
