@@ -110,7 +110,10 @@ class FeatureStore:
         self._by_popularity = np.argsort(movies["popularity_rank"].to_numpy(), kind="stable")
         self._seen = _Pairs(seen_pairs)
         self.history_splits = tuple(history_splits)
-        self._history = _Pairs(history_pairs if history_pairs is not None else seen_pairs.iloc[:0])
+        if history_pairs is seen_pairs:  # the same splits (`build` passes one table): one index for both
+            self._history = self._seen
+        else:
+            self._history = _Pairs(history_pairs if history_pairs is not None else seen_pairs.iloc[:0])
         self.user_vectors: np.ndarray | None = None
         self.movie_vectors: np.ndarray | None = None
         self._input_cache: dict[int, tuple[FeatureEncoder, dict, dict]] = {}
@@ -173,7 +176,9 @@ class FeatureStore:
             chosen = interactions.loc[interactions["split"].isin(splits), ["user_id", "movie_id"]]
             return chosen.drop_duplicates().astype(np.int64).reset_index(drop=True)
 
-        return cls(movie_table, user_table, pairs(seen_splits), seen_splits, pairs(history_splits), history_splits)
+        seen = pairs(seen_splits)
+        history = seen if set(history_splits) == set(seen_splits) else pairs(history_splits)
+        return cls(movie_table, user_table, seen, seen_splits, history, history_splits)
 
     def with_vectors(self, user_vectors: np.ndarray, movie_vectors: np.ndarray) -> FeatureStore:
         """Attach the retrieval model's vectors (rows aligned with `users` and `movies`); returns the store."""

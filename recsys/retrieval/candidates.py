@@ -66,7 +66,7 @@ class EaseSource:
         self.weights = np.asarray(weights, dtype=np.float32)
         self.movie_ids = np.asarray(movie_ids, dtype=np.int64)
         self.column = IdIndex(self.movie_ids)
-        self._last: tuple[bytes, np.ndarray] | None = None  # the last single history's scores
+        self._last: tuple[bytes, np.ndarray] | None = None  # the last histories and their scores
         if self.weights.shape != (len(self.movie_ids), len(self.movie_ids)):
             raise ValueError(f"EASE weights {self.weights.shape} do not match {len(self.movie_ids)} movie ids")
 
@@ -79,15 +79,24 @@ class EaseSource:
         return metrics.build_interaction_matrix(rows[keep], columns[keep], len(histories), len(self.movie_ids))
 
     def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        """(n_users, n_movies) EASE scores of every movie for each history."""
-        if len(histories) == 1:  # one request: a sum of B's rows, without building a sparse matrix
-            history = np.asarray(histories[0])
-            key = history.tobytes()
-            if self._last is None or self._last[0] != key:  # a request asks twice: candidates, then features
-                columns = np.unique(self.column.positions(history))
-                self._last = (key, self.weights[columns[columns >= 0]].sum(axis=0, dtype=np.float32)[None, :])
-            return self._last[1]
-        return np.asarray(self.history_matrix(histories).astype(np.float32) @ self.weights)
+        """(n_users, n_movies) EASE scores of every movie for each history (read-only: copy it to change it).
+
+        The last result is kept and returned again for the same histories: the served path asks
+        twice (the candidates, then the ranker's features), as do the simulation's rounds.
+        """
+        arrays = [np.asarray(history, np.int64) for history in histories]
+        key = np.array([len(history) for history in arrays], np.int64).tobytes() + b"".join(
+            history.tobytes() for history in arrays
+        )
+        if self._last is None or self._last[0] != key:
+            if len(arrays) == 1:  # one request: a sum of B's rows, without building a sparse matrix
+                columns = np.unique(self.column.positions(arrays[0]))
+                dense = self.weights[columns[columns >= 0]].sum(axis=0, dtype=np.float32)[None, :]
+            else:
+                dense = np.asarray(self.history_matrix(arrays).astype(np.float32) @ self.weights)
+            dense.setflags(write=False)
+            self._last = (key, dense)
+        return self._last[1]
 
     def top(
         self, histories: Sequence[np.ndarray], n: int, excludes: Sequence[np.ndarray], block: int = 1024
@@ -101,7 +110,7 @@ class EaseSource:
         scores = np.empty((len(histories), n), np.float32)
         for start in range(0, len(histories), block):
             part = slice(start, start + block)
-            dense = self.scores(histories[part]).copy()  # one request's row is cached by `scores`: do not touch it
+            dense = self.scores(histories[part]).copy()  # `scores` keeps its result: do not touch it
             ids[part], scores[part] = _top_unseen(dense, n, excludes[part], self.column, self.movie_ids)
         return ids, scores
 

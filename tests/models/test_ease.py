@@ -142,6 +142,16 @@ def test_the_in_place_inverse_mirrors_every_block_and_matches_numpy():
     np.testing.assert_allclose(weights, expected, rtol=1e-5)
     assert weights.flags.c_contiguous and weights.dtype == np.float32
     np.testing.assert_array_equal(gram, A)  # the Gram matrix is left as it was (tune_ease reuses it)
+    for dtype in (np.float64, np.float32):  # B as the scaled, reordered copy of P it replaces, to the bit
+        G = A.astype(dtype)
+        P = _spd_inverse(G + dtype(2.0) * np.eye(11, dtype=dtype))
+        reference = P / -np.diag(P).copy()
+        np.fill_diagonal(reference, 0.0)
+        np.testing.assert_array_equal(_ease_weights(G, 2.0), reference.astype(np.float32, order="C"))
+    own = A.astype(np.float32)
+    in_place = _ease_weights(own, 2.0, overwrite=True)  # inverted in G's own memory, no copy
+    np.testing.assert_array_equal(in_place, _ease_weights(A.astype(np.float32), 2.0))
+    assert np.shares_memory(in_place, own) and in_place.flags.c_contiguous
 
 
 def test_the_refitter_gives_ease_s_weights_of_a_grown_matrix():
@@ -157,7 +167,45 @@ def test_the_refitter_gives_ease_s_weights_of_a_grown_matrix():
     np.testing.assert_allclose(refitter.weights(grown), EASE(5.0).fit(grown).weights_, atol=2e-5)
     np.testing.assert_allclose(refitter.weights(start), EASE(5.0).fit(start).weights_, atol=2e-5)
     assert refitter.weights(grown).dtype == np.float32
+    # its XᵀX is the grown matrix's own (counts are exact in float32), so B is the same to the bit,
+    # call after call (the start's XᵀX is not touched)
+    from recsys.models.ease import _ease_weights, _gram
+
+    exact = _ease_weights(_gram(grown).astype(np.float32), 5.0)
+    np.testing.assert_array_equal(refitter.weights(grown), exact)
+    np.testing.assert_array_equal(refitter.weights(grown), exact)
+    np.testing.assert_array_equal(refitter.weights(start), _ease_weights(_gram(start).astype(np.float32), 5.0))
     shrunk = start.tolil()
     shrunk[start.nonzero()[0][0], start.nonzero()[1][0]] = 0
     with pytest.raises(ValueError, match="none removed"):
         refitter.weights(shrunk.tocsr())
+
+
+def test_ease_source_keeps_its_last_scores_for_the_same_histories_only():
+    from recsys.retrieval.candidates import EaseSource
+
+    rng = np.random.default_rng(5)
+    X = sp.csr_matrix((rng.random((60, 25)) < 0.3).astype(np.float32))
+    movie_ids = np.arange(500, 525)
+    source = EaseSource(EASE(l2=4.0).fit(X).weights_, movie_ids)
+    histories = [movie_ids[np.flatnonzero(X[row].toarray())] for row in range(6)]
+    first = source.scores(histories)
+    np.testing.assert_allclose(first, X[:6].toarray() @ source.weights, rtol=1e-5)
+    assert source.scores([h.copy() for h in histories]) is first  # equal histories: the kept result
+    assert not first.flags.writeable  # the kept result cannot be changed by a caller
+    other = source.scores(histories[:5] + [histories[5][:-1]])  # one movie fewer for one user
+    assert other is not first
+    np.testing.assert_allclose(
+        other[5],
+        X[5].toarray()[0] @ source.weights - source.weights[np.flatnonzero(X[5].toarray())[-1]],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # the same ids split otherwise between users are other histories
+    moved = [np.concatenate([histories[0], histories[1][:1]]), histories[1][1:], *histories[2:]]
+    assert source.scores(moved) is not source.scores(histories)
+    single = source.scores(histories[:1])
+    np.testing.assert_allclose(single, first[:1], rtol=1e-5, atol=1e-6)
+    assert source.scores([histories[0].astype(np.int32)]) is single  # the same ids in another integer type
+    ids, _ = source.top(histories, 5, histories)  # `top` works on its own copy
+    assert ids.shape == (6, 5) and not source.scores(histories).flags.writeable
