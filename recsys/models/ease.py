@@ -43,10 +43,10 @@ def _ease_weights(gram: np.ndarray, l2: float, overwrite: bool = False) -> np.nd
     regularised = gram if overwrite else gram.copy()
     regularised[np.diag_indices_from(regularised)] += l2
     # G + λI is symmetric positive definite: a Cholesky-based inverse is about twice as fast as LU.
-    # P is exactly symmetric (`_spd_inverse` mirrors one triangle), so its transpose is P itself in
-    # C order: scaling that view column-wise gives the same B without a reordering copy.
-    # C order: scipy's sparse @ dense and the per-request row sums read B by rows (a Fortran-ordered
-    # B would be copied on every product)
+    # B in C order: scipy's sparse @ dense and the per-request row sums read B by rows (a
+    # Fortran-ordered B would be copied on every product). P is exactly symmetric (`_spd_inverse`
+    # mirrors one triangle), so its transpose is P itself in C order: scaling that view column-wise
+    # gives that B without a reordering copy.
     precision = _spd_inverse(regularised).T
     diagonal = np.diag(precision).copy()
     precision /= -diagonal
@@ -63,7 +63,7 @@ def _spd_inverse(matrix: np.ndarray, block: int = 512) -> np.ndarray:
     The transpose of a C-ordered symmetric matrix is the same matrix in Fortran order, which LAPACK
     overwrites without a copy (a matrix in another layout is copied once); potri fills one
     triangle, mirrored here a block of columns at a time (blocks of 512 keep the diagonal blocks'
-    temporaries small: 0.05 s less than 2,048 for ML-1M's 3.7k items). Returns a Fortran-ordered
+    temporaries small: about 0.1 s less than 2,048 for ML-1M's 3.7k items). Returns a Fortran-ordered
     array, exactly symmetric.
     """
     work = matrix.T  # Fortran-ordered view: potrf and potri work in place
