@@ -33,10 +33,10 @@ def _gram(X: sp.spmatrix) -> np.ndarray:
 def _ease_weights(gram: np.ndarray, l2: float, overwrite: bool = False) -> np.ndarray:
     """B = I - P / diag(P) with P = (G + λI)⁻¹, i.e. B_ij = -P_ij / P_jj off the diagonal and 0 on it.
 
-    Memory: one copy of G in its dtype (float64 from `_gram`, float32 from `EaseRefitter`), inverted
-    and scaled in place, then B in float32 (for 20,000 items in float64: 3.2 GB beside G's own
-    3.2 GB, and 1.6 GB for B). With `overwrite`, G itself (C-ordered) is inverted in place and
-    no copy is made: for a float32 G, B is G's own memory.
+    Memory: one copy of G in its dtype, inverted and scaled in place, then B in float32 (for 20,000
+    items in float64: 3.2 GB beside G's own 3.2 GB, and 1.6 GB for B), as `tune_ease` needs (it
+    reuses G for every λ). With `overwrite`, G itself (C-ordered) is inverted in place and no copy
+    is made (`EASE.fit`, float64 G: B is its 1.6 GB; `EaseRefitter`, float32 G: B is G's own memory).
     """
     if l2 <= 0:
         raise ValueError(f"l2 must be > 0 (it makes XᵀX + λI invertible), got {l2}")
@@ -169,7 +169,8 @@ class EASE:
         self.columns_ = most_interacted_columns(X, self.max_items)
         self.n_items_ = X.shape[1]
         self.fitted_matrix_ = X
-        self.weights_ = _ease_weights(_gram(sp.csr_matrix(X)[:, self.columns_]), self.l2)
+        # G is this call's own: inverted in place, without the float64 copy (3.2 GB for 20,000 items)
+        self.weights_ = _ease_weights(_gram(sp.csr_matrix(X)[:, self.columns_]), self.l2, overwrite=True)
         self.fit_s = time.perf_counter() - started
         return self
 

@@ -127,7 +127,7 @@ def test_tune_ease_with_a_cap_counts_the_uncovered_held_out_items_as_misses():
 
 
 def test_the_in_place_inverse_mirrors_every_block_and_matches_numpy():
-    from recsys.models.ease import _ease_weights, _spd_inverse
+    from recsys.models.ease import _ease_weights, _gram, _spd_inverse
 
     rng = np.random.default_rng(4)
     A = rng.random((11, 11))
@@ -152,6 +152,8 @@ def test_the_in_place_inverse_mirrors_every_block_and_matches_numpy():
     in_place = _ease_weights(own, 2.0, overwrite=True)  # inverted in G's own memory, no copy
     np.testing.assert_array_equal(in_place, _ease_weights(A.astype(np.float32), 2.0))
     assert np.shares_memory(in_place, own) and in_place.flags.c_contiguous
+    X = sp.csr_matrix((rng.random((30, 11)) < 0.4).astype(np.float32))  # EASE.fit inverts its own float64 G in place
+    np.testing.assert_array_equal(EASE(2.0).fit(X).weights_, _ease_weights(_gram(X), 2.0))
 
 
 def test_the_refitter_gives_ease_s_weights_of_a_grown_matrix():
