@@ -286,6 +286,7 @@ class LoadedIndex:
         self.n_candidates = int(saved.n_candidates_saved.numpy())
         dim = int(saved.query_dim_saved.numpy()) if hasattr(saved, "query_dim_saved") else 0
         self._query = tf.TensorSpec([None], tf.int32) if dim == 0 else tf.TensorSpec([None, dim], tf.float32)
+        self.query_dim = dim  # 0: the index takes user ids
         # the restored graph itself: a restored function's dispatch costs about 0.5 ms a request
         self._search = saved.search.get_concrete_function(self._query, tf.TensorSpec([], tf.int32))
         self._searcher = self._identifiers = self._user_rows = self._user_vectors = None
@@ -305,6 +306,8 @@ class LoadedIndex:
             vectors = vectors_of_users(queries, self._user_rows, self._user_vectors)
         else:
             vectors = np.asarray(as_numpy(queries), np.float32)
+            if vectors.ndim != 2 or vectors.shape[1] != self.query_dim:  # ScaNN itself would not say what was wrong
+                raise ValueError(f"this index takes query vectors of shape (n, {self.query_dim}), got {vectors.shape}")
         return self._scann_search(vectors, int(k))
 
     def _scann_search(self, vectors: np.ndarray, k: int) -> tuple[tf.Tensor, tf.Tensor]:

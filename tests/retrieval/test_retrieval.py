@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -565,3 +566,7 @@ def test_reloaded_scann_is_searched_without_tensorflow_and_answers_as_the_live_l
         )
     with pytest.raises(ValueError, match="1-d batch of integer user ids"):
         loaded(tf.constant([[1.0, 2.0]]), k=5)
+    dim = movie_vectors.shape[1]
+    for wrong in (vectors[:3, : dim - 1], vectors[0]):  # a narrower vector, and one vector without its batch axis
+        with pytest.raises(ValueError, match=re.escape(f"query vectors of shape (n, {dim}), got {wrong.shape}")):
+            loaded_by_vector(wrong, k=5)
