@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         with tempfile.TemporaryDirectory() as folder:
             same = pair.save(Path(folder) / "exact", Path(folder) / "served", inputs.matrices.user_ids[:200])
         rows[kind] = {
-            **comparison.quality_metrics(),
-            **comparison.timing_metrics(),
+            **comparison.metrics(),
             "reloaded_the_same": bool(same),
         }
         print(f"{kind}: {comparison.describe()}; reloaded the same: {same}")

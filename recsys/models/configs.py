@@ -193,6 +193,13 @@ class RetrievalConfig(InBatchSoftmaxConfig):
         index: the index built beside exact search over the movie vectors, saved and served
             (`RETRIEVAL_INDEXES`): ScaNN, FAISS HNSW or IVF (inner product; settings in the
             `faiss` group), or exact search itself ("bruteforce").
+        popularity_prior_grid: the weights beta of a popularity prior tried after training, the
+            best by val Recall@10 kept (`retrieval_training.choose_popularity_prior`): a movie's
+            score becomes cosine / temperature + beta * log(its share of the training positives).
+            Cosine over a temperature spans a few nats, less than movies' log-popularity, and logQ
+            correction trains the scores without popularity; beta gives some of it back. The
+            prior rides in the vectors (one more dimension), so indexes search it as they search
+            the rest. [0.0] keeps the model's scores as trained.
     """
 
     model: str
@@ -208,9 +215,14 @@ class RetrievalConfig(InBatchSoftmaxConfig):
     bpr_negatives: int = 8
     bpr_alpha: float = 0.75
     index: str = "scann"
+    popularity_prior_grid: list[float] = dataclasses.field(default_factory=lambda: [0.0])
 
     def __post_init__(self):
         check_negatives(self.negatives)
+        if not self.popularity_prior_grid or min(self.popularity_prior_grid) < 0:
+            raise ValueError(
+                f"retrieval.popularity_prior_grid must be a non-empty list of weights >= 0, got {self.popularity_prior_grid}"
+            )
         if self.uniform_negatives < 1 or self.bpr_negatives < 1 or self.bpr_alpha < 0:
             raise ValueError(
                 "retrieval.uniform_negatives and retrieval.bpr_negatives must be >= 1 and retrieval.bpr_alpha >= 0, "

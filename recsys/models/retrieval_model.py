@@ -110,6 +110,12 @@ class TwoTowerRetrievalModel(tfrs.Model):
     (`fit_records.FitRecord`, in the encoder's indices), saved with the model: what it was fitted
     on, told by the data. A `fit` on a dataset (the workers' sharded batches) leaves it None.
 
+    `popularity_prior` is beta of the score cosine / temperature + beta * log(movie's share of the
+    training positives), set after training (`set_popularity_prior`; 0 as built). The served
+    vectors (`query_vectors`, `candidate_vectors`: what every index, score and saved embedding is
+    made of) then carry one more dimension: 1 for a query, temperature * beta * log share for a
+    movie, so a dot product ranks by that score. Training reads the towers, never the prior.
+
     Args:
         cardinalities: embedding table sizes (FeatureEncoder.cardinalities()).
         config: hyper-parameters and feature switches.
@@ -127,6 +133,9 @@ class TwoTowerRetrievalModel(tfrs.Model):
         self.fit_record: FitRecord | None = None
         self.query_tower = QueryTower(cardinalities, config)
         self.candidate_tower = CandidateTower(cardinalities, config)
+        self.popularity_prior = 0.0
+        # temperature * beta * log share of each movie id row: the candidates' prior dimension (saved with the weights)
+        self.prior_column = tf.Variable(tf.zeros([cardinalities["movie_id"]]), trainable=False, name="prior_column")
         self.task = tfrs.tasks.Retrieval(
             temperature=config.temperature, remove_accidental_hits=config.remove_accidental_hits
         )
@@ -136,6 +145,18 @@ class TwoTowerRetrievalModel(tfrs.Model):
         pairs = isinstance(x, dict) and "user_id" in x and "movie_id" in x
         self.fit_record = fingerprint(np.asarray(x["user_id"]), np.asarray(x["movie_id"]), "encoder") if pairs else None
         return super().fit(x, *args, **kwargs)
+
+    def query_vectors(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The served query vectors: the query tower's, with a last 1 when a popularity prior is set."""
+        vectors = self.query_tower(features)
+        return vectors if not self.popularity_prior else tf.concat([vectors, tf.ones_like(vectors[:, :1])], axis=1)
+
+    def candidate_vectors(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The served movie vectors: the candidate tower's, with the movie's prior term last when a prior is set."""
+        vectors = self.candidate_tower(features)
+        if not self.popularity_prior:
+            return vectors
+        return tf.concat([vectors, tf.gather(self.prior_column, features["movie_id"])[:, None]], axis=1)
 
     def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """In-batch softmax loss of a batch of (user, watched movie) pairs, summed over the pairs.
@@ -231,6 +252,35 @@ class TwoTowerRetrievalModel(tfrs.Model):
         return bpr_loss(queries, positives, negatives, features["movie_id"], negative_ids, self.config.temperature)
 
 
+def movie_log_shares(movie_rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """log of each movie id row's share of the positives whose rows (encoder indices) are `movie_rows`.
+
+    Add-one smoothed over the `n_rows` rows (the id table's size), so a movie without positives
+    (row 0 stands for every movie the encoder did not see) has a finite log share, the lowest.
+    """
+    movie_rows = np.asarray(movie_rows)
+    if movie_rows.size and (movie_rows.min() < 0 or movie_rows.max() >= n_rows):
+        raise ValueError(f"movie rows must lie in [0, {n_rows}), got {movie_rows.min()}..{movie_rows.max()}")
+    counts = np.bincount(movie_rows, minlength=n_rows)
+    return np.log((counts + 1.0) / (counts.sum() + n_rows)).astype(np.float32)
+
+
+def set_popularity_prior(model: TwoTowerRetrievalModel, log_shares: np.ndarray, beta: float) -> None:
+    """Give `model` the popularity prior beta * log share (`movie_log_shares` of its training positives); 0 removes it.
+
+    The scores become cosine / temperature + beta * log share up to the factor temperature
+    (see `TwoTowerRetrievalModel`); the towers are untouched.
+    """
+    if beta < 0:
+        raise ValueError(f"the popularity prior's weight must be >= 0, got {beta}")
+    rows = int(model.prior_column.shape[0])
+    if np.shape(log_shares) != (rows,):
+        raise ValueError(f"log_shares must hold one value per movie id row ({rows}), got shape {np.shape(log_shares)}")
+    column = model.config.temperature * beta * np.asarray(log_shares, np.float32)
+    model.prior_column.assign(column.astype(np.float32))
+    model.popularity_prior = float(beta)
+
+
 def model_inputs(config: RetrievalConfig, available: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
     """The (user, movie, context) input names the model reads, so only those are fed to it.
 
@@ -292,14 +342,14 @@ def user_embeddings(
     """Query vectors of `users` (MovieLens user ids), in that order, without context.
 
     Returns:
-        (len(users), embedding_dim) float32.
+        (len(users), embedding_dim) float32 (one column more with a popularity prior).
     """
     rows = user_table.index.get_indexer(np.asarray(users))
     if (rows < 0).any():
         raise KeyError(f"users {np.asarray(users)[rows < 0][:5].tolist()} are not in the user table")
     names = model_inputs(model.config, encoder.cardinalities())[0]
     inputs = encoder.user_inputs(user_table.iloc[rows])
-    return embed_in_batches(model.query_tower, {n: inputs[n] for n in names})
+    return embed_in_batches(model.query_vectors, {n: inputs[n] for n in names})
 
 
 def movie_embeddings(
@@ -308,11 +358,11 @@ def movie_embeddings(
     """Candidate vectors of every movie of `movie_table` (the catalogue).
 
     Returns:
-        (movie_ids in table order, (n_movies, embedding_dim) float32).
+        (movie_ids in table order, (n_movies, embedding_dim) float32, one column more with a popularity prior).
     """
     names = model_inputs(model.config, encoder.cardinalities())[1]
     inputs = encoder.movie_inputs(movie_table)
-    return movie_table.index.to_numpy(), embed_in_batches(model.candidate_tower, {n: inputs[n] for n in names})
+    return movie_table.index.to_numpy(), embed_in_batches(model.candidate_vectors, {n: inputs[n] for n in names})
 
 
 def factorized_top_k(
@@ -361,6 +411,7 @@ def save_retrieval_model(model: TwoTowerRetrievalModel, encoder: FeatureEncoder,
     """
     record = model.fit_record
     state = {"config": model.config.to_dict(), "fit_record": None if record is None else record.to_dict()}
+    state["popularity_prior"] = model.popularity_prior  # its column is a weight
     return save_model_folder(model, encoder, folder, state)
 
 
@@ -370,4 +421,5 @@ def load_retrieval_model(folder: str | os.PathLike) -> tuple[TwoTowerRetrievalMo
     model = build_retrieval_model(state["cardinalities"], RetrievalConfig.from_params(state["config"]))
     model.load_weights(weights).expect_partial()
     model.fit_record = FitRecord.from_dict(state.get("fit_record"))
+    model.popularity_prior = float(state.get("popularity_prior", 0.0))
     return model, encoder

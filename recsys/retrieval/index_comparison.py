@@ -197,6 +197,10 @@ class IndexComparison:
             out[f"{prefix}scann_overlap_at_100"] = self.overlap
         return out
 
+    def metrics(self) -> dict[str, float | int | str]:
+        """Every key of the comparison: `quality_metrics` (unprefixed) and `timing_metrics`."""
+        return {**self.quality_metrics(), **self.timing_metrics()}
+
     def timing_metrics(self) -> dict[str, float]:
         """Single-query and batch latency of both indexes, and the served index's build time and batch queries/s.
 

@@ -53,6 +53,7 @@ class UserQueryModel(tf.keras.Model):
     def __init__(self, model: TwoTowerRetrievalModel, encoder: FeatureEncoder, user_table: pd.DataFrame):
         super().__init__()
         self.query_tower = model.query_tower
+        self.prior_dimension = bool(model.popularity_prior)  # the served vectors' last 1 (`query_vectors`)
         user_ids = user_table.index.to_numpy().astype(np.int64)
         if (user_ids < 0).any():
             raise ValueError("user ids must be non-negative integers")
@@ -75,7 +76,8 @@ class UserQueryModel(tf.keras.Model):
             tf.gather(self.row_of_user, tf.clip_by_value(user_ids, 0, size - 1)),
             tf.shape(self.user_features["user_id"])[0] - 1,
         )
-        return self.query_tower({name: tf.gather(values, rows) for name, values in self.user_features.items()})
+        vectors = self.query_tower({name: tf.gather(values, rows) for name, values in self.user_features.items()})
+        return tf.concat([vectors, tf.ones_like(vectors[:, :1])], axis=1) if self.prior_dimension else vectors
 
 
 def _fill_index(index: TopK, query_model: tf.keras.Model | None, movie_ids: np.ndarray, vectors: np.ndarray) -> TopK:

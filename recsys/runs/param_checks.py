@@ -178,6 +178,7 @@ def _value_checks() -> dict[str, Callable[[Any], str | None]]:
         "retrieval.uniform_negatives": _at_least(1),
         "retrieval.bpr_negatives": _at_least(1),
         "retrieval.bpr_alpha": _at_least(0),
+        "retrieval.popularity_prior_grid": _grid(_at_least(0)),
         "retrieval.index": _one_of(*RETRIEVAL_INDEXES),
         "faiss.hnsw_m": _at_least(2),
         "faiss.hnsw_ef_construction": _at_least(1),

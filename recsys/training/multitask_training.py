@@ -253,7 +253,8 @@ def specialists(data: MultitaskData, users: pd.DataFrame, movies: pd.DataFrame, 
 
     val_rmse: the rating model fitted on train (`rating_model_train`, unclipped as its early stopping);
     rmse: its refit (`rating_model`, clipped); val_ and test recall_at_100: the served two-tower
-    (`retrieval_model`, fitted on train). `require` is `Run.require` (artifact name -> path).
+    (`retrieval_model`, fitted on train) as trained, without its popularity prior (the joint model
+    has none: equal footing). `require` is `Run.require` (artifact name -> path).
     """
     out = {}
     for key, name, split in (("val_rmse", "rating_model_train", "val"), ("rmse", "rating_model", "test")):
@@ -262,6 +263,7 @@ def specialists(data: MultitaskData, users: pd.DataFrame, movies: pd.DataFrame, 
         predicted = predict(model, encoder.example_inputs(frame, *tables))
         out[key] = metrics.rmse(frame["rating"].to_numpy(), predicted, None if split == "val" else data.scale)
     model, encoder = load_retrieval_model(require("retrieval_model"))
+    model.popularity_prior = 0.0  # the towers' vectors (`TwoTowerRetrievalModel.query_vectors`)
     tables = encoder.user_table(users), encoder.movie_table(movies)
     scores = full_ranking_scores(model, encoder, *tables, data.matrices.user_ids, data.matrices.movie_ids)
     for key, split in (("val_recall_at_100", "val"), ("recall_at_100", "test")):

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
 from recsys.core.seeding import set_seed
-from recsys.evaluation.full_ranking import SplitMatrices, per_user_scores
+from recsys.evaluation.full_ranking import RETRIEVAL_KS, SplitMatrices, evaluate_scores, per_user_scores
 from recsys.evaluation.score_blocks import RowScores
 from recsys.features.encoding import FeatureEncoder
 from recsys.models.configs import RetrievalConfig
@@ -22,9 +23,14 @@ from recsys.models.retrieval_model import (
     build_retrieval_model,
     full_ranking_scores,
     model_inputs,
+    movie_log_shares,
+    set_popularity_prior,
 )
 from recsys.training.callbacks import EpochTimer, FullRankingMonitor, steady_throughput, stop_at_best_recall
 from recsys.training.curves import TrainingCurve
+
+if TYPE_CHECKING:  # retrieval_inputs imports this module
+    from recsys.training.retrieval_inputs import RetrievalInputs
 
 
 def positives(interactions: pd.DataFrame, min_rating: int) -> pd.DataFrame:
@@ -176,13 +182,7 @@ def train_retrieval_model(
 
 
 def refit_on_train_val(
-    config: RetrievalConfig,
-    encoder: FeatureEncoder,
-    positives: pd.DataFrame,
-    user_table: pd.DataFrame,
-    movie_table: pd.DataFrame,
-    seed: int,
-    epochs: int,
+    config: RetrievalConfig, inputs: RetrievalInputs, seed: int, epochs: int
 ) -> RetrievalTrainingResult:
     """A fresh model fitted on the train and val positives for `epochs`, without early stopping.
 
@@ -193,7 +193,8 @@ def refit_on_train_val(
     a movie first rated in val shares the unknown id row.
 
     Args:
-        positives: the run's positives with their `split` (every split; test is left out here).
+        inputs: the run's `RetrievalInputs`: its positives with their `split` (test is left out here),
+            the encoder fitted on train and the encoded tables.
         epochs: the number of epochs to train (>= 1).
 
     Raises:
@@ -201,6 +202,12 @@ def refit_on_train_val(
     """
     if epochs < 1:
         raise ValueError(f"refit for at least one epoch, got epochs={epochs}")
+    positives, encoder, user_table, movie_table = (
+        inputs.positives,
+        inputs.encoder,
+        inputs.user_table,
+        inputs.movie_table,
+    )
     before_test = positives[positives["split"].isin(("train", "val"))]
     if not before_test["split"].eq("val").any() or not before_test["split"].eq("train").any():
         raise ValueError("the refit needs train and val positives: check the split and retrieval.min_rating")
@@ -233,23 +240,40 @@ class NegativesComparison:
         return {name: curve for name, curve in self.curves.items() if name != self.chosen}
 
     def per_user(
-        self, score_users: Callable, matrices: SplitMatrices, split: str = "test", prefix: str = "two_tower"
+        self,
+        score_users: Callable,
+        matrices: SplitMatrices,
+        split: str = "test",
+        prefix: str = "two_tower",
+        ks: Sequence[int] = RETRIEVAL_KS,
     ) -> dict[str, pd.DataFrame]:
-        """Each variant's per-user metrics on `split` as `<prefix>_<variant>`, and the chosen one's also as `<prefix>`.
+        """Each variant's per-user metrics on `split` as trained, `<prefix>_<variant>`, and the served model's as `<prefix>`.
+
+        The served model is the chosen variant with its popularity prior (`choose_popularity_prior`);
+        without one, its rows are the chosen variant's.
 
         Args:
             score_users: a model -> its full-ranking scores (`FullRankingMonitor.score_users`).
+            ks: the list lengths of the metrics.
         """
-        rows = {
-            f"{prefix}_{name}": per_user_scores(score_users(r.model), matrices, split)
-            for name, r in self.trained.items()
-        }
-        return {prefix: rows[f"{prefix}_{self.chosen}"], **rows}
+        rows = {}
+        for name, result in self.trained.items():
+            beta, result.model.popularity_prior = result.model.popularity_prior, 0.0  # the towers as trained
+            try:
+                rows[f"{prefix}_{name}"] = per_user_scores(score_users(result.model), matrices, split, ks)
+            finally:
+                result.model.popularity_prior = beta
+        served = self.trained[self.chosen].model
+        if not served.popularity_prior:
+            return {prefix: rows[f"{prefix}_{self.chosen}"], **rows}
+        return {prefix: per_user_scores(score_users(served), matrices, split, ks), **rows}
 
     def pairs(self, prefix: str = "two_tower") -> list[tuple[str, str]]:
-        """(`<prefix>_<variant>`, `<prefix>`) for each variant not chosen: its gap to the served one, to be shown
-        with a paired interval (val chose; test only says whether the gap is a shown difference)."""
-        return [(f"{prefix}_{name}", prefix) for name in self.curves if name != self.chosen]
+        """(`<prefix>_<variant>`, `<prefix>`) for each variant as trained against the served model, to be shown
+        with a paired interval (val chose; test only says whether the gap is a shown difference): every variant
+        not chosen, and the chosen one too when the served model adds a popularity prior to it."""
+        prior = bool(self.trained[self.chosen].model.popularity_prior)
+        return [(f"{prefix}_{name}", prefix) for name in self.curves if name != self.chosen or prior]
 
     def table(self) -> pd.DataFrame:
         """One row per variant: best val recall, its epoch, epochs run, wall time and seconds per epoch."""
@@ -266,9 +290,11 @@ class NegativesComparison:
         return pd.DataFrame.from_dict(rows, orient="index").rename_axis("negatives")
 
     def metrics(self, prefix: str = "two_tower") -> dict[str, float | int | str]:
-        """`<prefix>_negatives` (the chosen variant) and, per variant, `<monitored>_<prefix>_<variant>` (its best val
-        recall), `<prefix>_<variant>_best_epoch` and `<prefix>_<variant>_train_s`."""
+        """`<prefix>_negatives` (the chosen variant), `<prefix>_popularity_prior` (the served model's beta) and, per
+        variant, `<monitored>_<prefix>_<variant>` (its best val recall), `<prefix>_<variant>_best_epoch` and
+        `<prefix>_<variant>_train_s`."""
         out: dict[str, float | int | str] = {f"{prefix}_negatives": self.chosen}
+        out[f"{prefix}_popularity_prior"] = float(self.trained[self.chosen].model.popularity_prior)
         for name, curve in self.curves.items():
             out[f"{curve.monitored}_{prefix}_{name}"] = float(curve.table[curve.monitored].max())
             out.update(curve.metrics(f"{prefix}_{name}", self.trained[name].wall_s))
@@ -293,3 +319,73 @@ def compare_negatives(
     curves = {name: TrainingCurve.of(result.history, monitored) for name, result in trained.items()}
     best = {name: float(curve.table[monitored].max()) for name, curve in curves.items()}
     return NegativesComparison(dict(variants), trained, curves, max(best, key=best.__getitem__))
+
+
+# ---- the popularity prior ----------------------------------------------------------------------------
+
+
+def positives_log_shares(
+    fitted_positives: pd.DataFrame, movie_table: pd.DataFrame, encoder: FeatureEncoder
+) -> np.ndarray:
+    """`movie_log_shares` of the positives a model was fitted on, over its encoder's movie id rows."""
+    rows = movie_table["movie_id_idx"].to_numpy()[movie_table.index.get_indexer(fitted_positives["movie_id"])]
+    return movie_log_shares(rows, encoder.cardinalities()["movie_id"])
+
+
+@dataclass
+class PopularityPriorChoice:
+    """The popularity prior's weights tried on val, and the one kept.
+
+    Attributes:
+        table: one row per beta (in the grid's order): the val metrics of the model with that prior,
+            and whether it is the one kept (`chosen`).
+        beta: the weight with the best `metric` (the smallest on a tie); the model keeps it.
+        metric: what chose it.
+    """
+
+    table: pd.DataFrame
+    beta: float
+    metric: str
+
+    def set_on(self, model: TwoTowerRetrievalModel, fitted_positives: pd.DataFrame, inputs: RetrievalInputs) -> None:
+        """Give another model (the refit on train + val) this beta, over the shares of the positives it was fitted on."""
+        set_popularity_prior(
+            model, positives_log_shares(fitted_positives, inputs.movie_table, inputs.encoder), self.beta
+        )
+
+
+def choose_popularity_prior(
+    model: TwoTowerRetrievalModel,
+    fitted_positives: pd.DataFrame,
+    inputs: RetrievalInputs,
+    grid: list[float],
+    monitor: FullRankingMonitor,
+    metric: str = "recall_at_10",
+    ks: tuple[int, ...] = (10, 100),
+) -> PopularityPriorChoice:
+    """Try each beta of `grid` as `model`'s popularity prior on val, keep the best by `metric`, set it on `model`.
+
+    Scored as served: through the vectors with the prior (the `monitor`'s full ranking: seen movies
+    excluded, every user with val movies). Only val may choose: a monitor of another split is refused.
+
+    Args:
+        fitted_positives: the positives the model was fitted on (their shares are the prior's).
+        inputs: the run's `RetrievalInputs` (movie table and encoder).
+        grid: the weights (`retrieval.popularity_prior_grid`), each >= 0.
+        ks: the list lengths of the table's metrics (`metric` among them).
+    """
+    split, matrices = monitor.split, monitor.matrices
+    if split != "val":
+        raise ValueError(f"the popularity prior is chosen on val, not {split!r}")
+    log_shares = positives_log_shares(fitted_positives, inputs.movie_table, inputs.encoder)
+    if not grid:
+        raise ValueError("no popularity prior weight to try: retrieval.popularity_prior_grid is empty")
+    rows = {}
+    for beta in grid:
+        set_popularity_prior(model, log_shares, float(beta))
+        rows[float(beta)] = evaluate_scores(monitor.score_users(model), matrices, split, ks)
+    best = max(rows, key=lambda beta: (rows[beta][metric], -beta))
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("beta")
+    table["chosen"] = table.index == best
+    set_popularity_prior(model, log_shares, best)
+    return PopularityPriorChoice(table, best, metric)

@@ -150,6 +150,7 @@ def test_the_chosen_index_names_its_metrics(catalogue, kind):
     matrices = split_matrices(interactions, np.sort(interactions["user_id"].unique()), movie_ids)
     comparison = compare_indexes(chosen, matrices, split="test", user_index=user_vectors, timing_batch=16)
     quality, timing = comparison.quality_metrics(), comparison.timing_metrics()
+    assert comparison.metrics() == {**quality, **timing}
     assert quality["retrieval_index"] == kind and set(quality) == {
         "retrieval_index",
         f"{kind}_overlap_at_5",

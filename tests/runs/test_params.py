@@ -91,6 +91,8 @@ def test_override_values_are_yaml_typed():
         ),
         ("multitask.retrieval_group=-1", "multitask.retrieval_group=-1: must be >= 0"),
         ("multitask.rmse_tolerance=-0.01", "multitask.rmse_tolerance=-0.01: must be >= 0"),
+        ("retrieval.popularity_prior_grid=[0.0, -0.1]", "item 1 (-0.1) must be >= 0"),
+        ("retrieval.popularity_prior_grid=[]", "retrieval.popularity_prior_grid=[]: must not be empty"),
     ],
 )
 def test_bad_overrides_name_the_key(override, fragment):
