@@ -193,13 +193,14 @@ class RetrievalConfig(InBatchSoftmaxConfig):
         index: the index built beside exact search over the movie vectors, saved and served
             (`RETRIEVAL_INDEXES`): ScaNN, FAISS HNSW or IVF (inner product; settings in the
             `faiss` group), or exact search itself ("bruteforce").
-        popularity_prior_grid: the weights beta of a popularity prior tried after training, the
-            best by val Recall@10 kept (`retrieval_training.choose_popularity_prior`): a movie's
-            score becomes cosine / temperature + beta * log(its share of the training positives).
-            Cosine over a temperature spans a few nats, less than movies' log-popularity, and logQ
-            correction trains the scores without popularity; beta gives some of it back. The
-            prior rides in the vectors (one more dimension), so indexes search it as they search
-            the rest. [0.0] keeps the model's scores as trained.
+        popularity_prior_grid: the weights beta of a popularity prior scored on val after training
+            (`retrieval_training.choose_popularity_prior`): a movie's score becomes cosine / temperature
+            + beta * log(its share of the training positives). Cosine over a temperature spans a few
+            nats, less than movies' log-popularity, and logQ correction trains the scores without
+            popularity; beta gives some of it back. The served model takes the best val Recall@100
+            (its job: candidates), a top-10 list the best val Recall@10. The prior rides in the
+            vectors (one more dimension), so indexes search it as they search the rest. [0.0] keeps
+            the model's scores as trained.
     """
 
     model: str

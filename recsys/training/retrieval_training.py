@@ -223,12 +223,21 @@ class NegativesComparison:
         trained: each variant's training result.
         curves: each variant's training curve (loss and the monitored val recall per epoch).
         chosen: the variant with the best monitored val recall over its epochs (the first on a tie).
+        prior: the popularity prior's choice on val for the chosen model, once `choose_popularity_prior` has run.
     """
 
     configs: dict[str, RetrievalConfig]
     trained: dict[str, RetrievalTrainingResult]
     curves: dict[str, TrainingCurve]
     chosen: str
+    prior: PopularityPriorChoice | None = None
+
+    def choose_popularity_prior(
+        self, fitted_positives: pd.DataFrame, inputs: RetrievalInputs, grid: list[float], monitor: FullRankingMonitor
+    ) -> PopularityPriorChoice:
+        """`choose_popularity_prior` for the chosen variant's model (the served two-tower), kept as `prior`."""
+        self.prior = choose_popularity_prior(self.trained[self.chosen].model, fitted_positives, inputs, grid, monitor)
+        return self.prior
 
     @property
     def best(self) -> tuple[RetrievalConfig, RetrievalTrainingResult, TrainingCurve]:
@@ -292,9 +301,15 @@ class NegativesComparison:
     def metrics(self, prefix: str = "two_tower") -> dict[str, float | int | str]:
         """`<prefix>_negatives` (the chosen variant), `<prefix>_popularity_prior` (the served model's beta) and, per
         variant, `<monitored>_<prefix>_<variant>` (its best val recall), `<prefix>_<variant>_best_epoch` and
-        `<prefix>_<variant>_train_s`."""
+        `<prefix>_<variant>_train_s`. With a `prior` choice, also `<prefix>_list_popularity_prior` (the best beta by
+        val Recall@10, a top-10 list's) and each beta's `val_<metric>_<prefix>_prior_<beta>` (Recall@10, @100)."""
         out: dict[str, float | int | str] = {f"{prefix}_negatives": self.chosen}
         out[f"{prefix}_popularity_prior"] = float(self.trained[self.chosen].model.popularity_prior)
+        if self.prior is not None:
+            out[f"{prefix}_list_popularity_prior"] = self.prior.best("recall_at_10")
+            for metric in ("recall_at_10", "recall_at_100"):
+                for beta, value in self.prior.table[metric].items():
+                    out[f"val_{metric}_{prefix}_prior_{beta:g}".replace(".", "p")] = float(value)
         for name, curve in self.curves.items():
             out[f"{curve.monitored}_{prefix}_{name}"] = float(curve.table[curve.monitored].max())
             out.update(curve.metrics(f"{prefix}_{name}", self.trained[name].wall_s))
@@ -334,24 +349,31 @@ def positives_log_shares(
 
 @dataclass
 class PopularityPriorChoice:
-    """The popularity prior's weights tried on val, and the one kept.
+    """The popularity prior's weights tried on val: each one's val metrics, and the best beta for a metric.
 
     Attributes:
-        table: one row per beta (in the grid's order): the val metrics of the model with that prior,
-            and whether it is the one kept (`chosen`).
-        beta: the weight with the best `metric` (the smallest on a tie); the model keeps it.
-        metric: what chose it.
+        table: one row per beta (in the grid's order): the val metrics of the model with that prior.
+        beta: the served model's weight, the best by `metric` (a candidate generator's: Recall@100).
+        metric: what chose `beta`.
     """
 
     table: pd.DataFrame
     beta: float
     metric: str
 
-    def set_on(self, model: TwoTowerRetrievalModel, fitted_positives: pd.DataFrame, inputs: RetrievalInputs) -> None:
-        """Give another model (the refit on train + val) this beta, over the shares of the positives it was fitted on."""
-        set_popularity_prior(
-            model, positives_log_shares(fitted_positives, inputs.movie_table, inputs.encoder), self.beta
-        )
+    def best(self, metric: str) -> float:
+        """The beta with the best val `metric` (the smallest on a tie)."""
+        values = self.table[metric]
+        return float(values[values == values.max()].index.min())
+
+    def set_on(
+        self, model: TwoTowerRetrievalModel, fitted_positives: pd.DataFrame, inputs: RetrievalInputs, metric: str
+    ) -> float:
+        """Give another model (the refit on train + val) the best beta for `metric`, over the shares of the positives
+        it was fitted on; return that beta."""
+        beta = self.best(metric)
+        set_popularity_prior(model, positives_log_shares(fitted_positives, inputs.movie_table, inputs.encoder), beta)
+        return beta
 
 
 def choose_popularity_prior(
@@ -360,11 +382,14 @@ def choose_popularity_prior(
     inputs: RetrievalInputs,
     grid: list[float],
     monitor: FullRankingMonitor,
-    metric: str = "recall_at_10",
+    metric: str = "recall_at_100",
     ks: tuple[int, ...] = (10, 100),
 ) -> PopularityPriorChoice:
     """Try each beta of `grid` as `model`'s popularity prior on val, keep the best by `metric`, set it on `model`.
 
+    The default metric is the served two-tower's job: 100 candidates for the ranker, judged by
+    Recall@100 (as EASE's lambda and the early stopping are). A top-10 list takes its own beta from
+    the same table (`PopularityPriorChoice.set_on(..., "recall_at_10")`).
     Scored as served: through the vectors with the prior (the `monitor`'s full ranking: seen movies
     excluded, every user with val movies). Only val may choose: a monitor of another split is refused.
 
@@ -384,8 +409,7 @@ def choose_popularity_prior(
     for beta in grid:
         set_popularity_prior(model, log_shares, float(beta))
         rows[float(beta)] = evaluate_scores(monitor.score_users(model), matrices, split, ks)
-    best = max(rows, key=lambda beta: (rows[beta][metric], -beta))
-    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("beta")
-    table["chosen"] = table.index == best
-    set_popularity_prior(model, log_shares, best)
-    return PopularityPriorChoice(table, best, metric)
+    choice = PopularityPriorChoice(pd.DataFrame.from_dict(rows, orient="index").rename_axis("beta"), 0.0, metric)
+    choice.beta = choice.best(metric)
+    set_popularity_prior(model, log_shares, choice.beta)
+    return choice

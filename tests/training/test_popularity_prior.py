@@ -106,12 +106,16 @@ def test_the_prior_is_chosen_on_val_and_left_on_the_model(data, fitted):  # noqa
     inputs = RetrievalInputs(data["interactions"], *tables, matrices, not_in_release=[])
     grid = [0.0, 0.5, 5.0]
     try:
-        choice = retrieval_training.choose_popularity_prior(model, data["train"], inputs, grid, monitor, ks=(10, 50))
+        choice = retrieval_training.choose_popularity_prior(
+            model, data["train"], inputs, grid, monitor, metric="recall_at_10", ks=(10, 50)
+        )
         assert list(choice.table.index) == grid and model.popularity_prior == choice.beta
-        recall = choice.table["recall_at_10"]
-        assert recall[choice.beta] == recall.max() and choice.beta == min(b for b in grid if recall[b] == recall.max())
+        for metric in ("recall_at_10", "recall_at_50"):  # each metric's best, the smallest on a tie
+            values = choice.table[metric]
+            assert choice.best(metric) == min(b for b in grid if values[b] == values.max())
+        assert choice.beta == choice.best("recall_at_10") and choice.metric == "recall_at_10"
         again = full_ranking.evaluate_scores(monitor.score_users(model), matrices, "val", (10, 50))
-        assert again["recall_at_10"] == recall[choice.beta]  # the model keeps what was chosen
+        assert again["recall_at_10"] == choice.table.loc[choice.beta, "recall_at_10"]  # the model keeps the choice
         # a huge beta ranks by popularity first: each user's top movie is one of the most watched they have not seen
         retrieval_model.set_popularity_prior(model, log_shares, 1e4)
         users, movies = vectors(model, data, matrices)
@@ -119,7 +123,8 @@ def test_the_prior_is_chosen_on_val_and_left_on_the_model(data, fitted):  # noqa
         counts = np.asarray(matrices.train.sum(axis=0)).ravel()
         unseen_counts = np.where(matrices.train.toarray() > 0, -1, counts)
         np.testing.assert_array_equal(counts[scores.argmax(axis=1)], unseen_counts.max(axis=1))
-        assert choice.table["chosen"].tolist() == [beta == choice.beta for beta in grid]
+        with pytest.raises(KeyError):  # the default metric, Recall@100, needs lists of 100 (this catalogue has 60)
+            retrieval_training.choose_popularity_prior(model, data["train"], inputs, grid, monitor, ks=(10, 50))
         with pytest.raises(ValueError, match="chosen on val, not 'test'"):
             retrieval_training.choose_popularity_prior(model, data["train"], inputs, grid, test_monitor)
         with pytest.raises(ValueError, match="popularity_prior_grid is empty"):
@@ -153,6 +158,13 @@ def test_the_served_rows_carry_the_prior_and_each_variant_is_scored_as_trained(d
         assert not rows["two_tower"].equals(plain["two_tower"])  # the served model, with its prior
         assert negatives.pairs() == [("two_tower_inbatch_logq", "two_tower")]
         assert negatives.metrics()["two_tower_popularity_prior"] == 0.5
+        table = pd.DataFrame({"recall_at_10": [0.1, 0.3], "recall_at_100": [0.5, 0.4]}, index=[0.0, 0.5])
+        negatives.prior = retrieval_training.PopularityPriorChoice(table, 0.0, "recall_at_100")
+        metrics = negatives.metrics()
+        assert (
+            metrics["two_tower_list_popularity_prior"] == 0.5
+            and metrics["val_recall_at_100_two_tower_prior_0p5"] == 0.4
+        )
     finally:
         retrieval_model.set_popularity_prior(model, log_shares, 0.0)
 
@@ -162,8 +174,9 @@ def test_a_choice_is_set_on_the_refit_over_the_shares_of_train_and_val(data):  #
     inputs = run_inputs(data, data["interactions"])
     refit = retrieval_training.refit_on_train_val(small_config(), inputs, seed=3, epochs=1)
     assert refit.model.popularity_prior == 0.0 and not refit.model.prior_column.numpy().any()  # as trained
-    choice = retrieval_training.PopularityPriorChoice(pd.DataFrame(), 0.2, "recall_at_10")
-    choice.set_on(refit.model, before_test, inputs)
+    table = pd.DataFrame({"recall_at_10": [0.1, 0.3, 0.3], "recall_at_100": [0.5, 0.4, 0.2]}, index=[0.0, 0.2, 0.4])
+    choice = retrieval_training.PopularityPriorChoice(table, 0.0, "recall_at_100")
+    assert choice.set_on(refit.model, before_test, inputs, "recall_at_10") == 0.2  # the smaller of the tie
     shares = retrieval_training.positives_log_shares(before_test, data["movie_table"], data["encoder"])
     assert refit.model.popularity_prior == 0.2
     np.testing.assert_allclose(
