@@ -276,8 +276,7 @@ def set_popularity_prior(model: TwoTowerRetrievalModel, log_shares: np.ndarray, 
     rows = int(model.prior_column.shape[0])
     if np.shape(log_shares) != (rows,):
         raise ValueError(f"log_shares must hold one value per movie id row ({rows}), got shape {np.shape(log_shares)}")
-    column = model.config.temperature * beta * np.asarray(log_shares, np.float32)
-    model.prior_column.assign(column.astype(np.float32))
+    model.prior_column.assign(model.config.temperature * beta * np.asarray(log_shares, np.float32))
     model.popularity_prior = float(beta)
 
 

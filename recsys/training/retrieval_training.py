@@ -202,16 +202,11 @@ def refit_on_train_val(
     """
     if epochs < 1:
         raise ValueError(f"refit for at least one epoch, got epochs={epochs}")
-    positives, encoder, user_table, movie_table = (
-        inputs.positives,
-        inputs.encoder,
-        inputs.user_table,
-        inputs.movie_table,
-    )
-    before_test = positives[positives["split"].isin(("train", "val"))]
+    before_test = inputs.positives[inputs.positives["split"].isin(("train", "val"))]
     if not before_test["split"].eq("val").any() or not before_test["split"].eq("train").any():
         raise ValueError("the refit needs train and val positives: check the split and retrieval.min_rating")
-    return train_retrieval_model(config, encoder, before_test, user_table, movie_table, seed, epochs=epochs)
+    tables = inputs.user_table, inputs.movie_table
+    return train_retrieval_model(config, inputs.encoder, before_test, *tables, seed, epochs=epochs)
 
 
 @dataclass
@@ -363,8 +358,7 @@ class PopularityPriorChoice:
 
     def best(self, metric: str) -> float:
         """The beta with the best val `metric` (the smallest on a tie)."""
-        values = self.table[metric]
-        return float(values[values == values.max()].index.min())
+        return _best_beta(self.table, metric)
 
     def set_on(
         self, model: TwoTowerRetrievalModel, fitted_positives: pd.DataFrame, inputs: RetrievalInputs, metric: str
@@ -409,7 +403,12 @@ def choose_popularity_prior(
     for beta in grid:
         set_popularity_prior(model, log_shares, float(beta))
         rows[float(beta)] = evaluate_scores(monitor.score_users(model), matrices, split, ks)
-    choice = PopularityPriorChoice(pd.DataFrame.from_dict(rows, orient="index").rename_axis("beta"), 0.0, metric)
-    choice.beta = choice.best(metric)
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("beta")
+    choice = PopularityPriorChoice(table, _best_beta(table, metric), metric)
     set_popularity_prior(model, log_shares, choice.beta)
     return choice
+
+
+def _best_beta(table: pd.DataFrame, metric: str) -> float:
+    values = table[metric]
+    return float(values[values == values.max()].index.min())

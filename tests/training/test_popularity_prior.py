@@ -12,7 +12,6 @@ from recsys.models import retrieval_model
 from recsys.retrieval import indexes
 from recsys.training import retrieval_training
 from recsys.training.curves import TrainingCurve
-from recsys.training.retrieval_inputs import RetrievalInputs
 from tests.retrieval.test_retrieval import data, small_config  # noqa: F401  (the tiny taste data, a module fixture)
 from tests.training.test_retrieval_refit import run_inputs
 
@@ -27,6 +26,12 @@ def fitted(data):  # noqa: F811
     )
     log_shares = retrieval_training.positives_log_shares(data["train"], data["movie_table"], data["encoder"])
     return result.model, matrices, log_shares, result
+
+
+def monitor_of(data, matrices, split):  # noqa: F811
+    return retrieval_training.full_ranking_monitor(
+        data["encoder"], data["user_table"], data["movie_table"], matrices, split=split
+    )
 
 
 def vectors(model, data, matrices):  # noqa: F811
@@ -96,14 +101,8 @@ def test_a_saved_model_and_its_index_keep_the_prior(tmp_path, data, fitted):  # 
 
 def test_the_prior_is_chosen_on_val_and_left_on_the_model(data, fitted):  # noqa: F811
     model, matrices, log_shares, _ = fitted
-    monitor = retrieval_training.full_ranking_monitor(
-        data["encoder"], data["user_table"], data["movie_table"], matrices, split="val"
-    )
-    test_monitor = retrieval_training.full_ranking_monitor(
-        data["encoder"], data["user_table"], data["movie_table"], matrices, split="test"
-    )
-    tables = data["encoder"], data["user_table"], data["movie_table"]
-    inputs = RetrievalInputs(data["interactions"], *tables, matrices, not_in_release=[])
+    monitor, test_monitor = monitor_of(data, matrices, "val"), monitor_of(data, matrices, "test")
+    inputs = run_inputs(data, data["interactions"])
     grid = [0.0, 0.5, 5.0]
     try:
         choice = retrieval_training.choose_popularity_prior(
@@ -135,9 +134,7 @@ def test_the_prior_is_chosen_on_val_and_left_on_the_model(data, fitted):  # noqa
 
 def test_the_served_rows_carry_the_prior_and_each_variant_is_scored_as_trained(data, fitted):  # noqa: F811
     model, matrices, log_shares, result = fitted
-    monitor = retrieval_training.full_ranking_monitor(
-        data["encoder"], data["user_table"], data["movie_table"], matrices, split="val"
-    )
+    monitor = monitor_of(data, matrices, "val")
     config = model.config
     history = {"loss": result.history["loss"], "val_recall_at_100": [0.5] * len(result.history["loss"])}
     curves = {"inbatch_logq": TrainingCurve.of(history, "val_recall_at_100")}
