@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -278,6 +279,16 @@ def set_popularity_prior(model: TwoTowerRetrievalModel, log_shares: np.ndarray, 
         raise ValueError(f"log_shares must hold one value per movie id row ({rows}), got shape {np.shape(log_shares)}")
     model.prior_column.assign(model.config.temperature * beta * np.asarray(log_shares, np.float32))
     model.popularity_prior = float(beta)
+
+
+@contextmanager
+def without_popularity_prior(model: TwoTowerRetrievalModel) -> Iterator[TwoTowerRetrievalModel]:
+    """`model` scoring as trained (its towers' vectors) inside the block; its prior as it was after."""
+    beta, model.popularity_prior = model.popularity_prior, 0.0
+    try:
+        yield model
+    finally:
+        model.popularity_prior = beta
 
 
 def model_inputs(config: RetrievalConfig, available: Iterable[str]) -> tuple[list[str], list[str], list[str]]:

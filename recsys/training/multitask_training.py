@@ -21,7 +21,12 @@ from recsys.evaluation.score_blocks import RowScores
 from recsys.features.encoding import ExampleInputs, FeatureEncoder
 from recsys.models import multitask_model
 from recsys.models.multitask_model import MultitaskConfig, MultitaskModel, TaskWeights, build_multitask_model
-from recsys.models.retrieval_model import SAMPLING_PROBABILITY, full_ranking_scores, load_retrieval_model
+from recsys.models.retrieval_model import (
+    SAMPLING_PROBABILITY,
+    full_ranking_scores,
+    load_retrieval_model,
+    without_popularity_prior,
+)
 from recsys.training.callbacks import EpochTimer, steady_throughput
 from recsys.training.rating_training import inputs_fit_record, load_rating_model, training_dataset
 from recsys.training.rating_training import predict_ratings as predict
@@ -263,9 +268,9 @@ def specialists(data: MultitaskData, users: pd.DataFrame, movies: pd.DataFrame, 
         predicted = predict(model, encoder.example_inputs(frame, *tables))
         out[key] = metrics.rmse(frame["rating"].to_numpy(), predicted, None if split == "val" else data.scale)
     model, encoder = load_retrieval_model(require("retrieval_model"))
-    model.popularity_prior = 0.0  # the towers' vectors (`TwoTowerRetrievalModel.query_vectors`)
     tables = encoder.user_table(users), encoder.movie_table(movies)
-    scores = full_ranking_scores(model, encoder, *tables, data.matrices.user_ids, data.matrices.movie_ids)
+    with without_popularity_prior(model):
+        scores = full_ranking_scores(model, encoder, *tables, data.matrices.user_ids, data.matrices.movie_ids)
     for key, split in (("val_recall_at_100", "val"), ("recall_at_100", "test")):
         out[key] = float(evaluate_scores(scores, data.matrices, split, ks=(100,))["recall_at_100"])
     return out

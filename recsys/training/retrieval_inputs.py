@@ -13,7 +13,16 @@ from recsys.evaluation.full_ranking import SplitMatrices, split_matrices
 from recsys.features.encoding import FeatureEncoder, unavailable
 from recsys.features.preprocessing import EVENT_COLUMNS
 from recsys.models.configs import RetrievalConfig
-from recsys.training.retrieval_training import positives as rating_positives
+
+
+def positives(interactions: pd.DataFrame, min_rating: int) -> pd.DataFrame:
+    """The interactions that count as positives: rating >= min_rating.
+
+    When every rating passes (the default `min_rating: 1`) this is the table itself, not a copy
+    (a copy held a second 0.5 GB at 25M ratings).
+    """
+    keep = interactions["rating"].to_numpy() >= min_rating
+    return interactions if keep.all() else interactions[keep]
 
 
 @dataclass
@@ -49,12 +58,12 @@ def retrieval_inputs(
     A user whose every rating is below `config.min_rating` keeps a row of the matrices (with no
     positive), so the rows are every user with a rating, whatever the threshold.
     """
-    positives = rating_positives(interactions, config.min_rating)
-    encoder = FeatureEncoder.fit(users, movies, positives[positives["split"] == "train"])
+    kept = positives(interactions, config.min_rating)
+    encoder = FeatureEncoder.fit(users, movies, kept[kept["split"] == "train"])
     movie_table = encoder.movie_table(movies)
-    matrices = split_matrices(positives, np.sort(interactions["user_id"].unique()), movie_table.index.to_numpy())
+    matrices = split_matrices(kept, np.sort(interactions["user_id"].unique()), movie_table.index.to_numpy())
     missing = unavailable(config.features, encoder.cardinalities())
-    return RetrievalInputs(positives, encoder, encoder.user_table(users), movie_table, matrices, missing)
+    return RetrievalInputs(kept, encoder, encoder.user_table(users), movie_table, matrices, missing)
 
 
 def load_retrieval_inputs(require: Callable[[str], Path], config: RetrievalConfig) -> RetrievalInputs:

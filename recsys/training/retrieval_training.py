@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,22 +24,11 @@ from recsys.models.retrieval_model import (
     model_inputs,
     movie_log_shares,
     set_popularity_prior,
+    without_popularity_prior,
 )
 from recsys.training.callbacks import EpochTimer, FullRankingMonitor, steady_throughput, stop_at_best_recall
 from recsys.training.curves import TrainingCurve
-
-if TYPE_CHECKING:  # retrieval_inputs imports this module
-    from recsys.training.retrieval_inputs import RetrievalInputs
-
-
-def positives(interactions: pd.DataFrame, min_rating: int) -> pd.DataFrame:
-    """The interactions that count as positives: rating >= min_rating.
-
-    When every rating passes (the default `min_rating: 1`) this is the table itself, not a copy
-    (a copy held a second 0.5 GB at 25M ratings).
-    """
-    keep = interactions["rating"].to_numpy() >= min_rating
-    return interactions if keep.all() else interactions[keep]
+from recsys.training.retrieval_inputs import RetrievalInputs, positives
 
 
 def candidate_sampling_probability(train_positives: pd.DataFrame) -> pd.Series:
@@ -235,6 +223,11 @@ class NegativesComparison:
         return self.prior
 
     @property
+    def served_prior(self) -> float:
+        """The served model's popularity prior beta: the `prior` choice's (0 before or without one)."""
+        return 0.0 if self.prior is None else self.prior.beta
+
+    @property
     def best(self) -> tuple[RetrievalConfig, RetrievalTrainingResult, TrainingCurve]:
         """(config, training result, curve) of the chosen variant: the served two-tower."""
         return self.configs[self.chosen], self.trained[self.chosen], self.curves[self.chosen]
@@ -260,24 +253,20 @@ class NegativesComparison:
             score_users: a model -> its full-ranking scores (`FullRankingMonitor.score_users`).
             ks: the list lengths of the metrics.
         """
-        rows = {}
-        for name, result in self.trained.items():
-            beta, result.model.popularity_prior = result.model.popularity_prior, 0.0  # the towers as trained
-            try:
-                rows[f"{prefix}_{name}"] = per_user_scores(score_users(result.model), matrices, split, ks)
-            finally:
-                result.model.popularity_prior = beta
         served = self.trained[self.chosen].model
-        if not served.popularity_prior:
-            return {prefix: rows[f"{prefix}_{self.chosen}"], **rows}
-        return {prefix: per_user_scores(score_users(served), matrices, split, ks), **rows}
+        with_prior = per_user_scores(score_users(served), matrices, split, ks) if self.served_prior else None
+        with without_popularity_prior(served):  # the chosen variant as trained
+            rows = {
+                f"{prefix}_{name}": per_user_scores(score_users(result.model), matrices, split, ks)
+                for name, result in self.trained.items()
+            }
+        return {prefix: rows[f"{prefix}_{self.chosen}"] if with_prior is None else with_prior, **rows}
 
     def pairs(self, prefix: str = "two_tower") -> list[tuple[str, str]]:
         """(`<prefix>_<variant>`, `<prefix>`) for each variant as trained against the served model, to be shown
         with a paired interval (val chose; test only says whether the gap is a shown difference): every variant
         not chosen, and the chosen one too when the served model adds a popularity prior to it."""
-        prior = bool(self.trained[self.chosen].model.popularity_prior)
-        return [(f"{prefix}_{name}", prefix) for name in self.curves if name != self.chosen or prior]
+        return [(f"{prefix}_{name}", prefix) for name in self.curves if name != self.chosen or self.served_prior]
 
     def table(self) -> pd.DataFrame:
         """One row per variant: best val recall, its epoch, epochs run, wall time and seconds per epoch."""
@@ -299,7 +288,7 @@ class NegativesComparison:
         `<prefix>_<variant>_train_s`. With a `prior` choice, also `<prefix>_list_popularity_prior` (the best beta by
         val Recall@10, a top-10 list's) and each beta's `val_<metric>_<prefix>_prior_<beta>` (Recall@10, @100)."""
         out: dict[str, float | int | str] = {f"{prefix}_negatives": self.chosen}
-        out[f"{prefix}_popularity_prior"] = float(self.trained[self.chosen].model.popularity_prior)
+        out[f"{prefix}_popularity_prior"] = self.served_prior
         if self.prior is not None:
             out[f"{prefix}_list_popularity_prior"] = self.prior.best("recall_at_10")
             for metric in ("recall_at_10", "recall_at_100"):

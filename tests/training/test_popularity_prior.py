@@ -147,6 +147,8 @@ def test_the_served_rows_carry_the_prior_and_each_variant_is_scored_as_trained(d
     )
     assert negatives.pairs() == []  # nothing to compare without a prior
     assert negatives.metrics()["two_tower_popularity_prior"] == 0.0
+    table = pd.DataFrame({"recall_at_10": [0.1, 0.3], "recall_at_100": [0.4, 0.5]}, index=[0.0, 0.5])
+    negatives.prior = retrieval_training.PopularityPriorChoice(table, 0.5, "recall_at_100")  # as chosen: set on it
     retrieval_model.set_popularity_prior(model, log_shares, 0.5)
     try:
         rows = negatives.per_user(monitor.score_users, matrices, "test", ks=(10, 50))
@@ -154,14 +156,10 @@ def test_the_served_rows_carry_the_prior_and_each_variant_is_scored_as_trained(d
         assert rows["two_tower_inbatch_logq"].equals(plain["two_tower"])  # the variant as trained
         assert not rows["two_tower"].equals(plain["two_tower"])  # the served model, with its prior
         assert negatives.pairs() == [("two_tower_inbatch_logq", "two_tower")]
-        assert negatives.metrics()["two_tower_popularity_prior"] == 0.5
-        table = pd.DataFrame({"recall_at_10": [0.1, 0.3], "recall_at_100": [0.5, 0.4]}, index=[0.0, 0.5])
-        negatives.prior = retrieval_training.PopularityPriorChoice(table, 0.0, "recall_at_100")
         metrics = negatives.metrics()
-        assert (
-            metrics["two_tower_list_popularity_prior"] == 0.5
-            and metrics["val_recall_at_100_two_tower_prior_0p5"] == 0.4
-        )
+        assert metrics["two_tower_popularity_prior"] == 0.5 and metrics["two_tower_list_popularity_prior"] == 0.5
+        assert metrics["val_recall_at_100_two_tower_prior_0p5"] == 0.5
+        assert metrics["val_recall_at_10_two_tower_prior_0"] == 0.1
     finally:
         retrieval_model.set_popularity_prior(model, log_shares, 0.0)
 
