@@ -326,9 +326,16 @@ def compare_negatives(
 def positives_log_shares(
     fitted_positives: pd.DataFrame, movie_table: pd.DataFrame, encoder: FeatureEncoder
 ) -> np.ndarray:
-    """`movie_log_shares` of the positives a model was fitted on, over its encoder's movie id rows."""
-    rows = movie_table["movie_id_idx"].to_numpy()[movie_table.index.get_indexer(fitted_positives["movie_id"])]
-    return movie_log_shares(rows, encoder.cardinalities()["movie_id"])
+    """`movie_log_shares` of the positives a model was fitted on, over its encoder's movie id rows.
+
+    Raises:
+        KeyError: a positive's movie is not in `movie_table` (the run's encoded movies).
+    """
+    positions = movie_table.index.get_indexer(fitted_positives["movie_id"])
+    if (positions < 0).any():
+        missing = fitted_positives["movie_id"].to_numpy()[positions < 0][:5].tolist()
+        raise KeyError(f"positives name movies {missing} that are not in the movie table")
+    return movie_log_shares(movie_table["movie_id_idx"].to_numpy()[positions], encoder.cardinalities()["movie_id"])
 
 
 @dataclass
@@ -385,9 +392,9 @@ def choose_popularity_prior(
     split, matrices = monitor.split, monitor.matrices
     if split != "val":
         raise ValueError(f"the popularity prior is chosen on val, not {split!r}")
-    log_shares = positives_log_shares(fitted_positives, inputs.movie_table, inputs.encoder)
     if not grid:
         raise ValueError("no popularity prior weight to try: retrieval.popularity_prior_grid is empty")
+    log_shares = positives_log_shares(fitted_positives, inputs.movie_table, inputs.encoder)
     rows = {}
     for beta in grid:
         set_popularity_prior(model, log_shares, float(beta))

@@ -46,6 +46,12 @@ def test_log_shares_are_add_one_smoothed_over_the_id_rows():
         retrieval_model.movie_log_shares(np.array([1, 4]), 4)
 
 
+def test_log_shares_of_positives_refuse_a_movie_outside_the_table(data):  # noqa: F811
+    stray = data["train"].head(3).assign(movie_id=[10, 999_999, 10])
+    with pytest.raises(KeyError, match=r"movies \[999999\] that are not in the movie table"):
+        retrieval_training.positives_log_shares(stray, data["movie_table"], data["encoder"])
+
+
 def test_the_prior_adds_beta_log_share_to_every_score_and_nothing_once_removed(data, fitted):  # noqa: F811
     model, matrices, log_shares, _ = fitted
     users, movies = vectors(model, data, matrices)
