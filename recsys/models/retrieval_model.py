@@ -150,7 +150,7 @@ class TwoTowerRetrievalModel(tfrs.Model):
     def query_vectors(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         """The served query vectors: the query tower's, with a last 1 when a popularity prior is set."""
         vectors = self.query_tower(features)
-        return vectors if not self.popularity_prior else tf.concat([vectors, tf.ones_like(vectors[:, :1])], axis=1)
+        return with_prior_one(vectors) if self.popularity_prior else vectors
 
     def candidate_vectors(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         """The served movie vectors: the candidate tower's, with the movie's prior term last when a prior is set."""
@@ -251,6 +251,11 @@ class TwoTowerRetrievalModel(tfrs.Model):
         negatives = tf.reshape(vectors, [-1, k, self.config.embedding_dim])
         negative_ids = tf.gather(tables.movie_ids, rows)
         return bpr_loss(queries, positives, negatives, features["movie_id"], negative_ids, self.config.temperature)
+
+
+def with_prior_one(query_vectors: tf.Tensor) -> tf.Tensor:
+    """Query vectors with the popularity prior's last dimension, 1: it meets each movie's prior term."""
+    return tf.concat([query_vectors, tf.ones_like(query_vectors[:, :1])], axis=1)
 
 
 def movie_log_shares(movie_rows: np.ndarray, n_rows: int) -> np.ndarray:

@@ -28,7 +28,7 @@ import tensorflow_recommenders as tfrs
 
 from recsys.core.io import atomic_dir, write_json
 from recsys.features.encoding import FeatureEncoder
-from recsys.models.retrieval_model import TwoTowerRetrievalModel, model_inputs
+from recsys.models.retrieval_model import TwoTowerRetrievalModel, model_inputs, with_prior_one
 from recsys.retrieval.faiss_indexes import META_FILE as FAISS_META_FILE
 from recsys.retrieval.faiss_indexes import FaissIndex, load_faiss_index
 from recsys.retrieval.stored_queries import as_numpy, query_model_vectors, vectors_of_users
@@ -77,7 +77,7 @@ class UserQueryModel(tf.keras.Model):
             tf.shape(self.user_features["user_id"])[0] - 1,
         )
         vectors = self.query_tower({name: tf.gather(values, rows) for name, values in self.user_features.items()})
-        return tf.concat([vectors, tf.ones_like(vectors[:, :1])], axis=1) if self.prior_dimension else vectors
+        return with_prior_one(vectors) if self.prior_dimension else vectors
 
 
 def _fill_index(index: TopK, query_model: tf.keras.Model | None, movie_ids: np.ndarray, vectors: np.ndarray) -> TopK:

@@ -344,17 +344,21 @@ class PopularityPriorChoice:
 
     Attributes:
         table: one row per beta (in the grid's order): the val metrics of the model with that prior.
-        beta: the served model's weight, the best by `metric` (a candidate generator's: Recall@100).
-        metric: what chose `beta`.
+        metric: what chooses the served model's `beta` (a candidate generator's: Recall@100).
     """
 
     table: pd.DataFrame
-    beta: float
     metric: str
+
+    @property
+    def beta(self) -> float:
+        """The served model's weight: the best by `metric`."""
+        return self.best(self.metric)
 
     def best(self, metric: str) -> float:
         """The beta with the best val `metric` (the smallest on a tie)."""
-        return _best_beta(self.table, metric)
+        values = self.table[metric]
+        return float(values[values == values.max()].index.min())
 
     def set_on(
         self, model: TwoTowerRetrievalModel, fitted_positives: pd.DataFrame, inputs: RetrievalInputs, metric: str
@@ -399,12 +403,6 @@ def choose_popularity_prior(
     for beta in grid:
         set_popularity_prior(model, log_shares, float(beta))
         rows[float(beta)] = evaluate_scores(monitor.score_users(model), matrices, split, ks)
-    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("beta")
-    choice = PopularityPriorChoice(table, _best_beta(table, metric), metric)
+    choice = PopularityPriorChoice(pd.DataFrame.from_dict(rows, orient="index").rename_axis("beta"), metric)
     set_popularity_prior(model, log_shares, choice.beta)
     return choice
-
-
-def _best_beta(table: pd.DataFrame, metric: str) -> float:
-    values = table[metric]
-    return float(values[values == values.max()].index.min())

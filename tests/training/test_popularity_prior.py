@@ -154,7 +154,7 @@ def test_the_served_rows_carry_the_prior_and_each_variant_is_scored_as_trained(d
     assert negatives.pairs() == []  # nothing to compare without a prior
     assert negatives.metrics()["two_tower_popularity_prior"] == 0.0
     table = pd.DataFrame({"recall_at_10": [0.1, 0.3], "recall_at_100": [0.4, 0.5]}, index=[0.0, 0.5])
-    negatives.prior = retrieval_training.PopularityPriorChoice(table, 0.5, "recall_at_100")  # as chosen: set on it
+    negatives.prior = retrieval_training.PopularityPriorChoice(table, "recall_at_100")  # as chosen: set on it
     retrieval_model.set_popularity_prior(model, log_shares, 0.5)
     try:
         rows = negatives.per_user(monitor.score_users, matrices, "test", ks=(10, 50))
@@ -176,7 +176,7 @@ def test_a_choice_is_set_on_the_refit_over_the_shares_of_train_and_val(data):  #
     refit = retrieval_training.refit_on_train_val(small_config(), inputs, seed=3, epochs=1)
     assert refit.model.popularity_prior == 0.0 and not refit.model.prior_column.numpy().any()  # as trained
     table = pd.DataFrame({"recall_at_10": [0.1, 0.3, 0.3], "recall_at_100": [0.5, 0.4, 0.2]}, index=[0.0, 0.2, 0.4])
-    choice = retrieval_training.PopularityPriorChoice(table, 0.0, "recall_at_100")
+    choice = retrieval_training.PopularityPriorChoice(table, "recall_at_100")
     assert choice.set_on(refit.model, before_test, inputs, "recall_at_10") == 0.2  # the smaller of the tie
     shares = retrieval_training.positives_log_shares(before_test, data["movie_table"], data["encoder"])
     assert refit.model.popularity_prior == 0.2
