@@ -5,6 +5,7 @@
     python run_all.py --params params/smoke.yaml        # another parameter set
     python run_all.py -p dataset=ml-100k -p data_dir=../shared/data/ml-100k --run-name ml100k
     python run_all.py --from 03 --until 04              # a slice (earlier outputs must exist)
+    python run_all.py --changed -p rating.l2=0.05       # rerun only what the change reaches (here 04, 05b, 06-10)
     python run_all.py --list                            # what each notebook reads and writes
 
 A notebook joins the pipeline by being dropped into notebooks/ as NN_name.ipynb (or NNa_name.ipynb, run
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import recsys  # noqa: F401  (sets the TensorFlow/Keras environment for the kernels we start)
 from recsys.core.io import PROJECT_ROOT, write_json
+from recsys.runs.freshness import code_fingerprint, library_fingerprint, rerun_reasons
 from recsys.runs.params import ParamsError, load_params, params_hash, resolve_paths
 from recsys.runs.provenance import (
     NOT_PARAMS,
@@ -252,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="start", metavar="NN", help="start at this notebook")
     parser.add_argument("--until", metavar="NN", help="stop after this notebook")
     parser.add_argument("--list", action="store_true", help="print the notebooks and what each reads and writes")
+    parser.add_argument(
+        "--changed",
+        action="store_true",
+        help="skip every selected notebook that is up to date (its last run here succeeded with the same "
+        "parameters, code and inputs); rerun the rest",
+    )
     parser.add_argument("--artifacts-dir", default=str(DEFAULT_ARTIFACTS_DIR), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -266,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         artifacts_dir = Path(args.artifacts_dir).resolve()
         run_dir = artifacts_dir / params["run_name"]
         check_notebooks(infos, params, run_dir)
+        versions, library = package_versions(), library_fingerprint()
+        for info in infos:
+            info["code_hash"] = code_fingerprint(info["path"], library, versions)
+        consumed = {a for path in notebooks for a in notebook_info(path)["reads"]} if args.changed else set()
     except (ParamsError, RunnerError) as err:
         print(f"run_all.py: {err}", file=sys.stderr)
         return 2
@@ -275,14 +287,39 @@ def main(argv: list[str] | None = None) -> int:
         with run_lock(run_dir, command) as takeover:
             if takeover:
                 print(f"run_all.py: note: {takeover}", file=sys.stderr)
-            return _run(infos, notebooks, params, args, artifacts_dir, run_dir)
-    except (RunLockedError, ProvenanceError) as err:
+            if args.changed:
+                infos = changed_only(infos, params, run_dir, consumed)
+                if not infos:
+                    print(f"run {params['run_name']}: every selected notebook is up to date in {run_dir}")
+                    return 0
+                check_notebooks(infos, params, run_dir)
+            return _run(infos, notebooks, params, args, artifacts_dir, run_dir, versions)
+    except (RunLockedError, ProvenanceError, RunnerError) as err:
         print(f"run_all.py: {err}", file=sys.stderr)
         return 2
 
 
+def changed_only(infos: list[dict], params: dict, run_dir: Path, consumed: set[str]) -> list[dict]:
+    """The selected notebooks that must rerun (`freshness.rerun_reasons`), each printed with its reason or as up to date."""
+    manifest_path = run_dir / "manifest.json"
+    earlier = json.loads(manifest_path.read_text())["notebooks"] if manifest_path.exists() else []
+    entries = {entry["name"]: entry for entry in earlier}
+    stages = [(info["name"], info["parameters"], info["reads"]) for info in infos]
+    fingerprints = {info["name"]: info["code_hash"] for info in infos}
+    reasons = rerun_reasons(stages, entries, params, fingerprints, run_dir, consumed)
+    for name, reason in reasons.items():
+        print(f"  {name}: " + ("up to date, skipped" if reason is None else f"reruns: {reason}"))
+    return [info for info in infos if reasons[info["name"]] is not None]
+
+
 def _run(
-    infos: list[dict], notebooks: list[Path], params: dict, args: argparse.Namespace, artifacts_dir: Path, run_dir: Path
+    infos: list[dict],
+    notebooks: list[Path],
+    params: dict,
+    args: argparse.Namespace,
+    artifacts_dir: Path,
+    run_dir: Path,
+    versions: dict,
 ) -> int:
     """Execute the selected notebooks while holding the run folder's lock; refuse stale inputs first."""
     manifest_path = run_dir / "manifest.json"
@@ -308,7 +345,7 @@ def _run(
         "params_hash": params_hash(params),
         "params_file": args.params,
         "overrides": args.overrides,
-        "packages": package_versions(),
+        "packages": versions,
         "git_commit": commit,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -374,6 +411,7 @@ def _execute_all(
         if status == "ok":
             own = own_params(params, info["parameters"])
             entry.update(entry_provenance(own, info["reads"], entries, "run_all.py", commit))
+            entry["code_hash"] = info["code_hash"]  # what `--changed` compares (freshness.code_fingerprint)
         render_notebook_html(executed_dir / f"{info['name']}.ipynb", reports_dir / f"{info['name']}.html")
         print(f"      {status} in {entry['wall_s']:.1f} s -> reports/{info['name']}.html", flush=True)
         write_json(manifest_path, manifest)

@@ -84,13 +84,13 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+def differences(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
     """`key: recorded -> current` for every key (dotted into groups) present in both whose value differs."""
     lines = []
     for key in sorted(set(recorded) & set(current)):
         a, b = recorded[key], current[key]
         if isinstance(a, dict) and isinstance(b, dict):
-            lines += _differences(a, b, f"{prefix}{key}.")
+            lines += differences(a, b, f"{prefix}{key}.")
         elif a != b:
             lines.append(f"{prefix}{key}: {_show(a)} -> {_show(b)}")
     return lines
@@ -143,14 +143,14 @@ def check_inputs(
     for artifact in reads:
         walk(producer(artifact))
     for stage, entry in seen.items():
-        differ = _differences(entry.get("params", {}), current)
+        differ = differences(entry.get("params", {}), current)
         if differ:
             problems.setdefault(stage, []).append("it ran with " + "; ".join(differ))
     # the producers of one lineage must agree on every key they share (e.g. seed, dataset, split)
     recorded = sorted((stage, entry.get("params", {})) for stage, entry in seen.items())
     for i, (first, a) in enumerate(recorded):
         for second, b in recorded[i + 1 :]:
-            differ = _differences(a, b)
+            differ = differences(a, b)
             if differ:
                 problems.setdefault(second, []).append(f"it disagrees with {first}: " + "; ".join(differ))
     if problems:

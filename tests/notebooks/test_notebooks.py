@@ -42,6 +42,18 @@ def test_smoke_run_writes_reports_and_manifest(smoke_run):
         assert "Traceback" not in report.read_text()
 
 
+def test_a_finished_run_is_up_to_date_for_the_runner(smoke_run, capsys):
+    """`run_all.py --changed` with the run's own parameters finds every real notebook up to date and runs nothing."""
+    manifest = (smoke_run / "manifest.json").read_text()
+    params = str(run_all.PROJECT_ROOT / "params" / "smoke.yaml")
+    capsys.readouterr()
+    assert run_all.main(["--artifacts-dir", str(smoke_run.parent), "--params", params, "--changed"]) == 0
+    out = capsys.readouterr().out
+    assert "every selected notebook is up to date" in out, out
+    assert out.count("up to date, skipped") == len(run_all.discover_notebooks())
+    assert (smoke_run / "manifest.json").read_text() == manifest
+
+
 def test_reports_carry_no_library_warnings(smoke_run):
     """A reviewer reads the reports: TensorFlow/ScaNN/pandas warnings in a cell's output are noise to fix at the source."""
     noisy = re.compile(r"^(WARNING|W\d{4} )|AutoGraph could not transform|\w+Warning: ", re.MULTILINE)

@@ -157,3 +157,104 @@ def test_split_comparison_lists_runs_on_the_same_data_with_another_strategy(tmp_
     rows = split_comparison(random_run)
     assert [(r["run"], r["strategy"]) for r in rows] == [("a-random", "random"), ("b-temporal", "temporal")]
     assert rows[1]["recall_at_10_sequential"] == 0.2 and rows[0]["recall_at_100_two_tower"] is None
+
+
+def _writes(stage: str, *files: str) -> str:
+    """A notebook body that writes `files` (and metrics.json) into its stage folder and says it ran."""
+    return (
+        "from pathlib import Path\n"
+        f"folder = Path(artifacts_dir) / run_name / {stage!r}\n"
+        "folder.mkdir(parents=True, exist_ok=True)\n"
+        f"for name in {list(files)!r}:\n"
+        "    (folder / name).write_text('x')\n"
+        "(folder / 'metrics.json').write_text('{}')\n"
+    )
+
+
+@pytest.fixture
+def small_chain(notebooks_dir):
+    """01 -> (04, 05) -> 06, as the real chain: 04 and 05 read 01's users, 06 reads both models."""
+    make_notebook(notebooks_dir / "01_preprocess.ipynb", _writes("01_preprocess", "users.parquet"), params={"seed": 1})
+    make_notebook(
+        notebooks_dir / "04_two_tower_rating.ipynb",
+        _writes("04_two_tower_rating", "rating_model"),
+        reads=["users"],
+        params={"rating": {}},
+    )
+    make_notebook(
+        notebooks_dir / "05_retrieval.ipynb",
+        _writes("05_retrieval", "retrieval_model"),
+        reads=["users"],
+        params={"retrieval": {}},
+    )
+    make_notebook(
+        notebooks_dir / "06_retrieval_ranking.ipynb",
+        _writes("06_retrieval_ranking"),
+        reads=["rating_model", "retrieval_model"],
+        params={"online": {}},
+    )
+    return notebooks_dir
+
+
+def _ran(run_dir) -> list[str]:
+    """The notebooks the last invocation executed (the others keep their earlier entries)."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return [entry["name"] for entry in manifest["notebooks"] if not entry.get("earlier_run")]
+
+
+def test_changed_reruns_only_what_a_change_reaches(tmp_path, small_chain, capsys):
+    artifacts = ["--artifacts-dir", str(tmp_path / "artifacts"), "--run-name", "r"]
+    run_dir = tmp_path / "artifacts" / "r"
+    assert run_all.main(artifacts) == 0
+    assert all("code_hash" in entry for entry in json.loads((run_dir / "manifest.json").read_text())["notebooks"])
+    before = (run_dir / "manifest.json").read_text()
+    capsys.readouterr()
+
+    assert run_all.main([*artifacts, "--changed"]) == 0  # nothing changed: nothing runs, the manifest is untouched
+    assert "every selected notebook is up to date" in capsys.readouterr().out
+    assert (run_dir / "manifest.json").read_text() == before
+
+    # a parameter only 04 reads: 04 and its reader 06 rerun; 01 and 05 (which does not read 04) do not
+    assert run_all.main([*artifacts, "--changed", "-p", "rating.l2=0.05"]) == 0
+    out = capsys.readouterr().out
+    assert _ran(run_dir) == ["04_two_tower_rating", "06_retrieval_ranking"]
+    assert "04_two_tower_rating: reruns: its parameters changed: rating.l2: 0.06 -> 0.05" in out
+    assert "06_retrieval_ranking: reruns: 04_two_tower_rating reruns, and it reads rating_model" in out
+    assert "05_retrieval: up to date, skipped" in out
+
+    # an edited cell reruns that notebook and its readers; saved outputs alone change nothing
+    notebook = nbformat.read(str(small_chain / "05_retrieval.ipynb"), as_version=4)
+    notebook.cells[2].outputs = [nbformat.v4.new_output("stream", text="an output saved from Jupyter\n")]
+    nbformat.write(notebook, str(small_chain / "05_retrieval.ipynb"))
+    assert run_all.main([*artifacts, "--changed", "-p", "rating.l2=0.05"]) == 0
+    assert "every selected notebook is up to date" in capsys.readouterr().out
+    notebook.cells[2].source += "\nprint('edited')"
+    nbformat.write(notebook, str(small_chain / "05_retrieval.ipynb"))
+    assert run_all.main([*artifacts, "--changed", "-p", "rating.l2=0.05"]) == 0
+    assert "05_retrieval: reruns: its code changed" in capsys.readouterr().out
+    assert _ran(run_dir) == ["05_retrieval", "06_retrieval_ranking"]
+
+    # a deleted output reruns its writer and everything downstream of it
+    (run_dir / "01_preprocess" / "users.parquet").unlink()
+    assert run_all.main([*artifacts, "--changed", "-p", "rating.l2=0.05"]) == 0
+    assert "01_preprocess: reruns: its output users.parquet is missing" in capsys.readouterr().out
+    assert _ran(run_dir) == ["01_preprocess", "04_two_tower_rating", "05_retrieval", "06_retrieval_ranking"]
+
+
+def test_changed_reruns_a_failed_notebook_and_one_recorded_without_a_fingerprint(tmp_path, notebooks_dir, capsys):
+    make_notebook(notebooks_dir / "01_preprocess.ipynb", _writes("01_preprocess", "users.parquet"), params={"seed": 1})
+    make_notebook(notebooks_dir / "02_eda.ipynb", "raise ValueError('not yet')", reads=["users"])
+    artifacts = ["--artifacts-dir", str(tmp_path / "artifacts"), "--run-name", "r"]
+    run_dir = tmp_path / "artifacts" / "r"
+    assert run_all.main(artifacts) == 1
+    make_notebook(notebooks_dir / "02_eda.ipynb", _writes("02_eda"), reads=["users"])
+    capsys.readouterr()
+    assert run_all.main([*artifacts, "--changed"]) == 0
+    assert "02_eda: reruns: its last run ended 'failed'" in capsys.readouterr().out
+    assert _ran(run_dir) == ["02_eda"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())  # as an entry written by hand in Jupyter
+    del manifest["notebooks"][0]["code_hash"]
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert run_all.main([*artifacts, "--changed"]) == 0
+    assert "01_preprocess: reruns: its last run recorded no code fingerprint" in capsys.readouterr().out
+    assert _ran(run_dir) == ["01_preprocess", "02_eda"]
