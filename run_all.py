@@ -6,6 +6,7 @@
     python run_all.py -p dataset=ml-100k -p data_dir=../shared/data/ml-100k --run-name ml100k
     python run_all.py --from 03 --until 04              # a slice (earlier outputs must exist)
     python run_all.py --changed -p rating.l2=0.05       # rerun only what the change reaches (here 04, 05b, 06-10)
+    python run_all.py --changed --list -p rating.l2=0.05  # what it would rerun, and why; nothing runs
     python run_all.py --list                            # what each notebook reads and writes
 
 A notebook joins the pipeline by being dropped into notebooks/ as NN_name.ipynb (or NNa_name.ipynb, run
@@ -253,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="NN", help="run only this notebook (repeatable)")
     parser.add_argument("--from", dest="start", metavar="NN", help="start at this notebook")
     parser.add_argument("--until", metavar="NN", help="stop after this notebook")
-    parser.add_argument("--list", action="store_true", help="print the notebooks and what each reads and writes")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="print the notebooks and what each reads and writes (with --changed: what would rerun, and why)",
+    )
     parser.add_argument(
         "--changed",
         action="store_true",
@@ -268,16 +273,19 @@ def main(argv: list[str] | None = None) -> int:
         params = resolve_paths(load_params(args.params, overrides))
         notebooks = discover_notebooks()
         infos = [notebook_info(p) for p in select_notebooks(notebooks, args.only, args.start, args.until)]
-        if args.list:
+        if args.list and not args.changed:
             print_list(infos)
             return 0
         artifacts_dir = Path(args.artifacts_dir).resolve()
         run_dir = artifacts_dir / params["run_name"]
-        check_notebooks(infos, params, run_dir)
         versions, library = package_versions(), library_fingerprint()
         for info in infos:
             info["code_hash"] = code_fingerprint(info["path"], library, versions)
         consumed = {a for path in notebooks for a in notebook_info(path)["reads"]} if args.changed else set()
+        if args.list:  # with --changed: the plan, and nothing runs
+            changed_only(infos, params, run_dir, consumed)
+            return 0
+        check_notebooks(infos, params, run_dir)
     except (ParamsError, RunnerError) as err:
         print(f"run_all.py: {err}", file=sys.stderr)
         return 2
@@ -309,6 +317,9 @@ def changed_only(infos: list[dict], params: dict, run_dir: Path, consumed: set[s
     reasons = rerun_reasons(stages, entries, params, fingerprints, run_dir, consumed)
     for name, reason in reasons.items():
         print(f"  {name}: " + ("up to date, skipped" if reason is None else f"reruns: {reason}"))
+    last = [entries.get(name, {}).get("wall_s") for name, reason in reasons.items() if reason is not None]
+    if last and None not in last:
+        print(f"  {len(last)} of {len(reasons)} rerun; their last runs here took {sum(last):,.0f} s")
     return [info for info in infos if reasons[info["name"]] is not None]
 
 

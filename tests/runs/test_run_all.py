@@ -214,6 +214,13 @@ def test_changed_reruns_only_what_a_change_reaches(tmp_path, small_chain, capsys
     assert "every selected notebook is up to date" in capsys.readouterr().out
     assert (run_dir / "manifest.json").read_text() == before
 
+    # with --list, the plan only: what would rerun and why, with what those notebooks took last time
+    assert run_all.main([*artifacts, "--changed", "--list", "-p", "rating.l2=0.05"]) == 0
+    plan = capsys.readouterr().out
+    assert "04_two_tower_rating: reruns: its parameters changed: rating.l2: 0.06 -> 0.05" in plan
+    assert "2 of 4 rerun; their last runs here took" in plan
+    assert (run_dir / "manifest.json").read_text() == before
+
     # a parameter only 04 reads: 04 and its reader 06 rerun; 01 and 05 (which does not read 04) do not
     assert run_all.main([*artifacts, "--changed", "-p", "rating.l2=0.05"]) == 0
     out = capsys.readouterr().out
