@@ -22,6 +22,7 @@ NEEDS_RUNS = {
     "rating_val_grid.py": "python benchmarks/rating_val_grid.py --run artifacts/<run> '<json settings>' ...",
     "candidate_sources_val.py": "python benchmarks/candidate_sources_val.py --base artifacts/<run> --other artifacts/<run>",
     "recommend_latency.py": "python benchmarks/recommend_latency.py --run artifacts/<run>",
+    "rerun_wait.py": "python benchmarks/rerun_wait.py --run artifacts/<run>",
 }
 for name, usage in NEEDS_RUNS.items():
     del commands[name]

@@ -54,6 +54,18 @@ def test_a_finished_run_is_up_to_date_for_the_runner(smoke_run, capsys):
     assert (smoke_run / "manifest.json").read_text() == manifest
 
 
+def test_the_wait_after_an_edit_counts_only_what_reruns(smoke_run):
+    """benchmarks/rerun_wait.py on the run: an edit of 04 reruns what reads it, not 05; one of 02, 02 alone."""
+    from benchmarks.rerun_wait import rerun_table
+
+    table = rerun_table(smoke_run)
+    assert table.loc["02_eda", "reruns"] == "02"
+    assert table.loc["04_two_tower_rating", "reruns"] == "04 05b 06 07 08 09 10"
+    assert table.loc["01_preprocess", "changed_wait_s"] == pytest.approx(table.loc["01_preprocess", "from_wait_s"])
+    assert (table["changed_wait_s"] <= table["from_wait_s"] + 1e-9).all()
+    assert table.loc["04_two_tower_rating", "saved_share"] > 0  # 05's time is not waited for
+
+
 def test_reports_carry_no_library_warnings(smoke_run):
     """A reviewer reads the reports: TensorFlow/ScaNN/pandas warnings in a cell's output are noise to fix at the source."""
     noisy = re.compile(r"^(WARNING|W\d{4} )|AutoGraph could not transform|\w+Warning: ", re.MULTILINE)
