@@ -62,9 +62,15 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a finished run folder (artifacts/<run>)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rerun_wait.json"))
     args = parser.parse_args()
-    table = rerun_table(Path(args.run).resolve())
+    run_dir = Path(args.run).resolve()
+    table = rerun_table(run_dir)
     print(table.round({"changed_wait_s": 1, "from_wait_s": 1, "saved_share": 3}).to_string())
-    write_json(Path(args.out), {"run": str(args.run), "notebooks": table.reset_index().to_dict(orient="records")})
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    record = {key: manifest.get(key) for key in ("git_commit", "params_hash", "platform", "cpu_count")}
+    record["dataset"] = manifest["params"].get("dataset")
+    write_json(
+        Path(args.out), {"run": str(args.run), **record, "notebooks": table.reset_index().to_dict(orient="records")}
+    )
     print(f"written: {args.out}")
 
 
