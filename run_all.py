@@ -57,6 +57,7 @@ PACKAGES = (
     "tf_keras",
     "tensorflow-recommenders",
     "scann",
+    "faiss-cpu",
     "numpy",
     "pandas",
     "pyarrow",
@@ -278,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         artifacts_dir = Path(args.artifacts_dir).resolve()
         run_dir = artifacts_dir / params["run_name"]
+        check_notebooks(infos, params, run_dir)
         versions, library = package_versions(), library_fingerprint()
         for info in infos:
             info["code_hash"] = code_fingerprint(info["path"], library, versions)
@@ -285,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:  # with --changed: the plan, and nothing runs
             changed_only(infos, params, run_dir, consumed)
             return 0
-        check_notebooks(infos, params, run_dir)
-    except (ParamsError, RunnerError) as err:
+    except (ParamsError, RunnerError, ProvenanceError) as err:
         print(f"run_all.py: {err}", file=sys.stderr)
         return 2
 
@@ -308,10 +309,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def changed_only(infos: list[dict], params: dict, run_dir: Path, consumed: set[str]) -> list[dict]:
-    """The selected notebooks that must rerun (`freshness.rerun_reasons`), each printed with its reason or as up to date."""
+    """The selected notebooks that must rerun (`freshness.rerun_reasons`), each printed with its reason or as up to date.
+
+    First, as a run without --changed: what the selection reads from notebooks outside it must have
+    been made with the parameters in use (`check_inputs` raises ProvenanceError otherwise), since a
+    changed parameter of a notebook outside the selection reaches none of the selection's own.
+    """
     manifest_path = run_dir / "manifest.json"
     earlier = json.loads(manifest_path.read_text())["notebooks"] if manifest_path.exists() else []
     entries = {entry["name"]: entry for entry in earlier}
+    selected = [info["name"] for info in infos]
+    outside = [a for info in infos for a in info["reads"] if producer(a) not in selected]
+    check_inputs(entries, outside, {k: v for k, v in params.items() if k not in NOT_PARAMS}, rebuilt=selected)
     stages = [(info["name"], info["parameters"], info["reads"]) for info in infos]
     fingerprints = {info["name"]: info["code_hash"] for info in infos}
     reasons = rerun_reasons(stages, entries, params, fingerprints, run_dir, consumed)

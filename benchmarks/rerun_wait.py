@@ -33,16 +33,33 @@ def rerun_table(run_dir: Path) -> pd.DataFrame:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     entries = {entry["name"]: entry for entry in manifest["notebooks"]}
     infos = [run_all.notebook_info(path) for path in run_all.discover_notebooks()]
-    missing = [info["name"] for info in infos if entries.get(info["name"], {}).get("status") != "ok"]
-    if missing:
-        raise SystemExit(f"{run_dir} has no successful run of {', '.join(missing)}: run the whole chain first")
+    unusable = [
+        info["name"]
+        for info in infos
+        if (entry := entries.get(info["name"], {})).get("status") != "ok"
+        or entry.get("code_hash") is None
+        or entry.get("wall_s") is None
+    ]
+    if unusable:
+        raise SystemExit(
+            f"{run_dir}: no run_all.py record (a successful run with its code fingerprint and wall time) of "
+            f"{', '.join(unusable)}: rerun them with run_all.py (--changed reruns just those)"
+        )
+    # each notebook as it last ran: the parameters its own entry records (a later partial run may have changed
+    # the run's parameters of notebooks it did not rerun), which must agree where two entries share a key
+    params: dict = {}
+    for entry in entries.values():
+        for key, value in entry.get("params", {}).items():
+            if key in params and params[key] != value:
+                raise SystemExit(f"{run_dir} mixes parameters: {key} is {params[key]!r} and {value!r} in two entries")
+            params[key] = value
     stages = [(info["name"], info["parameters"], info["reads"]) for info in infos]
     consumed = {artifact for info in infos for artifact in info["reads"]}
-    recorded = {name: entry.get("code_hash") or "none" for name, entry in entries.items()}
+    recorded = {name: entry["code_hash"] for name, entry in entries.items() if "code_hash" in entry}
     rows = []
     for position, info in enumerate(infos):
         fingerprints = {**recorded, info["name"]: "edited"}
-        reasons = rerun_reasons(stages, entries, manifest["params"], fingerprints, run_dir, consumed)
+        reasons = rerun_reasons(stages, entries, params, fingerprints, run_dir, consumed)
         rerun = [name for name, reason in reasons.items() if reason is not None]
         rows.append(
             {

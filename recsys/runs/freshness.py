@@ -51,6 +51,32 @@ def code_fingerprint(notebook: Path, library: str, versions: Mapping[str, Any]) 
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def params_changed(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`key: old -> new` for every value that differs, and every key (dotted into groups) only one side has.
+
+    Both sides are compared as the manifest stores them (JSON), so a tuple equals its list. A key
+    only one side has is a change: a default added to `params/default.yaml` reaches the notebook.
+    """
+
+    def as_stored(value):
+        return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+    recorded, current = as_stored(dict(recorded)), as_stored(dict(current))
+    lines = differences(recorded, current)
+
+    def one_sided(a: Mapping, b: Mapping, prefix: str = "") -> None:
+        for key in sorted(set(a) | set(b)):
+            if key not in a:
+                lines.append(f"{prefix}{key}: (none) -> {json.dumps(b[key])[:60]}")
+            elif key not in b:
+                lines.append(f"{prefix}{key}: {json.dumps(a[key])[:60]} -> (none)")
+            elif isinstance(a[key], dict) and isinstance(b[key], dict):
+                one_sided(a[key], b[key], f"{prefix}{key}.")
+
+    one_sided(recorded, current)
+    return lines
+
+
 def outputs_of(stage: str, consumed: Iterable[str]) -> list[str]:
     """The files of a notebook's folder that must still be there: its metrics.json and its artifacts in `consumed`.
 
@@ -102,7 +128,7 @@ def _reason(name, declared, reads, entries, params, fingerprint, folder, outputs
         return "its last run recorded no code fingerprint (run by hand, or by an older runner)"
     if entry["code_hash"] != fingerprint:
         return "its code changed (the notebook, recsys/ or a package version)"
-    changed = differences(entry.get("params", {}), own_params(params, declared))
+    changed = params_changed(entry.get("params", {}), own_params(params, declared))
     if changed:
         return "its parameters changed: " + "; ".join(changed)
     for artifact in sorted(set(reads)):

@@ -72,3 +72,14 @@ def test_a_reader_reruns_when_its_producer_was_rerun_after_it_read(tmp_path):
         stages, entries, params, {"01_preprocess": "a", "02_eda": "b"}, tmp_path, {"users"}
     )
     assert reasons == {"01_preprocess": None, "02_eda": None}
+
+
+def test_a_key_only_one_side_has_is_a_change_and_a_tuple_equals_its_list():
+    recorded = {"rating": {"l2": 0.06, "grid": [1, 2]}, "seed": 1}
+    assert freshness.params_changed(recorded, {"rating": {"l2": 0.06, "grid": (1, 2)}, "seed": 1}) == []
+    added = freshness.params_changed(recorded, {"rating": {"l2": 0.06, "grid": [1, 2], "x": 0.2}, "seed": 1})
+    assert added == ["rating.x: (none) -> 0.2"]
+    assert freshness.params_changed(recorded, {"rating": {"l2": 0.05, "grid": [1, 2]}}) == [
+        "rating.l2: 0.06 -> 0.05",
+        "seed: 1 -> (none)",
+    ]

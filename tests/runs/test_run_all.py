@@ -214,6 +214,11 @@ def test_changed_reruns_only_what_a_change_reaches(tmp_path, small_chain, capsys
     assert "every selected notebook is up to date" in capsys.readouterr().out
     assert (run_dir / "manifest.json").read_text() == before
 
+    # a changed parameter of a notebook outside the selection is refused, as without --changed (plan included)
+    for extra in ([], ["--list"]):
+        assert run_all.main([*artifacts, "--changed", *extra, "--from", "06", "-p", "rating.l2=0.05"]) == 2
+        assert "04_two_tower_rating: it ran with rating.l2: 0.06 -> 0.05" in capsys.readouterr().err
+
     # with --list, the plan only: what would rerun and why, with what those notebooks took last time
     assert run_all.main([*artifacts, "--changed", "--list", "-p", "rating.l2=0.05"]) == 0
     plan = capsys.readouterr().out
