@@ -283,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         versions, library = package_versions(), library_fingerprint()
         for info in infos:
             info["code_hash"] = code_fingerprint(info["path"], library, versions)
-        consumed = {a for path in notebooks for a in notebook_info(path)["reads"]} if args.changed else set()
+        selected = {info["path"]: info for info in infos}  # the others are read only for what they read
+        consumed = (
+            {a for p in notebooks for a in (selected.get(p) or notebook_info(p))["reads"]} if args.changed else set()
+        )
         if args.list:  # with --changed: the plan, and nothing runs
             changed_only(infos, params, run_dir, consumed)
             return 0

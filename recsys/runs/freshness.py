@@ -61,20 +61,7 @@ def params_changed(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> l
     def as_stored(value):
         return json.loads(json.dumps(value, sort_keys=True, default=str))
 
-    recorded, current = as_stored(dict(recorded)), as_stored(dict(current))
-    lines = differences(recorded, current)
-
-    def one_sided(a: Mapping, b: Mapping, prefix: str = "") -> None:
-        for key in sorted(set(a) | set(b)):
-            if key not in a:
-                lines.append(f"{prefix}{key}: (none) -> {json.dumps(b[key])[:60]}")
-            elif key not in b:
-                lines.append(f"{prefix}{key}: {json.dumps(a[key])[:60]} -> (none)")
-            elif isinstance(a[key], dict) and isinstance(b[key], dict):
-                one_sided(a[key], b[key], f"{prefix}{key}.")
-
-    one_sided(recorded, current)
-    return lines
+    return differences(as_stored(dict(recorded)), as_stored(dict(current)), one_sided=True)
 
 
 def outputs_of(stage: str, consumed: Iterable[str]) -> list[str]:

@@ -80,20 +80,31 @@ def entry_provenance(
 
 
 def _show(value: Any) -> str:
+    if value is _NONE:
+        return "(none)"
     text = json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def differences(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """`key: recorded -> current` for every key (dotted into groups) present in both whose value differs."""
+def differences(
+    recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "", one_sided: bool = False
+) -> list[str]:
+    """`key: recorded -> current` for every key (dotted into groups) present in both whose value differs.
+
+    With `one_sided`, a key only one side has is a difference too, shown as `(none)` on the other side.
+    """
     lines = []
-    for key in sorted(set(recorded) & set(current)):
-        a, b = recorded[key], current[key]
+    keys = set(recorded) | set(current) if one_sided else set(recorded) & set(current)
+    for key in sorted(keys):
+        a, b = recorded.get(key, _NONE), current.get(key, _NONE)
         if isinstance(a, dict) and isinstance(b, dict):
-            lines += differences(a, b, f"{prefix}{key}.")
+            lines += differences(a, b, f"{prefix}{key}.", one_sided)
         elif a != b:
             lines.append(f"{prefix}{key}: {_show(a)} -> {_show(b)}")
     return lines
+
+
+_NONE = object()  # a key one side of `differences` does not have
 
 
 def check_inputs(
