@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from recsys.core.io import write_json
 from recsys.data.movielens import DATASETS
+from recsys.runs.provenance import git_commit
 
 ML25M = DATASETS["ml-25m"]
 RATINGS_PER_USER = ML25M.n_ratings / ML25M.n_users  # 153.8
@@ -148,6 +149,7 @@ def main() -> int:
         "exponents_between": [s["n_ratings"] for s in sizes[-2:]] if len(sizes) > 1 else [],
         "params": str(args.params.relative_to(ROOT) if args.params.is_relative_to(ROOT) else args.params),
         "catalogue": ML25M.n_movies,
+        "commit": git_commit(),
         "cpu_count": os.cpu_count(),
         "machine": platform.platform(),
     }
