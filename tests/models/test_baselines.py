@@ -16,6 +16,7 @@ from recsys.models.baselines import (
     SurpriseSVD,
     evaluate_predictor,
     expand_grid,
+    surprise_trainset,
     tune_on_val,
 )
 
@@ -227,3 +228,35 @@ def test_surprise_svd_numpy_predictions_match_surprise():
     np.testing.assert_allclose(ours, theirs_raw, rtol=1e-12)
     np.testing.assert_allclose(np.clip(ours, 1, 5), theirs_clipped, rtol=1e-12)
     assert ours[-1] == pytest.approx(train["rating"].mean())  # both unknown: the global mean
+
+
+@pytest.mark.parametrize("scale", [WHOLE_STARS, HALF_STARS])
+def test_surprise_trainset_built_from_arrays_is_surprises_own(scale):
+    from surprise import SVD, Dataset, Reader
+
+    rng = np.random.default_rng(3)
+    n = 600  # ids in no order, users and movies first seen mid-table, ratings of every level of the scale
+    levels = np.arange(scale.low, scale.high + scale.step / 2, scale.step)
+    train = pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 60, n) * 7,
+            "movie_id": rng.integers(1, 90, n) * 11,
+            "rating": rng.choice(levels, n),
+        }
+    ).drop_duplicates(["user_id", "movie_id"])
+    ours = surprise_trainset(train, scale)
+    theirs = Dataset.load_from_df(train, Reader(rating_scale=scale.bounds)).build_full_trainset()
+    assert ours.ur == theirs.ur and list(ours.ur) == list(theirs.ur)  # the order SVD reads the pairs in
+    assert ours.ir == theirs.ir and list(ours.ir) == list(theirs.ir)
+    assert ours._raw2inner_id_users == theirs._raw2inner_id_users
+    assert ours._raw2inner_id_items == theirs._raw2inner_id_items
+    assert (ours.n_users, ours.n_items, ours.n_ratings, ours.rating_scale) == (
+        theirs.n_users,
+        theirs.n_items,
+        theirs.n_ratings,
+        theirs.rating_scale,
+    )
+    assert ours.global_mean == theirs.global_mean
+    fitted = [SVD(n_factors=4, n_epochs=3, random_state=5).fit(t) for t in (ours, theirs)]
+    for name in ("pu", "qi", "bu", "bi"):
+        assert np.array_equal(getattr(fitted[0], name), getattr(fitted[1], name)), name
