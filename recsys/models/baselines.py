@@ -13,6 +13,7 @@ import pandas as pd
 from recsys.core.tables import require_columns
 from recsys.data.rating_scale import RatingScale
 from recsys.evaluation import metrics
+from recsys.models.surprise_trainset import surprise_trainset
 
 _REQUIRED_COLUMNS = ("user_id", "movie_id", "rating")
 
@@ -255,7 +256,8 @@ class SurpriseSVD(_Fitted):
         """Build a Surprise trainset from the table and run SGD."""
         from surprise import SVD  # imported here so the other baselines work without it
 
-        self.trainset_ = surprise_trainset(train, self.scale)
+        _train_ratings(train, self.scale)
+        self.trainset_ = surprise_trainset(train, self.scale.bounds)
         self.svd_ = SVD(
             n_factors=self.n_factors,
             n_epochs=self.n_epochs,
@@ -282,52 +284,6 @@ class SurpriseSVD(_Fitted):
             "ij,ij->i", self.svd_.pu[user_inner[both_known]], self.svd_.qi[item_inner[both_known]]
         )
         return estimates
-
-
-def surprise_trainset(train: pd.DataFrame, scale: RatingScale):
-    """Surprise's full trainset of `train`, equal to `Dataset.load_from_df(...).build_full_trainset()`, built from arrays.
-
-    Surprise first copies the table into a list of (user, movie, rating, None) tuples and builds
-    its trainset from that list; at 20M ratings the list alone is about 3 GB more than the trainset
-    (a tuple and three objects a rating). The same trainset is built here without it: inner ids
-    in order of first appearance (Surprise's), each user's (movie, rating) pairs and each movie's
-    (user, rating) pairs in row order, and one Python object per id and per rating level shared by
-    every pair that holds it. SVD, which reads the pairs in that order, fits the same factors.
-    """
-    from collections import defaultdict
-
-    from surprise import Trainset
-
-    ratings = _train_ratings(train, scale)
-    users, user_ids = pd.factorize(train["user_id"].to_numpy(), sort=False)  # first appearance, as Surprise
-    movies, movie_ids = pd.factorize(train["movie_id"].to_numpy(), sort=False)
-    levels, level_of = np.unique(ratings, return_inverse=True)
-    user_objects, movie_objects, level_objects = (
-        list(range(len(user_ids))),
-        list(range(len(movie_ids))),
-        levels.tolist(),
-    )
-
-    def pairs_by(owner: np.ndarray, n_owners: int, other: np.ndarray, other_objects: list) -> dict[int, list]:
-        order = np.argsort(owner, kind="stable")  # each owner's pairs in row order
-        others = [other_objects[i] for i in other[order].tolist()]
-        values = [level_objects[i] for i in level_of[order].tolist()]
-        bounds = np.searchsorted(owner[order], np.arange(n_owners + 1)).tolist()
-        pairs = {k: list(zip(others[a:b], values[a:b])) for k, a, b in zip(range(n_owners), bounds, bounds[1:])}
-        return defaultdict(list, pairs)  # Surprise's type
-
-    ur = pairs_by(users, len(user_ids), movies, movie_objects)
-    ir = pairs_by(movies, len(movie_ids), users, user_objects)
-    return Trainset(
-        ur,
-        ir,
-        len(user_ids),
-        len(movie_ids),
-        len(ratings),
-        scale.bounds,
-        {raw: inner for inner, raw in zip(user_objects, user_ids.tolist())},
-        {raw: inner for inner, raw in zip(movie_objects, movie_ids.tolist())},
-    )
 
 
 def expand_grid(grid: list[dict] | dict[str, Any]) -> list[dict]:

@@ -16,9 +16,9 @@ from recsys.models.baselines import (
     SurpriseSVD,
     evaluate_predictor,
     expand_grid,
-    surprise_trainset,
     tune_on_val,
 )
+from recsys.models.surprise_trainset import surprise_trainset
 
 
 def ratings_table(rows):
@@ -244,7 +244,7 @@ def test_surprise_trainset_built_from_arrays_is_surprises_own(scale):
             "rating": rng.choice(levels, n),
         }
     ).drop_duplicates(["user_id", "movie_id"])
-    ours = surprise_trainset(train, scale)
+    ours = surprise_trainset(train, scale.bounds)
     theirs = Dataset.load_from_df(train, Reader(rating_scale=scale.bounds)).build_full_trainset()
     assert ours.ur == theirs.ur and list(ours.ur) == list(theirs.ur)  # the order SVD reads the pairs in
     assert ours.ir == theirs.ir and list(ours.ir) == list(theirs.ir)
