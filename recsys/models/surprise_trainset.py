@@ -35,8 +35,8 @@ def surprise_trainset(train: pd.DataFrame, rating_scale: tuple[float, float]):
         others = [other_objects[i] for i in other[order].tolist()]
         values = [level_objects[i] for i in level_of[order].tolist()]
         bounds = np.searchsorted(owner[order], np.arange(n_owners + 1)).tolist()
-        pairs = {k: list(zip(others[a:b], values[a:b])) for k, a, b in zip(range(n_owners), bounds, bounds[1:])}
-        return defaultdict(list, pairs)  # Surprise's type
+        pairs = ((k, list(zip(others[a:b], values[a:b]))) for k, a, b in zip(range(n_owners), bounds, bounds[1:]))
+        return defaultdict(list, pairs)  # Surprise's type, keys in inner id order
 
     ur = pairs_by(users, len(user_ids), movies, movie_objects)
     ir = pairs_by(movies, len(movie_ids), users, user_objects)
