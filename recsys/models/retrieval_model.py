@@ -18,6 +18,7 @@ from recsys.features.encoding import CONTEXT_FEATURES, MOVIE_FEATURES, USER_FEAT
 from recsys.features.fit_records import FitRecord, fingerprint
 from recsys.models.configs import RetrievalConfig
 from recsys.models.lazy_adam import LazyAdam
+from recsys.models.movie_rows import MovieRows, with_movie_features
 from recsys.models.negative_sampling import (
     NegativeCatalogue,
     SamplingTables,
@@ -135,6 +136,7 @@ class TwoTowerRetrievalModel(tfrs.Model):
         self.query_tower = QueryTower(cardinalities, config)
         self.candidate_tower = CandidateTower(cardinalities, config)
         self.popularity_prior = 0.0
+        self._movie_rows: MovieRows | None = None  # set_movie_rows: training batches that carry MOVIE_ROW
         # temperature * beta * log share of each movie id row: the candidates' prior dimension (saved with the weights)
         self.prior_column = tf.Variable(tf.zeros([cardinalities["movie_id"]]), trainable=False, name="prior_column")
         self.task = tfrs.tasks.Retrieval(
@@ -146,6 +148,10 @@ class TwoTowerRetrievalModel(tfrs.Model):
         pairs = isinstance(x, dict) and "user_id" in x and "movie_id" in x
         self.fit_record = fingerprint(np.asarray(x["user_id"]), np.asarray(x["movie_id"]), "encoder") if pairs else None
         return super().fit(x, *args, **kwargs)
+
+    def set_movie_rows(self, movies: dict[str, np.ndarray] | None) -> None:
+        """The per-movie inputs that training batches carrying `MOVIE_ROW` gather from, for `fit` (None: unset)."""
+        self._movie_rows = None if movies is None else MovieRows(movies)
 
     def query_vectors(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         """The served query vectors: the query tower's, with a last 1 when a popularity prior is set."""
@@ -174,6 +180,7 @@ class TwoTowerRetrievalModel(tfrs.Model):
             features: user, movie (and context) inputs of each pair, plus, with logQ correction,
                 `candidate_sampling_probability`: each movie's share of the training positives.
         """
+        features = with_movie_features(features, self._movie_rows)
         if self.config.negatives == "bpr_popular":
             return self._bpr_loss(features)
         tables = self._tables() if self.config.negatives == "mixed" else None

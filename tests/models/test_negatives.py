@@ -11,8 +11,10 @@ import pytest
 import tensorflow as tf
 
 from recsys.core.seeding import set_seed
+from recsys.features.encoding import MOVIE_ROW
 from recsys.models import negative_sampling, retrieval_model
 from recsys.models.configs import NEGATIVES, RetrievalConfig
+from recsys.models.movie_rows import with_movie_features
 from recsys.models.negative_sampling import NegativeCatalogue
 from recsys.models.retrieval_model import SAMPLING_PROBABILITY, TwoTowerRetrievalModel, build_retrieval_model
 from recsys.runs.params import load_params
@@ -101,6 +103,7 @@ class UnchangedModel(TwoTowerRetrievalModel):
     """The retrieval model with the loss as it was before the negatives existed (verbatim)."""
 
     def compute_loss(self, features, training=False):
+        features = with_movie_features(features, self._movie_rows)  # the positives' movie rows (tested below)
         query_embeddings = self.query_tower(features)
         candidate_embeddings = self.candidate_tower(features)
         probability = features[SAMPLING_PROBABILITY] if self.config.logq_correction else None
@@ -392,3 +395,35 @@ def test_the_sampled_variants_train_on_two_workers(tmp_path, negatives):
     assert np.isfinite(losses).all() and len(recall) == 4 and two.model.config == config
     assert max(recall) > 0.8, recall  # drawn at random, 100 of the 233 unseen movies find about 0.43
     assert (tmp_path / "jobs" / f"two_tower_{negatives}" / "model" / "model.json").exists()
+
+
+# ---- the movie features of the positives, kept once per movie --------------------------------------
+
+
+def test_the_positives_carry_movie_rows_that_gather_to_the_per_positive_inputs(data):  # noqa: F811
+    config = small_config()
+    tables = (data["encoder"], data["train"], data["user_table"], data["movie_table"])
+    examples, movies = retrieval_training.training_examples(config, *tables)
+    flat = retrieval_training.training_inputs(config, *tables)
+    rows = examples.pop(MOVIE_ROW)
+    gathered = {**examples, **{name: value[rows] for name, value in movies.items()}}
+    assert gathered.keys() == flat.keys() and "movie_id" not in movies
+    for name, value in flat.items():
+        np.testing.assert_array_equal(gathered[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("negatives", NEGATIVES)
+def test_training_on_movie_rows_is_bit_identical_to_training_on_per_positive_inputs(data, negatives):  # noqa: F811
+    config = small_config(negatives=negatives, uniform_negatives=32, bpr_negatives=4)
+    tables = (data["encoder"], data["train"], data["user_table"], data["movie_table"])
+    result = retrieval_training.train_retrieval_model(config, *tables, seed=3, epochs=2)
+    set_seed(3)  # as train_retrieval_model did before: every movie input repeated per positive
+    inputs = {k: tf.convert_to_tensor(v) for k, v in retrieval_training.training_inputs(config, *tables).items()}
+    catalogue = retrieval_training.negative_catalogue(config, data["encoder"], data["train"], data["movie_table"], 3)
+    model = build_retrieval_model(data["encoder"].cardinalities(), config, catalogue)
+    history = model.fit(inputs, batch_size=config.batch_size, epochs=2, shuffle=True, verbose=0)
+    assert result.history["loss"] == history.history["loss"]
+    for new, old in zip(result.model.weights, model.weights, strict=True):
+        np.testing.assert_array_equal(new.numpy(), old.numpy())
+    with pytest.raises(ValueError, match="set_movie_rows"):  # the rows are set for the length of fit only
+        result.model.compute_loss({**batch([1], [1], [0.5]), MOVIE_ROW: tf.constant([0])})
