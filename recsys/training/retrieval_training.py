@@ -50,14 +50,14 @@ def training_inputs(
     user_table: pd.DataFrame,
     movie_table: pd.DataFrame,
 ) -> dict[str, np.ndarray]:
-    """Model inputs of every training positive, with its movie's sampling probability for logQ."""
-    train = positives(train_interactions, config.min_rating)
-    probability = candidate_sampling_probability(train)
-    user_names, movie_names, context_names = model_inputs(config, encoder.cardinalities())
-    all_inputs = encoder.interaction_inputs(train, user_table, movie_table, context=bool(context_names))
-    inputs = {name: all_inputs[name] for name in (*user_names, *movie_names, *context_names)}
-    inputs[SAMPLING_PROBABILITY] = probability.loc[train["movie_id"]].to_numpy(np.float32)
-    return inputs
+    """Model inputs of every training positive, with its movie's sampling probability for logQ.
+
+    `training_examples` with each positive's movie inputs gathered through its movie row (the
+    distributed workers' batches carry them per positive).
+    """
+    examples, movies = training_examples(config, encoder, train_interactions, user_table, movie_table)
+    rows = examples.pop(MOVIE_ROW)
+    return {**examples, **{name: value[rows] for name, value in movies.items()}}
 
 
 def training_examples(

@@ -404,7 +404,13 @@ def test_the_positives_carry_movie_rows_that_gather_to_the_per_positive_inputs(d
     config = small_config()
     tables = (data["encoder"], data["train"], data["user_table"], data["movie_table"])
     examples, movies = retrieval_training.training_examples(config, *tables)
-    flat = retrieval_training.training_inputs(config, *tables)
+    # the inputs of each positive straight from the encoder: every input the model reads, and logQ's probability
+    train = retrieval_training.positives(data["train"], config.min_rating)
+    user_names, movie_names, context_names = retrieval_model.model_inputs(config, data["encoder"].cardinalities())
+    every = data["encoder"].interaction_inputs(train, data["user_table"], data["movie_table"], bool(context_names))
+    flat = {name: every[name] for name in (*user_names, *movie_names, *context_names)}
+    share = retrieval_training.candidate_sampling_probability(train)
+    flat[SAMPLING_PROBABILITY] = share.loc[train["movie_id"]].to_numpy(np.float32)
     rows = examples.pop(MOVIE_ROW)
     gathered = {**examples, **{name: value[rows] for name, value in movies.items()}}
     assert gathered.keys() == flat.keys() and "movie_id" not in movies
