@@ -53,11 +53,34 @@ def feature_sources(
         n_candidates: candidates per source (a missing rank is n_candidates + 1).
         context: the requests' {hour, weekday, month} for the predicted rating.
         interactions: the run's interactions (every split, with their ratings), or a RunInteractions
-            of them (built once for both stages); None takes the saved labels as they are.
+            of them; None takes the saved labels as they are.
         retriever: (model, encoder) of the served two-tower, whose fit record is checked too; None (the
             sequential retriever, or no check) takes it as fitted on train.
         joint_folder: the joint multitask model fitted on train (`multitask_model.save_multitask_model`),
             for the joint score (`joint_vectors`); None leaves that feature out.
+    """
+    stores = {"store": store}
+    args = (ease_folder, train_rating_folder, n_candidates, context, interactions, retriever, joint_folder)
+    return stage_feature_sources(stores, *args)["store"]
+
+
+def stage_feature_sources(
+    stores: Mapping[str, FeatureStore],
+    ease_folder: str,
+    train_rating_folder: str,
+    n_candidates: int,
+    context: dict,
+    interactions: pd.DataFrame | RunInteractions | None = None,
+    retriever: tuple | None = None,
+    joint_folder: str | None = None,
+) -> dict[str, FeatureSources]:
+    """`feature_sources` of each stage's store, with each saved model loaded and its fit record checked once.
+
+    The stages share EASE's weights, the rating and joint models and the run's interactions (whose
+    per-model encodings and fit records are then computed once); what reads a store is built per
+    stage: its predicted ratings, its joint vectors, and its own EASE source (each keeps its last
+    scores, as `EaseSource.scores` says). At 25M ratings, loading them per stage held a second copy
+    of each (DESIGN.md, "Scale"). Arguments as `feature_sources`'s, one store per stage.
     """
     from recsys.models.multitask_model import load_multitask_model
     from recsys.ranking.served_rankers import RatingRanker
@@ -74,17 +97,25 @@ def feature_sources(
         "ease": checked_fitted_on("ease", ease_model.fit_record, ease_label, fits),
         "rating_model": checked_fitted_on("rating_model", model.fit_record, model.fitted_on, fits, encoder),
     }
-    joint = None
+    joint_model = joint_encoder = None
     if joint_folder is not None:
         joint_model, joint_encoder = load_multitask_model(joint_folder)
         fitted_on["joint_model"] = checked_fitted_on(
             "joint_model", joint_model.fit_record, joint_model.fitted_on, fits, joint_encoder
         )
-        joint = joint_vectors(store, joint_model, joint_encoder)
-    rating = RatingRanker(store, model, encoder, context).predicted_ratings
-    return FeatureSources(
-        store, n_candidates, EaseSource(ease_model.weights_, ease_movie_ids), rating, fitted_on, fits, joint
-    )
+    ease_weights = np.asarray(ease_model.weights_, np.float32)  # one array for every stage's source
+    return {
+        stage: FeatureSources(
+            store,
+            n_candidates,
+            EaseSource(ease_weights, ease_movie_ids),
+            RatingRanker(store, model, encoder, context).predicted_ratings,
+            dict(fitted_on),
+            fits,
+            None if joint_model is None else joint_vectors(store, joint_model, joint_encoder),
+        )
+        for stage, store in stores.items()
+    }
 
 
 def joint_vectors(store: FeatureStore, model, encoder) -> tuple[np.ndarray, np.ndarray]:

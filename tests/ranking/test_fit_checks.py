@@ -12,7 +12,7 @@ from recsys.evaluation.full_ranking import split_matrices
 from recsys.features.fit_records import RunInteractions
 from recsys.models.configs import RatingConfig, RetrievalConfig
 from recsys.models.ease import EASE, load_ease, save_ease
-from recsys.ranking.learned_ranking import feature_sources, with_rating_model
+from recsys.ranking.learned_ranking import feature_sources, stage_feature_sources, with_rating_model
 from recsys.ranking.ranker_features import LeakageError, SourceRecordError
 from recsys.runs.params import load_params
 from tests.online_fixtures import tiny_store_and_encoder
@@ -82,6 +82,23 @@ def test_sources_fitted_on_train_are_read_as_train_from_their_records(run):
         assert sources.fitted_on == {"retrieval": ("train",), "ease": ("train",), "rating_model": ("train",)}
         assert sources.fits is fits
         sources.build(candidates(run, stage), stage)
+
+
+def test_stage_sources_load_each_model_once_and_build_what_each_per_store_call_builds(run):
+    stores, args = run["stores"], (run["ease"], run["rating_train"], 5, CONTEXT, run["interactions"])
+    shared = stage_feature_sources(stores, *args)
+    assert list(shared) == ["val", "test"]
+    assert shared["val"].fits is shared["test"].fits  # one RunInteractions: encodings and fit records once
+    assert shared["val"].ease.weights is shared["test"].ease.weights  # one copy of EASE's weights
+    assert shared["val"].ease is not shared["test"].ease  # each stage keeps its own last EASE scores
+    for stage, store in stores.items():
+        alone = feature_sources(store, *args)
+        assert shared[stage].store is store and shared[stage].fitted_on == alone.fitted_on
+        table = candidates(run, stage)
+        assert shared[stage].build(table, stage).equals(alone.build(table, stage))
+    # the stores differ (train history at val, train + val at test): so do their features
+    table = candidates(run, "test")
+    assert not shared["val"].build(table, "test").equals(shared["test"].build(table, "test"))
 
 
 def test_an_ease_fitted_on_train_val_but_labelled_train_is_refused(run):
