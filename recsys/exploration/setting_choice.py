@@ -14,7 +14,6 @@ from recsys.evaluation.full_ranking import catalogue_columns, evaluate_lists, sp
 from recsys.exploration.reranking import choose_setting
 from recsys.features.preprocessing import genre_columns
 from recsys.ranking.ranker_features import FeatureSources
-from recsys.ranking.served_rankers import LearnedRanker
 
 # the numbers a choice trades (`reranking.choose_setting`): reported for the chosen setting on val and on test
 CHOICE_METRICS = ("ndcg_at_10", "coverage_at_10")
@@ -153,6 +152,8 @@ def val_stage_scores(ranker, sources: FeatureSources, candidates: pd.DataFrame) 
         sources: the val stage's feature sources (its feature store: the users' train history).
         candidates: the val stage's candidate table.
     """
+    from recsys.ranking.served_rankers import LearnedRanker  # TensorFlow: imported only where a ranker is scored
+
     features = sources.build(candidates, "val")
     if isinstance(ranker, LearnedRanker):
         return ranker.ranker.predict(features)
