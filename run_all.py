@@ -30,6 +30,7 @@ from pathlib import Path
 
 import recsys  # noqa: F401  (sets the TensorFlow/Keras environment for the kernels we start)
 from recsys.core.io import PROJECT_ROOT, write_json
+from recsys.runs import machine
 from recsys.runs.freshness import code_fingerprint, library_fingerprint, rerun_reasons
 from recsys.runs.params import ParamsError, load_params, params_hash, resolve_paths
 from recsys.runs.provenance import (
@@ -370,8 +371,7 @@ def _run(
         "overrides": args.overrides,
         "packages": versions,
         "git_commit": commit,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **machine.describe(),  # platform, cpu_count, cpu_model, cpu_isa
         "started": now(),
         "ended": None,
         "wall_s": None,
@@ -403,6 +403,14 @@ def _run(
         print(
             f"run_all.py: note: {', '.join(stale)} read outputs that this run has replaced; "
             f"rerun them (--from {stage_number(stale[0])}) before reading their results",
+            file=sys.stderr,
+        )
+    cpus = machine.mixed_cpus(manifest["notebooks"])
+    if cpus:
+        print(
+            "run_all.py: note: this run's notebooks ran on different CPUs, whose kernels sum floats in other orders, "
+            "so its numbers may differ in their last digits from a run on one machine (compare runs made on one):\n"
+            + "\n".join(f"  {', '.join(names)}: {cpu}" for cpu, names in cpus.items()),
             file=sys.stderr,
         )
     manifest.update(ended=now(), wall_s=round(time.perf_counter() - run_start, 2))

@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 import psutil
 
+from recsys.runs import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = "../shared/data/ml-1m-half"
 GB = 1024**3
@@ -222,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "run": str(run_dir),
         "command": "python benchmarks/profile_chain.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cpu": machine.label(),  # timings compare only on one CPU (recsys.runs.machine)
         "memory_sampled": samples is not None,
         "interval_s": args.interval,
         "total_s": float(notebooks["seconds"].sum()),

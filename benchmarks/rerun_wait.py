@@ -83,7 +83,9 @@ def main() -> None:
     table = rerun_table(run_dir)
     print(table.round({"changed_wait_s": 1, "from_wait_s": 1, "saved_share": 3}).to_string())
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    record = {key: manifest.get(key) for key in ("git_commit", "params_hash", "platform", "cpu_count")}
+    record = {
+        key: manifest.get(key) for key in ("git_commit", "params_hash", "platform", "cpu_count", "cpu_model", "cpu_isa")
+    }
     record["dataset"] = manifest["params"].get("dataset")
     write_json(
         Path(args.out), {"run": str(args.run), **record, "notebooks": table.reset_index().to_dict(orient="records")}

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from recsys.core.io import write_json
 from recsys.data.movielens import DATASETS
+from recsys.runs import machine
 from recsys.runs.provenance import git_commit
 
 ML25M = DATASETS["ml-25m"]
@@ -154,6 +155,7 @@ def main() -> int:
         "commit": git_commit(),
         "cpu_count": os.cpu_count(),
         "machine": platform.platform(),
+        "cpu": machine.label(),  # timings compare only on one CPU (recsys.runs.machine)
     }
     write_json(args.out, result)
     plot(sizes, args.out.with_suffix(".png"))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.core.io import write_json
+from recsys.runs import machine
 from recsys.runs.params import params_hash, resolve_paths
 from recsys.runs.registry import ARTIFACTS, MANIFEST, stage_number
 
@@ -76,6 +77,7 @@ def entry_provenance(
         "lineage_hash": lineage,
         "git_commit": git_commit,
         "ran_by": ran_by,
+        "cpu": machine.label(),  # kernels differ by CPU, so last digits may too (recsys.runs.machine)
     }
 
 
