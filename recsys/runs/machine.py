@@ -2,7 +2,7 @@
 
 TensorFlow (oneDNN) and the BLAS libraries pick their kernels by what the CPU offers: AVX2, AVX-512 and its
 bfloat16 and VNNI extensions, Intel's AMX tiles. Two machines of one kind may carry different CPUs (this
-project's CI machines have been an Intel CPU with AMX on one day and an AMD EPYC without it on another),
+project's 2-core machines have had a CPU with AMX on one day and an AMD EPYC without it on another),
 so the same seeded run sums its floats in another order on each, and a trained model, and every number
 downstream of it, can move in its last digits. The run manifest records each notebook's CPU
 (`label`), and `run_all.py` says so when one run's notebooks ran on different ones.
