@@ -36,6 +36,7 @@ import pandas as pd  # noqa: E402
 
 import run_all  # noqa: E402
 from recsys.core.io import write_json
+from recsys.runs import machine
 
 
 def default_data_dir() -> Path:
@@ -79,7 +80,8 @@ def main() -> int:
     }
     settings = Distribute("multi_worker", 2, 3600, 2, ())
     jobs = ROOT / "artifacts" / args.run_name / "distributed"
-    result: dict = {"dataset": args.dataset, "data_dir": str(args.data_dir), "cpu_count": os.cpu_count()}
+    # with the machine (platform, CPUs, CPU model): timings compare on one CPU
+    result: dict = {"dataset": args.dataset, "data_dir": str(args.data_dir), **machine.describe()}
 
     # the rating model at the default setting: the epochs early stopping chooses, then that many epochs everywhere
     rating = RatingConfig.from_params(params["rating"])

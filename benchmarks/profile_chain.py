@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "run": str(run_dir),
         "command": "python benchmarks/profile_chain.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "cpu": machine.label(),  # timings compare only on one CPU (recsys.runs.machine)
+        **machine.describe(),  # platform, CPUs, CPU model: timings compare on one CPU
         "memory_sampled": samples is not None,
         "interval_s": args.interval,
         "total_s": float(notebooks["seconds"].sum()),

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import run_all  # noqa: E402
 from recsys.core.io import write_json
+from recsys.runs import machine
 
 
 def default_data_dir() -> Path:
@@ -57,7 +58,7 @@ def main() -> int:
     result = {
         "dataset": args.dataset,
         "data_dir": str(args.data_dir),
-        "cpu_count": os.cpu_count(),
+        **machine.describe(),  # platform, CPUs, CPU model: timings compare on one CPU
         "rmse_test": {
             **{k.removeprefix("rmse_"): v for k, v in baselines.items() if k.startswith("rmse_")},
             "two_tower": ranking["rmse_two_tower"],

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -153,9 +151,7 @@ def main() -> int:
         "params": str(args.params.relative_to(ROOT) if args.params.is_relative_to(ROOT) else args.params),
         "catalogue": ML25M.n_movies,
         "commit": git_commit(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.platform(),
-        "cpu": machine.label(),  # timings compare only on one CPU (recsys.runs.machine)
+        **machine.describe(),  # platform, CPUs, CPU model: timings compare on one CPU
     }
     write_json(args.out, result)
     plot(sizes, args.out.with_suffix(".png"))

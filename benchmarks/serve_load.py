@@ -35,6 +35,7 @@ import httpx  # noqa: E402
 
 import run_all  # noqa: E402
 from recsys.core.io import write_json
+from recsys.runs import machine
 from recsys.runs.registry import ARTIFACTS
 from recsys.service.background import serving
 from recsys.service.served_run import RunNotServableError, check_servable
@@ -145,7 +146,7 @@ def main() -> int:
                     f"p99 {row['p99_ms']:7.2f} ms  failed {row['failed']}/{row['requests']}",
                     flush=True,
                 )
-    write_json(args.out, {"run": str(run), "load_average_at_start": load, "cpu_count": os.cpu_count(), "rows": rows})
+    write_json(args.out, {"run": str(run), "load_average_at_start": load, **machine.describe(), "rows": rows})
     print(f"wrote {args.out}")
     return 0 if all(row["failed"] == 0 for row in rows) else 1
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import os
 from pathlib import Path
 
 from benchmarks.ann.settings import (
@@ -18,6 +17,7 @@ from benchmarks.ann.settings import (
     K,
 )
 from recsys.core.io import save_figure
+from recsys.runs import machine
 
 LABELS = {
     "bruteforce": "BruteForce (TF)",
@@ -63,7 +63,7 @@ def merge(args: argparse.Namespace, runs: dict[str, dict], context: dict) -> dic
         "seed": args.seed,
         "k": K,
         "dataset_kind": args.dataset_kind,
-        "cpu_count": os.cpu_count(),
+        **machine.describe(),  # platform, CPUs, CPU model: timings compare on one CPU
         "recall_target": RECALL_TARGET,
         "selection_recall_on_tuning_queries": SELECTION_RECALL,
         "speedup_target": SPEEDUP_TARGET,
