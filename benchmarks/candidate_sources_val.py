@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,6 +40,9 @@ from recsys.exploration.setting_choice import ValEvaluator  # noqa: E402
 from recsys.features.preprocessing import EVENT_COLUMNS  # noqa: E402
 from recsys.retrieval.candidates import candidate_recall  # noqa: E402
 from recsys.runs.registry import ARTIFACTS, MANIFEST  # noqa: E402
+
+if TYPE_CHECKING:
+    from recsys.ranking.learned_ranking import StageData
 
 METRICS = ("recall_at_10", "ndcg_at_10")
 
@@ -64,9 +69,46 @@ def check_comparable(base: dict, other: dict) -> list[str]:
     return online
 
 
-def held_out_lists(run: Path, params: dict) -> tuple[pd.DataFrame, dict]:
-    """Per scored val user, Recall@10 and NDCG@10 of LambdaRank's top 10 (fitted as 06 fits it), and the stage's
-    candidate recall."""
+@dataclass
+class ValStage:
+    """Notebook 06's val stage rebuilt from a run's saved files, with 06's users cut as its grid cuts them.
+
+    Attributes:
+        data: the val-stage candidates, their features (train-only models) and labels.
+        features: the feature columns 06's rankers read.
+        candidates: the saved val-stage candidates.
+        val: the (user_id, movie_id) val interactions (the labels).
+        evaluator: scores top-10 lists over the whole catalogue against each user's val movies.
+        train: 06's training users (a per-user mask over `data`'s users).
+        stop: half of 06's held-out users: the grid's early stopping and choice.
+        scored: the other half: what is scored, with nothing fitted or chosen on it.
+    """
+
+    data: StageData
+    features: list[str]
+    candidates: pd.DataFrame
+    val: pd.DataFrame
+    evaluator: ValEvaluator
+    train: np.ndarray
+    stop: np.ndarray
+    scored: np.ndarray
+
+    def score(self, model) -> pd.DataFrame:
+        """Per scored user (index), Recall@10 and NDCG@10 of `model`'s top 10 over the whole catalogue, on val."""
+        from recsys.ranking import learned_ranking
+
+        judged = self.data.users(self.scored)
+        users = np.unique(judged.candidates["user_id"].to_numpy())
+        lists = learned_ranking.top_k_lists(judged.candidates, model.predict(judged.features), users, 10)
+        relevant = self.evaluator.relevant[np.searchsorted(self.evaluator.users, users)]
+        columns = catalogue_columns(self.evaluator.catalogue, lists)
+        per_user = metrics.per_user_retrieval_metrics(columns, relevant, (10,))
+        return pd.DataFrame({name: per_user[name] for name in METRICS}, index=users[per_user["user_rows"]])
+
+
+def val_stage(run: Path, params: dict) -> ValStage:
+    """06's val stage of a finished run, and its users: 06's training users, and 06's held-out users (`ranker.holdout_share`)
+    cut in two by a seeded draw, one half to stop and choose the grid, the other to be scored."""
     from recsys.features.feature_store import FeatureStore
     from recsys.features.request_context import fixed_context
     from recsys.ranking import learned_ranking
@@ -91,25 +133,32 @@ def held_out_lists(run: Path, params: dict) -> tuple[pd.DataFrame, dict]:
     )
     val = interactions[interactions["split"] == "val"][["user_id", "movie_id"]]
     data = learned_ranking.stage_data(candidates, sources, "val", val)
-    # 06's training users; 06's held-out users cut in two by a seeded draw: one half stops and chooses the grid,
-    # the other is scored, so the lists are judged on users nothing was fitted or chosen on
     held = learned_ranking.holdout_mask(len(data.groups), ranker["holdout_share"], params["seed"])
     scored = np.zeros(len(held), bool)
     held_rows = np.flatnonzero(held)
     scored[np.random.default_rng(params["seed"]).permutation(held_rows)[: len(held_rows) // 2]] = True
-    setting, model, _ = learned_ranking.lambdarank_grid(
-        data.users(~held), data.users(held & ~scored), list(sources.features), ranker["lambdarank"], params["seed"]
-    )
-    judged = data.users(scored)
-    users = np.unique(judged.candidates["user_id"].to_numpy())
-    lists = learned_ranking.top_k_lists(judged.candidates, model.predict(judged.features), users, 10)
     evaluator = ValEvaluator.build(interactions, movies)
-    relevant = evaluator.relevant[np.searchsorted(evaluator.users, users)]
-    per_user = metrics.per_user_retrieval_metrics(catalogue_columns(evaluator.catalogue, lists), relevant, (10,))
-    table = pd.DataFrame({name: per_user[name] for name in METRICS}, index=users[per_user["user_rows"]])
+    return ValStage(data, list(sources.features), candidates, val, evaluator, ~held, held & ~scored, scored)
+
+
+def held_out_lists(run: Path, params: dict) -> tuple[pd.DataFrame, dict]:
+    """Per scored val user, Recall@10 and NDCG@10 of LambdaRank's top 10 (fitted as 06 fits it), and the stage's
+    candidate recall."""
+    from recsys.ranking import learned_ranking
+
+    stage = val_stage(run, params)
+    ranker = params["ranker"]
+    setting, model, _ = learned_ranking.lambdarank_grid(
+        stage.data.users(stage.train),
+        stage.data.users(stage.stop),
+        stage.features,
+        ranker["lambdarank"],
+        params["seed"],
+    )
+    table = stage.score(model)
     summary = {
-        **{key: float(value) for key, value in candidate_recall(candidates, val).items()},
-        "candidates_per_user": len(candidates) / candidates["user_id"].nunique(),
+        **{key: float(value) for key, value in candidate_recall(stage.candidates, stage.val).items()},
+        "candidates_per_user": len(stage.candidates) / stage.candidates["user_id"].nunique(),
         "scored_users": len(table),
         "num_leaves": setting["num_leaves"],
         "trees": int(model.best_iteration),

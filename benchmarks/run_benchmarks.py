@@ -21,6 +21,8 @@ commands |= {
 NEEDS_RUNS = {
     "rating_val_grid.py": "python benchmarks/rating_val_grid.py --run artifacts/<run> '<json settings>' ...",
     "candidate_sources_val.py": "python benchmarks/candidate_sources_val.py --base artifacts/<run> --other artifacts/<run>",
+    "ranker_learning_curve.py": "python benchmarks/ranker_learning_curve.py --run artifacts/<run>",
+    "retrieval_val_grid.py": "python benchmarks/retrieval_val_grid.py --run artifacts/<run> '<json settings>' ...",
     "recommend_latency.py": "python benchmarks/recommend_latency.py --run artifacts/<run>",
     "rerun_wait.py": "python benchmarks/rerun_wait.py --run artifacts/<run>",
 }

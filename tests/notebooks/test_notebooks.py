@@ -310,6 +310,68 @@ def test_candidate_sources_are_compared_on_val_users_nothing_was_fitted_or_chose
         bench.check_comparable(params, params)
 
 
+def test_ranker_learning_curve_fits_lambdarank_on_shares_of_06s_training_users_and_scores_val(smoke_run, tmp_path):
+    """benchmarks/ranker_learning_curve.py: seeded shares of 06's training users, the same stopping and scored users."""
+    from benchmarks import candidate_sources_val
+    from benchmarks import ranker_learning_curve as bench
+
+    out = tmp_path / "curve.json"
+    argv = ["--run", str(smoke_run), "--fractions", "1", "0.5", "--repeats", "2", "--out", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    fits = result["fits"]
+    assert [(fit["fraction"], fit["draw"]) for fit in fits] == [(0.5, 0), (0.5, 1), (1.0, 0)]
+    params = json.loads((smoke_run / "manifest.json").read_text())["params"]
+    stage = candidate_sources_val.val_stage(smoke_run, params)
+    training = int(stage.train.sum())
+    assert [fit["users"] for fit in fits] == [round(training / 2)] * 2 + [training]
+    assert result["scored_users"] == int(stage.scored.sum()) > 0 and result["stop_users"] == int(stage.stop.sum()) > 0
+    assert not (stage.scored & (stage.stop | stage.train)).any()  # scored users are neither fitted nor stopped on
+    # the whole share is 06's fit as candidate_sources_val.py makes it: the same users, grid and scores
+    _, summary = candidate_sources_val.held_out_lists(smoke_run, params)
+    assert fits[-1]["ndcg_at_10"] == pytest.approx(summary["ndcg_at_10"], abs=1e-12)
+    assert fits[-1]["trees"] == summary["trees"]
+    half = result["per_fraction"][0]
+    assert half["draws"] == 2 and half["ndcg_at_10_mean"] == pytest.approx(
+        (fits[0]["ndcg_at_10"] + fits[1]["ndcg_at_10"]) / 2
+    )
+    assert np.isfinite(result["ndcg_at_10_per_doubling"])
+    keys = [*result, *(key for row in [*fits, *result["per_fraction"]] for key in row)]
+    assert not [key for key in keys if "test" in key]  # val alone
+    with pytest.raises(SystemExit, match=r"in \(0, 1\], got \[0.0, 1.5\]"):
+        bench.check_fractions([0.0, 0.5, 1.5])
+    with pytest.raises(SystemExit, match="--repeats must be at least 1"):
+        bench.main(["--run", str(smoke_run), "--repeats", "0", "--out", str(out)])
+
+
+def test_retrieval_val_grid_trains_each_setting_as_05_does_and_compares_it_with_ease_on_val(smoke_run, tmp_path):
+    """benchmarks/retrieval_val_grid.py: the run's own settings reproduce 05's val numbers; a changed one is trained."""
+    from benchmarks import retrieval_val_grid as bench
+
+    out = tmp_path / "grid.json"
+    ids_only = {"features": ["ids"], "epochs": 2}
+    argv = ["--run", str(smoke_run), "{}", json.dumps(ids_only), "--prior-grid", "0", "0.2", "--out", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    m05 = metrics(smoke_run, "05_retrieval")
+    assert result["ease_val"]["ease_lambda"] == m05["ease_lambda"]  # tuned on val over the same grid as 05's
+    same, changed = result["settings"]
+    assert same["setting"] == {} and changed["setting"] == ids_only
+    # the run's first variant, trained as 05 trains it: its val Recall@100 without the prior is 05's
+    assert same["recall_at_100_no_prior"] == pytest.approx(m05["val_recall_at_100_two_tower_inbatch_logq"], abs=1e-6)
+    assert changed["epochs"] <= 2 and 1 <= changed["best_epoch"] <= changed["epochs"]
+    for row in (same, changed):
+        assert row["list_prior"] in (0.0, 0.2) and 0 <= row["recall_at_10"] <= 1
+        assert row["recall_at_10_over_ease"] == pytest.approx(row["recall_at_10"] / result["ease_val"]["recall_at_10"])
+    assert not [key for row in result["settings"] for key in row if "test" in key]  # val alone
+    with pytest.raises(SystemExit, match="is not JSON"):
+        bench.settings_of(["{embedding_dim: 8}"], {"embedding_dim": 64})
+    with pytest.raises(SystemExit, match=r"unknown: \['embeding_dim'\]"):
+        bench.settings_of(['{"embeding_dim": 8}'], {"embedding_dim": 64})
+    with pytest.raises(SystemExit, match="must be a JSON object"):
+        bench.settings_of(["[8]"], {"embedding_dim": 64})
+
+
 def test_request_latency_is_measured_on_the_run_as_the_service_loads_it(smoke_run, tmp_path):
     """benchmarks/recommend_latency.py: `recommend`, its parts and `recommend_for_history`, timed on a finished run."""
     from benchmarks import recommend_latency
