@@ -72,3 +72,12 @@ def mixed_cpus(entries: list[dict]) -> dict[str, list[str]]:
         if entry.get("cpu"):
             by_cpu.setdefault(entry["cpu"], []).append(entry["name"])
     return by_cpu if len(by_cpu) > 1 else {}
+
+
+def run_cpus(manifest: dict) -> str:
+    """A run's CPU as its index page names it: the manifest's CPU model, or, when its notebooks ran on more than one
+    CPU (`mixed_cpus`), each CPU with the notebooks it ran, e.g. "AMD EPYC (avx2 ...): <notebook>; Intel ...: <notebook>, <notebook>"."""
+    by_cpu = mixed_cpus(manifest.get("notebooks", []))
+    if not by_cpu:
+        return str(manifest.get("cpu_model", "not recorded"))
+    return "; ".join(f"{cpu}: {', '.join(names)}" for cpu, names in sorted(by_cpu.items()))

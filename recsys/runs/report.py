@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.core.io import atomic_path, save_figure
+from recsys.runs import machine
 from recsys.runs.registry import ARTIFACTS, MANIFEST, read_metrics
 
 
@@ -428,7 +429,7 @@ def build_index(run_dir: str | os.PathLike, manifest: dict) -> Path:
 <h1>Run <code>{html.escape(manifest["run_name"])}</code></h1>
 <p class="sub">dataset <b>{html.escape(str(manifest["params"].get("dataset")))}</b> ·
 params hash <code>{manifest["params_hash"]}</code> · git <code>{html.escape(str(manifest.get("git_commit")))}</code> ·
-CPU {html.escape(str(manifest.get("cpu_model", "not recorded")))} ·
+CPU {html.escape(machine.run_cpus(manifest))} ·
 started {html.escape(manifest["started"])} · total {manifest.get("wall_s", 0):.1f} s</p>
 <h2>Notebooks</h2>
 <table><tr><th>report</th><th>status</th><th>wall s</th><th>error</th></tr>{"".join(rows)}</table>

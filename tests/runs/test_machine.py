@@ -80,7 +80,12 @@ def test_the_manifest_records_the_cpu_and_a_run_on_two_says_so(tmp_path, monkeyp
     assert "ran on different CPUs" in err
     assert f"01_a: {machine.label(INTEL)}" in err and f"02_b: {machine.label(AMD)}" in err
     index = (tmp_path / "artifacts" / "r" / "reports" / "index.html").read_text()
-    assert "CPU AMD EPYC" in index
+    # the index page names both CPUs and what each ran, not only the last invocation's
+    assert f"CPU {machine.label(AMD)}: 02_b; {machine.label(INTEL)}: 01_a ·" in index
+    # run again on one CPU, the page names that CPU alone
+    assert run_all.main([*args, "--only", "01"]) == 0 and run_all.main([*args, "--only", "02"]) == 0
+    index = (tmp_path / "artifacts" / "r" / "reports" / "index.html").read_text()
+    assert "CPU AMD EPYC ·" in index and "Intel" not in index.split("<h2>")[0]
 
 
 @pytest.mark.parametrize("cpuinfo", [INTEL, AMD])
