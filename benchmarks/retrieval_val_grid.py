@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.models.configs import RetrievalConfig
     from recsys.models.ease import tune_ease
     from recsys.training import retrieval_training
+    from recsys.training.curves import TrainingCurve
     from recsys.training.retrieval_inputs import load_retrieval_inputs
 
     configs = [RetrievalConfig.from_params(point) for point in points]  # a wrong value fails before any fit
@@ -93,15 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         trained = retrieval_training.train_retrieval_model(
             config, inputs.encoder, inputs.train, inputs.user_table, inputs.movie_table, seed, monitor=monitor
         )
-        recall = trained.history[monitor.key]
+        curve = TrainingCurve.of(trained.history, monitor.key)
         prior = retrieval_training.choose_popularity_prior(trained.model, inputs.train, inputs, grid, monitor)
         beta = prior.best("recall_at_10")
         at_beta = prior.table.loc[beta]
         rows.append(
             {
                 "setting": json.loads(text),
-                "epochs": len(recall),
-                "best_epoch": int(max(range(len(recall)), key=recall.__getitem__)) + 1,
+                "epochs": len(curve.table),
+                "best_epoch": curve.best_epoch,
                 "fit_s": trained.wall_s,
                 "recall_at_100_no_prior": float(prior.table.loc[min(grid), "recall_at_100"]),
                 "list_prior": beta,
