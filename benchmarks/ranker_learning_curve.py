@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.candidate_sources_val import METRICS, run_params, val_stage  # noqa: E402
+from benchmarks.candidate_sources_val import METRICS, ValStage, run_params, val_stage  # noqa: E402
 from recsys.core.io import write_json  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def check_fractions(fractions: list[float]) -> list[float]:
     return sorted(set(fractions))
 
 
-def learning_curve(stage, params: dict, fractions: list[float], repeats: int) -> list[dict]:
+def learning_curve(stage: ValStage, params: dict, fractions: list[float], repeats: int) -> list[dict]:
     """One row per fit: fraction, draw, users, num_leaves, trees, recall_at_10, ndcg_at_10 (the scored half's means)."""
     from recsys.ranking import learned_ranking
 

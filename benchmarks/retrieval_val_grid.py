@@ -9,7 +9,7 @@ of a list of `negatives`, the first, unless the setting names one).
 Each setting is fitted on the run's train split and early-stopped on val Recall@100, as notebook 05
 trains each variant (`retrieval_training.train_retrieval_model` with its full-ranking monitor); then
 every weight of the popularity prior (`--prior-grid`, default the run's
-`retrieval.popularity_prior_grid`) is scored on val (`choose_popularity_prior`), and the best val
+`retrieval.popularity_prior_grid`, with 0 always among them) is scored on val (`choose_popularity_prior`), and the best val
 Recall@10 is kept, as 05 gives its train + val list its prior. EASE is tuned on val over the run's
 `ease.l2_grid` (fitted on train) and scored on the same val users. Test is never read.
 
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     params = run_params(args.run)
     base = dict(params["retrieval"])
     points = settings_of(args.settings, base)
-    grid = args.prior_grid or params["retrieval"]["popularity_prior_grid"]
+    # 0 (the model as trained) is always scored: `recall_at_100_no_prior` reads it
+    grid = sorted({0.0, *(args.prior_grid or params["retrieval"]["popularity_prior_grid"])})
 
     from recsys.evaluation.full_ranking import evaluate_scores  # TensorFlow from here
     from recsys.models.configs import RetrievalConfig
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 "epochs": len(curve.table),
                 "best_epoch": curve.best_epoch,
                 "fit_s": trained.wall_s,
-                "recall_at_100_no_prior": float(prior.table.loc[min(grid), "recall_at_100"]),
+                "recall_at_100_no_prior": float(prior.table.loc[0.0, "recall_at_100"]),
                 "list_prior": beta,
                 **{name: float(at_beta[name]) for name in SHOWN},
                 "recall_at_10_over_ease": float(at_beta["recall_at_10"]) / reference["recall_at_10"],

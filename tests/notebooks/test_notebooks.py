@@ -350,13 +350,14 @@ def test_retrieval_val_grid_trains_each_setting_as_05_does_and_compares_it_with_
 
     out = tmp_path / "grid.json"
     ids_only = {"features": ["ids"], "epochs": 2}
-    argv = ["--run", str(smoke_run), "{}", json.dumps(ids_only), "--prior-grid", "0", "0.2", "--out", str(out)]
+    argv = ["--run", str(smoke_run), "{}", json.dumps(ids_only), "--prior-grid", "0.2", "--out", str(out)]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     m05 = metrics(smoke_run, "05_retrieval")
     assert result["ease_val"]["ease_lambda"] == m05["ease_lambda"]  # tuned on val over the same grid as 05's
     same, changed = result["settings"]
     assert same["setting"] == {} and changed["setting"] == ids_only
+    assert result["prior_grid"] == [0.0, 0.2]  # the model as trained (0) is scored even when the grid leaves it out
     # the run's first variant, trained as 05 trains it: its val Recall@100 without the prior is 05's
     assert same["recall_at_100_no_prior"] == pytest.approx(m05["val_recall_at_100_two_tower_inbatch_logq"], abs=1e-6)
     assert changed["epochs"] <= 2 and 1 <= changed["best_epoch"] <= changed["epochs"]
